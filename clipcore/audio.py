@@ -1,0 +1,171 @@
+"""Audio file I/O: soundfile for files, torchaudio only for resampling.
+
+Waveforms are float32 tensors ``[channels, samples]``. Every failure raises
+:class:`AudioError` with one sentence that names the file; nothing non-finite and nothing
+partial is ever written under a final file name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from clipcore.files import atomic_write
+
+__all__ = [
+    "AudioError",
+    "MAX_CHANNELS",
+    "BIT_DEPTHS",
+    "AUDIO_EXTENSIONS",
+    "load_audio",
+    "save_audio",
+    "resample",
+    "to_mono",
+    "check_finite",
+]
+
+MAX_CHANNELS = 8
+"""Largest channel count accepted (7.1 surround)."""
+
+BIT_DEPTHS = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
+"""Bit depth names accepted by :func:`save_audio`, and their soundfile subtypes."""
+
+FORMATS = {"wav": "WAV", "flac": "FLAC"}
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
+"""File extensions the project treats as audio when it searches folders."""
+
+
+class AudioError(ValueError):
+    """A problem with an audio file or waveform, described in one sentence."""
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    mono: bool = False,
+) -> tuple[torch.Tensor, int]:
+    """Read an audio file.
+
+    Args:
+        path: any file soundfile reads (wav, flac, ogg, mp3, aiff).
+        sample_rate: resample to this rate when given.
+        mono: average the channels into one.
+
+    Returns:
+        ``(wave, rate)``: float32 ``[channels, samples]`` and its sample rate.
+
+    Raises:
+        AudioError: missing, unreadable or not audio, zero samples, non-finite samples,
+            or more than :data:`MAX_CHANNELS` channels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file.")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file.")
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            channels = handle.channels
+            if channels > MAX_CHANNELS:
+                raise AudioError(
+                    f"{path}: has {channels} channels; at most {MAX_CHANNELS} are supported."
+                )
+            data = handle.read(dtype="float32", always_2d=True)
+            rate = handle.samplerate
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise AudioError(f"{path}: cannot be read as audio ({_reason(error)}).") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: contains zero samples.")
+    wave = torch.from_numpy(np.ascontiguousarray(data.T))
+    if not torch.isfinite(wave).all():
+        raise AudioError(f"{path}: contains non-finite samples (NaN or infinity).")
+    if mono:
+        wave = to_mono(wave)
+    if sample_rate is not None and sample_rate != rate:
+        wave = resample(wave, rate, sample_rate)
+        rate = sample_rate
+    return wave, rate
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.rstrip(".")
+
+
+def to_mono(wave: torch.Tensor) -> torch.Tensor:
+    """Average ``[channels, samples]`` into ``[1, samples]``."""
+    return wave.mean(dim=0, keepdim=True)
+
+
+def resample(wave: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """Resample ``[..., samples]`` with ``torchaudio.functional.resample`` (sinc, Hann)."""
+    if orig_rate == new_rate:
+        return wave
+    return torchaudio.functional.resample(wave, orig_rate, new_rate)
+
+
+def check_finite(wave: torch.Tensor, name: str) -> None:
+    """Raise :class:`AudioError` naming ``name`` if ``wave`` holds NaN or infinity."""
+    if not torch.isfinite(wave).all():
+        raise AudioError(f"{name}: refusing to write non-finite samples (NaN or infinity).")
+
+
+def save_audio(
+    path: str | os.PathLike,
+    wave: torch.Tensor,
+    sample_rate: int,
+    bit_depth: str = "16",
+    format: str | None = None,
+) -> Path:
+    """Write a waveform atomically.
+
+    Args:
+        path: target file; its extension picks the format unless ``format`` is given.
+        wave: ``[samples]`` or ``[channels, samples]``, nominal range ``[-1, 1]``.
+        sample_rate: samples per second.
+        bit_depth: ``"16"`` (default), ``"24"`` or ``"32f"`` (FLAC takes 16 or 24).
+        format: ``"wav"`` or ``"flac"``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        AudioError: non-finite samples, zero samples, bad channel count, or an unsupported
+            format or bit depth. Nothing is written in that case.
+    """
+    path = Path(path)
+    fmt = (format or path.suffix.lstrip(".") or "wav").lower()
+    if fmt not in FORMATS:
+        raise AudioError(f"{path}: unsupported output format {fmt!r}; use wav or flac.")
+    if bit_depth not in BIT_DEPTHS:
+        raise AudioError(f"{path}: unsupported bit depth {bit_depth!r}; use 16, 24 or 32f.")
+    if fmt == "flac" and bit_depth == "32f":
+        raise AudioError(f"{path}: FLAC stores 16 or 24 bits, not 32-bit float.")
+    wave = wave.detach().to("cpu", torch.float32)
+    if wave.dim() == 1:
+        wave = wave[None]
+    if wave.dim() != 2 or not 1 <= wave.shape[0] <= MAX_CHANNELS:
+        raise AudioError(
+            f"{path}: cannot write a waveform of shape {tuple(wave.shape)}; "
+            f"expected [channels <= {MAX_CHANNELS}, samples]."
+        )
+    if wave.shape[1] == 0:
+        raise AudioError(f"{path}: refusing to write zero samples.")
+    check_finite(wave, str(path))
+    if bit_depth != "32f":
+        # Clip instead of letting the integer conversion wrap around.
+        wave = wave.clamp(-1.0, 1.0)
+    data = np.ascontiguousarray(wave.numpy().T)
+
+    def write(tmp: Path) -> None:
+        sf.write(str(tmp), data, int(sample_rate), subtype=BIT_DEPTHS[bit_depth], format=FORMATS[fmt])
+
+    return atomic_write(path, write)

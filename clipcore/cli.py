@@ -1,0 +1,52 @@
+"""What the project's command lines share: sub-command parsing and clean error reports.
+
+A sub-command is registered by a function ``add(subparsers)`` that adds its parser and
+sets ``run=callable(args) -> int`` as a default. Expected failures (bad files, bad
+values) are :class:`UsageError` or one of the project's error classes, and are reported
+as one line on stderr with a non-zero exit status, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Iterable
+
+from clipcore.audio import AudioError
+from clipcore.checkpoint import CheckpointError
+
+__all__ = ["UsageError", "EXPECTED_ERRORS", "build_parser", "run"]
+
+
+class UsageError(ValueError):
+    """A bad command-line value, described in one sentence."""
+
+
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (UsageError, AudioError, CheckpointError)
+
+Registrar = Callable[["argparse._SubParsersAction"], None]
+
+
+def build_parser(prog: str, description: str, commands: Iterable[Registrar]) -> argparse.ArgumentParser:
+    """A parser whose sub-commands are those the ``commands`` registrars add."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in commands:
+        add(subparsers)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen sub-command; returns the exit status."""
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.run(args) or 0)
+    except EXPECTED_ERRORS as error:
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted.", file=sys.stderr)
+        return 130

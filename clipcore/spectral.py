@@ -1,0 +1,273 @@
+"""Spectral transforms shared by both systems.
+
+Everything here is batched, runs on whatever device its input lives on, and stays in
+torch (no numpy round trips), so it can sit inside a training step.
+
+- STFT / iSTFT with a Hann window (CLIPSep: n_fft 1024, hop 256).
+- The log-frequency warp of the official CLIPSep network (513 linear bins to 256 log
+  rows, bilinear ``grid_sample`` with ``align_corners=True``) and its inverse.
+- The mel transform of CLIPSonic (AudioLDM convention: 16 kHz, n_fft 1024, hop 160,
+  64 slaney mel bins over 0-8 kHz, natural-log compression) and a Griffin-Lim inverse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+__all__ = [
+    "STFTConfig",
+    "stft",
+    "istft",
+    "magnitude_phase",
+    "log_warp_grid",
+    "log_unwarp_grid",
+    "warp_to_log",
+    "unwarp_to_linear",
+    "MelConfig",
+    "MelSpectrogram",
+]
+
+
+@dataclass(frozen=True)
+class STFTConfig:
+    """Short-time Fourier transform settings (defaults: official CLIPSep)."""
+
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+
+    @property
+    def n_freqs(self) -> int:
+        return self.n_fft // 2 + 1
+
+
+def _window(config: STFTConfig, like: torch.Tensor) -> torch.Tensor:
+    dtype = like.real.dtype if like.is_complex() else like.dtype
+    return torch.hann_window(config.win_length, device=like.device, dtype=dtype)
+
+
+def stft(wave: torch.Tensor, config: STFTConfig = STFTConfig()) -> torch.Tensor:
+    """Complex STFT of a batch of waveforms.
+
+    Args:
+        wave: ``[..., samples]`` real waveform.
+        config: transform settings.
+
+    Returns:
+        ``[..., n_fft // 2 + 1, frames]`` complex spectrogram, with
+        ``frames = samples // hop_length + 1`` (centred frames, reflect padding).
+    """
+    lead = wave.shape[:-1]
+    flat = wave.reshape(-1, wave.shape[-1])
+    spec = torch.stft(
+        flat,
+        n_fft=config.n_fft,
+        hop_length=config.hop_length,
+        win_length=config.win_length,
+        window=_window(config, flat),
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    return spec.reshape(*lead, *spec.shape[-2:])
+
+
+def istft(spec: torch.Tensor, length: int, config: STFTConfig = STFTConfig()) -> torch.Tensor:
+    """Inverse of :func:`stft`.
+
+    Args:
+        spec: ``[..., n_fft // 2 + 1, frames]`` complex spectrogram.
+        length: number of output samples.
+        config: transform settings (must match the forward transform).
+
+    Returns:
+        ``[..., length]`` real waveform.
+    """
+    lead = spec.shape[:-2]
+    flat = spec.reshape(-1, *spec.shape[-2:])
+    wave = torch.istft(
+        flat,
+        n_fft=config.n_fft,
+        hop_length=config.hop_length,
+        win_length=config.win_length,
+        window=_window(config, flat),
+        center=True,
+        length=length,
+    )
+    return wave.reshape(*lead, length)
+
+
+def magnitude_phase(spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a complex spectrogram into magnitude and phase (both ``spec.shape``, real)."""
+    return spec.abs(), spec.angle()
+
+
+# --- log-frequency warp (official CLIPSep) ------------------------------------------------
+
+LOG_ROWS = 256
+LINEAR_ROWS = 513
+
+
+def log_warp_grid(
+    frames: int, out_rows: int = LOG_ROWS, device: torch.device | None = None
+) -> torch.Tensor:
+    """Sampling grid of the linear-to-log warp.
+
+    Output row ``y`` in ``linspace(-1, 1, out_rows)`` reads input height coordinate
+    ``(21 ** ((y + 1) / 2) - 11) / 10``; time ``linspace(-1, 1, frames)`` maps to itself.
+
+    Returns:
+        ``[out_rows, frames, 2]`` grid of ``(x, y)`` coordinates for ``grid_sample``.
+    """
+    y = torch.linspace(-1.0, 1.0, out_rows, device=device)
+    height = (torch.pow(torch.tensor(21.0, device=device), (y + 1) / 2) - 11) / 10
+    return _grid(height, frames, device)
+
+
+def log_unwarp_grid(
+    frames: int, out_rows: int = LINEAR_ROWS, device: torch.device | None = None
+) -> torch.Tensor:
+    """Sampling grid of the log-to-linear unwarp (the inverse of :func:`log_warp_grid`).
+
+    Output row ``y`` in ``linspace(-1, 1, out_rows)`` reads height coordinate
+    ``log(10 y + 11) / log(21) * 2 - 1``.
+
+    Returns:
+        ``[out_rows, frames, 2]`` grid for ``grid_sample``.
+    """
+    y = torch.linspace(-1.0, 1.0, out_rows, device=device)
+    height = torch.log(10 * y + 11) / math.log(21) * 2 - 1
+    return _grid(height, frames, device)
+
+
+def _grid(height: torch.Tensor, frames: int, device: torch.device | None) -> torch.Tensor:
+    time = torch.linspace(-1.0, 1.0, frames, device=device)
+    grid_y = height[:, None].expand(-1, frames)
+    grid_x = time[None, :].expand(height.shape[0], -1)
+    return torch.stack([grid_x, grid_y], dim=-1)
+
+
+def _resample_rows(spec: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear ``grid_sample`` (align_corners) of ``[B, C, H, T]`` with one shared grid."""
+    batch = spec.shape[0]
+    grid = grid.to(dtype=spec.dtype)[None].expand(batch, -1, -1, -1)
+    return F.grid_sample(spec, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def warp_to_log(spec: torch.Tensor, out_rows: int = LOG_ROWS) -> torch.Tensor:
+    """Warp linear-frequency rows to log-frequency rows.
+
+    Args:
+        spec: ``[B, C, 513, T]`` linear-frequency spectrogram (any real values).
+        out_rows: number of log rows (256 in the official network).
+
+    Returns:
+        ``[B, C, out_rows, T]``.
+    """
+    return _resample_rows(spec, log_warp_grid(spec.shape[-1], out_rows, spec.device))
+
+
+def unwarp_to_linear(spec: torch.Tensor, out_rows: int = LINEAR_ROWS) -> torch.Tensor:
+    """Map log-frequency rows back to linear-frequency rows.
+
+    Args:
+        spec: ``[B, C, 256, T]`` log-frequency values (a mask, typically).
+        out_rows: number of linear rows (``n_fft // 2 + 1``).
+
+    Returns:
+        ``[B, C, out_rows, T]``.
+    """
+    return _resample_rows(spec, log_unwarp_grid(spec.shape[-1], out_rows, spec.device))
+
+
+# --- mel transform (CLIPSonic) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    """Mel spectrogram settings (defaults: the AudioLDM / HiFi-GAN 16 kHz convention)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 160
+    win_length: int = 1024
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    log_floor: float = 1e-5
+
+    def frames(self, samples: int) -> int:
+        """Number of mel frames for ``samples`` samples (centred frames)."""
+        return samples // self.hop_length + 1
+
+    def samples(self, frames: int) -> int:
+        """Number of samples that ``frames`` mel frames stand for."""
+        return (frames - 1) * self.hop_length
+
+
+class MelSpectrogram(torch.nn.Module):
+    """Log-mel spectrogram and its Griffin-Lim inverse.
+
+    ``forward`` maps ``[..., samples]`` waveforms to ``[..., n_mels, frames]`` natural-log
+    magnitudes ``log(max(mel, log_floor))``; ``inverse`` maps them back to waveforms.
+    """
+
+    def __init__(self, config: MelConfig = MelConfig()):
+        super().__init__()
+        self.config = config
+        fbank = torchaudio.functional.melscale_fbanks(
+            n_freqs=config.n_fft // 2 + 1,
+            f_min=config.f_min,
+            f_max=config.f_max,
+            n_mels=config.n_mels,
+            sample_rate=config.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )  # [n_freqs, n_mels]
+        self.register_buffer("fbank", fbank, persistent=False)
+        self.register_buffer("fbank_pinv", torch.linalg.pinv(fbank), persistent=False)
+        self._stft = STFTConfig(config.n_fft, config.hop_length, config.win_length)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """``[..., samples]`` -> ``[..., n_mels, frames]`` log-mel."""
+        mag = stft(wave, self._stft).abs()  # [..., F, T]
+        mel = torch.matmul(mag.transpose(-1, -2), self.fbank.to(mag.dtype)).transpose(-1, -2)
+        return torch.log(torch.clamp(mel, min=self.config.log_floor))
+
+    def inverse(self, log_mel: torch.Tensor, n_iter: int = 32, length: int | None = None) -> torch.Tensor:
+        """Griffin-Lim inverse.
+
+        Args:
+            log_mel: ``[..., n_mels, frames]`` natural-log mel magnitudes.
+            n_iter: Griffin-Lim iterations.
+            length: output samples; ``(frames - 1) * hop_length`` by default.
+
+        Returns:
+            ``[..., length]`` waveform.
+        """
+        frames = log_mel.shape[-1]
+        length = self.config.samples(frames) if length is None else length
+        mel = torch.exp(log_mel)
+        mag = torch.matmul(mel.transpose(-1, -2), self.fbank_pinv.to(mel.dtype)).transpose(-1, -2)
+        mag = torch.clamp(mag, min=0.0)
+        lead = mag.shape[:-2]
+        flat = mag.reshape(-1, *mag.shape[-2:])
+        window = torch.hann_window(self.config.win_length, device=flat.device, dtype=flat.dtype)
+        wave = torchaudio.functional.griffinlim(
+            flat,
+            window=window,
+            n_fft=self.config.n_fft,
+            hop_length=self.config.hop_length,
+            win_length=self.config.win_length,
+            power=1.0,
+            n_iter=n_iter,
+            momentum=0.99,
+            length=length,
+            rand_init=False,
+        )
+        return wave.reshape(*lead, length)

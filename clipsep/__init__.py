@@ -1,0 +1,1 @@
+"""CLIPSep: text-queried sound separation learned from unlabeled video (ICLR 2023)."""

@@ -1,0 +1,18 @@
+"""The ``clipsep`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+from clipcore import cli
+
+DESCRIPTION = "CLIPSep: text-queried sound separation learned from unlabeled video."
+COMMANDS: list[cli.Registrar] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(cli.build_parser("clipsep", DESCRIPTION, COMMANDS), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from clipcore.audio import AudioError, load_audio, save_audio
+
+
+def _tone(seconds=0.25, rate=16000, channels=1):
+    t = torch.arange(int(seconds * rate)) / rate
+    return torch.stack([0.5 * torch.sin(2 * torch.pi * (220 + 110 * c) * t) for c in range(channels)])
+
+
+@pytest.mark.parametrize("ext,subtype", [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III")])
+def test_load_formats(tmp_path, ext, subtype):
+    path = tmp_path / f"tone.{ext}"
+    sf.write(path, _tone(channels=2).numpy().T, 16000, subtype=subtype)
+    wave, rate = load_audio(path)
+    assert rate == 16000
+    assert wave.dtype == torch.float32 and wave.shape[0] == 2
+    assert abs(wave.shape[1] - 4000) < 2000  # lossy codecs pad a little
+
+
+def test_downmix_and_resample(tmp_path):
+    path = tmp_path / "stereo.wav"
+    sf.write(path, _tone(channels=2).numpy().T, 16000)
+    wave, rate = load_audio(path, sample_rate=8000, mono=True)
+    assert rate == 8000 and wave.shape == (1, 2000)
+
+
+def test_save_round_trip_bit_depths(tmp_path):
+    wave = _tone(channels=2)
+    for depth, ext, tol in [("16", "wav", 1e-4), ("24", "wav", 1e-6), ("32f", "wav", 0.0), ("24", "flac", 1e-6)]:
+        path = save_audio(tmp_path / f"out{depth}.{ext}", wave, 16000, bit_depth=depth)
+        back, rate = load_audio(path)
+        assert rate == 16000 and back.shape == wave.shape
+        assert (back - wave).abs().max() <= tol
+    info = sf.info(tmp_path / "out16.wav")
+    assert info.subtype == "PCM_16" and info.format == "WAV"
+    assert sf.info(tmp_path / "out32f.wav").subtype == "FLOAT"
+
+
+def test_save_clips_instead_of_wrapping(tmp_path):
+    wave = torch.tensor([[1.7, -2.5, 0.25, 1.0]])
+    path = save_audio(tmp_path / "loud.wav", wave, 8000)
+    back, _ = load_audio(path)
+    assert back[0, 0] > 0.99 and back[0, 1] < -0.99  # no wrap-around to the other sign
+    assert back[0, 2] == pytest.approx(0.25, abs=1e-4)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AudioError, match="nope.wav: no such file"):
+        load_audio(tmp_path / "nope.wav")
+
+
+def test_not_audio(tmp_path):
+    path = tmp_path / "notes.wav"
+    path.write_text("this is not audio")
+    with pytest.raises(AudioError, match="notes.wav: cannot be read as audio"):
+        load_audio(path)
+
+
+def test_zero_samples(tmp_path):
+    path = tmp_path / "empty.wav"
+    sf.write(path, np.zeros((0, 1), dtype=np.float32), 16000)
+    with pytest.raises(AudioError, match="empty.wav: contains zero samples"):
+        load_audio(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_samples(tmp_path, bad):
+    path = tmp_path / "bad.wav"
+    data = np.zeros((100, 1), dtype=np.float32)
+    data[10] = bad
+    sf.write(path, data, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="bad.wav: contains non-finite samples"):
+        load_audio(path)
+
+
+def test_unsupported_channel_count(tmp_path):
+    path = tmp_path / "many.wav"
+    sf.write(path, np.zeros((100, 12), dtype=np.float32), 16000)
+    with pytest.raises(AudioError, match="many.wav: has 12 channels"):
+        load_audio(path)
+    with pytest.raises(AudioError, match="cannot write a waveform of shape"):
+        save_audio(tmp_path / "out.wav", torch.zeros(12, 100), 16000)
+
+
+def test_non_finite_is_never_written(tmp_path):
+    wave = torch.zeros(1, 100)
+    wave[0, 5] = float("nan")
+    target = tmp_path / "out.wav"
+    with pytest.raises(AudioError, match="out.wav: refusing to write non-finite"):
+        save_audio(target, wave, 16000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_format_and_depth(tmp_path):
+    with pytest.raises(AudioError, match="unsupported bit depth '8'"):
+        save_audio(tmp_path / "a.wav", torch.zeros(1, 10), 16000, bit_depth="8")
+    with pytest.raises(AudioError, match="FLAC stores 16 or 24 bits"):
+        save_audio(tmp_path / "a.flac", torch.zeros(1, 10), 16000, bit_depth="32f")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_file_survives_a_failed_write(tmp_path, monkeypatch):
+    target = tmp_path / "keep.wav"
+    save_audio(target, _tone(), 16000)
+    before = target.read_bytes()
+
+    def broken_write(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sf, "write", broken_write)
+    with pytest.raises(OSError):
+        save_audio(target, _tone(seconds=1), 16000)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.wav"]
+
+
+def test_interrupted_write_leaves_no_partial_file(tmp_path):
+    # A child process is killed while soundfile is writing a long file: the final name
+    # must not exist (only a hidden temporary may be left behind).
+    target = tmp_path / "long.wav"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, soundfile, torch
+        from clipcore.audio import save_audio
+        real_write = soundfile.write
+        def slow_write(path, data, *args, **kwargs):
+            with open(path, "wb") as handle:
+                handle.write(b"RIFF partial")
+                handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        soundfile.write = slow_write
+        save_audio({str(target)!r}, torch.zeros(1, 16000), 16000)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert result.returncode == -signal.SIGKILL
+    assert not target.exists()
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert all(name.startswith(".long.wav.") and name.endswith(".part") for name in leftovers)

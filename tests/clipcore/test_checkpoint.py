@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from clipcore.checkpoint import CheckpointError, Pretrained, load_pretrained, read_config
+
+
+class TinyNet(Pretrained, nn.Module):
+    def __init__(self, width: int = 4, layers: tuple = (2, 3), name: str = "tiny"):
+        super().__init__()
+        self.inp = nn.Linear(width, layers[0])
+        self.out = nn.Linear(layers[0], layers[1])
+        self.register_buffer("stats", torch.arange(3.0))
+
+    def forward(self, x):
+        return self.out(self.inp(x))
+
+
+class TiedNet(Pretrained, nn.Module):
+    def __init__(self, size: int = 3):
+        super().__init__()
+        self.a = nn.Linear(size, size, bias=False)
+        self.b = nn.Linear(size, size, bias=False)
+        self.b.weight = self.a.weight
+
+
+class OtherNet(Pretrained, nn.Module):
+    def __init__(self, size: int = 3):
+        super().__init__()
+        self.lin = nn.Linear(size, size)
+
+
+def test_round_trip(tmp_path):
+    model = TinyNet(width=5, layers=(4, 2))
+    model.save_pretrained(tmp_path / "ckpt", provenance={"git_commit": "abc", "step": 7})
+    config = read_config(tmp_path / "ckpt")
+    assert config["class"] == f"{__name__}.TinyNet"
+    assert config["arguments"] == {"width": 5, "layers": [4, 2], "name": "tiny"}
+    assert config["format_version"] == 1
+    assert {"python", "torch"} <= config["versions"].keys()
+    assert config["provenance"] == {"git_commit": "abc", "step": 7}
+    loaded = TinyNet.from_pretrained(tmp_path / "ckpt")
+    x = torch.randn(2, 5)
+    assert torch.equal(loaded(x), model(x))
+    assert torch.equal(loaded.stats, model.stats)
+    assert loaded.provenance["step"] == 7
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_generic_loader_and_tied_weights(tmp_path):
+    model = TiedNet()
+    model.save_pretrained(tmp_path)
+    loaded = load_pretrained(tmp_path)
+    assert isinstance(loaded, TiedNet)
+    assert torch.equal(loaded.b.weight, model.a.weight)
+    assert loaded.b.weight is loaded.a.weight
+
+
+def test_wrong_class_names_both(tmp_path):
+    TinyNet().save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"holds a .*TinyNet checkpoint, not a .*OtherNet"):
+        OtherNet.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"not a .*OtherNet"):
+        load_pretrained(tmp_path, expected=OtherNet)
+
+
+def test_missing_and_truncated_weights(tmp_path):
+    TinyNet().save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        TinyNet.from_pretrained(tmp_path)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="has no weights file model.safetensors"):
+        TinyNet.from_pretrained(tmp_path)
+
+
+def test_not_a_checkpoint_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
+        TinyNet.from_pretrained(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        TinyNet.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="is not valid JSON"):
+        TinyNet.from_pretrained(tmp_path)
+
+
+def test_foreign_class_is_never_imported(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"class": "subprocess.Popen", "arguments": {}}))
+    with pytest.raises(CheckpointError, match="not a model of this project"):
+        load_pretrained(tmp_path)
+
+
+def test_weights_that_do_not_fit(tmp_path):
+    TinyNet(width=5).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["arguments"]["width"] = 6
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not fit TinyNet"):
+        TinyNet.from_pretrained(tmp_path)
+
+
+def test_unstorable_argument_is_refused():
+    class Bad(Pretrained, nn.Module):
+        def __init__(self, thing: object = None):
+            super().__init__()
+
+    with pytest.raises(TypeError, match="Bad.thing"):
+        Bad(thing=object())
