@@ -1,0 +1,240 @@
+"""The CLIPSep separation network (Dong et al., ICLR 2023), as in the official release.
+
+A mask U-Net reads the log-frequency log magnitude of the mixture once and gives
+``mask_channels`` feature maps ``U``; a query (a CLIP embedding) picks a weighted sum of
+them as the mask logits of the sound it describes::
+
+    q = sigmoid(query_proj(query))                        # [C]
+    mask_logits = sum_c q_c * scale_c * U_c + bias        # [256, T]
+
+Noise heads (noise-invariant training, CLIPSep-NIT) use the same sum with
+``p_j = sigmoid(noise_proj[j](mean_k query_proj(query_k)))``: query-free masks that
+absorb off-screen sound during training.
+
+The U-Net is the official "unet_block" nesting flattened into a list of levels: level 0
+is a plain 4x4 stride-2 convolution of the input, levels ``1 .. L-2`` are LeakyReLU(0.2),
+convolution and BatchNorm, the innermost level has no BatchNorm; the way up is ReLU,
+bilinear x2 upsampling (``align_corners=True``) and a 3x3 convolution, with BatchNorm on
+every level but the outermost, whose convolution has a bias. As in the official code the
+LeakyReLU runs in place, so each skip connection carries the activated encoder output.
+:mod:`clipsep.convert` maps the official parameter names onto these.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipcore.checkpoint import Pretrained
+from clipcore.spectral import LOG_ROWS, STFTConfig, warp_to_log
+
+__all__ = ["CLIPSep", "level_channels"]
+
+MAG_EPS = 1e-10
+
+
+def level_channels(base_channels: int, layers: int) -> list[int]:
+    """Encoder channels per U-Net level: ``base * 2**min(i, 3)`` (64-128-256-512-512-...)."""
+    return [base_channels * 2 ** min(i, 3) for i in range(layers)]
+
+
+class _Down(nn.Module):
+    """One encoder level: ``[LeakyReLU] -> conv 4x4 stride 2 -> [BatchNorm]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, activate: bool, norm: bool):
+        super().__init__()
+        self.activate = activate
+        self.conv = nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(skip, out)``: the (activated) input kept for the skip connection,
+        and the level's output at half the height and width."""
+        if self.activate:
+            x = F.leaky_relu(x, 0.2)
+        return x, self.norm(self.conv(x))
+
+
+class _Up(nn.Module):
+    """One decoder level: ``ReLU -> bilinear x2 (align_corners) -> conv 3x3 -> [BatchNorm]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, outermost: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=outermost)
+        self.norm = nn.Identity() if outermost else nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(F.relu(x), scale_factor=2, mode="bilinear", align_corners=True)
+        return self.norm(self.conv(x))
+
+
+class CLIPSep(Pretrained, nn.Module):
+    """Query-conditioned mask U-Net with optional noise heads.
+
+    Args:
+        query_dim: size of the query embedding (512 for CLIP ViT-B/32).
+        base_channels: channels of the first U-Net level (64 in the paper).
+        mask_channels: U-Net output channels mixed by the query (32 in the paper).
+        layers: U-Net levels (7 in the paper); the number of frames must be a multiple
+            of ``2**layers``.
+        noise_heads: noise heads of noise-invariant training (0 = plain CLIPSep,
+            2 = CLIPSep-NIT).
+        sample_rate: audio rate the model was trained at.
+        segment_samples: training segment length (65535 samples = 256 STFT frames).
+        n_fft: STFT size (window length equals it).
+        hop_length: STFT hop.
+    """
+
+    def __init__(
+        self,
+        query_dim: int = 512,
+        base_channels: int = 64,
+        mask_channels: int = 32,
+        layers: int = 7,
+        noise_heads: int = 2,
+        sample_rate: int = 16000,
+        segment_samples: int = 65535,
+        n_fft: int = 1024,
+        hop_length: int = 256,
+    ):
+        super().__init__()
+        if layers < 2:
+            raise ValueError(f"CLIPSep needs at least 2 U-Net layers, got {layers}.")
+        self.query_dim = query_dim
+        self.mask_channels = mask_channels
+        self.num_noise_heads = noise_heads
+        self.sample_rate = sample_rate
+        self.segment_samples = segment_samples
+        self.stft = STFTConfig(n_fft=n_fft, hop_length=hop_length, win_length=n_fft)
+        self.frames_multiple = 2**layers
+
+        chans = level_channels(base_channels, layers)
+        self.input_norm = nn.BatchNorm2d(1)
+        self.down = nn.ModuleList(
+            _Down(
+                1 if i == 0 else chans[i - 1],
+                chans[i],
+                activate=i > 0,
+                norm=0 < i < layers - 1,
+            )
+            for i in range(layers)
+        )
+        # up[i] undoes down[i]: it reads the level's skip-concatenated output (only the
+        # innermost level has none) and gives the channels of the level above.
+        self.up = nn.ModuleList(
+            _Up(
+                chans[i] if i == layers - 1 else 2 * chans[i],
+                mask_channels if i == 0 else chans[i - 1],
+                outermost=i == 0,
+            )
+            for i in range(layers)
+        )
+        self.query_proj = nn.Linear(query_dim, mask_channels)
+        self.noise_proj = nn.ModuleList(nn.Linear(mask_channels, mask_channels) for _ in range(noise_heads))
+        self.mask_scale = nn.Parameter(torch.ones(mask_channels))
+        self.mask_bias = nn.Parameter(torch.zeros(1))
+
+    @classmethod
+    def paper(cls, noise_heads: int = 2) -> "CLIPSep":
+        """The published network (30,292,771 parameters with 2 noise heads)."""
+        return cls(noise_heads=noise_heads)
+
+    @classmethod
+    def tiny(
+        cls, query_dim: int = 32, noise_heads: int = 2, base_channels: int = 8, layers: int = 7, seed: int = 0
+    ) -> "CLIPSep":
+        """A small network of the same structure, for tests and the toy world."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(
+                query_dim=query_dim,
+                base_channels=base_channels,
+                mask_channels=8,
+                layers=layers,
+                noise_heads=noise_heads,
+            )
+
+    def features(self, mag_mix: torch.Tensor) -> torch.Tensor:
+        """U-Net features of a mixture.
+
+        Args:
+            mag_mix: ``[B, 1, 513, T]`` linear-frequency magnitude, ``T`` a multiple of
+                ``frames_multiple``.
+
+        Returns:
+            ``[B, mask_channels, 256, T]``.
+        """
+        if mag_mix.dim() != 4 or mag_mix.shape[1] != 1 or mag_mix.shape[2] != self.stft.n_freqs:
+            raise ValueError(
+                f"mag_mix must be [B, 1, {self.stft.n_freqs}, T], got {list(mag_mix.shape)}."
+            )
+        if mag_mix.shape[-1] % self.frames_multiple:
+            raise ValueError(
+                f"the number of frames ({mag_mix.shape[-1]}) must be a multiple of "
+                f"{self.frames_multiple} for a {len(self.down)}-level U-Net."
+            )
+        x = self.input_norm(torch.log(warp_to_log(mag_mix + MAG_EPS, LOG_ROWS)))
+        skips = []
+        for level in self.down:
+            skip, x = level(x)
+            skips.append(skip)
+        x = self.up[-1](x)
+        for i in range(len(self.down) - 2, -1, -1):
+            # Level i+1's output: its (activated) input next to what the deeper levels made.
+            x = self.up[i](torch.cat([skips[i + 1], x], dim=1))
+        return x
+
+    def _synthesize(self, weights: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """``[B, K, C]`` channel weights x ``[B, C, H, T]`` features -> ``[B, K, H, T]`` logits."""
+        return torch.einsum("bkc,bcht->bkht", weights * self.mask_scale, feats) + self.mask_bias
+
+    def _query_features(self, queries: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` or ``[B, K, D]`` -> pre-sigmoid ``[B, K, C]``."""
+        if queries.dim() == 2:
+            queries = queries[:, None]
+        if queries.dim() != 3 or queries.shape[-1] != self.query_dim:
+            raise ValueError(f"queries must be [B, {self.query_dim}] or [B, K, {self.query_dim}], got {list(queries.shape)}.")
+        return self.query_proj(queries)
+
+    def _noise_weights(self, query_feats: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid query features ``[B, K, C]`` -> noise channel weights ``[B, M, C]``."""
+        pooled = query_feats.mean(dim=1)
+        if not self.noise_proj:
+            return pooled.new_zeros(pooled.shape[0], 0, self.mask_channels)
+        return torch.stack([torch.sigmoid(head(pooled)) for head in self.noise_proj], dim=1)
+
+    def forward(self, mag_mix: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask and noise logits with one U-Net pass.
+
+        Args:
+            mag_mix: ``[B, 1, 513, T]`` mixture magnitude.
+            queries: ``[B, K, D]`` embeddings of the K sources in the mixture (or ``[B, D]``).
+
+        Returns:
+            ``(mask_logits [B, K, 256, T], noise_logits [B, M, 256, T])``; the noise heads
+            read the mean of the K pre-sigmoid query features.
+        """
+        feats = self.features(mag_mix)
+        query_feats = self._query_features(queries.to(feats.dtype))
+        mask = self._synthesize(torch.sigmoid(query_feats), feats)
+        noise = self._synthesize(self._noise_weights(query_feats), feats)
+        return mask, noise
+
+    def mask_logits(self, mag_mix: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Mask logits on the 256 log-frequency rows.
+
+        Args:
+            mag_mix: ``[B, 1, 513, T]`` mixture magnitude.
+            queries: ``[B, D]`` or ``[B, K, D]``; the U-Net runs once per mixture.
+
+        Returns:
+            ``[B, 1, 256, T]`` or ``[B, K, 256, T]``; ``clipcore.spectral.unwarp_to_linear``
+            maps them (or their sigmoid) back to 513 rows.
+        """
+        feats = self.features(mag_mix)
+        return self._synthesize(torch.sigmoid(self._query_features(queries.to(feats.dtype))), feats)
+
+    def noise_logits(self, mag_mix: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Noise-head logits ``[B, M, 256, T]`` (``queries`` as in :meth:`mask_logits`)."""
+        return self(mag_mix, queries)[1]
