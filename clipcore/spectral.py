@@ -124,8 +124,8 @@ def log_warp_grid(
     Returns:
         ``[out_rows, frames, 2]`` grid of ``(x, y)`` coordinates for ``grid_sample``.
     """
-    y = torch.linspace(-1.0, 1.0, out_rows, device=device)
-    height = (torch.pow(torch.tensor(21.0, device=device), (y + 1) / 2) - 11) / 10
+    y = torch.linspace(-1.0, 1.0, out_rows, dtype=torch.float64, device=device)
+    height = (torch.pow(torch.tensor(21.0, dtype=torch.float64, device=device), (y + 1) / 2) - 11) / 10
     return _grid(height, frames, device)
 
 
@@ -140,14 +140,16 @@ def log_unwarp_grid(
     Returns:
         ``[out_rows, frames, 2]`` grid for ``grid_sample``.
     """
-    y = torch.linspace(-1.0, 1.0, out_rows, device=device)
+    y = torch.linspace(-1.0, 1.0, out_rows, dtype=torch.float64, device=device)
     height = torch.log(10 * y + 11) / math.log(21) * 2 - 1
     return _grid(height, frames, device)
 
 
 def _grid(height: torch.Tensor, frames: int, device: torch.device | None) -> torch.Tensor:
+    # Heights are computed in float64 and rounded once, as the official code does (numpy,
+    # then float32): the network amplifies float32 rounding to about 1e-3 in its logits.
     time = torch.linspace(-1.0, 1.0, frames, device=device)
-    grid_y = height[:, None].expand(-1, frames)
+    grid_y = height.float()[:, None].expand(-1, frames)
     grid_x = time[None, :].expand(height.shape[0], -1)
     return torch.stack([grid_x, grid_y], dim=-1)
 
