@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 from clipcore import cli
+from clipsep.convert import add_convert_command
 
 DESCRIPTION = "CLIPSep: text-queried sound separation learned from unlabeled video."
-COMMANDS: list[cli.Registrar] = []
+COMMANDS: list[cli.Registrar] = [add_convert_command]
 
 
 def main(argv: list[str] | None = None) -> int:
