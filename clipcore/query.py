@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +32,7 @@ from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_p
 from torch import nn
 
 from clipcore.checkpoint import CONFIG_NAME, CheckpointError, Pretrained
+from clipcore.naming import slugify
 
 __all__ = [
     "QueryEncoder",
@@ -86,10 +86,6 @@ def mean_embedding(embeddings: torch.Tensor, dim: int = -2) -> torch.Tensor:
     """
     embeddings = F.normalize(embeddings.float(), dim=-1)
     return F.normalize(embeddings.mean(dim=dim), dim=-1)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def _build_clip(model_config: dict[str, Any]) -> nn.Module:
@@ -236,7 +232,7 @@ class QueryEncoder(Pretrained, nn.Module):
         if tag_config.get("quick_gelu"):
             model_config["quick_gelu"] = True
         preprocess = {key: tag_config[key] for key in ("mean", "std", "interpolation", "resize_mode") if key in tag_config}
-        encoder = cls(model_config, name=name or _slug(f"clip-{arch}-{tag}"), architecture=arch,
+        encoder = cls(model_config, name=name or slugify(f"clip-{arch}-{tag}"), architecture=arch,
                       preprocess=preprocess or None)
         encoder._load_open_clip_weights(weights)
         return encoder
@@ -257,7 +253,7 @@ class QueryEncoder(Pretrained, nn.Module):
             builtin, stem = None, path.stem
         else:
             model_config, builtin, stem = cls._builtin_config(arch), arch, arch
-        encoder = cls(model_config, name=name or _slug(f"clip-{stem}-{Path(weights).stem}"), architecture=builtin,
+        encoder = cls(model_config, name=name or slugify(f"clip-{stem}-{Path(weights).stem}"), architecture=builtin,
                       preprocess=model_config.get("preprocess_cfg"))
         encoder._load_open_clip_weights(weights)
         return encoder
