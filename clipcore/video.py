@@ -10,14 +10,193 @@ import math
 import os
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from clipcore.files import atomic_write
 
-__all__ = ["VIDEO_EXTENSIONS", "frame_times", "write_video"]
+__all__ = ["VIDEO_EXTENSIONS", "VideoError", "VideoInfo", "Clip", "frame_times", "probe", "read_clip", "write_video"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 """File extensions the project treats as video when it searches folders."""
+
+
+TRUNCATION_TOLERANCE = 0.5
+"""Seconds of audio that may be missing at the end before a file counts as truncated."""
+
+
+class VideoError(ValueError):
+    """A video file that cannot be used, described in one sentence naming the file."""
+
+
+@dataclass
+class VideoInfo:
+    """What :func:`probe` finds: ``duration`` (seconds), ``has_audio``, ``has_video``."""
+
+    duration: float
+    has_audio: bool
+    has_video: bool
+
+
+@dataclass
+class Clip:
+    """A decoded stretch of a video.
+
+    Attributes:
+        audio: float32 ``[S]`` mono.
+        frames: uint8 ``[F, H, W, 3]`` RGB; frame ``k`` shows ``start + (k + 0.5) / fps``.
+        sample_rate: audio rate.
+        fps: frame rate.
+        start: seconds from the start of the file.
+    """
+
+    audio: np.ndarray
+    frames: np.ndarray
+    sample_rate: int
+    fps: float
+    start: float
+
+    @property
+    def duration(self) -> float:
+        """Length of the audio in seconds."""
+        return len(self.audio) / self.sample_rate
+
+
+def _reason(error: Exception) -> str:
+    text = getattr(error, "strerror", None) or str(error)
+    text = str(text).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.rstrip(".")
+
+
+def _open(path: Path):
+    import av
+
+    if not path.is_file():
+        raise VideoError(f"{path}: no such file.")
+    try:
+        return av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
+        raise VideoError(f"{path}: cannot be read as video ({_reason(error)}).") from None
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Duration and streams of a video file, read from its header (fast).
+
+    Raises:
+        VideoError: missing or unreadable file, or no known duration.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        streams = [s for s in container.streams if s.type in ("audio", "video")]
+        durations = [float(s.duration * s.time_base) for s in streams if s.duration]
+        if container.duration:
+            durations.append(container.duration / 1_000_000)
+        if not durations:
+            raise VideoError(f"{path}: its duration is unknown (no stream states it).")
+        return VideoInfo(
+            duration=max(durations),
+            has_audio=bool(container.streams.audio),
+            has_video=bool(container.streams.video),
+        )
+
+
+def read_clip(
+    path: str | os.PathLike,
+    start: float = 0.0,
+    end: float | None = None,
+    sample_rate: int = 16000,
+    fps: float = 1.0,
+    short_side: int = 224,
+) -> Clip:
+    """Decode the audio (mono, resampled) and frames (at ``fps``, resized) of a stretch.
+
+    Args:
+        path: a video file FFmpeg reads (mp4, mkv, webm, avi, mov, ...).
+        start: seconds from the start of the file.
+        end: seconds; None reads to the end.
+        sample_rate: audio rate of the result.
+        fps: frames per second of the result.
+        short_side: frames are resized so that their short side has this many pixels.
+
+    Returns:
+        A :class:`Clip` whose audio has exactly ``round((end - start) * sample_rate)``
+        samples when ``end`` is given.
+
+    Raises:
+        VideoError: missing or unreadable file, no audio or no video track, a decoding
+            error, or a truncated file (data ends before ``end`` or the stated duration).
+    """
+    import av
+
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise VideoError(f"{path}: has no audio track.")
+        if not container.streams.video:
+            raise VideoError(f"{path}: has no video track.")
+        stated = container.duration / 1_000_000 if container.duration else None
+        astream, vstream = container.streams.audio[0], container.streams.video[0]
+        vstream.thread_type = "AUTO"
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        audio_start: float | None = None
+        images: list[np.ndarray] = []
+        previous = None
+        audio_done = video_done = False
+        try:
+            if start > 0:
+                container.seek(int(start * 1_000_000), backward=True)
+            for packet in container.demux(astream, vstream):
+                for frame in packet.decode():
+                    if frame.pts is None:
+                        continue
+                    time = float(frame.pts * frame.time_base)
+                    if packet.stream is astream:
+                        if audio_done:
+                            continue
+                        if audio_start is None:
+                            audio_start = time
+                        chunks.extend(out.to_ndarray()[0] for out in resampler.resample(frame))
+                        audio_done = end is not None and time > end
+                    else:
+                        previous = previous or frame
+                        while not video_done and start + (len(images) + 0.5) / fps < time:
+                            images.append(_picture(previous, short_side))
+                            video_done = end is not None and start + (len(images) + 0.5) / fps >= end
+                        previous = frame
+                if audio_done and video_done:
+                    break
+            chunks.extend(out.to_ndarray()[0] for out in resampler.resample(None))
+        except av.FFmpegError as error:
+            raise VideoError(f"{path}: decoding failed ({_reason(error)}).") from None
+        if audio_start is None or not chunks:
+            raise VideoError(f"{path}: its audio track holds no samples.")
+        audio = _align(np.concatenate(chunks), audio_start, start, sample_rate)
+        target = (end if end is not None else stated or start + len(audio) / sample_rate) - start
+        if len(audio) / sample_rate < target - TRUNCATION_TOLERANCE:
+            raise VideoError(
+                f"{path}: is truncated (audio stops at {start + len(audio) / sample_rate:.1f} s "
+                f"of {start + target:.1f} s)."
+            )
+        audio = np.pad(audio, (0, max(0, round(target * sample_rate) - len(audio))))[: round(target * sample_rate)]
+        while previous is not None and len(images) < len(frame_times(target, fps)):
+            images.append(_picture(previous, short_side))
+        if not images:
+            raise VideoError(f"{path}: has no frames between {start:.1f} s and {start + target:.1f} s.")
+        return Clip(audio.astype(np.float32), np.stack(images), sample_rate, fps, start)
+
+
+def _align(audio: np.ndarray, audio_start: float, start: float, rate: int) -> np.ndarray:
+    """Cut (or zero-pad) decoded audio that begins at ``audio_start`` so it begins at ``start``."""
+    offset = round((start - audio_start) * rate)
+    return audio[offset:] if offset >= 0 else np.concatenate([np.zeros(-offset, np.float32), audio])
+
+
+def _picture(frame, short_side: int) -> np.ndarray:
+    scale = short_side / min(frame.width, frame.height)
+    width, height = round(frame.width * scale), round(frame.height * scale)
+    return frame.to_ndarray(format="rgb24", width=width, height=height)
 
 
 def frame_times(duration: float, fps: float) -> list[float]:
