@@ -69,6 +69,18 @@ class _Up(nn.Module):
         return self.norm(self.conv(x))
 
 
+def _official_init(module: nn.Module) -> None:
+    """The official initialisation: convolutions N(0, 1e-3), BatchNorm scales N(1, 0.02)
+    with zero shifts, linear weights N(0, 1e-4) (biases keep PyTorch's default)."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.normal_(module.weight, 0.0, 1e-3)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 1e-4)
+
+
 class CLIPSep(Pretrained, nn.Module):
     """Query-conditioned mask U-Net with optional noise heads.
 
@@ -134,6 +146,7 @@ class CLIPSep(Pretrained, nn.Module):
         self.noise_proj = nn.ModuleList(nn.Linear(mask_channels, mask_channels) for _ in range(noise_heads))
         self.mask_scale = nn.Parameter(torch.ones(mask_channels))
         self.mask_bias = nn.Parameter(torch.zeros(1))
+        self.apply(_official_init)
 
     @classmethod
     def paper(cls, noise_heads: int = 2) -> "CLIPSep":
