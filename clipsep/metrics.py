@@ -80,7 +80,7 @@ def separation_scores(target, interference, estimate, mixture) -> dict[str, np.n
 
     Returns:
         ``sdr, sir, sar, si_sdr`` of the estimates, the same with a ``_mix`` suffix for the
-        mixture, and the improvements ``sdri, siri, sari, si_sdri``: each ``[B]`` float64,
+        mixture, and the improvements ``sdri, siri, si_sdri``: each ``[B]`` float64,
         NaN where a reference or the estimate is silent.
     """
     target, interference, estimate, mixture = (_array(x) for x in (target, interference, estimate, mixture))
@@ -99,7 +99,8 @@ def separation_scores(target, interference, estimate, mixture) -> dict[str, np.n
                 scores[f"{name}{suffix}"][valid] = value[:, 0]
     scores["si_sdr"] = np.where(valid, si_sdr(target, estimate), np.nan)
     scores["si_sdr_mix"] = np.where(valid, si_sdr(target, mixture), np.nan)
-    for name in ("sdr", "sir", "sar", "si_sdr"):
+    # No SAR improvement: the mixture has no artifacts, so its SAR is unbounded.
+    for name in ("sdr", "sir", "si_sdr"):
         scores[f"{name}i"] = scores[name] - scores[f"{name}_mix"]
     return scores
 
