@@ -64,9 +64,8 @@ class Clip:
 
 
 def _reason(error: Exception) -> str:
-    text = getattr(error, "strerror", None) or str(error)
-    text = str(text).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.rstrip(".")
+    text = str(getattr(error, "strerror", None) or error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__).rstrip(".")
 
 
 def _open(path: Path):

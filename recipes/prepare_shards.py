@@ -1,0 +1,352 @@
+"""Cut video files into clips and write them as webdataset shards for training.
+
+    python recipes/prepare_shards.py VIDEOS_OR_CSV OUT_DIR [options]
+
+Run with ``--help`` for the input layouts and how CSV rows map to file names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import hashlib
+import json
+import multiprocessing
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from clipcore.cli import EXPECTED_ERRORS, UsageError
+from clipcore.files import atomic_write
+from clipcore.shards import ShardError, ShardSample, frame_embeddings, write_shard
+from clipcore.video import VIDEO_EXTENSIONS, VideoError, probe, read_clip
+
+EPILOG = """\
+inputs:
+  a folder      every video file below it (recursively: .mp4 .mkv .webm .avi .mov);
+                video id = the path below the folder without extension; label = the
+                name of the file's folder when it is not the top folder.
+  a CSV file    one of these layouts (--layout, detected when 'auto'); file names are
+                looked up below --video-root (default: the CSV's folder), recursively:
+    generic     a header row with a column 'path' (or 'file', 'filename', 'video'),
+                optional 'label', 'start' and 'end' (seconds); paths are relative to
+                --video-root.
+    vggsound    rows 'youtube_id,start_seconds,label,split' (vggsound.csv, no header).
+                A row maps to the file <youtube_id>_<start:06d>.<ext> (the usual
+                10-second download, read whole) or else to <youtube_id>.<ext> (the full
+                video, read from start_seconds for 10 s). --split keeps one split.
+    music       rows 'audio path,frames folder,frame count,label' (the CLIPSep lists);
+                the video id is the audio file's stem, and it maps to <video_id>.<ext>.
+
+Each file gives clips of --clip-seconds (back to back, from its start or the row's
+start); a file shorter than one clip gives one clip of its length if that is at least
+--min-seconds. Shards are written under a temporary name and renamed when complete; a
+rerun with the same inputs and settings skips complete shards (OUT_DIR/plan.json
+records them). Files that cannot be used are listed with a reason in the summary and in
+OUT_DIR/skipped.tsv.
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One input video: where it is, what to call it, and which part to use."""
+
+    path: str
+    video_id: str
+    label: str | None = None
+    start: float = 0.0
+    end: float | None = None
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to cut."""
+
+    path: str
+    video_id: str
+    label: str | None
+    start: float
+    end: float
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prepare_shards",
+        description="Cut video files into clips and write webdataset shards (FLAC audio, JPEG frames, metadata, "
+        "optional CLIP embeddings) for ShardDataModule.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", type=Path, help="a folder of videos or a CSV file listing them")
+    parser.add_argument("out_dir", type=Path, help="folder for the shards")
+    parser.add_argument("--layout", choices=["auto", "generic", "vggsound", "music"], default="auto",
+                        help="CSV layout (default: auto)")
+    parser.add_argument("--video-root", type=Path, help="where CSV rows' files are (default: the CSV's folder)")
+    parser.add_argument("--split", help="vggsound layout: keep rows of this split only (train or test)")
+    parser.add_argument("--dataset", help="dataset name in sample keys (default: the input's name)")
+    parser.add_argument("--prefix", default="shard", help="shard file prefix (default: shard)")
+    parser.add_argument("--clip-seconds", type=float, default=10.0, help="clip length (default: 10)")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="shortest clip kept (default: 1)")
+    parser.add_argument("--sample-rate", type=int, default=16000, help="audio rate (default: 16000)")
+    parser.add_argument("--fps", type=float, default=1.0, help="frames per second (default: 1)")
+    parser.add_argument("--short-side", type=int, default=224, help="frame short side in pixels (default: 224)")
+    parser.add_argument("--shard-size", type=int, default=256, help="clips per shard (default: 256)")
+    parser.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
+    parser.add_argument("--clip-model", help="also store CLIP image embeddings per frame: a QueryEncoder "
+                        "checkpoint folder, an open_clip name like ViT-B-32/openai, or ARCH=weights-file")
+    return parser
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _index_videos(root: Path) -> dict[str, Path]:
+    """Map file stems to video files below ``root``."""
+    return {p.stem: p for p in sorted(root.rglob("*")) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()}
+
+
+def _float(value: str, where: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"{where}: {value!r} is not a number of seconds.") from None
+
+
+def _detect_layout(first: list[str], path: Path) -> str:
+    cells = [c.strip().lower() for c in first]
+    if {"path", "file", "filename", "video"} & set(cells):
+        return "generic"
+    if len(cells) == 4 and cells[3] in {"train", "test", "val", "validation"}:
+        return "vggsound"
+    if len(cells) >= 4 and cells[2].isdigit():
+        return "music"
+    raise UsageError(f"{path}: cannot tell the CSV layout from its first row; pass --layout.")
+
+
+def read_entries(args: argparse.Namespace) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """The input videos, and rows that name no existing file (with a reason)."""
+    source: Path = args.input
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        entries = [
+            Entry(str(p), p.relative_to(source).with_suffix("").as_posix(), p.parent.name if p.parent != source else None)
+            for p in files
+        ]
+        return entries, []
+    if not source.is_file():
+        raise UsageError(f"{source}: no such file or folder.")
+    root = args.video_root or source.parent
+    if not root.is_dir():
+        raise UsageError(f"{root}: video root is not a folder.")
+    try:
+        with open(source, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UsageError(f"{source}: cannot be read as CSV ({error}).") from None
+    if not rows:
+        raise UsageError(f"{source}: lists no videos.")
+    layout = args.layout if args.layout != "auto" else _detect_layout(rows[0], source)
+    entries, missing = [], []
+    if layout == "generic":
+        header = [c.strip().lower() for c in rows[0]]
+        column = next((header.index(n) for n in ("path", "file", "filename", "video") if n in header), None)
+        if column is None:
+            raise UsageError(f"{source}: the header has no 'path' column.")
+        get = lambda row, name: row[header.index(name)].strip() if name in header and header.index(name) < len(row) and row[header.index(name)].strip() else None
+        for number, row in enumerate(rows[1:], 2):
+            path = root / row[column].strip()
+            start, end = get(row, "start"), get(row, "end")
+            entry = Entry(str(path), path.with_suffix("").name, get(row, "label"),
+                          _float(start, f"{source}:{number}") if start else 0.0,
+                          _float(end, f"{source}:{number}") if end else None)
+            (entries.append(entry) if path.is_file() else missing.append((str(path), "no such file")))
+        return entries, missing
+    index = _index_videos(root)
+    for number, row in enumerate(rows, 1):
+        if layout == "vggsound":
+            if len(row) < 4:
+                raise UsageError(f"{source}:{number}: expected 4 columns (youtube_id,start,label,split).")
+            ytid, start, label, split = (c.strip() for c in row[:4])
+            if args.split and split != args.split:
+                continue
+            start_s = _float(start, f"{source}:{number}")
+            cut = index.get(f"{ytid}_{int(start_s):06d}")
+            if cut is not None:
+                entries.append(Entry(str(cut), f"{ytid}_{int(start_s):06d}", label))
+            elif ytid in index:
+                entries.append(Entry(str(index[ytid]), ytid, label, start_s, start_s + 10.0))
+            else:
+                missing.append((f"{ytid}_{int(start_s):06d}", f"no video file for this row below {root}"))
+        else:
+            if len(row) < 4:
+                raise UsageError(f"{source}:{number}: expected 4 columns (audio path,frames folder,count,label).")
+            video_id, label = Path(row[0].strip()).stem, row[3].strip()
+            if video_id in index:
+                entries.append(Entry(str(index[video_id]), video_id, label))
+            else:
+                missing.append((video_id, f"no video file for this row below {root}"))
+    return entries, missing
+
+
+def plan_clips(entry: Entry, clip_seconds: float, min_seconds: float) -> tuple[str, list[ClipJob], str | None]:
+    """The clips of one input: ``(path, clips, None)`` or ``(path, [], reason)``.
+    Reads only the file's header."""
+    try:
+        info = probe(entry.path)
+    except VideoError as error:
+        return entry.path, [], str(error)
+    if not info.has_audio:
+        return entry.path, [], f"{entry.path}: has no audio track."
+    if not info.has_video:
+        return entry.path, [], f"{entry.path}: has no video track."
+    end = min(info.duration, entry.end) if entry.end is not None else info.duration
+    length = end - entry.start
+    count = int(length / clip_seconds + 1e-6)
+    if count == 0:
+        if length < min_seconds:
+            return entry.path, [], f"{entry.path}: {max(length, 0):.1f} s is shorter than --min-seconds {min_seconds:g}."
+        return entry.path, [ClipJob(entry.path, entry.video_id, entry.label, entry.start, end)], None
+    starts = [entry.start + k * clip_seconds for k in range(count)]
+    return entry.path, [ClipJob(entry.path, entry.video_id, entry.label, s, s + clip_seconds) for s in starts], None
+
+
+# ----------------------------------------------------------------------------- writing
+
+_ENCODER = None  # set in the parent before workers fork, so that it is loaded once
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def write_one(task: tuple[str, str, list[ClipJob], dict]) -> tuple[str, int, list[tuple[str, str]]]:
+    """Decode the clips of one shard and write it; returns (shard, clips written, skipped)."""
+    shard, dataset, jobs, settings = task
+    samples, skipped = [], []
+    for job in jobs:
+        try:
+            clip = read_clip(job.path, job.start, job.end, settings["sample_rate"], settings["fps"], settings["short_side"])
+        except VideoError as error:
+            skipped.append((job.path, str(error)))
+            continue
+        embeddings = {} if _ENCODER is None else {_ENCODER.name: frame_embeddings(_ENCODER, clip.frames)}
+        samples.append(ShardSample(dataset, job.video_id, job.start, clip.audio, clip.sample_rate, clip.frames,
+                                   clip.fps, job.label, embeddings))
+    if samples:  # a shard none of whose clips could be read is retried by a rerun
+        write_shard(shard, samples)
+    return shard, len(samples), skipped
+
+
+def _map(function, items, workers: int):
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+        yield from pool.imap_unordered(function, items)
+
+
+def prepare(args: argparse.Namespace) -> int:
+    """Run the recipe; returns the exit status."""
+    global _ENCODER
+    if args.clip_seconds <= 0 or args.min_seconds <= 0 or args.shard_size < 1 or args.workers < 1:
+        raise UsageError("--clip-seconds, --min-seconds, --shard-size and --workers must be positive.")
+    if args.fps <= 0 or args.sample_rate < 1000 or args.short_side < 16:
+        raise UsageError("--fps must be positive, --sample-rate at least 1000 and --short-side at least 16.")
+    entries, skipped = read_entries(args)
+    if not entries:
+        raise UsageError(f"{args.input}: no usable video files found.")
+    if args.clip_model:
+        from clipcore.query import QueryEncoder
+
+        _ENCODER = QueryEncoder.load(args.clip_model)
+    dataset = args.dataset or args.input.stem
+    jobs: list[ClipJob] = []
+    plan = functools.partial(plan_clips, clip_seconds=args.clip_seconds, min_seconds=args.min_seconds)
+    for path, clips, reason in tqdm(_map(plan, entries, args.workers), total=len(entries), desc="probing", unit="file"):
+        jobs.extend(clips)
+        if reason:
+            skipped.append((path, reason))
+    jobs.sort(key=lambda job: (job.path, job.start))
+    settings = {"sample_rate": args.sample_rate, "fps": args.fps, "short_side": args.short_side}
+    record = {
+        "dataset": dataset,
+        "settings": {**settings, "clip_seconds": args.clip_seconds, "min_seconds": args.min_seconds,
+                     "shard_size": args.shard_size, "clip_model": _ENCODER.name if _ENCODER else None},
+        "clips": len(jobs),
+        "digest": hashlib.sha1(json.dumps([asdict(job) for job in jobs]).encode()).hexdigest(),
+    }
+    out: Path = args.out_dir
+    _check_plan(out, record)
+    for stale in out.glob(f".{args.prefix}-*.tar.*.part"):
+        stale.unlink()
+    tasks = []
+    for number, first in enumerate(range(0, len(jobs), args.shard_size)):
+        shard = out / f"{args.prefix}-{number:06d}.tar"
+        if not shard.exists():
+            tasks.append((str(shard), dataset, jobs[first : first + args.shard_size], settings))
+    resumed = (len(jobs) + args.shard_size - 1) // args.shard_size - len(tasks)
+    written = 0
+    with tqdm(total=sum(len(t[2]) for t in tasks), desc="writing", unit="clip") as bar:
+        for _, count, failed in _map(write_one, tasks, args.workers):
+            written += count
+            skipped.extend(failed)
+            bar.update(count + len(failed))
+    _summary(out, written, len(tasks), resumed, skipped)
+    if written == 0 and resumed == 0:
+        print(f"prepare_shards: error: no clip of {args.input} could be written.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_plan(out: Path, record: dict) -> None:
+    plan_file = out / "plan.json"
+    if plan_file.exists():
+        try:
+            previous = json.loads(plan_file.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != record:
+            raise UsageError(
+                f"{out}: holds shards prepared from other inputs or settings (see {plan_file}); "
+                "use a new folder, or delete it to start over."
+            )
+        return
+    atomic_write(plan_file, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def _summary(out: Path, written: int, shards: int, resumed: int, skipped: list[tuple[str, str]]) -> None:
+    reasons: dict[str, str] = {}
+    for path, reason in skipped:
+        reasons.setdefault(path, reason)
+    print(f"wrote {written} clips in {shards} shards to {out}" + (f" ({resumed} complete shards kept)" if resumed else ""))
+    if reasons:
+        atomic_write(out / "skipped.tsv",
+                     lambda tmp: tmp.write_text("".join(f"{p}\t{r}\n" for p, r in sorted(reasons.items()))))
+        print(f"skipped {len(reasons)} files (all listed in {out / 'skipped.tsv'}):")
+        for reason in list(reasons.values())[:10]:
+            print(f"  {reason}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import av.logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    av.logging.set_level(av.logging.PANIC)  # FFmpeg's own messages; the summary gives reasons
+    try:
+        return prepare(args)
+    except (*EXPECTED_ERRORS, VideoError, ShardError) as error:
+        print(f"prepare_shards: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prepare_shards: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
