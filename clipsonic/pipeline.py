@@ -1,0 +1,277 @@
+"""Inference: from a text or image query to waveforms (no training code here).
+
+A :class:`Generator` holds the mel diffusion model, a vocoder, and (loaded when first
+needed) the CLIP query encoder and the diffusion prior. Three query modes, as in the paper:
+
+- ``"image"``: CLIP image embedding of the query image (what the model was trained on);
+- ``"zs"``: CLIP text embedding used directly in place of an image embedding (zero-shot);
+- ``"pd"``: the diffusion prior first maps the text embedding to an image embedding.
+
+Where :meth:`Generator.from_pretrained` finds the parts (``DIR`` is a CLIPSonic checkpoint
+folder, ``config.json`` + ``model.safetensors``), first match wins:
+
+- query encoder: the ``query_encoder`` argument (a ``QueryEncoder`` or a spec for
+  ``QueryEncoder.load``: checkpoint folder, open_clip name, weights file); else
+  ``DIR/query_encoder/``; else the spec the model recorded when it was trained.
+- prior (``"pd"`` mode only): the ``prior`` argument (a ``DiffusionPrior`` or its
+  folder); else ``DIR/prior/``.
+- vocoder: the ``vocoder`` argument (a vocoder module, ``"griffinlim"`` or a HiFi-GAN
+  folder, see :mod:`clipsonic.vocoder`); else ``DIR/vocoder/``; else Griffin-Lim.
+
+Sampling is deterministic for a seed: sample ``n`` of every query starts from noise drawn
+with seed ``seed + n``, whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from tqdm.auto import tqdm
+
+from clipsonic.model import CLIPSonic
+from clipsonic.vocoder import load_vocoder
+
+__all__ = ["Generator", "Generation", "GenerationError", "SAMPLERS", "MODES", "make_scheduler", "sample_mels"]
+
+SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "trailing"}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "timestep_spacing": "trailing"}),
+    "euler": (EulerDiscreteScheduler, {"timestep_spacing": "trailing"}),
+}
+"""Sampler names and the diffusers scheduler (with settings) behind each."""
+
+MODES = ("image", "zs", "pd")
+
+MEL_CEILING = 4.0
+"""Largest log-mel value a generated spectrogram may hold."""
+
+MAX_DURATION = 600.0
+"""Longest duration (seconds) one generated clip may have."""
+
+
+class GenerationError(ValueError):
+    """A generation request that cannot be served, described in one sentence."""
+
+
+def make_scheduler(name: str, model: CLIPSonic):
+    """A fresh diffusers scheduler by sampler name, on the model's training schedule."""
+    if name not in SAMPLERS:
+        raise GenerationError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}.")
+    cls, settings = SAMPLERS[name]
+    return cls(**model.scheduler_config(), **settings)
+
+
+@torch.no_grad()
+def sample_mels(
+    model: CLIPSonic,
+    embeddings: torch.Tensor,
+    frames: int,
+    seeds: list[int],
+    steps: int = 50,
+    guidance: float = 3.0,
+    sampler: str = "ddim",
+    on_step: Callable[[], Any] | None = None,
+) -> torch.Tensor:
+    """Sample log-mels with classifier-free guidance.
+
+    Args:
+        model: the diffusion model (evaluated as is: call ``eval()`` first).
+        embeddings: ``[B, D]`` conditions.
+        frames: mel frames to return (the U-Net runs on the next multiple of its
+            ``downsample_factor``).
+        seeds: ``B`` seeds, one per row: row ``i``'s starting noise depends only on ``seeds[i]``.
+        steps: sampler steps.
+        guidance: guidance scale (1: plain conditional; 0: unconditional).
+        sampler: a name of :data:`SAMPLERS`.
+        on_step: called after every step (progress bars).
+
+    Returns:
+        ``[B, n_mels, frames]`` log-mel spectrograms.
+    """
+    device = embeddings.device
+    scheduler = make_scheduler(sampler, model)
+    scheduler.set_timesteps(steps, device=device)
+    shape = (1, model.mel_config.n_mels, model.padded_frames(frames))
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    x = torch.stack(noise).to(device) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        prediction = model.guided(scheduler.scale_model_input(x, t), t, embeddings, guidance)
+        x = scheduler.step(prediction, t, x).prev_sample
+        if on_step is not None:
+            on_step()
+    # The ceiling is well above any real mel (full-scale audio stays below about 2.5); it only
+    # keeps an untrained or diverging model from producing non-finite audio.
+    floor = math.log(model.mel_config.log_floor)
+    return model.denormalize(x)[..., :frames].clamp(min=floor, max=MEL_CEILING)
+
+
+@dataclass
+class Generation:
+    """What :meth:`Generator.generate` returns.
+
+    Attributes:
+        waveforms: ``[Q, N, samples]`` for Q queries and N samples per query.
+        mels: ``[Q, N, n_mels, frames]`` the generated log-mels.
+        embeddings: ``[Q, D]`` the conditions used.
+        sample_rate: rate of ``waveforms``.
+    """
+
+    waveforms: torch.Tensor
+    mels: torch.Tensor
+    embeddings: torch.Tensor
+    sample_rate: int
+
+
+class Generator:
+    """Text- or image-queried audio generation with a trained CLIPSonic model.
+
+    Args:
+        model: the diffusion model.
+        query_encoder: a ``QueryEncoder``, a spec for ``QueryEncoder.load``, or ``None``
+            (use the spec the model recorded; needed only for text and image queries).
+        prior: a ``DiffusionPrior``, its folder, or ``None`` (``"pd"`` mode unavailable).
+        vocoder: a vocoder module, a spec for :func:`~clipsonic.vocoder.load_vocoder`, or
+            ``None`` for Griffin-Lim.
+        device: where to run.
+        batch_size: clips sampled together.
+    """
+
+    def __init__(self, model: CLIPSonic, query_encoder=None, prior=None, vocoder=None, device="cpu", batch_size: int = 16):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self._query_encoder = query_encoder if query_encoder is not None else model.query_encoder
+        self._prior = prior
+        if vocoder is None or isinstance(vocoder, (str, os.PathLike)):
+            vocoder = load_vocoder(vocoder, mel=model.init_args.get("mel"), device=self.device)
+        self.vocoder = vocoder.to(self.device).eval()
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, query_encoder=None, prior=None, vocoder=None, device="cpu", **kwargs) -> "Generator":
+        """Load a checkpoint folder and find its parts (see the module doc)."""
+        directory = Path(directory)
+        model = CLIPSonic.from_pretrained(directory, map_location=device)
+        parts = {"query_encoder": query_encoder, "prior": prior, "vocoder": vocoder}
+        for name, given in parts.items():
+            if given is None and (directory / name).is_dir():
+                parts[name] = directory / name
+        return cls(model, device=device, **parts, **kwargs)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.vocoder.sample_rate
+
+    def query_encoder(self):
+        """The CLIP query encoder, loaded on first use."""
+        from clipcore.query import QueryEncoder  # imported here: open_clip is only needed for queries
+
+        if self._query_encoder is None:
+            raise GenerationError("no query encoder: pass one (a checkpoint folder or an open_clip name).")
+        if not isinstance(self._query_encoder, QueryEncoder):
+            self._query_encoder = QueryEncoder.load(str(self._query_encoder), device=str(self.device))
+        if self._query_encoder.embed_dim != self.model.embed_dim:
+            raise GenerationError(
+                f"the query encoder gives {self._query_encoder.embed_dim}-d embeddings but the model is "
+                f"conditioned on {self.model.embed_dim}-d ones."
+            )
+        return self._query_encoder
+
+    def prior(self):
+        """The diffusion prior, loaded on first use."""
+        from clipcore.prior import DiffusionPrior
+
+        if self._prior is None:
+            raise GenerationError('mode "pd" needs a diffusion prior: pass its checkpoint folder.')
+        if not isinstance(self._prior, DiffusionPrior):
+            self._prior = DiffusionPrior.load(self._prior, embed_dim=self.model.embed_dim, map_location=self.device)
+        return self._prior.to(self.device).eval()
+
+    @torch.no_grad()
+    def embed(self, text=None, image=None, mode: str | None = None, seed: int = 0) -> torch.Tensor:
+        """Conditions for the queries: ``[Q, D]`` normalised CLIP (image-space) embeddings.
+
+        Args:
+            text: a prompt or a list of prompts (modes ``"zs"``, ``"pd"``).
+            image: a PIL image, a list of them, or uint8 ``[Q, 3, H, W]`` (mode ``"image"``).
+            mode: ``"image"``, ``"zs"`` or ``"pd"``; by default ``"image"`` for images,
+                ``"pd"`` for text when a prior is available, else ``"zs"``.
+            seed: seed of the prior's sampling (with the prior's default steps and guidance).
+        """
+        if (text is None) == (image is None):
+            raise GenerationError("give either text or an image query, not both or neither.")
+        if mode is None:
+            mode = "image" if image is not None else ("pd" if self._prior is not None else "zs")
+        if mode not in MODES:
+            raise GenerationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+        if (mode == "image") != (image is not None):
+            raise GenerationError(f'mode "{mode}" takes {"an image" if mode == "image" else "text"} queries.')
+        encoder = self.query_encoder()
+        if mode == "image":
+            images = image if isinstance(image, (list, torch.Tensor)) else [image]
+            if isinstance(images, torch.Tensor) and images.dim() == 3:
+                images = images[None]
+            return encoder.encode_image(images).to(self.device)
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or any(not t.strip() for t in texts):
+            raise GenerationError("a text query is empty.")
+        embeddings = encoder.encode_text(texts).to(self.device)
+        if mode == "pd":
+            generator = torch.Generator(self.device).manual_seed(seed)
+            embeddings = self.prior().sample(embeddings, generator=generator)
+        return embeddings
+
+    @torch.no_grad()
+    def generate(
+        self,
+        text: str | list[str] | None = None,
+        image=None,
+        mode: str | None = None,
+        embeddings: torch.Tensor | None = None,
+        steps: int = 50,
+        guidance: float = 3.0,
+        sampler: str = "ddim",
+        seed: int = 0,
+        num_samples: int = 1,
+        duration: float = 4.0,
+        progress: bool = False,
+    ) -> Generation:
+        """Generate ``num_samples`` clips of ``duration`` seconds per query.
+
+        Args:
+            text, image, mode: the queries (see :meth:`embed`), or instead
+            embeddings: ``[Q, D]`` conditions given directly.
+            steps: sampler steps; guidance: guidance scale; sampler: a name of :data:`SAMPLERS`.
+            seed: sample ``n`` of each query starts from noise of seed ``seed + n``.
+            num_samples: clips per query.
+            duration: seconds per clip.
+            progress: show a progress bar counting sampler steps.
+        """
+        if steps < 1 or num_samples < 1:
+            raise GenerationError("steps and the number of samples must be at least 1.")
+        if not 0 < duration <= MAX_DURATION:
+            raise GenerationError(f"duration must be above 0 and at most {MAX_DURATION:g} seconds, not {duration:g}.")
+        if embeddings is None:
+            embeddings = self.embed(text, image, mode, seed=seed)
+        embeddings = embeddings.to(self.device, torch.float32)
+        queries = embeddings.shape[0]
+        config = self.model.mel_config
+        length = round(duration * config.sample_rate)
+        frames = config.frames(length)
+        rows = [(q, n) for q in range(queries) for n in range(num_samples)]
+        chunks = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        mels, waves = [], []
+        with tqdm(total=len(chunks) * steps, unit="step", disable=not progress, desc="generating") as bar:
+            for chunk in chunks:
+                conditions = embeddings[[q for q, _ in chunk]]
+                mel = sample_mels(self.model, conditions, frames, [seed + n for _, n in chunk], steps, guidance, sampler, bar.update)
+                mels.append(mel)
+                waves.append(self.vocoder(mel, length))
+        mel = torch.cat(mels).view(queries, num_samples, *mels[0].shape[1:])
+        wave = torch.cat(waves).view(queries, num_samples, length)
+        return Generation(wave, mel, embeddings, self.sample_rate)

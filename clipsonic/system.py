@@ -1,0 +1,259 @@
+"""Training CLIPSonic: the LightningModule around :class:`~clipsonic.model.CLIPSonic`.
+
+Each training clip (a :class:`clipcore.shards.MixBatch` with one source) gives its mel and
+its condition: the CLIP embedding of one random frame, read from the shards when they hold
+precomputed embeddings, else computed from the delivered frames with the query encoder.
+The condition is dropped (replaced by the learned null condition) with probability
+``condition_dropout`` so that classifier-free guidance works at sampling time. Weights are
+also averaged (EMA); validation and the exported model use the average.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from lightning.pytorch import LightningModule
+from PIL import Image
+
+from clipcore.audio import save_audio
+from clipcore.checkpoint import git_commit
+from clipcore.naming import slugify
+from clipsonic.model import CLIPSonic
+from clipsonic.pipeline import MEL_CEILING, sample_mels
+from clipsonic.vocoder import GriffinLim
+
+__all__ = ["CLIPSonicSystem", "mel_image", "log_media"]
+
+PRESETS = {"tiny": CLIPSonic.tiny, "paper": CLIPSonic.paper}
+
+
+class CLIPSonicSystem(LightningModule):
+    """Mel diffusion trained on (frame, audio) pairs of video clips.
+
+    Args:
+        preset: ``"tiny"`` or ``"paper"`` model.
+        embed_dim: CLIP embedding size; by default the query encoder's, else the preset's.
+        model_args: overrides of the preset's :class:`~clipsonic.model.CLIPSonic` arguments.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
+        query_encoder: spec for ``clipcore.query.QueryEncoder.load`` (open_clip name,
+            checkpoint folder, ``ARCH=FILE``). Needed when the batches carry frames; always
+            recorded in the exported model so that inference uses the same CLIP space.
+        condition_dropout: probability of training a clip with the null condition.
+        learning_rate: AdamW learning rate, reached after ``warmup_steps`` linear steps.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps.
+        ema_decay: decay of the weight average (with the usual ``(1+n)/(10+n)`` warm-up).
+        mel_stats_batches: training batches read before training to set the per-row mel
+            normalisation (0: keep the model's statistics).
+        val_sampler, val_steps, val_guidance: sampling settings of validation examples.
+        val_examples: clips generated and logged at each validation.
+    """
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        embed_dim: int | None = None,
+        model_args: dict[str, Any] | None = None,
+        prediction_type: str = "epsilon",
+        query_encoder: str | None = None,
+        condition_dropout: float = 0.1,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 1000,
+        ema_decay: float = 0.999,
+        mel_stats_batches: int = 16,
+        val_sampler: str = "ddim",
+        val_steps: int = 25,
+        val_guidance: float = 3.0,
+        val_examples: int = 4,
+    ) -> None:
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}.")
+        self.save_hyperparameters()
+        encoder = None
+        if query_encoder is not None:
+            from clipcore.query import QueryEncoder  # open_clip only when frames may need it
+
+            encoder = QueryEncoder.load(query_encoder)
+            if embed_dim is not None and embed_dim != encoder.embed_dim:
+                raise ValueError(f"embed_dim {embed_dim} differs from the query encoder's {encoder.embed_dim}.")
+            embed_dim = encoder.embed_dim
+        object.__setattr__(self, "encoder", encoder)  # frozen and not part of the checkpoint
+        settings = {"prediction_type": prediction_type, "query_encoder": query_encoder, **(model_args or {})}
+        if embed_dim is not None:
+            settings["embed_dim"] = embed_dim
+        self.model = PRESETS[preset](**settings)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.noise_scheduler = DDPMScheduler(**self.model.scheduler_config())
+        self.register_buffer("stats_ready", torch.tensor(False))
+
+    # --- conditions and mels ------------------------------------------------------------
+
+    def conditions(self, batch) -> torch.Tensor:
+        """``[B, D]`` normalised condition of each clip of a one-source ``MixBatch``."""
+        if batch.embeddings is not None:
+            return F.normalize(batch.embeddings[:, 0].float(), dim=-1)
+        if self.encoder is None:
+            raise ValueError("the batches carry frames but no query_encoder is configured.")
+        frames = batch.frames[:, 0]  # [B, F, 3, H, W]
+        pick = torch.randint(frames.shape[1], (frames.shape[0],), device=frames.device)
+        chosen = frames[torch.arange(frames.shape[0], device=frames.device), pick]
+        return self.encoder.to(self.device).encode_image(chosen).to(self.device)
+
+    def mels(self, batch) -> torch.Tensor:
+        """``[B, n_mels, T]`` log-mels of the clips, ``T`` cropped to what the U-Net halves."""
+        mel = self.model.log_mel(batch.sources[:, 0])
+        usable = mel.shape[-1] // self.model.downsample_factor * self.model.downsample_factor
+        if usable == 0:
+            raise ValueError(f"segments of {mel.shape[-1]} mel frames are too short for this model.")
+        return mel[..., :usable]
+
+    def diffusion_loss(self, model: CLIPSonic, batch, generator: torch.Generator | None = None, dropout: float = 0.0):
+        """Mean squared error of the noise (or v) prediction at random steps."""
+        x0 = model.normalize(self.mels(batch))
+        cond = self.conditions(batch)
+        batch_size = x0.shape[0]
+        noise = torch.randn(x0.shape, generator=generator, device=self.device)
+        t = torch.randint(0, model.num_train_timesteps, (batch_size,), generator=generator, device=self.device)
+        drop = torch.rand(batch_size, generator=generator, device=self.device) < dropout
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        target = noise if model.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, noise, t)
+        return F.mse_loss(model(noisy, t, cond, drop=drop), target)
+
+    # --- training -----------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        rate = getattr(datamodule, "hparams", {}).get("sample_rate") if datamodule is not None else None
+        if rate is not None and rate != self.model.mel_config.sample_rate:
+            raise ValueError(f"the data are at {rate} Hz but the model's mels at {self.model.mel_config.sample_rate} Hz.")
+        if not bool(self.stats_ready) and self.hparams.mel_stats_batches > 0 and datamodule is not None:
+            self._set_mel_statistics(datamodule.train_dataloader())
+
+    @torch.no_grad()
+    def _set_mel_statistics(self, loader) -> None:
+        """Per-row mean and std of log-mels over a few batches, summed over all ranks."""
+        n_mels = self.model.mel_config.n_mels
+        sums = torch.zeros(3, n_mels, dtype=torch.float64, device=self.device)
+        for index, batch in enumerate(loader):
+            if index >= self.hparams.mel_stats_batches:
+                break
+            mel = self.mels(batch.to(self.device)).double()
+            sums[0] += mel.shape[0] * mel.shape[2]
+            sums[1] += mel.sum((0, 2))
+            sums[2] += (mel**2).sum((0, 2))
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        count, total, squares = sums
+        if count[0] == 0:
+            return
+        mean = total / count
+        std = (squares / count - mean**2).clamp(min=1e-6).sqrt()
+        for model in (self.model, self.ema):
+            model.mel_mean.copy_(mean.float())
+            model.mel_std.copy_(std.float().clamp(min=1e-3))
+        self.stats_ready.fill_(True)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(self.model, batch, dropout=self.hparams.condition_dropout)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.global_step
+        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for averaged, live in zip(self.ema.parameters(), self.model.parameters()):
+                averaged.lerp_(live, 1 - decay)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+        )
+        warmup = max(1, self.hparams.warmup_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- validation ---------------------------------------------------------------------
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        generator = torch.Generator(self.device).manual_seed(batch_idx)
+        loss = self.diffusion_loss(self.ema, batch, generator=generator)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        if batch_idx == 0 and self.hparams.val_examples > 0 and self.trainer.is_global_zero:
+            self._log_examples(batch)
+
+    @torch.no_grad()
+    def _log_examples(self, batch) -> None:
+        count = min(self.hparams.val_examples, len(batch))
+        real = self.mels(batch)[:count]
+        fake = sample_mels(
+            self.ema, self.conditions(batch)[:count], real.shape[-1], list(range(count)),
+            self.hparams.val_steps, self.hparams.val_guidance, self.hparams.val_sampler,
+        )
+        vocoder = GriffinLim(mel=self.model.init_args.get("mel")).to(self.device)
+        audio = vocoder(fake)
+        images = [np.concatenate([mel_image(r), np.zeros((r.shape[0], 2), np.uint8), mel_image(f)], axis=1)
+                  for r, f in zip(real, fake)]
+        labels = [label[0] for label in batch.labels[:count]]
+        log_media(self.trainer, "val/generated", images, audio, vocoder.sample_rate, self.global_step, labels)
+
+    # --- export -------------------------------------------------------------------------
+
+    def export(self, directory: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+        """Save the averaged model as a checkpoint folder for ``Generator.from_pretrained``.
+
+        A query encoder given as a local checkpoint folder is copied to
+        ``directory/query_encoder`` so that the folder is self-contained.
+        """
+        directory = Path(directory)
+        facts = {"git_commit": git_commit(), "global_step": self.global_step, "ema_decay": self.hparams.ema_decay,
+                 **(provenance or {})}
+        self.ema.save_pretrained(directory, provenance=facts)
+        spec = self.hparams.query_encoder
+        if self.encoder is not None and spec is not None and Path(spec).is_dir():
+            self.encoder.save_pretrained(directory / "query_encoder")
+        return directory
+
+
+def mel_image(log_mel: torch.Tensor, floor: float = math.log(1e-5), ceiling: float = MEL_CEILING) -> np.ndarray:
+    """``[n_mels, T]`` log-mel -> ``[n_mels, T]`` uint8 image, low frequencies at the bottom,
+    on a fixed scale so that images of different steps compare."""
+    scaled = ((log_mel.detach().float().cpu() - floor) / (ceiling - floor)).clamp(0, 1)
+    return (scaled.flip(0).numpy() * 255).astype(np.uint8)
+
+
+def log_media(trainer, tag: str, images: list[np.ndarray], audio: torch.Tensor, sample_rate: int, step: int,
+              captions: list[str | None] | None = None) -> None:
+    """Log grey images (``[H, W]`` uint8) and audio (``[N, S]``) to the trainer's loggers.
+
+    TensorBoard-style loggers get ``add_image``/``add_audio``, W&B gets
+    ``log_image``/``log_audio``; loggers without media support (CSV) get PNG and WAV files
+    under ``<log_dir>/media/``.
+    """
+    audio = audio.detach().float().cpu().clamp(-1, 1)
+    captions = captions or [None] * len(images)
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_audio") and hasattr(experiment, "add_image"):
+            for i, (image, wave) in enumerate(zip(images, audio)):
+                experiment.add_image(f"{tag}/{i}", image[None], step, dataformats="CHW")
+                experiment.add_audio(f"{tag}/{i}", wave[None], step, sample_rate=sample_rate)
+        elif hasattr(logger, "log_image") and hasattr(logger, "log_audio"):
+            logger.log_image(key=f"{tag}/mel", images=list(images), step=step, caption=captions)
+            logger.log_audio(key=f"{tag}/audio", audios=[w.numpy() for w in audio], step=step,
+                             sample_rate=[sample_rate] * len(audio), caption=captions)
+        else:
+            root = Path(getattr(logger, "log_dir", None) or trainer.log_dir or ".") / "media"
+            for i, (image, wave, caption) in enumerate(zip(images, audio, captions)):
+                stem = f"{tag.replace('/', '-')}-step{step:07d}-{i}" + (f"-{slugify(caption)}" if caption else "")
+                root.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(root / f"{stem}.png")
+                save_audio(root / f"{stem}.wav", wave[None], sample_rate)
