@@ -24,7 +24,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from clipcore.audio import AUDIO_EXTENSIONS, AudioError, load_audio, save_audio
+from clipcore.audio import AUDIO_EXTENSIONS, load_audio, save_audio
 from clipcore.cli import EXPECTED_ERRORS, UsageError
 from clipcore.naming import safe_filename, slugify, unique_names
 from clipsep.separate import QueryError, Separator, load_image
@@ -236,8 +236,9 @@ def run_separate(args: argparse.Namespace) -> int:
             done = [0.0]
 
             def advance(seconds: float) -> None:
-                done[0] += seconds
-                bar.update(seconds)
+                step = max(0.0, min(seconds, duration - done[0]))  # model-rate rounding
+                done[0] += step
+                bar.update(step)
 
             results.append(process_file(job, separator, embeddings, options, advance))
             bar.update(max(0.0, duration - done[0]))

@@ -1,0 +1,156 @@
+"""``clipsep separate``: inputs, output layout, safe names, overwrite rules, bad input."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from clipcore.audio import save_audio
+from clipcore.naming import safe_filename, slugify, unique_names
+from clipcore.query import QueryEncoder
+from clipsep.cli import main
+from clipsep.model import CLIPSep
+from clipsep.separate import Separator
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt") / "clipsep"
+    Separator(CLIPSep.tiny(query_dim=16), QueryEncoder.tiny(embed_dim=16)).save_pretrained(folder)
+    return folder
+
+
+def _noise(channels, samples, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).normal(0, 0.1, (channels, samples)).astype("float32"))
+
+
+def _digest(folder):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _run(checkpoint, *args):
+    return main(["separate", "--checkpoint", str(checkpoint), *map(str, args)])
+
+
+def test_folder_with_good_and_bad_files(checkpoint, tmp_path, capsys):
+    stems = tmp_path / "stems"
+    save_audio(stems / "Take 1.wav", _noise(2, 50000), 44100)  # stereo, 44.1 kHz
+    save_audio(stems / "sub" / "bass.flac", _noise(1, 20000, seed=1), 16000)
+    save_audio(stems / "sub" / "take 1.wav", _noise(1, 9000, seed=2), 22050)  # name clash, any case
+    (stems / "notes.txt").write_text("not audio, and not searched for")
+    (stems / "broken.wav").write_bytes(b"RIFF but not really a wave file")
+    sf.write(stems / "empty.wav", np.zeros((0, 1), "float32"), 16000)
+    sf.write(stems / "nan.wav", np.array([[0.0], [np.nan], [0.5]] * 100, "float32"), 16000, subtype="FLOAT")
+    before = _digest(stems)
+    out = tmp_path / "out"
+
+    status = _run(checkpoint, "-q", "playing violin", "--residual", "--format", "flac", "--bit-depth", "24",
+                  "-o", out, stems, tmp_path / "missing.wav")
+    captured = capsys.readouterr()
+
+    assert status == 1
+    assert _digest(stems) == before  # inputs never modified
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    take_dirs = sorted({w.split("/")[0] for w in written if w.lower().startswith("take 1")})
+    assert len(take_dirs) == 2 and take_dirs[0].lower() != take_dirs[1].lower()  # no clash, in any case
+    assert "bass/playing-violin.flac" in written and "bass/residual.flac" in written
+    assert len(written) == 6
+    info = sf.info(out / "bass" / "playing-violin.flac")
+    assert (info.samplerate, info.frames, info.channels, info.subtype) == (16000, 20000, 1, "PCM_24")
+    stereo = next(out / d / "playing-violin.flac" for d in take_dirs if sf.info(out / d / "playing-violin.flac").channels == 2)
+    assert (sf.info(stereo).samplerate, sf.info(stereo).frames) == (44100, 50000)
+    # The summary names every failure with its reason, one line each, and no traceback.
+    errors = captured.err
+    assert "Traceback" not in errors
+    assert "missing.wav: no such file or folder." in errors
+    assert "broken.wav: cannot be read as audio" in errors
+    assert "empty.wav: contains zero samples." in errors
+    assert "nan.wav: contains non-finite samples" in errors
+    assert "4 input(s) failed" in errors
+    assert "Separated 3 of 7 inputs: 6 files written" in captured.out
+    assert not list(out.rglob("*.part"))
+
+
+def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
+    save_audio(tmp_path / "in" / "mix.wav", _noise(1, 30000), 16000)
+    out = tmp_path / "out"
+    assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "in" / "*.wav") == 0
+    target = out / "mix" / "violin.wav"
+    target.write_bytes(b"keep me")
+    assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "in" / "mix.wav") == 1
+    assert "already exists (pass --overwrite to replace it)" in capsys.readouterr().err
+    assert target.read_bytes() == b"keep me"
+    assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path / "in" / "mix.wav") == 0
+    assert sf.info(target).frames == 30000
+    # A folder search leaves out the output folder inside it.
+    assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path) == 0
+    assert "Separated 1 of 1 inputs" in capsys.readouterr().out
+
+
+def test_query_names_stay_inside_and_distinct(checkpoint, tmp_path, capsys):
+    save_audio(tmp_path / "mix.wav", _noise(1, 20000), 16000)
+    red = tmp_path / "red car.png"
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(red)
+    queries = ["../../escape", "/etc/passwd", "..", "Violin", "violin", "residual", "a\\b:c*?", "x" * 300]
+    args = [a for q in queries for a in ("-q", q)]
+    out = tmp_path / "out"
+    assert _run(checkpoint, *args, "--query-image", red, "--residual", "-o", out, tmp_path / "mix.wav") == 0
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) == len(queries) + 2  # + image query + residual
+    assert {p.parent for p in files} == {out / "mix"}
+    assert all(len(p.name) < 100 for p in files)
+    assert (out / "mix" / "residual.wav").is_file() and (out / "mix" / "image-red-car.wav").is_file()
+    assert not list(tmp_path.parent.glob("escape*"))
+
+
+def test_naming_helpers_on_hostile_text():
+    hostile = ["..", ".", "../..", "a/../b", "C:\\x", "\x00\x1f", "", " ", "小提琴", "con", "é" * 400, "-.-"]
+    for text in hostile:
+        for name in (slugify(text), safe_filename(text)):
+            assert name and name not in (".", "..") and ".." not in name
+            assert "/" not in name and "\\" not in name and "\x00" not in name
+            assert len(name.encode()) < 255 and Path(name).name == name
+    names = unique_names(["violin", "violin", "Violin", "residual"], ["a", "b", "c", "d"], reserved=["residual"])
+    assert len({n.lower() for n in names}) == 4 and "residual" not in names
+    assert slugify("y" * 200) != slugify("y" * 199) and len(slugify("y" * 200)) <= 80
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-q", "  "], "the query text is empty"),
+        ([], "give at least one --query"),
+        (["--query-image", "{tmp}/nope.png"], "nope.png: no such image file"),
+        (["--query-image", "{tmp}/bad.png"], "bad.png: cannot be read as an image"),
+        (["-q", "x", "--format", "flac", "--bit-depth", "32f"], "32f needs --format wav"),
+        (["-q", "x", "--overlap", "0.7"], "--overlap must be between 0 and 0.5"),
+    ],
+)
+def test_bad_queries_and_values(checkpoint, tmp_path, capsys, args, message):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    save_audio(tmp_path / "mix.wav", _noise(1, 1000), 16000)
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert _run(checkpoint, *args, "-o", tmp_path / "out", tmp_path / "mix.wav") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_checkpoint_is_one_line_in_a_fresh_process(checkpoint, tmp_path):
+    save_audio(tmp_path / "mix.wav", _noise(1, 1000), 16000)
+    result = subprocess.run(
+        [sys.executable, "-m", "clipsep.cli", "separate", "--checkpoint", str(checkpoint / "query_encoder"),
+         "-q", "violin", str(tmp_path / "mix.wav")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"clipsep separate: error: {checkpoint / 'query_encoder'} holds a clipcore.query.QueryEncoder "
+        "checkpoint, not a clipsep.model.CLIPSep."
+    ]
