@@ -1,0 +1,347 @@
+"""Training the diffusion prior: pairs of CLIP text and image embeddings, and the
+LightningModule that fits :class:`clipcore.prior.DiffusionPrior` to them.
+
+Pairs come precomputed (``.npz`` files with ``text`` and ``image`` arrays ``[N, D]``, or
+folders with ``text.npy`` and ``image.npy``) or are computed once by a query encoder from
+a webdataset of images and captions: each image (``jpg``/``png`` members, or the frames
+``0.jpg``, ``1.jpg``, ... of video shards, or their precomputed ``<encoder>.npy``) is paired
+with the sample's caption (``txt``), or with its ``json`` label put into prompt templates.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule, LightningModule
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+from webdataset.tariterators import tarfile_samples
+
+from clipcore.checkpoint import git_commit
+from clipcore.files import atomic_write
+from clipcore.prior import DiffusionPrior, PriorError
+from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
+from clipcore.shards import expand_shards
+
+__all__ = ["PriorDataModule", "PriorSystem", "load_pairs", "save_pairs", "compute_pairs"]
+
+_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+
+
+def load_pairs(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read pairs from an ``.npz`` file (``text``, ``image``) or a folder (``text.npy``, ``image.npy``).
+
+    Returns:
+        float32 text ``[N, D]`` and image ``[N, D]`` embeddings.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            text = np.load(path / "text.npy", allow_pickle=False)
+            image = np.load(path / "image.npy", allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as arrays:
+                text, image = arrays["text"], arrays["image"]
+    except (OSError, ValueError, KeyError) as error:
+        raise PriorError(f"{path}: not a pairs file with 'text' and 'image' arrays ({error}).") from None
+    if text.ndim != 2 or text.shape != image.shape or len(text) == 0:
+        raise PriorError(f"{path}: text {text.shape} and image {image.shape} must both be [N, D] with N > 0.")
+    if not (np.isfinite(text).all() and np.isfinite(image).all()):
+        raise PriorError(f"{path}: holds non-finite embeddings.")
+    return torch.from_numpy(text.astype(np.float32)), torch.from_numpy(image.astype(np.float32))
+
+
+def save_pairs(path: str | Path, text: torch.Tensor, image: torch.Tensor) -> Path:
+    """Write pairs ``[N, D]`` as an ``.npz`` file (atomically)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, text=text.float().cpu().numpy(), image=image.float().cpu().numpy())
+
+    return atomic_write(path, write)
+
+
+def compute_pairs(
+    shards: str | list[str], encoder: QueryEncoder, templates: list[str] | None = None, max_samples: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed the images and captions of a webdataset with a query encoder.
+
+    Args:
+        shards: shard spec (paths, globs, braces, ``pipe:``, URLs).
+        encoder: the query encoder (its embedding size is the prior's).
+        templates: templates for ``json`` labels (default ``["a photo of {}"]``); a ``txt``
+            caption is used as is.
+        max_samples: stop after this many samples.
+
+    Returns:
+        float32 text ``[N, D]`` and image ``[N, D]``: one pair per image and caption.
+    """
+    templates = list(templates or [DEFAULT_TEMPLATE])
+    texts, images, skipped = [], [], 0
+    pending: list[tuple[list[str], list[torch.Tensor]]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        embedded = encoder.encode_image([image for _, group in pending for image in group]).cpu()
+        start = 0
+        for captions, group in pending:
+            _add(captions, embedded[start:start + len(group)])
+            start += len(group)
+        pending.clear()
+
+    def _add(captions: list[str], image_embeddings: torch.Tensor) -> None:
+        text_embeddings = encoder.encode_text(captions, templates="{}").cpu()
+        texts.append(text_embeddings.repeat_interleave(len(image_embeddings), 0))
+        images.append(image_embeddings.repeat(len(captions), 1))
+
+    samples = tarfile_samples([{"url": url} for url in expand_shards(shards)])
+    for count, sample in enumerate(tqdm(samples, desc="embedding pairs", unit="sample")):
+        if max_samples is not None and count >= max_samples:
+            break
+        captions = _captions(sample, templates)
+        member = f"{encoder.name}.npy"
+        try:
+            if not captions:
+                raise ValueError("no txt caption or json label")
+            if member in sample:
+                table = torch.from_numpy(np.load(io.BytesIO(sample[member]), allow_pickle=False).astype(np.float32))
+                _add(captions, F.normalize(table.reshape(-1, encoder.embed_dim), dim=-1))
+                continue
+            names = sorted((name for name in sample if name.rsplit(".", 1)[-1].lower() in _IMAGE_SUFFIXES), key=_natural)
+            if not names:
+                raise ValueError("no image member")
+            group = [_decode(sample[name]) for name in names]
+        except (ValueError, OSError) as error:
+            skipped += 1
+            warnings.warn(f"skipping {sample.get('__key__')} in {sample.get('__url__')}: {error}.", stacklevel=2)
+            continue
+        pending.append((captions, group))
+        if sum(len(g) for _, g in pending) >= 64:
+            flush()
+    flush()
+    if not texts:
+        raise PriorError(f"no usable image and caption pairs in {shards} ({skipped} samples skipped).")
+    return torch.cat(texts), torch.cat(images)
+
+
+def _captions(sample: dict, templates: list[str]) -> list[str]:
+    if "txt" in sample:
+        return [sample["txt"].decode("utf-8").strip()]
+    label = json.loads(sample["json"]).get("label") if "json" in sample else None
+    return [template.format(label) for template in templates] if label else []
+
+
+def _natural(name: str) -> tuple:
+    stem = name.rsplit(".", 1)[0]
+    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+
+
+def _decode(data: bytes) -> torch.Tensor:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class PriorDataModule(LightningDataModule):
+    """Pairs of CLIP text and image embeddings, held in memory.
+
+    Args:
+        pairs: precomputed pairs files (see :func:`load_pairs`); concatenated.
+        shards: a webdataset of images and captions to embed instead (see :func:`compute_pairs`).
+        encoder: query encoder spec for ``shards`` (see ``QueryEncoder.load``), or ``tiny``
+            (``QueryEncoder.tiny(seed=0)``).
+        templates: prompt templates for ``json`` labels in ``shards``.
+        cache: where to save pairs computed from ``shards`` (``.npz``), and to read them
+            from when it exists.
+        max_samples: read at most this many shard samples.
+        val_fraction: share of the pairs held out for validation.
+        batch_size: pairs per batch.
+        num_workers: data loader workers.
+        seed: seed of the train/validation split and of shuffling.
+    """
+
+    def __init__(
+        self,
+        pairs: list[str] | None = None,
+        shards: str | list[str] | None = None,
+        encoder: str | None = None,
+        templates: list[str] | None = None,
+        cache: str | None = None,
+        max_samples: int | None = None,
+        val_fraction: float = 0.05,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if (pairs is None) == (shards is None):
+            raise PriorError("give either pairs (precomputed embeddings) or shards (images and captions), not both.")
+        if shards is not None and encoder is None:
+            raise PriorError("computing pairs from shards needs an encoder (e.g. ViT-L-14/openai).")
+        if not 0.0 <= val_fraction < 1.0:
+            raise PriorError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        self.save_hyperparameters()
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        h = self.hparams
+        if h.pairs is not None:
+            loaded = [load_pairs(path) for path in h.pairs]
+            text, image = torch.cat([t for t, _ in loaded]), torch.cat([i for _, i in loaded])
+        elif h.cache and Path(h.cache).is_file():
+            text, image = load_pairs(h.cache)
+        else:
+            encoder = QueryEncoder.tiny(seed=0) if h.encoder == "tiny" else QueryEncoder.load(h.encoder)
+            text, image = compute_pairs(h.shards, encoder, h.templates, h.max_samples)
+            if h.cache:
+                save_pairs(h.cache, text, image)
+        order = torch.randperm(len(text), generator=torch.Generator().manual_seed(h.seed))
+        n_val = int(round(len(text) * h.val_fraction))
+        if n_val >= len(text):
+            raise PriorError(f"{len(text)} pairs are too few to hold out {n_val} for validation.")
+        val, train = order[:n_val], order[n_val:]
+        self.train_set = TensorDataset(text[train], image[train])
+        self.val_set = TensorDataset(text[val], image[val]) if n_val else None
+
+    @property
+    def embed_dim(self) -> int:
+        """Embedding size of the pairs (after :meth:`setup`)."""
+        return self.train_set.tensors[0].shape[1]
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=False,
+                          num_workers=self.hparams.num_workers, generator=generator)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+
+
+class PriorSystem(LightningModule):
+    """Fits a :class:`DiffusionPrior` by denoising standardised image embeddings given
+    text embeddings (DALL-E 2 recipe: predict the clean embedding, MSE, AdamW).
+
+    Args:
+        embed_dim: CLIP embedding size (must match the data).
+        transformer: ``PriorTransformer`` config (see :class:`DiffusionPrior`); None: DALL-E 2 size.
+        scheduler: noise schedule config; None: :data:`clipcore.prior.DEFAULT_SCHEDULER`.
+        sampler: diffusers scheduler class for validation sampling and inference.
+        cond_drop_prob: text condition dropout for classifier-free guidance.
+        init_from: a prior folder (project or diffusers layout) to fine-tune.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps, then cosine decay to zero.
+        val_steps: sampling steps in validation.
+        val_guidance: guidance scale in validation.
+        output: folder for the final prior (``save_pretrained``); default
+            ``<log dir>/prior``.
+        seed: seed of the weight initialisation.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 768,
+        transformer: dict | None = None,
+        scheduler: dict | None = None,
+        sampler: str = "DDIMScheduler",
+        cond_drop_prob: float = 0.1,
+        init_from: str | None = None,
+        lr: float = 1.1e-4,
+        weight_decay: float = 6.0e-2,
+        warmup_steps: int = 500,
+        val_steps: int = 10,
+        val_guidance: float = 1.0,
+        output: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if init_from is not None:
+            self.prior = DiffusionPrior.load(init_from, embed_dim=embed_dim)
+            self.prior.cond_drop_prob = cond_drop_prob
+        else:
+            self.prior = DiffusionPrior(embed_dim, transformer, scheduler, sampler, cond_drop_prob, seed)
+        self.register_buffer("statistics_ready", torch.tensor(init_from is not None))
+
+    def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "embed_dim", self.prior.embed_dim) != self.prior.embed_dim:
+            raise PriorError(
+                f"the pairs hold {datamodule.embed_dim}-d embeddings but the prior is {self.prior.embed_dim}-d; "
+                "set model.embed_dim to match the query encoder."
+            )
+        if bool(self.statistics_ready):
+            return
+        texts, images, seen = [], [], 0
+        for text, image in datamodule.train_dataloader():
+            texts.append(text)
+            images.append(image)
+            seen += len(text)
+            if seen >= 100_000:
+                break
+        self.prior.set_statistics(torch.cat(texts), torch.cat(images))
+        self.statistics_ready.fill_(True)
+
+    def _loss(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        prior = self.prior
+        clean = prior.normalise_image(image)
+        condition = prior.drop_condition(prior.normalise_text(text)) if self.training else prior.normalise_text(text)
+        noise = torch.randn_like(clean)
+        schedule = prior.noise_scheduler
+        timesteps = torch.randint(0, schedule.config.num_train_timesteps, (len(clean),), device=clean.device)
+        noisy = schedule.add_noise(clean, noise, timesteps)
+        kind = schedule.config.prediction_type
+        target = {"sample": clean, "epsilon": noise}.get(kind)
+        if target is None:
+            target = schedule.get_velocity(clean, noise, timesteps)
+        return F.mse_loss(prior(noisy, timesteps, condition), target)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(*batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        text, image = batch
+        self.log("val/loss", self._loss(text, image), prog_bar=True)
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        sampled = self.prior.sample(text, steps=self.hparams.val_steps, guidance=self.hparams.val_guidance,
+                                    generator=generator)
+        target = F.normalize(image, dim=-1)
+        self.log("val/cosine_prior", (sampled * target).sum(-1).mean(), prog_bar=True)
+        self.log("val/cosine_text", (F.normalize(text, dim=-1) * target).sum(-1).mean())
+
+    def configure_optimizers(self):
+        parameters = [p for p in self.prior.parameters() if p.requires_grad]
+        optimiser = torch.optim.AdamW(parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(self.hparams.warmup_steps, total // 2)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        folder = Path(self.hparams.output or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "prior")
+        self.prior.save_pretrained(
+            folder, provenance={"git_commit": git_commit(), "training": dict(self.hparams), "steps": self.global_step}
+        )
