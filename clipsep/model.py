@@ -29,9 +29,15 @@ from torch import nn
 from clipcore.checkpoint import Pretrained
 from clipcore.spectral import LOG_ROWS, STFTConfig, warp_to_log
 
-__all__ = ["CLIPSep", "level_channels"]
+__all__ = ["CLIPSep", "PRESETS", "level_channels"]
 
 MAG_EPS = 1e-10
+
+PRESETS: dict[str, dict] = {
+    "paper": {},  # the constructor's defaults: the published network
+    "tiny": {"query_dim": 32, "base_channels": 8, "mask_channels": 8},
+}
+"""Constructor arguments of the named networks."""
 
 
 def level_channels(base_channels: int, layers: int) -> list[int]:
@@ -154,19 +160,12 @@ class CLIPSep(Pretrained, nn.Module):
         return cls(noise_heads=noise_heads)
 
     @classmethod
-    def tiny(
-        cls, query_dim: int = 32, noise_heads: int = 2, base_channels: int = 8, layers: int = 7, seed: int = 0
-    ) -> "CLIPSep":
-        """A small network of the same structure, for tests and the toy world."""
+    def tiny(cls, seed: int = 0, **overrides) -> "CLIPSep":
+        """A small network of the same structure (``PRESETS["tiny"]`` with ``overrides``,
+        e.g. ``query_dim=16, layers=5``), initialised from ``seed``; for tests and the toy world."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(
-                query_dim=query_dim,
-                base_channels=base_channels,
-                mask_channels=8,
-                layers=layers,
-                noise_heads=noise_heads,
-            )
+            return cls(**{**PRESETS["tiny"], **overrides})
 
     def features(self, mag_mix: torch.Tensor) -> torch.Tensor:
         """U-Net features of a mixture.

@@ -51,5 +51,5 @@ def test_round_trip_and_attributes(tmp_path):
     mag, query = torch.rand(1, 1, 513, 128), torch.randn(1, 32)
     with torch.no_grad():
         assert torch.equal(loaded.mask_logits(mag, query), model.mask_logits(mag, query))
-    assert torch.equal(CLIPSep.tiny(seed=3).mask_scale, model.mask_scale)
+    assert torch.equal(CLIPSep.tiny(seed=3).query_proj.weight, model.query_proj.weight)
     assert not torch.equal(CLIPSep.tiny(seed=4).query_proj.weight, model.query_proj.weight)
