@@ -167,6 +167,11 @@ class Generator:
     def sample_rate(self) -> int:
         return self.vocoder.sample_rate
 
+    @property
+    def has_prior(self) -> bool:
+        """Whether a diffusion prior was given or found (``"pd"`` mode possible)."""
+        return self._prior is not None
+
     def query_encoder(self):
         """The CLIP query encoder, loaded on first use."""
         from clipcore.query import QueryEncoder  # imported here: open_clip is only needed for queries
@@ -206,7 +211,7 @@ class Generator:
         if (text is None) == (image is None):
             raise GenerationError("give either text or an image query, not both or neither.")
         if mode is None:
-            mode = "image" if image is not None else ("pd" if self._prior is not None else "zs")
+            mode = "image" if image is not None else ("pd" if self.has_prior else "zs")
         if mode not in MODES:
             raise GenerationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
         if (mode == "image") != (image is not None):
