@@ -1,0 +1,286 @@
+"""Shards to batches: mixing, query frames and embeddings, determinism, epochs, corrupt data, DDP."""
+
+import io
+import multiprocessing
+import socket
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from clipcore import synthetic
+from clipcore.shards import (
+    CorruptSampleWarning,
+    MixBatch,
+    ShardDataModule,
+    ShardError,
+    ShardStream,
+    expand_shards,
+)
+
+RATE = 16000
+SEGMENT = 8000
+CLIP_SECONDS = 3.0  # frames at 0.5, 1.5, 2.5 s
+
+
+class IndexEncoder:
+    """Stand-in image encoder: frame k of a clip embeds as the one-hot vector e_k, so the
+    averaged embedding a batch carries tells which frames were chosen."""
+
+    name = "index-encoder"
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.eye(len(images), 8)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    paths = synthetic.write_toy_shards(
+        root, 12, seed=0, shard_size=4, encoder=IndexEncoder(), duration=CLIP_SECONDS, frame_size=48
+    )
+    return root, paths
+
+
+def _members(paths) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for info in tar:
+                key, suffix = info.name.split(".", 1)
+                samples.setdefault(key, {})[suffix] = tar.extractfile(info).read()
+    return samples
+
+
+def _stored_audio(members, key) -> np.ndarray:
+    return sf.read(io.BytesIO(members[key]["flac"]), dtype="float32")[0]
+
+
+def _find_crop(clip: np.ndarray, segment: np.ndarray) -> tuple[int, float]:
+    """Offset and gain of the window of ``clip`` that best matches ``segment`` (FFT correlation)."""
+    size = 2 * len(clip)
+    corr = np.fft.irfft(np.fft.rfft(clip, size) * np.conj(np.fft.rfft(segment, size)), size)
+    corr = corr[: len(clip) - len(segment) + 1]
+    energy = np.convolve(clip**2, np.ones(len(segment)), "valid") + 1e-12
+    offset = int(np.argmax(corr**2 / energy))
+    return offset, float(corr[offset] / energy[offset])
+
+
+def _stream(shards, **kwargs) -> ShardStream:
+    settings = dict(batch_size=3, segment_samples=SEGMENT, sample_rate=RATE, shuffle_buffer=8, frame_size=48)
+    settings.update(kwargs)
+    return ShardStream(shards, **settings)
+
+
+def test_mixture_is_the_sum_of_clip_crops_scaled_by_gains(shards):
+    root, paths = shards
+    members = _members(paths)
+    batches = list(_stream(str(root), num_sources=2, epoch_length=4, seed=1))
+    assert len(batches) == 4
+    for batch in batches:
+        assert batch.mixture.shape == (3, SEGMENT) and batch.sources.shape == (3, 2, SEGMENT)
+        assert batch.frames.shape == (3, 2, 3, 3, 48, 48) and batch.frames.dtype == torch.uint8
+        assert batch.embeddings is None
+        torch.testing.assert_close(batch.mixture, batch.sources.sum(1))
+        for b in range(3):
+            for n in range(2):
+                source, clip = batch.sources[b, n].numpy(), _stored_audio(members, batch.keys[b][n])
+                # find the crop: the offset where the scaled clip matches the source
+                offset, gain = _find_crop(clip, source)
+                assert np.abs(gain * clip[offset : offset + SEGMENT] - source).max() < 1e-5
+                assert 0.25 <= gain <= 0.75
+                assert batch.labels[b][n] == synthetic.INSTRUMENTS[int(batch.keys[b][n].split("/")[1]) % 8]
+
+
+def test_one_source_is_the_clip_itself_without_gain(shards):
+    root, paths = shards
+    members = _members(paths)
+    batches = list(_stream(paths, num_sources=1, query_frames=1, train=False))
+    assert sum(len(b) for b in batches) == 12  # one pass: every clip once
+    for batch in batches:
+        assert batch.sources.shape[1] == 1 and batch.frames.shape[2] == 1
+        assert torch.equal(batch.mixture, batch.sources[:, 0])
+        for b, (key,) in enumerate(batch.keys):
+            clip = _stored_audio(members, key)
+            start = (len(clip) - SEGMENT) // 2  # validation crops are centred
+            assert np.array_equal(batch.mixture[b].numpy(), clip[start : start + SEGMENT])
+
+
+def test_embeddings_average_the_same_frames_that_are_delivered(shards):
+    root, paths = shards
+    members = _members(paths)
+    with_embeddings = list(_stream(str(root), encoder="index-encoder", query_frames=2, epoch_length=3, seed=5))
+    with_frames = list(_stream(str(root), query_frames=2, epoch_length=3, seed=5))
+    for a, b in zip(with_embeddings, with_frames):
+        assert a.frames is None and a.embeddings.shape == (3, 2, 8) and a.embeddings.dtype == torch.float32
+        assert a.keys == b.keys and torch.equal(a.mixture, b.mixture)
+        for i in range(3):
+            for n in range(2):
+                chosen = torch.nonzero(a.embeddings[i, n]).flatten().tolist()
+                assert len(chosen) == 2 and chosen[1] == chosen[0] + 1  # consecutive
+                assert torch.allclose(a.embeddings[i, n, chosen], torch.full((2,), 0.5))
+                jpegs = members[a.keys[i][n]]
+                for slot, k in enumerate(chosen):
+                    expected = np.asarray(Image.open(io.BytesIO(jpegs[f"{k}.jpg"])).convert("RGB"))
+                    assert np.array_equal(b.frames[i, n, slot].permute(1, 2, 0).numpy(), expected)
+
+
+def test_deterministic_by_seed(shards):
+    root, _ = shards
+    first = list(_stream(str(root), epoch_length=2, seed=3))
+    again = list(_stream(str(root), epoch_length=2, seed=3))
+    other = list(_stream(str(root), epoch_length=2, seed=4))
+    assert [b.keys for b in first] == [b.keys for b in again]
+    assert all(torch.equal(x.mixture, y.mixture) for x, y in zip(first, again))
+    assert not all(torch.equal(x.mixture, y.mixture) for x, y in zip(first, other))
+
+
+def test_fixed_epoch_length_with_workers_and_new_mixtures_each_epoch(shards):
+    root, _ = shards
+    data = ShardDataModule(train_shards=f"{root}/*.tar", batch_size=2, num_workers=2, epoch_length=5,
+                           segment_samples=SEGMENT, query_frames=1, shuffle_buffer=8, frame_size=48)
+    loader = data.train_dataloader()
+    assert len(loader) == 5
+    epochs = [[b.keys for b in loader] for _ in range(2)]
+    assert [len(e) for e in epochs] == [5, 5]
+    assert epochs[0] != epochs[1]
+
+
+def test_one_pass_splits_few_shards_by_sample_among_workers(shards):
+    root, paths = shards
+    for spec in (paths[:1], paths):  # fewer shards than workers, then more
+        data = ShardDataModule(val_shards=spec, num_sources=1, batch_size=2, num_workers=2, query_frames=1,
+                               segment_samples=SEGMENT, frame_size=48)
+        keys = [k for batch in data.val_dataloader() for (k,) in batch.keys]
+        assert sorted(keys) == sorted(_members(spec))
+
+
+def _rewrite(src, dst, damage):
+    """Copy a shard, letting ``damage(name, data)`` replace or drop (None) members."""
+    with tarfile.open(src) as tar_in, tarfile.open(dst, "w") as tar_out:
+        for info in tar_in:
+            data = damage(info.name, tar_in.extractfile(info).read())
+            if data is not None:
+                info.size = len(data)
+                tar_out.addfile(info, io.BytesIO(data))
+
+
+def test_corrupt_members_and_shards_are_skipped_counted_and_warned(shards, tmp_path):
+    root, paths = shards
+    keys = sorted(_members(paths[:1]))
+
+    def damage(name, data):
+        if name == f"{keys[0]}.flac":
+            return b"garbage" * 50
+        if name == f"{keys[1]}.json":
+            return b"{not json"
+        if name == f"{keys[2]}.index-encoder.npy":
+            return None
+        if name.startswith(f"{keys[3]}.") and name.endswith(".jpg"):
+            return data[: len(data) // 3]
+        return data
+
+    _rewrite(paths[0], tmp_path / "a.tar", damage)
+    truncated = paths[1].read_bytes()
+    (tmp_path / "b.tar").write_bytes(truncated[: len(truncated) // 2])
+    survivors = set(_members(paths[:2])) - set(keys)
+    for encoder, bad in (("index-encoder", keys[:3]), (None, keys[:2] + keys[3:])):
+        stream = _stream(f"{tmp_path}/*.tar", num_sources=1, query_frames=3, train=False, encoder=encoder)
+        with pytest.warns(CorruptSampleWarning) as caught:
+            batches = list(stream)
+        delivered = {k for batch in batches for (k,) in batch.keys}
+        assert delivered.isdisjoint(bad) and set(keys) - set(bad) <= delivered
+        lost = survivors - delivered
+        assert lost  # the truncated shard lost samples, and the stream counted that
+        assert stream.skipped >= len(bad) + 1
+        assert sum(batch.skipped for batch in batches) == stream.skipped
+        assert all(any(key in str(w.message) for w in caught) for key in bad)
+
+
+def test_shard_specs(shards, tmp_path):
+    root, paths = shards
+    assert expand_shards(str(root)) == [str(p) for p in paths]
+    assert expand_shards(f"{root}/toy-{{000000..000001}}.tar") == [str(p) for p in paths[:2]]
+    assert expand_shards(f"{paths[0]}::{paths[2]}") == [str(paths[0]), str(paths[2])]
+    piped = list(_stream(f"pipe:cat {paths[0]}", num_sources=1, query_frames=1, train=False))
+    assert sum(len(b) for b in piped) == 4
+    for bad in (str(tmp_path / "nothing-*.tar"), str(tmp_path / "missing.tar"), str(tmp_path)):
+        with pytest.raises(ShardError, match=str(tmp_path)):
+            expand_shards(bad)
+
+
+def test_batch_moves_to_a_device():
+    batch = MixBatch(torch.zeros(1, 4), torch.zeros(1, 1, 4), None, torch.zeros(1, 1, 1, 3, 2, 2, dtype=torch.uint8),
+                     [["a"]], [["k"]])
+    moved = batch.to(torch.device("meta"))
+    assert moved.mixture.device.type == "meta" and moved.frames.dtype == torch.uint8 and moved.labels == [["a"]]
+    assert batch.mixture.device.type == "cpu"
+
+
+def _rank(rank: int, port: int, shard: str, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        data = ShardDataModule(train_shards=shard, batch_size=2, num_workers=1, epoch_length=3, query_frames=1,
+                               segment_samples=SEGMENT, shuffle_buffer=4, frame_size=48)
+        keys = [batch.keys for batch in data.train_dataloader()]
+        done = torch.tensor([len(keys)])
+        torch.distributed.all_reduce(done)  # both ranks must reach this point
+        results.put((rank, len(keys), int(done), keys))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_on_one_shard_both_finish_a_resampled_epoch(shards):
+    _, paths = shards
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    ranks = [context.Process(target=_rank, args=(r, port, str(paths[0]), results)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    outcome = sorted(results.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    assert [(rank, count, total) for rank, count, total, _ in outcome] == [(0, 3, 6), (1, 3, 6)]
+    assert outcome[0][3] != outcome[1][3]  # each rank draws its own mixtures
+
+
+def test_lightning_trainer_gets_mix_batches_for_two_epochs(shards, tmp_path):
+    from lightning.pytorch import LightningModule, Trainer
+
+    root, paths = shards
+
+    class Probe(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.seen = {"train": [], "val": []}
+
+        def training_step(self, batch, index):
+            assert isinstance(batch, MixBatch)
+            self.seen["train"].append((self.current_epoch, batch.keys))
+            return (self.weight * batch.mixture).pow(2).mean()
+
+        def validation_step(self, batch, index):
+            self.seen["val"].append(batch.keys)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = ShardDataModule(train_shards=str(root), val_shards=str(paths[0]), batch_size=2, num_workers=0,
+                           epoch_length=3, segment_samples=SEGMENT, query_frames=1, shuffle_buffer=8, frame_size=48)
+    model = Probe()
+    trainer = Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=data)
+    epochs = [[keys for epoch, keys in model.seen["train"] if epoch == e] for e in (0, 1)]
+    assert [len(e) for e in epochs] == [3, 3] and epochs[0] != epochs[1]
+    first, second = model.seen["val"]  # one batch of two mixtures per epoch, the same each epoch
+    assert first == second and sorted(k for pair in first for k in pair) == sorted(_members(paths[:1]))
