@@ -577,6 +577,8 @@ class ShardDataModule(LightningDataModule):
         """Training batches (shuffled; resampled when ``epoch_length`` is set)."""
         if self.train_shards is None:
             raise ShardError("no train_shards configured.")
+        # The length is exact: every worker makes its own share of the epoch.
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         return self._loader(self.train_shards, train=True)
 
     def val_dataloader(self) -> DataLoader:
