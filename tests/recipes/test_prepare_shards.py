@@ -1,0 +1,176 @@
+"""prepare_shards: from video files through shards and the reader to batches; layouts, resume, bad input."""
+
+import argparse
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from clipcore import synthetic
+from clipcore.shards import ShardStream
+from clipcore.video import read_clip
+from recipes.prepare_shards import main, plan_clips, read_entries
+
+RATE = 16000
+CLIP = 1.5  # seconds per clip cut by the recipe; each 3-second video gives two
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    synthetic.write_toy_videos(root, 6, seed=0, container="mkv", duration=3.0, frame_size=64)
+    whole = root / "cello" / "000000.mkv"
+    (root / "broken").mkdir()
+    truncated = root / "broken" / "truncated.mkv"
+    truncated.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
+    (root / "broken" / "garbage.mp4").write_bytes(b"\x00not a video" * 64)
+    return root
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    status = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _flac(shards, key) -> np.ndarray:
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            if f"{key}.flac" in tar.getnames():
+                return sf.read(io.BytesIO(tar.extractfile(f"{key}.flac").read()), dtype="float32")[0]
+    raise KeyError(key)
+
+
+def test_videos_to_shards_to_batches(videos, tmp_path, capsys):
+    out = tmp_path / "shards"
+    status, stdout, _ = _run(capsys, videos, out, "--clip-seconds", CLIP, "--shard-size", 4, "--workers", 2,
+                             "--short-side", 64, "--dataset", "toy")
+    assert status == 0
+    shards = sorted(out.glob("*.tar"))
+    assert "wrote 13 clips in 4 shards" in stdout  # 6 videos x 2 clips + the readable first clip of the truncated one
+    assert "skipped 2 files" in stdout
+    skipped = (out / "skipped.tsv").read_text()
+    assert "truncated.mkv\t" in skipped and "is truncated" in skipped and "garbage.mp4\t" in skipped
+
+    segment = 16000
+    stream = ShardStream(shards, num_sources=2, batch_size=3, segment_samples=segment, train=False, query_frames=1,
+                         frame_size=64)
+    batches = list(stream)
+    assert sum(len(b) for b in batches) == 6 and stream.skipped == 0
+    for batch in batches:
+        torch.testing.assert_close(batch.mixture, batch.sources.sum(1))
+        for b, pair in enumerate(batch.keys):
+            for n, key in enumerate(pair):
+                stored = _flac(shards, key)
+                start = (len(stored) - segment) // 2
+                crop = stored[start : start + segment]
+                source = batch.sources[b, n].numpy()
+                gain = float(source @ crop / (crop @ crop))
+                assert 0.25 <= gain <= 0.75
+                np.testing.assert_allclose(source, gain * crop, atol=1e-6)
+                # ...and what was stored is the toy world's audio (FLAC is lossless)
+                _, video_id, start_ms = key.split("/")
+                if video_id.startswith("broken"):
+                    continue
+                label, index = video_id.split("_")
+                clip = synthetic.make_clip(int(index), seed=0, duration=3.0, frame_size=64)
+                assert batch.labels[b][n] == label == clip.label
+                offset = int(start_ms) * RATE // 1000 + start
+                assert np.abs(crop - clip.audio[offset : offset + segment]).max() < 1e-4
+
+
+def test_resume_keeps_complete_shards_and_refuses_other_settings(videos, tmp_path, capsys):
+    out = tmp_path / "shards"
+    args = [videos, out, "--clip-seconds", CLIP, "--shard-size", 5, "--short-side", 32]
+    assert _run(capsys, *args)[0] == 0
+    shards = sorted(out.glob("*.tar"))
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    shards[1].unlink()
+    stale = out / f".{shards[1].name}.abc.part"
+    stale.write_bytes(b"half a shard")
+    status, stdout, _ = _run(capsys, *args)
+    assert status == 0 and "wrote 5 clips in 1 shards" in stdout and f"({len(shards) - 1} complete shards kept)" in stdout
+    assert shards[1].exists() and not stale.exists()
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in shards if p != shards[1])
+    status, _, stderr = _run(capsys, *args[:-1], 48)
+    errors = [line for line in stderr.splitlines() if line.startswith("prepare_shards")]
+    assert status == 2 and len(errors) == 1 and "other inputs or settings" in errors[0] and "Traceback" not in stderr
+
+
+def test_csv_layouts_map_rows_to_files(tmp_path):
+    root = tmp_path / "videos"
+    paths = synthetic.write_toy_videos(root, 3, seed=1, duration=2.0, frame_size=32)  # cello, clarinet, trumpet
+    (root / "cello" / "000000.mp4").rename(root / "abcdefghijk_000030.mp4")
+    (root / "clarinet" / "000001.mp4").rename(root / "lmnopqrstuv.mp4")
+
+    def entries(text, **options):
+        table = tmp_path / "list.csv"
+        table.write_text(text)
+        namespace = argparse.Namespace(input=table, video_root=root, layout="auto", split=None)
+        vars(namespace).update(options)
+        return read_entries(namespace)
+
+    found, missing = entries("abcdefghijk,30,playing cello,train\nlmnopqrstuv,12,clarinet,test\nzzzzzzzzzzz,0,x,train\n")
+    assert [(Path(e.path).name, e.video_id, e.label, e.start, e.end) for e in found] == [
+        ("abcdefghijk_000030.mp4", "abcdefghijk_000030", "playing cello", 0.0, None),
+        ("lmnopqrstuv.mp4", "lmnopqrstuv", "clarinet", 12.0, 22.0),
+    ]
+    assert [m[0] for m in missing] == ["zzzzzzzzzzz_000000"]
+    found, _ = entries("abcdefghijk,30,playing cello,train\nlmnopqrstuv,12,clarinet,test\n", split="test")
+    assert [e.video_id for e in found] == ["lmnopqrstuv"]
+
+    found, missing = entries("data/MUSIC/solo/audio/trumpet/000002.wav,data/MUSIC/solo/preprocessed/trumpet/000002,2,trumpet\n")
+    assert [(e.path, e.video_id, e.label) for e in found] == [(str(paths[2]), "000002", "trumpet")] and not missing
+
+    found, missing = entries("label,path,start,end\nbrass,trumpet/000002.mp4,0.5,1.5\nnone,nowhere.mp4,,\n")
+    assert [(e.video_id, e.label, e.start, e.end) for e in found] == [("000002", "brass", 0.5, 1.5)]
+    assert missing == [(str(root / "nowhere.mp4"), "no such file")]
+    _, clips, reason = plan_clips(found[0], clip_seconds=0.4, min_seconds=0.2)
+    assert reason is None and [(c.start, c.end) for c in clips] == [(0.5, 0.9), (0.9, 1.3)]
+    _, clips, reason = plan_clips(found[0], clip_seconds=4.0, min_seconds=2.0)
+    assert clips == [] and "shorter than --min-seconds" in reason
+
+
+def test_clip_model_stores_per_frame_embeddings(videos, tmp_path, capsys):
+    from clipcore.query import QueryEncoder
+
+    encoder = QueryEncoder.tiny(seed=0)
+    encoder.save_pretrained(tmp_path / "encoder")
+    source = tmp_path / "two"
+    (source / "a").mkdir(parents=True)
+    for name in ("000000.mkv", "000006.mkv"):
+        found = next(videos.rglob(name), None) or next(videos.rglob("000001.mkv"))
+        os.link(found, source / "a" / found.name) if not (source / "a" / found.name).exists() else None
+    out = tmp_path / "shards"
+    status, stdout, _ = _run(capsys, source, out, "--clip-seconds", 3, "--short-side", 64, "--clip-model",
+                             tmp_path / "encoder")
+    assert status == 0, stdout
+    (shard,) = out.glob("*.tar")
+    with tarfile.open(shard) as tar:
+        tables = {n: np.load(io.BytesIO(tar.extractfile(n).read())) for n in tar.getnames() if n.endswith(".npy")}
+    assert tables and all(n.endswith(f".{encoder.name}.npy") for n in tables)
+    for name, table in tables.items():
+        assert table.dtype == np.float16 and table.shape == (3, encoder.embed_dim)
+        video = source / "a" / f"{name.split('/')[1].split('_')[1]}.mkv"
+        expected = encoder.encode_image(torch.from_numpy(read_clip(video, short_side=64).frames).permute(0, 3, 1, 2))
+        np.testing.assert_allclose(table.astype(np.float32), expected.numpy(), atol=2e-3)
+    assert json.loads((out / "plan.json").read_text())["settings"]["clip_model"] == encoder.name
+
+
+def test_help_and_bad_input(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0 and "vggsound" in capsys.readouterr().out
+    status, _, stderr = _run(capsys, tmp_path / "missing", tmp_path / "out")
+    assert status == 2 and "missing: no such file or folder" in stderr and "Traceback" not in stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, _, stderr = _run(capsys, empty, tmp_path / "out")
+    assert status == 2 and "no usable video files" in stderr
+    assert not (tmp_path / "out").exists()
