@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from webdataset.tariterators import tarfile_samples
 
+from clipcore import synthetic
 from clipcore.checkpoint import git_commit
 from clipcore.files import atomic_write
 from clipcore.prior import DiffusionPrior, PriorError
@@ -43,6 +44,8 @@ def load_pairs(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         float32 text ``[N, D]`` and image ``[N, D]`` embeddings.
     """
     path = Path(path)
+    if not path.exists():
+        raise PriorError(f"{path}: no such pairs file or folder.")
     try:
         if path.is_dir():
             text = np.load(path / "text.npy", allow_pickle=False)
@@ -70,7 +73,11 @@ def save_pairs(path: str | Path, text: torch.Tensor, image: torch.Tensor) -> Pat
 
 
 def compute_pairs(
-    shards: str | list[str], encoder: QueryEncoder, templates: list[str] | None = None, max_samples: int | None = None
+    shards: str | list[str],
+    encoder: QueryEncoder,
+    templates: list[str] | None = None,
+    max_samples: int | None = None,
+    toy_captions: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed the images and captions of a webdataset with a query encoder.
 
@@ -80,6 +87,8 @@ def compute_pairs(
         templates: templates for ``json`` labels (default ``["a photo of {}"]``); a ``txt``
             caption is used as is.
         max_samples: stop after this many samples.
+        toy_captions: caption labels with the toy world's captions
+            (:func:`clipcore.synthetic.captions`) instead of templates.
 
     Returns:
         float32 text ``[N, D]`` and image ``[N, D]``: one pair per image and caption.
@@ -107,7 +116,7 @@ def compute_pairs(
     for count, sample in enumerate(tqdm(samples, desc="embedding pairs", unit="sample")):
         if max_samples is not None and count >= max_samples:
             break
-        captions = _captions(sample, templates)
+        captions = _captions(sample, templates, toy_captions)
         member = f"{encoder.name}.npy"
         try:
             if not captions:
@@ -133,11 +142,13 @@ def compute_pairs(
     return torch.cat(texts), torch.cat(images)
 
 
-def _captions(sample: dict, templates: list[str]) -> list[str]:
+def _captions(sample: dict, templates: list[str], toy_captions: bool) -> list[str]:
     if "txt" in sample:
         return [sample["txt"].decode("utf-8").strip()]
     label = json.loads(sample["json"]).get("label") if "json" in sample else None
-    return [template.format(label) for template in templates] if label else []
+    if not label:
+        return []
+    return synthetic.captions(label) if toy_captions else [template.format(label) for template in templates]
 
 
 def _natural(name: str) -> tuple:
@@ -159,6 +170,7 @@ class PriorDataModule(LightningDataModule):
         encoder: query encoder spec for ``shards`` (see ``QueryEncoder.load``), or ``tiny``
             (``QueryEncoder.tiny(seed=0)``).
         templates: prompt templates for ``json`` labels in ``shards``.
+        toy_captions: caption labels with the toy world's captions instead.
         cache: where to save pairs computed from ``shards`` (``.npz``), and to read them
             from when it exists.
         max_samples: read at most this many shard samples.
@@ -174,6 +186,7 @@ class PriorDataModule(LightningDataModule):
         shards: str | list[str] | None = None,
         encoder: str | None = None,
         templates: list[str] | None = None,
+        toy_captions: bool = False,
         cache: str | None = None,
         max_samples: int | None = None,
         val_fraction: float = 0.05,
@@ -192,20 +205,32 @@ class PriorDataModule(LightningDataModule):
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
 
+    def _compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.hparams
+        encoder = QueryEncoder.tiny(seed=0) if h.encoder == "tiny" else QueryEncoder.load(h.encoder)
+        text, image = compute_pairs(h.shards, encoder, h.templates, h.max_samples, h.toy_captions)
+        if h.cache:
+            save_pairs(h.cache, text, image)
+        return text, image
+
+    def prepare_data(self) -> None:
+        """Compute and cache the pairs once (on the first process only)."""
+        if self.hparams.shards is not None and self.hparams.cache and not Path(self.hparams.cache).is_file():
+            self._compute()
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         h = self.hparams
         if h.pairs is not None:
             loaded = [load_pairs(path) for path in h.pairs]
+            if len({t.shape[1] for t, _ in loaded}) > 1:
+                raise PriorError(f"the pairs files {', '.join(h.pairs)} hold embeddings of different sizes.")
             text, image = torch.cat([t for t, _ in loaded]), torch.cat([i for _, i in loaded])
         elif h.cache and Path(h.cache).is_file():
             text, image = load_pairs(h.cache)
         else:
-            encoder = QueryEncoder.tiny(seed=0) if h.encoder == "tiny" else QueryEncoder.load(h.encoder)
-            text, image = compute_pairs(h.shards, encoder, h.templates, h.max_samples)
-            if h.cache:
-                save_pairs(h.cache, text, image)
+            text, image = self._compute()
         order = torch.randperm(len(text), generator=torch.Generator().manual_seed(h.seed))
         n_val = int(round(len(text) * h.val_fraction))
         if n_val >= len(text):
@@ -246,8 +271,6 @@ class PriorSystem(LightningModule):
         warmup_steps: linear warm-up steps, then cosine decay to zero.
         val_steps: sampling steps in validation.
         val_guidance: guidance scale in validation.
-        output: folder for the final prior (``save_pretrained``); default
-            ``<log dir>/prior``.
         seed: seed of the weight initialisation.
     """
 
@@ -264,7 +287,6 @@ class PriorSystem(LightningModule):
         warmup_steps: int = 500,
         val_steps: int = 10,
         val_guidance: float = 1.0,
-        output: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -338,10 +360,8 @@ class PriorSystem(LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def on_train_end(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        folder = Path(self.hparams.output or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "prior")
-        self.prior.save_pretrained(
-            folder, provenance={"git_commit": git_commit(), "training": dict(self.hparams), "steps": self.global_step}
-        )
+    def export(self, directory: str | Path, provenance: dict | None = None) -> Path:
+        """Save the prior for inference (``DiffusionPrior.load``), with the git commit, the
+        system's arguments and the step count as provenance."""
+        facts = {"git_commit": git_commit(), "system": dict(self.hparams), "steps": self.global_step}
+        return self.prior.save_pretrained(directory, provenance={**facts, **(provenance or {})})

@@ -207,6 +207,11 @@ class QueryEncoder(Pretrained, nn.Module):
                     f"query encoder {text!r}: give a checkpoint folder, ARCH/TAG (e.g. ViT-B-32/openai) "
                     "or ARCH=WEIGHTS_FILE (e.g. ViT-B-32=/models/open_clip_pytorch_model.bin)."
                 )
+            if get_model_config(arch) is None:
+                raise QueryEncoderError(
+                    f"{text}: is neither a query encoder checkpoint folder nor an open_clip ARCH/TAG name "
+                    f"(open_clip has no model {arch!r})."
+                )
             encoder = cls._from_tag(arch, tag, name, cache_dir)
         if name is not None:
             encoder.name = name

@@ -1,0 +1,62 @@
+"""Train the diffusion prior (CLIP text embedding -> CLIP image embedding) with LightningCLI.
+
+    python recipes/train_prior.py fit --config recipes/configs/prior/toy.yaml
+    python recipes/train_prior.py fit --config recipes/configs/prior/vggsound.yaml \\
+        --data.shards 'shards/vggsound/train-{000000..000999}.tar' --trainer.devices 8
+    python recipes/train_prior.py fit --config recipes/configs/prior/vggsound.yaml \\
+        --data.shards null --data.pairs '[pairs/vggsound.npz]'
+
+Pairs are read precomputed (``--data.pairs``: ``.npz`` files with ``text`` and ``image``
+arrays) or computed once with the query encoder from a webdataset of images and captions
+(``--data.shards``, ``--data.encoder``; ``--data.cache`` keeps them for the next run). The
+resolved configuration is saved as ``config.yaml`` in the run's log folder, the seed comes
+from the configuration, and after ``fit`` the prior is exported to ``--export`` (default
+``<log_dir>/prior``) with the git commit and the resolved configuration as provenance; load
+it with ``clipcore.prior.DiffusionPrior.load``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from clipcore.cli import EXPECTED_ERRORS
+from clipcore.prior_system import PriorDataModule, PriorSystem
+from clipcore.shards import ShardError
+
+
+class PriorCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--export", type=str | None, default=None,
+                            help="Folder for the trained prior (default: <log_dir>/prior).")
+
+    def after_fit(self) -> None:
+        export = self._config().get("export")
+        if not self.trainer.is_global_zero or (export is None and self.trainer.fast_dev_run):
+            return  # a dev run has no log folder to export to unless --export names one
+        directory = export or Path(self.trainer.log_dir or ".") / "prior"
+        run_config = self.parser.dump(self.config, skip_none=False)
+        self.model.export(directory, provenance={"run_config": run_config})
+        print(f"exported the prior to {directory}")
+
+    def _config(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+
+def main(args: list[str] | None = None) -> PriorCLI:
+    return PriorCLI(
+        PriorSystem,
+        PriorDataModule,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (*EXPECTED_ERRORS, ShardError) as error:
+        sys.exit(f"train_prior: error: {error}")
