@@ -4,7 +4,7 @@ A :class:`QueryEncoder` maps video frames (training) and text prompts (inference
 L2-normalised embedding space::
 
     encoder = QueryEncoder.load("ViT-B-32/openai")        # open_clip download (needs internet)
-    encoder = QueryEncoder.load("ViT-B-32=/models/clip.bin")  # local weights + model name
+    encoder = QueryEncoder.load("ViT-B-32/openai=/models/open_clip_pytorch_model.bin")  # same, local file
     encoder = QueryEncoder.load("runs/clip")              # project checkpoint folder
     encoder = QueryEncoder.tiny(seed=0)                   # small random CLIP for tests
     image_emb = encoder.encode_image(frames_uint8)        # [B, D]
@@ -178,8 +178,10 @@ class QueryEncoder(Pretrained, nn.Module):
                 - a project checkpoint folder (with ``config.json``);
                 - ``ARCH/TAG``, an open_clip model and pretrained tag such as
                   ``ViT-B-32/openai``: downloaded and cached by open_clip;
-                - ``ARCH=FILE``: a local open_clip weights file (``.safetensors``, ``.bin``,
-                  ``.pt``; loaded without unpickling) for model ``ARCH``, which is an
+                - ``ARCH/TAG=FILE``: the weights of that open_clip tag from a local file
+                  (``.safetensors``, ``.bin``, ``.pt``; loaded without unpickling), with
+                  the tag's settings (QuickGELU, preprocessing) and name, no download;
+                - ``ARCH=FILE``: a local open_clip weights file for model ``ARCH``, an
                   open_clip built-in name or the path of an open_clip model config JSON;
                 - a weights file, with ``model`` naming its architecture.
             device: where the model runs.
@@ -199,7 +201,12 @@ class QueryEncoder(Pretrained, nn.Module):
             encoder = cls.from_pretrained(text)
         elif model is not None or "=" in text:
             arch, _, weights = (model, "", text) if model is not None else text.partition("=")
-            encoder = cls._from_weights(arch, weights, name)
+            if not Path(weights).is_file():
+                raise QueryEncoderError(f"{weights}: no such open_clip weights file.")
+            if "/" in arch and not arch.endswith(".json"):
+                encoder = cls._from_tag(*arch.split("/", 1), name, cache_dir, weights=weights)
+            else:
+                encoder = cls._from_weights(arch, weights, name)
         else:
             arch, _, tag = text.partition("/")
             if not tag:
@@ -218,7 +225,9 @@ class QueryEncoder(Pretrained, nn.Module):
         return encoder.to(device=device, dtype=dtype) if dtype is not None else encoder.to(device)
 
     @classmethod
-    def _from_tag(cls, arch: str, tag: str, name: str | None, cache_dir: str | None) -> "QueryEncoder":
+    def _from_tag(
+        cls, arch: str, tag: str, name: str | None, cache_dir: str | None, weights: str | None = None
+    ) -> "QueryEncoder":
         model_config = cls._builtin_config(arch)
         tag_config = get_pretrained_cfg(arch, tag)
         if not tag_config:
@@ -227,12 +236,12 @@ class QueryEncoder(Pretrained, nn.Module):
                 f"known tags: {', '.join(list_pretrained_tags_by_model(arch)) or 'none'}."
             )
         try:
-            weights = download_pretrained(tag_config, cache_dir=cache_dir)
+            weights = weights or download_pretrained(tag_config, cache_dir=cache_dir)
         except Exception as error:  # network, hub and file-system failures alike
             raise QueryEncoderError(
                 f"could not download the open_clip weights {arch}/{tag} ({type(error).__name__}); "
                 f"without internet, copy the weights file from a machine that has it and pass "
-                f"'{arch}=/path/to/open_clip_pytorch_model.bin' as the query encoder instead."
+                f"'{arch}/{tag}=/path/to/open_clip_pytorch_model.bin' as the query encoder instead."
             ) from None
         if tag_config.get("quick_gelu"):
             model_config["quick_gelu"] = True
@@ -244,8 +253,6 @@ class QueryEncoder(Pretrained, nn.Module):
 
     @classmethod
     def _from_weights(cls, arch: str, weights: str, name: str | None) -> "QueryEncoder":
-        if not Path(weights).is_file():
-            raise QueryEncoderError(f"{weights}: no such open_clip weights file.")
         if arch.endswith(".json"):
             path = Path(arch)
             try:

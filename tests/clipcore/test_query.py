@@ -168,16 +168,18 @@ def test_weights_files_are_never_unpickled(tmp_path, encoder):
 
 
 def test_load_errors_are_one_clear_sentence(tmp_path):
-    with pytest.raises(QueryEncoderError, match="=/path/to/"):
+    with pytest.raises(QueryEncoderError, match="pass 'ViT-B-32/openai=/path/to/"):
         QueryEncoder.load("ViT-B-32/openai")  # no network in tests: says how to pass a local file
     with pytest.raises(QueryEncoderError, match="no pretrained tag 'nonsense'"):
         QueryEncoder.load("ViT-B-32/nonsense")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(QueryEncoderError, match="no pretrained tag 'nonsense'"):
+        QueryEncoder.load(f"ViT-B-32/nonsense={tmp_path / 'weights.bin'}")
     with pytest.raises(QueryEncoderError, match="neither a query encoder checkpoint folder.*no model 'ViT-Q-99'"):
         QueryEncoder.load("ViT-Q-99/openai")
     with pytest.raises(QueryEncoderError, match="runs/missing/clip: is neither"):
         QueryEncoder.load("runs/missing/clip")
     with pytest.raises(QueryEncoderError, match="no model 'ViT-Q-99'"):
-        (tmp_path / "weights.bin").write_bytes(b"")
         QueryEncoder.load(f"ViT-Q-99={tmp_path / 'weights.bin'}")
     with pytest.raises(QueryEncoderError, match="no such open_clip weights file"):
         QueryEncoder.load(f"ViT-B-32={tmp_path / 'missing.bin'}")
