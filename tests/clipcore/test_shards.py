@@ -128,6 +128,18 @@ def test_embeddings_average_the_same_frames_that_are_delivered(shards):
                     assert np.array_equal(b.frames[i, n, slot].permute(1, 2, 0).numpy(), expected)
 
 
+def test_shards_at_another_rate_are_resampled(tmp_path):
+    (path,) = synthetic.write_toy_shards(tmp_path, 2, seed=2, duration=1.0, sample_rate=8000, frame_size=32)
+    (batch,) = _stream(str(path), num_sources=1, query_frames=1, train=False, segment_samples=RATE, batch_size=2,
+                       frame_size=32)
+    assert batch.mixture.shape == (2, RATE)
+    for wave, (key,) in zip(batch.mixture.numpy(), batch.keys):
+        power = np.abs(np.fft.rfft(wave)) ** 2  # 1 Hz bins
+        clip = synthetic.make_clip(int(key.split("/")[1]), seed=2, duration=1.0, sample_rate=8000, frame_size=32)
+        assert power[4100:].sum() < 1e-4 * power.sum()  # nothing above the old Nyquist
+        np.testing.assert_allclose(wave[::2], clip.audio, atol=0.05)
+
+
 def test_deterministic_by_seed(shards):
     root, _ = shards
     first = list(_stream(str(root), epoch_length=2, seed=3))
