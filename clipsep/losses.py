@@ -15,8 +15,8 @@ All masks live on the 256 log-frequency rows. With ``N`` sources in a mixture:
   the *activation* term ``relu(mean(sum_j sigmoid(n_j)) - threshold)`` over the batch
   (the published CLIPSep-NIT: weight 0.1, threshold 0.25).
 
-Cross-entropies are computed in float32 with log terms clamped at -100 (PyTorch's
-``binary_cross_entropy`` convention, which autocast refuses to run).
+Cross-entropies are PyTorch's ``binary_cross_entropy`` on probabilities, as in the
+official code (log terms clamped at -100), run in float32 outside autocast.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import itertools
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 
 from clipcore.spectral import warp_to_log
 from clipsep.model import MAG_EPS
@@ -67,10 +68,14 @@ def weighted_bce(prob: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     Returns:
         ``[...]``.
     """
-    prob = prob.float()
-    log_p = torch.clamp(torch.log(prob), min=-100)
-    log_q = torch.clamp(torch.log1p(-prob), min=-100)
-    return (-(target * log_p + (1 - target) * log_q) * weight).mean(dim=(-2, -1))
+    shape = torch.broadcast_shapes(prob.shape, target.shape, weight.shape)
+    # PyTorch's BCE (log terms clamped at -100, bounded gradients at 0 and 1), in float32
+    # outside autocast, which refuses to run it.
+    with torch.autocast(device_type=prob.device.type, enabled=False):
+        loss = F.binary_cross_entropy(
+            prob.float().expand(shape), target.float().expand(shape), weight.float().expand(shape), reduction="none"
+        )
+    return loss.mean(dim=(-2, -1))
 
 
 @lru_cache(maxsize=16)

@@ -96,3 +96,14 @@ def test_mask_loss_and_penalty_and_targets():
 def test_too_few_heads_is_refused():
     with pytest.raises(ValueError, match="at least as many noise heads"):
         noise_invariant_loss(torch.zeros(1, 2, 2, 2), torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, 2), torch.ones(1, 1, 2, 2))
+
+
+def test_gradients_stay_finite_at_saturated_masks():
+    mask_logits = torch.tensor([[[[60.0, -60.0], [0.0, 30.0]]]], requires_grad=True)
+    noise_logits = torch.tensor([[[[60.0, -60.0], [-60.0, 0.0]]]] * 1).repeat(1, 2, 1, 1).requires_grad_(True)
+    targets = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]])
+    weight = torch.ones(1, 1, 2, 2)
+    loss, _ = noise_invariant_loss(mask_logits, noise_logits, targets, weight)
+    (loss.sum() + mask_loss(mask_logits, targets, weight).sum()).backward()
+    assert torch.isfinite(loss).all()
+    assert torch.isfinite(mask_logits.grad).all() and torch.isfinite(noise_logits.grad).all()

@@ -1,0 +1,291 @@
+"""Training CLIPSep: the LightningModule around :class:`~clipsep.model.CLIPSep`.
+
+Mix-and-separate: a :class:`clipcore.shards.MixBatch` holds mixtures of N clips and each
+clip's query (its CLIP image embedding averaged over 3 frames, precomputed in the shards
+or computed here from the delivered frames with a frozen query encoder). The network
+predicts one mask per clip from the mixture (one U-Net pass for all N queries); the loss
+is the weighted binary-mask BCE, or with noise heads the noise-invariant loss (see
+:mod:`clipsep.losses`). Optimiser and schedule are the paper's: Adam 1e-3, linear warm-up
+over 5k steps, then linear decay to 0.1x at 100k steps (gradient clipping 1.0 is the
+trainer's ``gradient_clip_val``).
+
+Validation logs the loss and the SDR / SDR improvement of every source of every mixture
+(query mask binarised at 0.5, mixture phase, as in the official evaluation), and a few
+examples as audio and spectrogram images. The best (lowest validation loss) and the last
+model are exported with ``save_pretrained`` to ``<log_dir>/pretrained/{best,last}``, with
+the git commit, step, metrics and the run's resolved config as provenance, ready for
+``clipsep.separate.Separator.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from lightning.pytorch import Callback, LightningModule
+from PIL import Image
+from torchmetrics import MeanMetric
+
+from clipcore.audio import save_audio
+from clipcore.checkpoint import git_commit
+from clipcore.naming import slugify
+from clipcore.spectral import istft, stft, unwarp_to_linear
+from clipsep.losses import mask_loss, noise_activation_penalty, noise_invariant_loss, separation_targets
+from clipsep.metrics import separation_scores
+from clipsep.model import PRESETS, CLIPSep
+from clipsep.separate import QUERY_ENCODER_DIR
+
+__all__ = ["CLIPSepSystem", "ExportPretrained", "lr_multiplier", "spectrogram_image"]
+
+
+def lr_multiplier(step: int, warmup_steps: int, decay_steps: int, decay_multiplier: float) -> float:
+    """The official schedule: ``(step + 1) / warmup`` during warm-up, then a linear decay
+    from 1 to ``decay_multiplier`` at ``decay_steps``, constant after."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if step >= decay_steps:
+        return decay_multiplier
+    position = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return 1 - (1 - decay_multiplier) * position
+
+
+class CLIPSepSystem(LightningModule):
+    """CLIPSep / CLIPSep-NIT trained on mixtures of video clips.
+
+    Args:
+        preset: ``"paper"`` or ``"tiny"`` network; ``model_args`` override its arguments
+            (e.g. ``{"noise_heads": 0}`` for plain CLIPSep, ``{"layers": 5}``).
+        model_args: :class:`~clipsep.model.CLIPSep` arguments over the preset's.
+        query_encoder: spec for ``clipcore.query.QueryEncoder.load`` (open_clip name such
+            as ``ViT-B-32/openai``, ``ARCH=FILE``, or a checkpoint folder). Needed when the
+            batches carry frames; recorded in the export so that inference uses the same
+            CLIP space (a folder is copied into the export).
+        learning_rate: Adam learning rate.
+        warmup_steps: linear warm-up steps.
+        decay_steps: step at which the linear decay reaches ``decay_multiplier``.
+        decay_multiplier: final learning-rate multiplier.
+        nit_warmup_steps: steps trained with the plain loss before the noise-invariant one.
+        margin_weight: weight of the margin regulariser of the noise heads (official
+            ``reg_coef``, 0 in the paper).
+        margin: its margin (official ``reg_epsilon``).
+        activation_weight: weight of the noise-activation regulariser (``reg2_coef``, 0.1).
+        activation_threshold: its threshold (``reg2_epsilon``, 0.25).
+        val_examples: separated examples logged at each validation.
+        export_dir: where best/last models go (default ``<log_dir>/pretrained``).
+    """
+
+    def __init__(
+        self,
+        preset: str = "paper",
+        model_args: dict[str, Any] | None = None,
+        query_encoder: str | None = None,
+        learning_rate: float = 1e-3,
+        warmup_steps: int = 5000,
+        decay_steps: int = 100000,
+        decay_multiplier: float = 0.1,
+        nit_warmup_steps: int = 0,
+        margin_weight: float = 0.0,
+        margin: float = 0.1,
+        activation_weight: float = 0.1,
+        activation_threshold: float = 0.25,
+        val_examples: int = 2,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}.")
+        self.save_hyperparameters()
+        self.model = CLIPSep(**{**PRESETS[preset], **(model_args or {})})
+        object.__setattr__(self, "encoder", None)  # frozen, loaded when needed, not checkpointed
+        self.val_sdr = MeanMetric(nan_strategy="ignore")
+        self.val_sdri = MeanMetric(nan_strategy="ignore")
+
+    # --- queries and forward ------------------------------------------------------------
+
+    def _encoder(self):
+        if self.encoder is None:
+            if self.hparams.query_encoder is None:
+                raise ValueError("the batches carry frames but no query_encoder is configured.")
+            from clipcore.query import QueryEncoder
+
+            encoder = QueryEncoder.load(self.hparams.query_encoder)
+            if encoder.embed_dim != self.model.query_dim:
+                raise ValueError(
+                    f"the query encoder gives {encoder.embed_dim}-d embeddings, the model expects {self.model.query_dim}."
+                )
+            object.__setattr__(self, "encoder", encoder.eval())
+        return self.encoder.to(self.device)
+
+    def queries(self, batch) -> torch.Tensor:
+        """``[B, N, D]`` L2-normalised query of each source of a ``MixBatch``."""
+        if batch.embeddings is not None:
+            return F.normalize(batch.embeddings.float(), dim=-1)
+        frames = batch.frames  # [B, N, F, 3, H, W]
+        flat = self._encoder().encode_image(frames.flatten(0, 1))  # [B*N, D], averages the F frames
+        return flat.view(*frames.shape[:2], -1).to(self.device)
+
+    def _outputs(self, batch) -> dict[str, torch.Tensor]:
+        spec_mix = stft(batch.mixture, self.model.stft)  # [B, 513, T]
+        mag_mix = spec_mix.abs()[:, None]
+        frames = mag_mix.shape[-1]
+        if frames % self.model.frames_multiple:
+            raise ValueError(
+                f"segments of {batch.mixture.shape[-1]} samples give {frames} STFT frames, not a multiple of "
+                f"{self.model.frames_multiple}; use segment_samples = k * {self.model.frames_multiple} * "
+                f"{self.model.stft.hop_length} - 1 (65535 for the paper)."
+            )
+        mask_logits, noise_logits = self.model(mag_mix, self.queries(batch))
+        targets, weight = separation_targets(mag_mix, stft(batch.sources, self.model.stft).abs())
+        return {"spec_mix": spec_mix, "mask": mask_logits, "noise": noise_logits, "targets": targets, "weight": weight}
+
+    def _loss(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        terms = {"mean_act": torch.sigmoid(out["mask"].float()).mean()}
+        if self.model.num_noise_heads and self.global_step >= hp.nit_warmup_steps:
+            separation, _ = noise_invariant_loss(
+                out["mask"], out["noise"], out["targets"], out["weight"], hp.margin_weight, hp.margin
+            )
+            penalty = noise_activation_penalty(out["noise"], hp.activation_threshold)
+            terms["loss"] = separation.mean() + hp.activation_weight * penalty
+            terms["mean_noise_act"] = torch.sigmoid(out["noise"].float()).sum(1).mean()
+        else:
+            terms["loss"] = mask_loss(out["mask"], out["targets"], out["weight"]).mean()
+        return terms
+
+    # --- training -----------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        terms = self._loss(self._outputs(batch))
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch))
+        return terms["loss"]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=hp.learning_rate)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_multiplier(step, hp.warmup_steps, hp.decay_steps, hp.decay_multiplier)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_callbacks(self):
+        return [ExportPretrained(self.hparams.export_dir)]
+
+    # --- validation ---------------------------------------------------------------------
+
+    def separate(self, out: dict[str, torch.Tensor], length: int) -> torch.Tensor:
+        """``[B, N, S]`` waveforms: binary (> 0.5) query masks on the mixture STFT."""
+        masks = unwarp_to_linear(torch.sigmoid(out["mask"].float()), self.model.stft.n_freqs) > 0.5
+        return istft(masks * out["spec_mix"][:, None], length, self.model.stft)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        out = self._outputs(batch)
+        terms = self._loss(out)
+        for name, value in terms.items():
+            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=len(batch), sync_dist=True)
+        estimates = self.separate(out, batch.mixture.shape[-1])
+        sources = batch.sources.float()
+        mixture = batch.mixture.float()[:, None].expand_as(sources)
+        scores = separation_scores(
+            sources.flatten(0, 1), (mixture - sources).flatten(0, 1), estimates.flatten(0, 1), mixture.flatten(0, 1)
+        )
+        self.val_sdr.update(torch.as_tensor(scores["sdr"], dtype=torch.float32, device=self.device))
+        self.val_sdri.update(torch.as_tensor(scores["sdri"], dtype=torch.float32, device=self.device))
+        self.log("val/sdr", self.val_sdr, batch_size=sources.shape[0] * sources.shape[1])
+        self.log("val/sdri", self.val_sdri, prog_bar=True, batch_size=sources.shape[0] * sources.shape[1])
+        if batch_idx == 0 and self.hparams.val_examples > 0 and self.trainer.is_global_zero:
+            self._log_examples(batch, estimates)
+
+    @torch.no_grad()
+    def _log_examples(self, batch, estimates: torch.Tensor) -> None:
+        count = min(self.hparams.val_examples, len(batch))
+        cfg = self.model.stft
+        for i in range(count):
+            label = (batch.labels[i][0] or "source0") if batch.labels else "source0"
+            waves = torch.stack([batch.mixture[i], batch.sources[i, 0], estimates[i, 0]]).float().cpu()
+            image = np.concatenate([spectrogram_image(stft(w, cfg).abs()) for w in waves], axis=0)
+            _log_media(self.trainer, f"val/example{i}", image, waves, self.model.sample_rate, self.global_step, label)
+
+    # --- export -------------------------------------------------------------------------
+
+    def export(self, directory: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+        """Save the network for ``Separator.from_pretrained`` (a query encoder given as a
+        local folder is copied to ``directory/query_encoder``)."""
+        directory = Path(directory)
+        facts = {"git_commit": git_commit(), "global_step": self.global_step, "epoch": self.current_epoch}
+        spec = self.hparams.query_encoder
+        if spec is not None:
+            facts["query_encoder"] = spec
+        self.model.save_pretrained(directory, provenance={**facts, **(provenance or {})})
+        if spec is not None and Path(spec).is_dir():
+            self._encoder().save_pretrained(directory / QUERY_ENCODER_DIR)
+        return directory
+
+
+class ExportPretrained(Callback):
+    """After each validation, export the model to ``last/`` and, when the validation loss
+    is the lowest so far, to ``best/`` (global rank 0 only; skipped in sanity checks)."""
+
+    def __init__(self, dirpath: str | None = None, monitor: str = "val/loss") -> None:
+        self.dirpath, self.monitor = dirpath, monitor
+        self.best = math.inf
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.best = state_dict["best"]
+
+    def on_validation_end(self, trainer, pl_module: CLIPSepSystem) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or (trainer.fast_dev_run and not self.dirpath):
+            return  # a dev run has no log folder to export to unless dirpath names one
+        root = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "pretrained")
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        provenance = {"val_metrics": metrics, "run_config": _run_config(trainer)}
+        pl_module.export(root / "last", provenance)
+        value = metrics.get(self.monitor, math.nan)
+        if value < self.best:
+            self.best = value
+            pl_module.export(root / "best", provenance)
+
+
+def _run_config(trainer) -> dict | None:
+    """The resolved config LightningCLI saved in the log folder, if any."""
+    path = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    return yaml.safe_load(path.read_text())
+
+
+def spectrogram_image(magnitude: torch.Tensor, floor_db: float = -80.0) -> np.ndarray:
+    """``[F, T]`` magnitude -> ``[F, T]`` uint8 image (dB relative to the maximum, low
+    frequencies at the bottom)."""
+    db = 20 * torch.log10(magnitude.float().clamp_min(1e-8))
+    scaled = ((db - db.max()) / -floor_db + 1).clamp(0, 1)
+    return (scaled.flip(0).cpu().numpy() * 255).astype(np.uint8)
+
+
+def _log_media(trainer, tag: str, image: np.ndarray, waves: torch.Tensor, rate: int, step: int, label: str) -> None:
+    """Log a grey image and ``[3, S]`` audio (mixture, target, estimate): ``add_image`` /
+    ``add_audio`` for TensorBoard, PNG and WAV files under ``<log_dir>/media`` otherwise."""
+    names = ("mixture", "target", "estimate")
+    peak = waves.abs().max().clamp_min(1e-8)
+    waves = waves / max(1.0, float(peak))
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_audio") and hasattr(experiment, "add_image"):
+            experiment.add_image(f"{tag}/spectrograms", image[None], step, dataformats="CHW")
+            for name, wave in zip(names, waves):
+                experiment.add_audio(f"{tag}/{name}", wave[None], step, sample_rate=rate)
+        else:
+            root = Path(getattr(logger, "log_dir", None) or trainer.log_dir or ".") / "media"
+            root.mkdir(parents=True, exist_ok=True)
+            stem = f"{tag.replace('/', '-')}-step{step:07d}-{slugify(label)}"
+            Image.fromarray(image).save(root / f"{stem}.png")
+            for name, wave in zip(names, waves):
+                save_audio(root / f"{stem}-{name}.wav", wave[None], rate)

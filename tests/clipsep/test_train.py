@@ -1,0 +1,98 @@
+"""Training: the schedule, an overfitting run of the tiny model, and the recipe on toy shards."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipcore.query import QueryEncoder
+from clipcore.shards import MixBatch
+from clipcore.synthetic import make_clip, write_toy_shards
+from clipsep.metrics import separation_scores
+from clipsep.separate import Separator
+from clipsep.system import CLIPSepSystem, lr_multiplier
+from recipes.train_clipsep import main as train_main
+
+ROOT = Path(__file__).resolve().parents[2]
+SEGMENT = 16383  # 64 STFT frames: two 32-frame blocks of a 5-level U-Net
+
+
+def test_official_schedule():
+    values = [lr_multiplier(step, 5000, 100000, 0.1) for step in (0, 4999, 5000, 52500, 100000, 150000)]
+    assert values == pytest.approx([1 / 5000, 1.0, 1.0, 0.55, 0.1, 0.1])
+
+
+def _toy_batch() -> MixBatch:
+    """Four fixed two-instrument mixtures of the toy world; each instrument's query is a
+    fixed random unit vector (the test is about separation, not about CLIP)."""
+    clips = [make_clip(i, seed=0, duration=1.1).audio[:SEGMENT] for i in range(8)]
+    sources = 0.5 * torch.from_numpy(np.stack(clips)).view(4, 2, SEGMENT)
+    table = torch.nn.functional.normalize(torch.randn(8, 32, generator=torch.Generator().manual_seed(0)), dim=-1)
+    return MixBatch(mixture=sources.sum(1), sources=sources, embeddings=table.view(4, 2, 32), frames=None,
+                    labels=[[None, None]] * 4, keys=[["a", "b"]] * 4)
+
+
+def _sdri(system: CLIPSepSystem, batch: MixBatch) -> float:
+    system.eval()
+    with torch.no_grad():
+        estimates = system.separate(system._outputs(batch), SEGMENT)
+    system.train()
+    mixture = batch.mixture[:, None].expand_as(batch.sources)
+    scores = separation_scores(batch.sources.flatten(0, 1), (mixture - batch.sources).flatten(0, 1),
+                               estimates.flatten(0, 1), mixture.flatten(0, 1))
+    return float(np.nanmean(scores["sdri"]))
+
+
+def test_tiny_model_overfits_toy_mixtures():
+    # 100 Adam steps (lr 3e-3, clipping 1.0) of plain tiny CLIPSep on 4 mixtures of 8 toy
+    # instruments: about 15 s on one CPU thread. Measured: mean SDRi 0.0 dB before,
+    # 21.3 dB after (binary masks, eval mode); the test asks for more than 6 dB.
+    torch.manual_seed(0)
+    batch = _toy_batch()
+    system = CLIPSepSystem(preset="tiny", model_args={"layers": 5, "noise_heads": 0})
+    before = _sdri(system, batch)
+    optimizer = torch.optim.Adam(system.model.parameters(), lr=3e-3)
+    for _ in range(100):
+        loss = system._loss(system._outputs(batch))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(system.model.parameters(), 1.0)
+        optimizer.step()
+    after = _sdri(system, batch)
+    assert not before > 1.0
+    assert after > 6.0, f"SDRi after overfitting: {after:.1f} dB"
+
+
+@pytest.fixture(scope="module")
+def toy_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    encoder = QueryEncoder.tiny(embed_dim=32)
+    encoder.save_pretrained(root / "encoder")
+    write_toy_shards(root / "train", 8, seed=0, shard_size=4, duration=1.1, frame_size=64)
+    write_toy_shards(root / "val", 4, seed=1, shard_size=4, duration=1.1, frame_size=64, dataset="val")
+    return root
+
+
+def test_recipe_fast_dev_run_on_toy_shards(toy_shards, tmp_path):
+    export = tmp_path / "export"
+    args = [
+        "fit", "--config", str(ROOT / "recipes" / "configs" / "clipsep" / "toy.yaml"),
+        "--model.query_encoder", str(toy_shards / "encoder"),
+        "--model.export_dir", str(export),
+        "--data.train_shards", str(toy_shards / "train" / "*.tar"),
+        "--data.val_shards", str(toy_shards / "val" / "*.tar"),
+        "--data.encoder", "null", "--data.batch_size", "2", "--data.frame_size", "64",
+        "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "run"),
+    ]
+    cli = train_main(args)
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    config = json.loads((export / "last" / "config.json").read_text())
+    assert config["provenance"]["global_step"] == 1 and "git_commit" in config["provenance"]
+    separator = Separator.from_pretrained(export / "last")
+    result = separator.separate(torch.randn(1, 8000) * 0.1, 16000, ["cello"])
+    assert result.stems.shape == (1, 1, 8000) and torch.isfinite(result.stems).all()
