@@ -14,8 +14,6 @@ provenance; ``clipsep separate --model <log_dir>/pretrained/best`` uses it direc
 
 from __future__ import annotations
 
-import sys
-
 from lightning.pytorch.cli import LightningCLI
 
 from clipcore.shards import ShardDataModule
@@ -33,4 +31,4 @@ def main(args: list[str] | None = None) -> LightningCLI:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
