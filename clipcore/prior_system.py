@@ -94,47 +94,51 @@ def compute_pairs(
         float32 text ``[N, D]`` and image ``[N, D]``: one pair per image and caption.
     """
     templates = list(templates or [DEFAULT_TEMPLATE])
+    member = f"{encoder.name}.npy"
     texts, images, skipped = [], [], 0
     pending: list[tuple[list[str], list[torch.Tensor]]] = []
 
-    def flush() -> None:
-        if not pending:
-            return
-        embedded = encoder.encode_image([image for _, group in pending for image in group]).cpu()
-        start = 0
-        for captions, group in pending:
-            _add(captions, embedded[start:start + len(group)])
-            start += len(group)
-        pending.clear()
-
-    def _add(captions: list[str], image_embeddings: torch.Tensor) -> None:
+    def add(captions: list[str], image_embeddings: torch.Tensor) -> None:
         text_embeddings = encoder.encode_text(captions, templates="{}").cpu()
         texts.append(text_embeddings.repeat_interleave(len(image_embeddings), 0))
         images.append(image_embeddings.repeat(len(captions), 1))
 
-    samples = tarfile_samples([{"url": url} for url in expand_shards(shards)])
+    def flush() -> None:
+        if pending:
+            embedded = encoder.encode_image([image for _, group in pending for image in group]).cpu()
+            for captions, group in pending:
+                add(captions, embedded[: len(group)])
+                embedded = embedded[len(group):]
+            pending.clear()
+
+    def skip(reason: str) -> bool:
+        nonlocal skipped
+        skipped += 1
+        warnings.warn(f"skipping {reason}", stacklevel=3)
+        return True
+
+    urls = expand_shards(shards)
+    samples = tarfile_samples([{"url": url} for url in urls], handler=lambda error: skip(f"unreadable shard data ({error})."))
     for count, sample in enumerate(tqdm(samples, desc="embedding pairs", unit="sample")):
         if max_samples is not None and count >= max_samples:
             break
-        captions = _captions(sample, templates, toy_captions)
-        member = f"{encoder.name}.npy"
+        where = f"{sample.get('__key__')} in {sample.get('__url__')}"
         try:
-            if not captions:
-                raise ValueError("no txt caption or json label")
+            captions = _captions(sample, templates, toy_captions)
             if member in sample:
-                table = torch.from_numpy(np.load(io.BytesIO(sample[member]), allow_pickle=False).astype(np.float32))
-                _add(captions, F.normalize(table.reshape(-1, encoder.embed_dim), dim=-1))
+                table = np.load(io.BytesIO(sample[member]), allow_pickle=False).astype(np.float32)
+                if table.ndim != 2 or table.shape[1] != encoder.embed_dim or not np.isfinite(table).all():
+                    raise ValueError(f"{member} is not a finite [frames, {encoder.embed_dim}] table")
+                add(captions, F.normalize(torch.from_numpy(table), dim=-1))
                 continue
             names = sorted((name for name in sample if name.rsplit(".", 1)[-1].lower() in _IMAGE_SUFFIXES), key=_natural)
             if not names:
                 raise ValueError("no image member")
-            group = [_decode(sample[name]) for name in names]
-        except (ValueError, OSError) as error:
-            skipped += 1
-            warnings.warn(f"skipping {sample.get('__key__')} in {sample.get('__url__')}: {error}.", stacklevel=2)
+            pending.append((captions, [_decode(sample[name]) for name in names]))
+        except (ValueError, KeyError, OSError) as error:
+            skip(f"{where}: {error}.")
             continue
-        pending.append((captions, group))
-        if sum(len(g) for _, g in pending) >= 64:
+        if sum(len(group) for _, group in pending) >= 64:
             flush()
     flush()
     if not texts:
@@ -143,11 +147,19 @@ def compute_pairs(
 
 
 def _captions(sample: dict, templates: list[str], toy_captions: bool) -> list[str]:
+    """The captions of a sample: its ``txt``, or its ``json`` label in templates.
+
+    Raises:
+        ValueError: no caption, or unreadable ones.
+    """
     if "txt" in sample:
-        return [sample["txt"].decode("utf-8").strip()]
+        caption = sample["txt"].decode("utf-8").strip()
+        if not caption:
+            raise ValueError("empty txt caption")
+        return [caption]
     label = json.loads(sample["json"]).get("label") if "json" in sample else None
     if not label:
-        return []
+        raise ValueError("no txt caption or json label")
     return synthetic.captions(label) if toy_captions else [template.format(label) for template in templates]
 
 

@@ -1,6 +1,8 @@
 """DiffusionPrior: sampling, guidance, checkpoints (project and diffusers layouts), training."""
 
+import io
 import json
+import tarfile
 
 import lightning as L
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import PriorTransformer
+from PIL import Image
 
 from clipcore import synthetic
 from clipcore.prior import DiffusionPrior, PriorError
@@ -182,3 +185,34 @@ def test_pairs_are_computed_from_shards_of_images_and_captions(tmp_path):
     assert torch.allclose(text2, text, atol=1e-5)
     assert torch.allclose(image2[:frames], direct, atol=2e-3)
     assert (image2 * image).sum(-1).min() > 0.99
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _jpeg(colour):
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_image_caption_webdataset_pairs_skip_bad_samples_with_a_warning(tmp_path):
+    encoder = QueryEncoder.tiny(seed=0)
+    _tar(tmp_path / "laion-000000.tar", {
+        "a.jpg": _jpeg((200, 20, 20)), "a.txt": b"a red square",
+        "b.jpg": b"not a jpeg", "b.txt": b"broken",
+        "c.png": _jpeg((20, 20, 200)),  # no caption
+        "d.jpg": _jpeg((20, 200, 20)), "d.txt": "un carr\u00e9 vert".encode(),
+    })
+    with pytest.warns(UserWarning, match="skipping") as caught:
+        text, image = compute_pairs(str(tmp_path / "laion-000000.tar"), encoder)
+    assert len([w for w in caught if "skipping" in str(w.message)]) == 2
+    assert text.shape == (2, D)
+    assert torch.allclose(text, encoder.encode_text(["a red square", "un carr\u00e9 vert"], templates="{}"), atol=1e-5)
+    red = torch.tensor([200, 20, 20], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 30, 40)
+    assert (image[0] * encoder.encode_image(red)[0]).sum() > 0.99
