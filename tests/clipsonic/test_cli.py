@@ -1,0 +1,94 @@
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from clipcore.prior import DiffusionPrior
+from clipcore.query import QueryEncoder
+from clipcore.synthetic import render_frame
+from clipsonic.cli import main
+from clipsonic.model import CLIPSonic
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model_only = root / "model_only"
+    CLIPSonic.tiny(seed=0).save_pretrained(model_only)
+    QueryEncoder.tiny(seed=0).save_pretrained(root / "query_encoder")
+    full = root / "full"
+    CLIPSonic.tiny(seed=0).save_pretrained(full)
+    QueryEncoder.tiny(seed=0).save_pretrained(full / "query_encoder")
+    DiffusionPrior.tiny(seed=0).save_pretrained(full / "prior")
+    Image.fromarray(render_frame("harp", 0, 48)).save(root / "harp.png")
+    (root / "broken.png").write_bytes(b"not an image")
+    (root / "prompts.txt").write_text("the sound of a bell\n\n  a drum  \n")
+    return root
+
+
+def test_generate_writes_16_bit_files_of_the_requested_duration(folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main([
+        "generate", "--checkpoint", str(folders / "full"), "a flute", "A flute!", "../../etc/passwd",
+        "--prompts-file", str(folders / "prompts.txt"), "--image", str(folders / "harp.png"),
+        "-n", "2", "--duration", "0.45", "--steps", "2", "--seed", "3", "-o", str(out),
+    ])
+    assert code == 0, capsys.readouterr().err
+    files = sorted(out.iterdir())
+    # 5 text prompts (the two flutes are distinct prompts) and 1 image, 2 samples each.
+    assert len(files) == 12
+    assert all(f.parent == out and f.suffix == ".wav" for f in files)
+    assert len({f.name.lower() for f in files}) == 12
+    assert {"image-harp-1.wav", "image-harp-2.wav", "a-drum-1.wav"} <= {f.name for f in files}
+    for file in files:
+        info = sf.info(str(file))
+        assert (info.frames, info.samplerate, info.channels, info.subtype) == (7200, 16000, 1, "PCM_16")
+
+
+def test_zero_shot_mode_without_prior_and_flac_output(folders, tmp_path):
+    out = tmp_path / "zs"
+    code = main(["generate", "--checkpoint", str(folders / "model_only"), "--query-encoder",
+                 str(folders / "query_encoder"), "rain", "--mode", "zs", "--steps", "1", "--duration", "0.3",
+                 "--format", "flac", "--bit-depth", "24", "-o", str(out)])
+    assert code == 0
+    info = sf.info(str(out / "rain.flac"))
+    assert (info.frames, info.subtype) == (4800, "PCM_24")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint", "{root}/missing", "x"], "no such checkpoint folder"),
+        (["--checkpoint", "{root}/full", "  "], "prompt is empty"),
+        (["--checkpoint", "{root}/full"], "at least one prompt"),
+        (["--checkpoint", "{root}/full", "--image", "{root}/broken.png"], "cannot be read as an image"),
+        (["--checkpoint", "{root}/full", "--image", "{root}/nothing.png"], "no such image file"),
+        (["--checkpoint", "{root}/full", "x", "--duration", "-1"], "--duration"),
+        (["--checkpoint", "{root}/full", "x", "--steps", "0"], "--steps"),
+        (["--checkpoint", "{root}/full", "x", "--mode", "image"], "--image queries"),
+        (["--checkpoint", "{root}/full", "x", "--prompts-file", "{root}/none.txt"], "cannot be read"),
+        (["--checkpoint", "{root}/model_only", "--query-encoder", "{root}/query_encoder", "x", "--mode", "pd"], "prior"),
+        (["--checkpoint", "{root}/query_encoder", "x"], "not a clipsonic.model.CLIPSonic"),
+        (["--checkpoint", "{root}/full", "x", "--vocoder", "{root}"], "not a vocoder folder"),
+    ],
+)
+def test_bad_input_is_one_line_and_nothing_written(folders, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    # Defaults first: the case's own values come later and win.
+    code = main(["generate", "--steps", "1", "--duration", "0.2", "-o", str(out), *[a.format(root=folders) for a in args]])
+    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in err if "generating" not in line]
+    assert code == 2
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_existing_outputs_are_kept_without_overwrite(folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rain.wav").write_bytes(b"keep me")
+    args = ["generate", "--checkpoint", str(folders / "full"), "rain", "--steps", "1", "--duration", "0.2", "-o", str(out)]
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "rain.wav").read_bytes() == b"keep me"
+    assert main(args + ["--overwrite"]) == 0
+    assert sf.info(str(out / "rain.wav")).frames == 3200
