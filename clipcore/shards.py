@@ -40,7 +40,6 @@ from webdataset.tariterators import tarfile_samples
 
 from clipcore.audio import resample
 from clipcore.files import atomic_write
-from clipcore.video import frame_times
 
 __all__ = [
     "ShardSample",
@@ -525,7 +524,11 @@ class ShardDataModule(LightningDataModule):
             example ``clip-vit-b-32-openai``), or None to deliver frames.
         query_frames: frames per query: 3 for CLIPSep, 1 (a random frame) for CLIPSonic.
         epoch_length: training batches per epoch per rank (resampled, infinite shards:
-            use it for multi-GPU runs); None reads the training shards once per epoch.
+            use it for multi-GPU runs, where it keeps every rank in step); None reads the
+            training shards once per epoch. Validation always reads its shards once,
+            split among ranks and workers (by shard, or by sample when shards are fewer
+            than ranks x workers), so ranks may see unequal numbers of batches: log
+            validation metrics per epoch, not per step with ``sync_dist``.
         seed: seed of crops, gains, pairs and shuffling.
         shuffle_buffer: samples held for shuffling per worker.
         frame_size: square size of delivered frames.

@@ -144,9 +144,8 @@ def test_clip_model_stores_per_frame_embeddings(videos, tmp_path, capsys):
     encoder.save_pretrained(tmp_path / "encoder")
     source = tmp_path / "two"
     (source / "a").mkdir(parents=True)
-    for name in ("000000.mkv", "000006.mkv"):
-        found = next(videos.rglob(name), None) or next(videos.rglob("000001.mkv"))
-        os.link(found, source / "a" / found.name) if not (source / "a" / found.name).exists() else None
+    for video in (videos / "cello" / "000000.mkv", videos / "clarinet" / "000001.mkv"):
+        os.link(video, source / "a" / video.name)
     out = tmp_path / "shards"
     status, stdout, _ = _run(capsys, source, out, "--clip-seconds", 3, "--short-side", 64, "--clip-model",
                              tmp_path / "encoder")
