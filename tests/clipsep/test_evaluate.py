@@ -1,0 +1,90 @@
+"""The evaluation recipe on a miniature data set in the official preprocessing layout."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from clipcore.query import QueryEncoder
+from clipcore.synthetic import make_clip
+from clipsep.model import CLIPSep
+from clipsep.separate import Separator
+from recipes.evaluate_clipsep import SEGMENT, Clip, interference_index, load_segment, main
+
+
+def _write_clip(root, index, seed, folder, duration=5.0):
+    clip = make_clip(index, seed=seed, duration=duration, frame_size=48)
+    audio = f"data/{folder}/audio/{clip.label}/{clip.video_id}.wav"
+    frames = f"data/{folder}/frames/{clip.label}/{clip.video_id}"
+    (root / audio).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(root / audio, clip.audio, clip.sample_rate, subtype="PCM_16")
+    (root / frames).mkdir(parents=True)
+    for k, frame in enumerate(clip.frames, start=1):
+        Image.fromarray(frame).save(root / frames / f"{k:06d}.jpg")
+    return f"{audio},{frames},{len(clip.frames)},{clip.label}\n"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    (root / "targets.csv").write_text("".join(_write_clip(root, i, 0, "music") for i in range(3)))
+    (root / "interference.csv").write_text("".join(_write_clip(root, i, 1, "vgg", 3.0) for i in range(4)))
+    Separator(CLIPSep.tiny(query_dim=32), QueryEncoder.tiny(embed_dim=32)).save_pretrained(root / "model")
+    return root
+
+
+def _args(data, *extra):
+    return ["--checkpoint", str(data / "model"), "--data-root", str(data), "--targets", str(data / "targets.csv"),
+            "--interference", str(data / "interference.csv"), *extra]
+
+
+def test_protocol_json_and_table(data, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(_args(data, "--out", str(out))) == 0
+    table = capsys.readouterr().out
+    assert "mean ± s.e." in table and "ensemble" in table and "sdri" in table
+    results = json.loads(out.read_text())
+    assert len(results["items"]) == 3 and results["skipped"] == []
+    lines = (data / "interference.csv").read_text().splitlines()
+    for item in results["items"]:
+        chosen = lines[random.Random(item["index"]).randint(0, 3)]
+        assert chosen.split(",")[0].endswith(item["interference"] + ".wav")
+        for mode in ("image", "text", "ensemble"):
+            s = item["scores"][mode]
+            assert s["sdri"] == pytest.approx(s["sdr"] - s["sdr_mix"], abs=1e-9)
+    sdr = [i["scores"]["text"]["sdr"] for i in results["items"]]
+    assert results["summary"]["text"]["sdr"]["mean"] == pytest.approx(np.mean(sdr))
+    assert results["summary"]["text"]["sdr"]["median"] == pytest.approx(np.median(sdr))
+
+
+def test_segment_is_centred_on_the_middle_frame_and_short_clips_repeat(data):
+    line = (data / "interference.csv").read_text().splitlines()[0].split(",")
+    clip = Clip(line[0], line[1], int(line[2]), line[3])  # 3 s, 3 frames: middle frame 1 at 0.5 s
+    segment = load_segment(data, clip)
+    audio, _ = sf.read(data / clip.audio, dtype="float32")
+    tiled = np.tile(audio, SEGMENT // len(audio) + 1)
+    centre = 8000
+    assert segment.shape == (SEGMENT,)
+    assert np.all(segment[: SEGMENT // 2 - centre] == 0)
+    np.testing.assert_allclose(segment[SEGMENT // 2 - centre : -1], tiled[: centre + SEGMENT // 2], atol=1e-4)
+    assert segment[-1] == 0  # the official crop fills SEGMENT // 2 samples on each side of the centre
+    assert interference_index(7, 5) == random.Random(7).randint(0, 4)
+
+
+def test_missing_files_are_skipped_and_bad_input_is_one_line(data, tmp_path, capsys):
+    broken = tmp_path / "targets.csv"
+    rows = (data / "targets.csv").read_text().splitlines()
+    broken.write_text("\n".join(["data/nowhere/x.wav,data/nowhere/x,5,violin", *rows[:1]]) + "\n")
+    out = tmp_path / "r.json"
+    args = _args(data, "--queries", "text", "--out", str(out))
+    args[args.index("--targets") + 1] = str(broken)
+    assert main(args) == 0
+    results = json.loads(out.read_text())
+    assert len(results["items"]) == 1 and results["skipped"][0]["target"] == "x"
+    capsys.readouterr()
+    assert main(_args(data, "--data-root", str(tmp_path / "missing"))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing" in err and "Traceback" not in err
