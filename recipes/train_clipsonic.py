@@ -31,7 +31,7 @@ class CLIPSonicCLI(LightningCLI):
         if not self.trainer.is_global_zero or (export is None and self.trainer.fast_dev_run):
             return  # a dev run has no log folder to export to unless --export names one
         directory = export or Path(self.trainer.log_dir or ".") / "model"
-        run_config = self.parser.dump(self.config, skip_none=False)
+        run_config = self.parser.dump(self.config)
         self.model.export(directory, provenance={"run_config": run_config})
         print(f"exported the averaged model to {directory}")
 
