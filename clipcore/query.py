@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.factory import get_model_config, load_checkpoint
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
+from open_clip.tokenizer import HFTokenizer
 from torch import nn
 
 from clipcore.checkpoint import CONFIG_NAME, CheckpointError, Pretrained
@@ -111,7 +112,7 @@ class QueryEncoder(Pretrained, nn.Module):
         name: slug naming the encoder and its weights, e.g. ``clip-vit-b-32-openai``;
             shards store its image embeddings as ``<name>.npy``.
         architecture: open_clip built-in model name (selects the tokenizer), or None for
-            open_clip's standard CLIP tokenizer.
+            the config's ``hf_tokenizer_name`` or else open_clip's standard CLIP tokenizer.
         preprocess: ``size`` (int or [H, W]), ``mean``, ``std``, ``interpolation``
             (``bicubic``/``bilinear``), ``resize_mode`` (``shortest``: resize the short side
             and centre-crop; ``squash``); missing keys take CLIP's values.
@@ -147,9 +148,12 @@ class QueryEncoder(Pretrained, nn.Module):
         self.interpolation = settings["interpolation"]
         self.register_buffer("pixel_mean", torch.tensor(settings["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(settings["std"]).view(1, 3, 1, 1), persistent=False)
-        context_length = model_config["text_cfg"].get("context_length", 77)
+        text_cfg = model_config["text_cfg"]
+        context_length = text_cfg.get("context_length", 77)
         if architecture is not None:
             self.tokenizer = open_clip.get_tokenizer(architecture, context_length=context_length)
+        elif text_cfg.get("hf_tokenizer_name"):
+            self.tokenizer = HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length)
         else:
             self.tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
