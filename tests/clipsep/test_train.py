@@ -96,3 +96,27 @@ def test_recipe_fast_dev_run_on_toy_shards(toy_shards, tmp_path):
     separator = Separator.from_pretrained(export / "last")
     result = separator.separate(torch.randn(1, 8000) * 0.1, 16000, ["cello"])
     assert result.stems.shape == (1, 1, 8000) and torch.isfinite(result.stems).all()
+
+
+def test_recipe_saves_config_and_exports_best_and_last(toy_shards, tmp_path):
+    args = [
+        "fit", "--config", str(ROOT / "recipes" / "configs" / "clipsep" / "toy.yaml"),
+        "--seed_everything", "7",
+        "--model.query_encoder", str(toy_shards / "encoder"), "--model.val_examples", "1",
+        "--data.train_shards", str(toy_shards / "train" / "*.tar"),
+        "--data.val_shards", str(toy_shards / "val" / "*.tar"),
+        "--data.encoder", "null", "--data.batch_size", "2", "--data.frame_size", "64", "--data.epoch_length", "2",
+        "--trainer.max_steps", "2", "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path),
+    ]
+    cli = train_main(args)
+    log_dir = Path(cli.trainer.log_dir)
+    assert "seed_everything: 7" in (log_dir / "config.yaml").read_text()
+    for name in ("best", "last"):
+        provenance = json.loads((log_dir / "pretrained" / name / "config.json").read_text())["provenance"]
+        assert provenance["global_step"] == 2 and provenance["run_config"]["seed_everything"] == 7
+        assert "val/loss" in provenance["val_metrics"]
+        assert (log_dir / "pretrained" / name / "query_encoder" / "config.json").is_file()
+    assert list((log_dir / "media").glob("val-example0-*-estimate.wav"))
+    assert list((log_dir / "media").glob("val-example0-*.png"))
