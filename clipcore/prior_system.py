@@ -184,7 +184,8 @@ class PriorDataModule(LightningDataModule):
         templates: prompt templates for ``json`` labels in ``shards``.
         toy_captions: caption labels with the toy world's captions instead.
         cache: where to save pairs computed from ``shards`` (``.npz``), and to read them
-            from when it exists.
+            from when it exists; with several processes (DDP) the first one computes
+            them and the others read the cache, so give one.
         max_samples: read at most this many shard samples.
         val_fraction: share of the pairs held out for validation.
         batch_size: pairs per batch.
