@@ -156,6 +156,9 @@ def convert_official(path: str | Path, out: str | Path) -> Path:
     }
     if model.query_dim == 512:
         provenance["query_encoder"] = "ViT-B-32/openai"
+    # The official code feeds raw CLIP outputs (encode_image averaged over 3 frames in
+    # training, encode_text at inference), not unit-norm embeddings.
+    provenance["query_normalization"] = "none"
     args_file = path.with_name("train-args.json")
     if args_file.is_file():
         try:

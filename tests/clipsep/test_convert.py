@@ -80,6 +80,7 @@ def test_cli_converts_a_released_file(official_state, tmp_path, capsys):
     model = CLIPSep.from_pretrained(tmp_path / "ckpt")
     assert model.provenance["train_args"] == {"n_mix": 2, "layers": 7}
     assert model.provenance["query_encoder"] == "ViT-B-32/openai"
+    assert model.provenance["query_normalization"] == "none"
     torch.testing.assert_close(model.mask_bias, official_state["module.synth_net.bias"])
 
 

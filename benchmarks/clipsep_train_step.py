@@ -1,0 +1,78 @@
+"""CLIPSep training-step speed on this machine: the paper network, CLIPSep-NIT loss.
+
+Prints one JSON line: ``ms_per_mixture_train`` (forward, noise-invariant loss, backward
+and Adam step, per mixture of a batch of ``--batch`` mixtures of 65,535 samples, 2
+sources), ``ms_per_mixture_val`` (forward, loss, binary-mask separation and BSS-Eval of
+both sources), the batch size, the thread count and the parameter count. Random
+weights and random audio (speed does not depend on them).
+
+Usage: ``python benchmarks/clipsep_train_step.py [--batch 4] [--steps 3] [--preset paper]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipcore.shards import MixBatch
+from clipsep.metrics import separation_scores
+from clipsep.system import CLIPSepSystem
+
+
+def _batch(size: int, dim: int, generator: torch.Generator) -> MixBatch:
+    sources = 0.1 * torch.randn(size, 2, 65535, generator=generator)
+    embeddings = F.normalize(torch.randn(size, 2, dim, generator=generator), dim=-1)
+    return MixBatch(sources.sum(1), sources, embeddings, None, [[None, None]] * size, [["a", "b"]] * size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--preset", choices=["paper", "tiny"], default="paper")
+    args = parser.parse_args()
+    generator = torch.Generator().manual_seed(0)
+    system = CLIPSepSystem(preset=args.preset)
+    batch = _batch(args.batch, system.model.query_dim, generator)
+    optimizer = torch.optim.Adam(system.model.parameters(), lr=1e-3)
+
+    def train_step() -> None:
+        loss = system._loss(system._outputs(batch))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(system.model.parameters(), 1.0)
+        optimizer.step()
+
+    def val_step() -> None:
+        with torch.no_grad():
+            out = system._outputs(batch)
+            system._loss(out)
+            estimates = system.separate(out, 65535)
+        mixture = batch.mixture[:, None].expand_as(batch.sources)
+        separation_scores(batch.sources.flatten(0, 1), (mixture - batch.sources).flatten(0, 1),
+                          estimates.flatten(0, 1), mixture.flatten(0, 1))
+
+    timings = {}
+    for name, step, mode in (("train", train_step, True), ("val", val_step, False)):
+        system.train(mode)
+        step()  # warm-up
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        timings[name] = float(np.median(times)) * 1000 / args.batch
+    print(json.dumps({
+        "benchmark": "clipsep_train_step", "preset": args.preset, "batch": args.batch,
+        "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in system.model.parameters()),
+        "ms_per_mixture_train": round(timings["train"], 1), "ms_per_mixture_val": round(timings["val"], 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
