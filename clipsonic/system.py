@@ -41,7 +41,8 @@ class CLIPSonicSystem(LightningModule):
         preset: ``"tiny"`` or ``"paper"`` model.
         embed_dim: CLIP embedding size; by default the query encoder's, else the preset's.
         model_args: overrides of the preset's :class:`~clipsonic.model.CLIPSonic` arguments.
-        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
+        prediction_type: ``"v_prediction"`` (default: on the toy overfitting task it learns
+            in 150 steps what epsilon prediction has not learnt by then) or ``"epsilon"``.
         query_encoder: spec for ``clipcore.query.QueryEncoder.load`` (open_clip name,
             checkpoint folder, ``ARCH=FILE``). Needed when the batches carry frames; always
             recorded in the exported model so that inference uses the same CLIP space.
@@ -61,7 +62,7 @@ class CLIPSonicSystem(LightningModule):
         preset: str = "tiny",
         embed_dim: int | None = None,
         model_args: dict[str, Any] | None = None,
-        prediction_type: str = "epsilon",
+        prediction_type: str = "v_prediction",
         query_encoder: str | None = None,
         condition_dropout: float = 0.1,
         learning_rate: float = 1e-4,
