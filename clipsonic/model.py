@@ -51,7 +51,7 @@ _TINY: dict[str, Any] = {
     "cond_tokens": 4,
 }
 
-# Sized for a GPU cluster (about 80 M parameters): attention in the two lowest levels
+# Sized for a GPU cluster (134 M parameters): attention in the two lowest levels
 # (16 x T/4 and 8 x T/8 mel pixels), ViT-L/14 embeddings.
 _PAPER: dict[str, Any] = {
     "block_out_channels": [128, 256, 384, 512],
