@@ -54,7 +54,15 @@ from clipcore.query import QueryEncoder
 from clipcore.spectral import istft, stft, unwarp_to_linear
 from clipsep.model import CLIPSep
 
-__all__ = ["Separator", "Separation", "QueryError", "crossfade_window", "segment_starts", "QUERY_ENCODER_DIR"]
+__all__ = [
+    "Separator",
+    "Separation",
+    "QueryError",
+    "QUERY_ENCODER_DIR",
+    "crossfade_window",
+    "segment_starts",
+    "load_image",
+]
 
 QUERY_ENCODER_DIR = "query_encoder"
 """Sub-folder of a separator checkpoint that holds its query encoder."""
@@ -243,7 +251,9 @@ class Separator:
 
     # ------------------------------------------------------------------ queries
     def encode_queries(self, queries: Sequence[Query] | torch.Tensor) -> torch.Tensor:
-        """Embed queries: text (``str``), images (a path or a PIL image), or embeddings.
+        """Embed queries: text (``str``), images (a ``Path`` or a PIL image), or embeddings.
+
+        A ``str`` is always text; give image files as :class:`pathlib.Path`.
 
         Args:
             queries: K queries, or a ``[K, D]`` tensor of embeddings.
@@ -325,7 +335,11 @@ class Separator:
         model_wave = resample(mixture, sample_rate, self.sample_rate)
         num_noise = self.model.num_noise_heads if noise else 0
         outputs = self._overlap_add(model_wave, embeddings, num_noise, progress)
-        outputs = _fit(resample(outputs, self.sample_rate, sample_rate), length)
+        if sample_rate != self.sample_rate:  # one stem at a time: bounded temporaries
+            back = torch.empty(len(outputs), mixture.shape[0], length)
+            for index, output in enumerate(outputs):
+                back[index] = _fit(resample(output, self.sample_rate, sample_rate), length)
+            outputs = back
         stems = outputs[: len(embeddings)]
         return Separation(
             stems=stems,

@@ -1,0 +1,106 @@
+"""Separator speed and memory: the paper-size CLIPSep on CPU.
+
+Prints one JSON line:
+- ``rtf_1q``: seconds of compute per second of a 60 s mixture, one text query;
+- ``rtf_4q_one_call``: four queries in one call (the U-Net runs once per segment);
+- ``rtf_4q_four_calls``: four single-query calls;
+- ``peak_mb_1min`` / ``peak_mb_10min``: peak resident memory of a fresh process that
+  separates a 1-minute / 10-minute mixture with one query (it includes the Python, torch
+  and model baseline, the same in both; the difference is what grows with the input);
+- ``peak_mb_growth``: their difference.
+
+Targets: ``rtf_4q_one_call <= 1.5 * rtf_1q``; ``peak_mb_growth <= 200``.
+
+The mixtures are 16 kHz mono (the model's rate, so no resampling), random-weight models
+(no weights can be downloaded here; speed does not depend on the weights); the query
+encoder is a small CLIP with 512-d embeddings (ViT-B/32's size), whose cost is negligible
+next to the U-Net's.
+
+Usage: ``python benchmarks/separate_speed.py [--seconds 60] [--long-seconds 600]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from clipcore.query import QueryEncoder
+from clipsep.model import CLIPSep
+from clipsep.separate import Separator
+
+RATE = 16000
+QUERIES = ["playing violin", "playing cello", "dog barking", "engine running"]
+
+
+def _separator() -> Separator:
+    return Separator(CLIPSep.paper(), QueryEncoder.tiny(embed_dim=512))
+
+
+def _mixture(seconds: float) -> torch.Tensor:
+    return 0.1 * torch.randn(1, int(seconds * RATE), generator=torch.Generator().manual_seed(0))
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure_speed(seconds: float) -> dict[str, float]:
+    separator = _separator()
+    wave = _mixture(seconds)
+    separator.separate(wave[:, : 5 * RATE], RATE, QUERIES)  # warm-up
+    one = _timed(lambda: separator.separate(wave, RATE, QUERIES[:1]))
+    joint = _timed(lambda: separator.separate(wave, RATE, QUERIES))
+    four = sum(_timed(lambda q=q: separator.separate(wave, RATE, [q])) for q in QUERIES)
+    return {
+        "rtf_1q": round(one / seconds, 4),
+        "rtf_4q_one_call": round(joint / seconds, 4),
+        "rtf_4q_four_calls": round(four / seconds, 4),
+    }
+
+
+def peak_mb(seconds: float) -> float:
+    """Peak RSS (MB) of a fresh process separating ``seconds`` of audio with one query."""
+    command = [sys.executable, __file__, "--peak-of", str(seconds)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return round(float(out.strip().splitlines()[-1]), 1)
+
+
+def _peak_child(seconds: float) -> None:
+    separator, wave = _separator(), _mixture(seconds)
+    result = separator.separate(wave, RATE, QUERIES[:1])
+    assert result.stems.shape[-1] == wave.shape[-1]
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="mixture length for the speed figures")
+    parser.add_argument("--long-seconds", type=float, default=600.0, help="the long input of the memory figure")
+    parser.add_argument("--peak-of", type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak_of is not None:
+        return _peak_child(args.peak_of)
+    result = {
+        **measure_speed(args.seconds),
+        "peak_mb_1min": peak_mb(60.0),
+        "peak_mb_10min": peak_mb(args.long_seconds),
+    }
+    result["peak_mb_growth"] = round(result["peak_mb_10min"] - result["peak_mb_1min"], 1)
+    result.update(
+        speed_ratio_4q=round(result["rtf_4q_one_call"] / result["rtf_1q"], 3),
+        input="16 kHz mono", model="CLIPSep.paper (30.3 M)", device="cpu",
+        threads=torch.get_num_threads(), segment_samples=65535, overlap=0.25, batch_size=4,
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
