@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test install clean
+.PHONY: test demo install clean
 
 install: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# The quick start: toy videos -> shards -> CLIPSep, prior, CLIPSonic -> report (runs/quickstart/).
+demo: $(STAMP)
+	$(VENV)/bin/python recipes/quickstart.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
