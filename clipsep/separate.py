@@ -129,7 +129,8 @@ class Separator:
             ``model.query_dim``.
         device: where the networks run.
         segment: segment length in seconds (default: the model's training segment,
-            65535 samples = 256 frames at 16 kHz); rounded up to whole U-Net frame blocks.
+            65535 samples = 256 frames at 16 kHz), rounded to the nearest whole block of
+            ``model.frames_multiple`` frames (128 frames, about 2.05 s, for the paper's model).
         overlap: fraction of a segment shared with the next one, in ``[0, 0.5]``.
         batch_size: segments per U-Net pass.
         binary: binary masks (``> 0.5``, as in the paper's evaluation) instead of soft.
@@ -165,7 +166,7 @@ class Separator:
         hop, block = model.stft.hop_length, model.frames_multiple
         samples = model.segment_samples if segment is None else round(segment * self.sample_rate)
         # frames = samples // hop + 1 must be a multiple of the U-Net's block of frames.
-        frames = max(block, math.ceil((samples // hop + 1) / block) * block)
+        frames = max(block, round((samples // hop + 1) / block) * block)
         self.segment_samples = frames * hop - 1
         self.overlap_samples = int(overlap * self.segment_samples)
         self.batch_size = batch_size

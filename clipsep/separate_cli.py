@@ -293,7 +293,8 @@ def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
     parser.add_argument("--batch-size", type=int, default=4, help="segments per network pass (default: 4)")
     parser.add_argument("--segment", type=float, default=None, metavar="SECONDS",
-                        help="segment length (default: the model's, about 4.1 s)")
+                        help="segment length, rounded to whole U-Net blocks (about 2.05 s for the "
+                             "paper's model; default: the model's training segment, about 4.1 s)")
     parser.add_argument("--overlap", type=float, default=0.25, metavar="FRACTION",
                         help="overlap of consecutive segments, 0 to 0.5 (default: 0.25)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
