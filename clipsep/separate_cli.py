@@ -208,6 +208,9 @@ def run_separate(args: argparse.Namespace) -> int:
         raise UsageError("--bit-depth 32f needs --format wav (FLAC stores 16 or 24 bits).")
     if args.segment is not None and not args.segment > 0:
         raise UsageError(f"--segment must be a positive number of seconds, got {args.segment}.")
+    for template in args.template or []:
+        if "{}" not in template:
+            raise UsageError(f"--template {template!r} has no {{}} to hold the query text.")
     if not 0 <= args.overlap <= 0.5:
         raise UsageError(f"--overlap must be between 0 and 0.5, got {args.overlap}.")
     if args.batch_size < 1:

@@ -130,6 +130,7 @@ def test_naming_helpers_on_hostile_text():
         (["--query-image", "{tmp}/bad.png"], "bad.png: cannot be read as an image"),
         (["-q", "x", "--format", "flac", "--bit-depth", "32f"], "32f needs --format wav"),
         (["-q", "x", "--overlap", "0.7"], "--overlap must be between 0 and 0.5"),
+        (["-q", "x", "--template", "a photo"], "has no {} to hold the query text"),
     ],
 )
 def test_bad_queries_and_values(checkpoint, tmp_path, capsys, args, message):
