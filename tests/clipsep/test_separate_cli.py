@@ -91,6 +91,13 @@ def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
     # A folder search leaves out the output folder inside it.
     assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path) == 0
     assert "Separated 1 of 1 inputs" in capsys.readouterr().out
+    # An input is never an output, even with --overwrite.
+    inside = out / "violin" / "violin.wav"
+    save_audio(inside, _noise(1, 5000), 16000)
+    before = inside.read_bytes()
+    assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", inside) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert inside.read_bytes() == before
 
 
 def test_query_names_stay_inside_and_distinct(checkpoint, tmp_path, capsys):
