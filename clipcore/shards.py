@@ -255,14 +255,19 @@ class MixBatch:
 class ShardStream(IterableDataset):
     """Mixture batches from shards: an ``IterableDataset`` yielding :class:`MixBatch`.
 
-    Each (rank, worker) pair reads its own stream with a generator seeded by
+    Each (rank, worker) pair -- a consumer -- reads its own part of the data: the shards
+    are split among consumers when there are at least as many shards, otherwise the
+    samples of each shard are (``index % consumers``), so no two consumers ever see the
+    same sample. Each consumer draws with a generator seeded by
     ``(seed, epoch, rank, worker)`` (validation ignores the epoch), so a run is
-    deterministic for a given seed, world size and number of workers.
+    deterministic for a given seed, world size and number of workers. A run resumed
+    mid-epoch (``resume_offset`` batches already done) draws a new, equally
+    deterministic stream for the rest of that epoch instead of replaying its start.
 
     Two modes:
-      * ``epoch_length`` set (resampled): every consumer draws shards at random, forever,
-        and an epoch is exactly ``epoch_length`` batches per rank whatever the number of
-        shards, ranks and workers (no rank starves, none hangs).
+      * ``epoch_length`` set (resampled): every consumer draws its shards at random,
+        forever, and an epoch is exactly ``epoch_length`` batches per rank whatever the
+        number of shards, ranks and workers (no rank starves, none hangs).
       * ``epoch_length=None`` (one pass): the shards are read once, split among
         consumers by shard when there are enough shards, otherwise by sample.
 
@@ -306,6 +311,7 @@ class ShardStream(IterableDataset):
         self.encoder, self.query_frames, self.frame_size = encoder, query_frames, frame_size
         self.train, self.epoch_length, self.shuffle_buffer, self.seed = train, epoch_length, shuffle_buffer, seed
         self.epoch, self.rank, self.world_size = 0, 0, 1
+        self.resume_offset = 0  # batches of this epoch done before a restart
         self.skipped = 0  # samples skipped by this process (per worker with workers)
         self._pending = 0
 
@@ -324,11 +330,12 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[MixBatch]:
         consumer, consumers, workers = self._consumer()
         epoch = self.epoch if self.train else 0
-        rng = np.random.default_rng([self.seed, epoch, consumer])
+        resumed = [self.resume_offset] if self.train and self.resume_offset else []
+        rng = np.random.default_rng([self.seed, epoch, consumer, *resumed])
         if self.epoch_length is not None:
             worker = consumer % workers
             limit = self.epoch_length // workers + (worker < self.epoch_length % workers)
-            raw = self._resampled(rng)
+            raw = self._resampled(rng, consumer, consumers)
         else:
             limit = None
             raw = self._one_pass(rng, consumer, consumers)
@@ -343,28 +350,36 @@ class ShardStream(IterableDataset):
 
         yield from tarfile_samples([{"url": url}], handler=on_error)
 
-    def _resampled(self, rng: np.random.Generator) -> Iterator[dict]:
+    def _mine(self, url: str, consumer: int, consumers: int, by_shard: bool) -> Iterator[dict]:
+        """The samples of one shard that belong to this consumer (all of them when the
+        shards are split among consumers, else those with ``index % consumers == consumer``)."""
+        for index, sample in enumerate(self._read(url)):
+            if by_shard or index % consumers == consumer:
+                yield sample
+
+    def _resampled(self, rng: np.random.Generator, consumer: int, consumers: int) -> Iterator[dict]:
+        by_shard = len(self.urls) >= consumers
+        urls = self.urls[consumer::consumers] if by_shard else self.urls
         empty = 0
         while True:
             found = False
-            for sample in self._read(self.urls[int(rng.integers(len(self.urls)))]):
+            for sample in self._mine(urls[int(rng.integers(len(urls)))], consumer, consumers, by_shard):
                 found = True
                 yield sample
             empty = 0 if found else empty + 1
-            if empty >= max(20, 3 * len(self.urls)):
-                raise ShardError(f"{empty} shard reads in a row gave no samples; are the shards readable?")
+            if empty >= max(20, 3 * len(urls)):
+                raise ShardError(
+                    f"{empty} shard reads in a row gave no samples to consumer {consumer} of {consumers} "
+                    "(ranks x workers); are the shards readable and do they hold enough samples?"
+                )
 
     def _one_pass(self, rng: np.random.Generator, consumer: int, consumers: int) -> Iterator[dict]:
         by_shard = len(self.urls) >= consumers
         urls = self.urls[consumer::consumers] if by_shard else list(self.urls)
         if self.train:
             urls = [urls[i] for i in rng.permutation(len(urls))]
-        index = 0
         for url in urls:
-            for sample in self._read(url):
-                if by_shard or index % consumers == consumer:
-                    yield sample
-                index += 1
+            yield from self._mine(url, consumer, consumers, by_shard)
 
     # -- decoding and mixing
 
@@ -498,15 +513,35 @@ def _shuffle(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iter
 
 class _EpochLoader(DataLoader):
     """A ``DataLoader`` that tells its :class:`ShardStream` the epoch and the rank before
-    its workers start, so that every epoch draws new mixtures."""
+    its workers start, so that every epoch draws new mixtures.
+
+    It is resumable for Lightning (``state_dict`` / ``load_state_dict``, saved in the
+    checkpoint's loop state): the state is the epoch and the batches taken from it, and a
+    restored loader continues with that epoch and a stream seeded by that position
+    (:attr:`ShardStream.resume_offset`), not with a replay of epoch 0.
+    """
 
     def __iter__(self):
         stream = self.dataset
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             stream.rank, stream.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         stream.epoch = getattr(self, "_epochs_started", 0)
-        self._epochs_started = stream.epoch + 1
-        return super().__iter__()
+        stream.resume_offset, self._resume_offset = getattr(self, "_resume_offset", 0), 0
+        self._epochs_started, self._taken = stream.epoch + 1, stream.resume_offset
+        return self._count(super().__iter__())
+
+    def _count(self, batches):
+        for batch in batches:
+            self._taken += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": current epoch, "batches": batches taken from it so far}``."""
+        return {"epoch": max(0, getattr(self, "_epochs_started", 0) - 1), "batches": getattr(self, "_taken", 0)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Continue at ``state_dict``'s position with the next ``iter()``."""
+        self._epochs_started, self._resume_offset = int(state_dict["epoch"]), int(state_dict["batches"])
 
 
 class ShardDataModule(LightningDataModule):
