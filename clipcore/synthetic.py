@@ -274,7 +274,7 @@ def render_frame(name: str, seed: int | np.random.Generator = 0, size: int = 224
         uint8 ``[size, size, 3]`` (RGB).
     """
     inst, rng = _instrument(name), _rng(seed)
-    background = tuple(int(v) for v in rng.integers(15, 70, size=3))
+    background = tuple(int(v) for v in rng.integers(10, 40, size=3))
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(3, 8))):  # clutter: greys, never saturated
@@ -285,7 +285,8 @@ def render_frame(name: str, seed: int | np.random.Generator = 0, size: int = 224
         else:
             r = rng.uniform(0.03, 0.08) * size
             draw.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), fill=(grey, grey, grey))
-    r = rng.uniform(0.18, 0.32) * size
+    # A large shape on a dark background: even a randomly initialised CLIP tells them apart.
+    r = rng.uniform(0.28, 0.42) * size
     cx, cy = (float(v) for v in rng.uniform(r, size - r, size=2))
     if inst.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=inst.colour)
