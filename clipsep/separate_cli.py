@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import soundfile as sf
 import torch
@@ -27,7 +27,9 @@ from tqdm import tqdm
 from clipcore.audio import AUDIO_EXTENSIONS, load_audio, save_audio
 from clipcore.cli import EXPECTED_ERRORS, UsageError
 from clipcore.naming import safe_filename, slugify, unique_names
-from clipsep.separate import QueryError, Separator, load_image
+
+if TYPE_CHECKING:
+    from clipsep.separate import Separator
 
 __all__ = ["add_separate_command", "FileJob", "FileResult", "OutputOptions", "discover", "plan", "process_file"]
 
@@ -183,6 +185,7 @@ def _device(name: str) -> str:
 
 def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Check the queries: text not empty, images readable; duplicates dropped."""
+    from clipsep.separate import QueryError, load_image
     if not args.queries:
         raise UsageError("give at least one --query TEXT or --query-image IMAGE.")
     queries = []
@@ -202,6 +205,8 @@ def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def run_separate(args: argparse.Namespace) -> int:
     """Run ``clipsep separate``; returns 0, or 1 if any input failed."""
+    # Imported here: the query encoder pulls in open_clip, which `clipsep --help` need not pay for.
+    from clipsep.separate import QueryError, Separator
     queries = _queries(args)
     options = OutputOptions(args.format, args.bit_depth, args.residual, args.noise_stems, args.mono, args.overwrite)
     if options.format == "flac" and options.bit_depth == "32f":
