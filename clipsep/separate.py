@@ -36,6 +36,10 @@ spec such as ``ViT-B-32/openai`` or ``ViT-B-32=/path/weights.bin``); otherwise t
 ``query_encoder/`` sub-folder of the checkpoint folder (the layout
 :meth:`Separator.save_pretrained` writes); otherwise the spec recorded in the model's
 provenance (``clipsep convert`` records ``ViT-B-32/openai``).
+
+Query scale: this project trains on unit-norm CLIP embeddings; the official release was
+trained on raw CLIP outputs, so a model converted from it (``from_official``, or a
+folder whose provenance says ``query_normalization: none``) is fed raw embeddings.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import torch
 
 from clipcore.audio import AudioError, resample
 from clipcore.checkpoint import CheckpointError, load_pretrained
-from clipcore.query import QueryEncoder
+from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
 from clipcore.spectral import istft, stft, unwarp_to_linear
 from clipsep.model import CLIPSep
 
@@ -135,6 +139,10 @@ class Separator:
         batch_size: segments per U-Net pass.
         binary: binary masks (``> 0.5``, as in the paper's evaluation) instead of soft.
         templates: text prompt template(s) with ``{}``; default ``"a photo of {}"``.
+        normalize_queries: feed the model unit-norm CLIP embeddings (this project's
+            training) or raw ones (the official release; a template ensemble then averages
+            raw embeddings, as the official evaluation does). Default: raw when the model's
+            provenance says ``query_normalization: none`` (set by ``clipsep convert``).
     """
 
     def __init__(
@@ -147,6 +155,7 @@ class Separator:
         batch_size: int = 4,
         binary: bool = False,
         templates: str | Sequence[str] | None = None,
+        normalize_queries: bool | None = None,
     ):
         if query_encoder.embed_dim != model.query_dim:
             raise CheckpointError(
@@ -171,7 +180,12 @@ class Separator:
         self.overlap_samples = int(overlap * self.segment_samples)
         self.batch_size = batch_size
         self.binary = binary
-        self.templates = templates
+        self.templates = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
+        if not self.templates or not all("{}" in t for t in self.templates):
+            raise QueryError(f"prompt templates need a {{}} for the query text, got {self.templates}.")
+        if normalize_queries is None:
+            normalize_queries = (model.provenance or {}).get("query_normalization") != "none"
+        self.normalize_queries = normalize_queries
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -220,6 +234,7 @@ class Separator:
         except CheckpointError as error:
             message = str(error)
             raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+        settings.setdefault("normalize_queries", False)  # the official code reads raw CLIP outputs
         return cls(model, _load_encoder(query_encoder), device=device, **settings)
 
     @classmethod
@@ -283,8 +298,8 @@ class Separator:
             else:
                 rows.append(("image", len(images)))
                 images.append(load_image(query) if isinstance(query, os.PathLike) else query)
-        text_emb = self.query_encoder.encode_text(texts, templates=self.templates) if texts else None
-        image_emb = self.query_encoder.encode_image(images) if images else None
+        text_emb = self._embed_texts(texts) if texts else None
+        image_emb = self._embed_images(images) if images else None
         out = []
         for kind, item in rows:
             if kind == "tensor":
@@ -292,6 +307,23 @@ class Separator:
             else:
                 out.append((text_emb if kind == "text" else image_emb)[item])
         return torch.stack(out).to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """``[K, D]``: unit-norm (ensemble renormalised), or raw (ensemble of raw outputs)."""
+        encoder = self.query_encoder
+        if self.normalize_queries:
+            return encoder.encode_text(texts, templates=self.templates)
+        raw = [encoder.model.encode_text(encoder.tokenize([t.format(x) for x in texts])).float() for t in self.templates]
+        return torch.stack(raw).mean(0)
+
+    @torch.no_grad()
+    def _embed_images(self, images: list) -> torch.Tensor:
+        """``[K, D]`` image embeddings, unit-norm or raw (see ``normalize_queries``)."""
+        encoder = self.query_encoder
+        if self.normalize_queries:
+            return encoder.encode_image(images)
+        return encoder.model.encode_image(encoder.preprocess(images)).float()
 
     # ------------------------------------------------------------------ separation
     @torch.inference_mode()

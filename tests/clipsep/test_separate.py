@@ -9,7 +9,7 @@ from PIL import Image
 from clipcore.audio import AudioError
 from clipcore.checkpoint import CheckpointError
 from clipcore.query import QueryEncoder
-from clipsep.convert import official_key_map
+from clipsep.convert import convert_official, official_key_map
 from clipsep.model import CLIPSep
 from clipsep.separate import QueryError, Separator, crossfade_window, segment_starts
 
@@ -186,7 +186,16 @@ def test_checkpoint_folder_official_file_and_wrong_kinds(encoder, tmp_path):
     official = {f"module.{key}": own[ours] for key, ours in official_key_map(7, 2).items()}
     torch.save(official, tmp_path / "best_model.pt")
     from_file = Separator.load(tmp_path / "best_model.pt", query_encoder=tmp_path / "ckpt" / "query_encoder")
-    torch.testing.assert_close(from_file.separate(wave, RATE, ["violin"]).stems, expected)
+    # The official network reads raw CLIP outputs, not unit-norm embeddings.
+    raw = encoder.model.encode_text(encoder.tokenize(["a photo of violin"])).float()
+    assert not from_file.normalize_queries and loaded.normalize_queries
+    torch.testing.assert_close(from_file.encode_queries(["violin"]), raw)
+    assert abs(raw.norm().item() - 1) > 0.05
+    raw_expected = Separator(model, encoder, normalize_queries=False).separate(wave, RATE, ["violin"]).stems
+    torch.testing.assert_close(from_file.separate(wave, RATE, ["violin"]).stems, raw_expected)
+    assert not torch.allclose(raw_expected, expected, atol=1e-4)
+    converted = convert_official(tmp_path / "best_model.pt", tmp_path / "converted")
+    assert not Separator.load(converted, query_encoder=encoder).normalize_queries
 
     with pytest.raises(CheckpointError, match="needs a query encoder"):
         Separator.load(tmp_path / "best_model.pt")
