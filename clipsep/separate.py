@@ -298,8 +298,8 @@ class Separator:
             else:
                 rows.append(("image", len(images)))
                 images.append(load_image(query) if isinstance(query, os.PathLike) else query)
-        text_emb = self._embed_texts(texts) if texts else None
-        image_emb = self._embed_images(images) if images else None
+        text_emb = self.embed_text(texts) if texts else None
+        image_emb = self.embed_images(images) if images else None
         out = []
         for kind, item in rows:
             if kind == "tensor":
@@ -309,20 +309,41 @@ class Separator:
         return torch.stack(out).to(self.device, torch.float32)
 
     @torch.no_grad()
-    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """``[K, D]``: unit-norm (ensemble renormalised), or raw (ensemble of raw outputs)."""
+    def embed_text(self, texts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
+        """Text queries at the scale the model reads (see ``normalize_queries``).
+
+        Args:
+            texts: K query texts.
+            templates: template(s) with ``{}`` (default: the separator's); several are
+                averaged (unit-norm: renormalised mean; raw: mean of raw outputs).
+
+        Returns:
+            ``[K, D]`` float32 on the separator's device.
+        """
         encoder = self.query_encoder
+        templates = self.templates if templates is None else [templates] if isinstance(templates, str) else list(templates)
         if self.normalize_queries:
-            return encoder.encode_text(texts, templates=self.templates)
-        raw = [encoder.model.encode_text(encoder.tokenize([t.format(x) for x in texts])).float() for t in self.templates]
+            return encoder.encode_text(list(texts), templates=templates)
+        raw = [encoder.model.encode_text(encoder.tokenize([t.format(x) for x in texts])).float() for t in templates]
         return torch.stack(raw).mean(0)
 
     @torch.no_grad()
-    def _embed_images(self, images: list) -> torch.Tensor:
-        """``[K, D]`` image embeddings, unit-norm or raw (see ``normalize_queries``)."""
+    def embed_images(self, images) -> torch.Tensor:
+        """Image queries at the scale the model reads (see ``normalize_queries``).
+
+        Args:
+            images: a list of K PIL images, uint8 ``[K, 3, H, W]``, or uint8
+                ``[K, F, 3, H, W]`` (F frames per query, averaged as in training).
+
+        Returns:
+            ``[K, D]`` float32 on the separator's device.
+        """
         encoder = self.query_encoder
         if self.normalize_queries:
             return encoder.encode_image(images)
+        if isinstance(images, torch.Tensor) and images.dim() == 5:
+            count, frames = images.shape[:2]
+            return self.embed_images(images.flatten(0, 1)).view(count, frames, -1).mean(1)
         return encoder.model.encode_image(encoder.preprocess(images)).float()
 
     # ------------------------------------------------------------------ separation

@@ -156,6 +156,12 @@ def test_image_and_embedding_queries(encoder, tmp_path):
     torch.testing.assert_close(embeddings[1], embeddings[0])
     torch.testing.assert_close(embeddings[2], encoder.encode_text(["violin"])[0])
     torch.testing.assert_close(separator.encode_queries([embeddings[2]]), embeddings[2:])
+    # Video frames [K, F, 3, H, W]: unit-norm mean for project models, raw mean for official ones.
+    frames = torch.randint(0, 256, (2, 3, 3, 24, 24), dtype=torch.uint8)
+    torch.testing.assert_close(separator.embed_images(frames), encoder.encode_image(frames))
+    raw = Separator(_model(), encoder, normalize_queries=False).embed_images(frames)
+    flat = encoder.model.encode_image(encoder.preprocess(frames.flatten(0, 1))).float()
+    torch.testing.assert_close(raw, flat.view(2, 3, -1).mean(1))
 
 
 def test_bad_waves_and_queries(encoder, tmp_path):
