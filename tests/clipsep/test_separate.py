@@ -108,7 +108,9 @@ def test_exact_length_at_any_length(encoder, rate):
     segment = separator.segment_samples
     for length in (1, 37, 1000, segment - 1, segment, segment + 1, 2 * segment + 13):
         wave = torch.randn(2, length, generator=torch.Generator().manual_seed(length)) * 0.1
-        result = separator.separate(wave, rate, ["violin", "dog"], residual=True, noise=True)
+        seconds = []
+        result = separator.separate(wave, rate, ["violin", "dog"], residual=True, noise=True, progress=seconds.append)
+        assert sum(seconds) == pytest.approx(length / rate, abs=2 / RATE) and min(seconds) > 0
         assert result.stems.shape == (2, 2, length)
         assert result.noise.shape == (2, 2, length)
         assert result.sample_rate == rate
