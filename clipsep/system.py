@@ -105,6 +105,12 @@ class CLIPSepSystem(LightningModule):
         self.val_sdr = MeanMetric(nan_strategy="ignore")
         self.val_sdri = MeanMetric(nan_strategy="ignore")
 
+    def setup(self, stage: str) -> None:
+        data = getattr(self.trainer, "datamodule", None)
+        rate = getattr(getattr(data, "hparams", None), "sample_rate", None)
+        if rate is not None and rate != self.model.sample_rate:
+            raise ValueError(f"the data are at {rate} Hz but the model works at {self.model.sample_rate} Hz.")
+
     # --- queries and forward ------------------------------------------------------------
 
     def _encoder(self):
