@@ -31,7 +31,16 @@ from clipcore.naming import safe_filename, slugify, unique_names
 if TYPE_CHECKING:
     from clipsep.separate import Separator
 
-__all__ = ["add_separate_command", "FileJob", "FileResult", "OutputOptions", "discover", "plan", "process_file"]
+__all__ = [
+    "add_separate_command",
+    "FileJob",
+    "FileResult",
+    "OutputOptions",
+    "discover",
+    "plan",
+    "load_separator",
+    "process_file",
+]
 
 RESIDUAL = "residual"
 
@@ -203,13 +212,18 @@ def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
     return queries
 
 
-def run_separate(args: argparse.Namespace) -> int:
-    """Run ``clipsep separate``; returns 0, or 1 if any input failed."""
-    # Imported here: the query encoder pulls in open_clip, which `clipsep --help` need not pay for.
-    from clipsep.separate import QueryError, Separator
-    queries = _queries(args)
-    options = OutputOptions(args.format, args.bit_depth, args.residual, args.noise_stems, args.mono, args.overwrite)
-    if options.format == "flac" and options.bit_depth == "32f":
+def load_separator(args: argparse.Namespace, device: str) -> "Separator":
+    """The separator the arguments describe, on ``device`` (one per worker process)."""
+    from clipsep.separate import Separator  # here: open_clip is slow to import for --help
+
+    return Separator.load(
+        args.checkpoint, args.query_encoder, device=device, segment=args.segment,
+        overlap=args.overlap, batch_size=args.batch_size, binary=args.binary, templates=args.template,
+    )
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    if args.format == "flac" and args.bit_depth == "32f":
         raise UsageError("--bit-depth 32f needs --format wav (FLAC stores 16 or 24 bits).")
     if args.segment is not None and not args.segment > 0:
         raise UsageError(f"--segment must be a positive number of seconds, got {args.segment}.")
@@ -220,18 +234,22 @@ def run_separate(args: argparse.Namespace) -> int:
         raise UsageError(f"--overlap must be between 0 and 0.5, got {args.overlap}.")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
+
+
+def run_separate(args: argparse.Namespace) -> int:
+    """Run ``clipsep separate``; returns 0, or 1 if any input failed."""
+    queries = _queries(args)
+    _check_values(args)
+    options = OutputOptions(args.format, args.bit_depth, args.residual, args.noise_stems, args.mono, args.overwrite)
     out = Path(args.out)
     sources, failures = discover(args.inputs, exclude=out)
     if not sources:
         return summarize([], failures, out)
+    from clipsep.separate import QueryError
+
+    separator = load_separator(args, _device(args.device))
     try:
-        separator = Separator.load(
-            args.checkpoint, args.query_encoder, device=_device(args.device), segment=args.segment,
-            overlap=args.overlap, batch_size=args.batch_size, binary=args.binary, templates=args.template,
-        )
-        embeddings = separator.encode_queries(
-            [value if kind == "text" else Path(value) for kind, value in queries]
-        )
+        embeddings = separator.encode_queries([value if kind == "text" else Path(value) for kind, value in queries])
     except QueryError as error:
         raise UsageError(str(error)) from None
     heads = separator.model.num_noise_heads
