@@ -130,15 +130,15 @@ def load_frames(root: Path, clip: Clip) -> torch.Tensor:
 
 
 def query_embeddings(separator: Separator, modes: list[str], root: Path, clip: Clip) -> torch.Tensor:
-    """``[K, D]`` normalised query embeddings, one per mode."""
-    encoder, text = separator.query_encoder, clip.label.replace("_", " ")
+    """``[K, D]`` query embeddings, one per mode, at the scale the model reads."""
+    text = clip.label.replace("_", " ")
     rows = []
     for mode in modes:
         if mode == "image":
-            rows.append(encoder.encode_image(load_frames(root, clip).to(separator.device))[0])
+            rows.append(separator.embed_images(load_frames(root, clip).to(separator.device))[0])
         else:
             templates = DEFAULT_TEMPLATE if mode == "text" else list(CLIPSEP_EVAL_TEMPLATES)
-            rows.append(encoder.encode_text([text], templates=templates)[0])
+            rows.append(separator.embed_text([text], templates=templates)[0])
     return torch.stack(rows)
 
 
