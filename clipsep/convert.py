@@ -186,6 +186,6 @@ def add_convert_command(subparsers: "argparse._SubParsersAction") -> None:
         "into a project checkpoint folder (config.json + model.safetensors).",
     )
     parser.add_argument("source", choices=["official"], help="where the checkpoint comes from")
-    parser.add_argument("file", help="the released weights file (read with torch.load(weights_only=True))")
-    parser.add_argument("--out", required=True, help="checkpoint folder to write")
+    parser.add_argument("file", metavar="FILE", help="the released weights file (read with torch.load(weights_only=True))")
+    parser.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder to write")
     parser.set_defaults(run=_run)
