@@ -42,7 +42,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(system.model.parameters(), lr=1e-3)
 
     def train_step() -> None:
-        loss = system._loss(system._outputs(batch))["loss"]
+        loss = system.loss_terms(system.outputs(batch))["loss"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(system.model.parameters(), 1.0)
@@ -50,8 +50,8 @@ def main() -> None:
 
     def val_step() -> None:
         with torch.no_grad():
-            out = system._outputs(batch)
-            system._loss(out)
+            out = system.outputs(batch)
+            system.loss_terms(out)
             estimates = system.separate(out, 65535)
         mixture = batch.mixture[:, None].expand_as(batch.sources)
         separation_scores(batch.sources.flatten(0, 1), (mixture - batch.sources).flatten(0, 1),

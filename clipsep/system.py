@@ -135,7 +135,10 @@ class CLIPSepSystem(LightningModule):
         flat = self._encoder().encode_image(frames.flatten(0, 1))  # [B*N, D], averages the F frames
         return flat.view(*frames.shape[:2], -1).to(self.device)
 
-    def _outputs(self, batch) -> dict[str, torch.Tensor]:
+    def outputs(self, batch) -> dict[str, torch.Tensor]:
+        """Network outputs and targets of a ``MixBatch`` (B mixtures of N sources, T frames):
+        ``spec_mix [B, 513, T]`` complex, ``mask [B, N, 256, T]`` and ``noise [B, M, 256, T]``
+        logits, ``targets [B, N, 256, T]``, ``weight [B, 1, 256, T]``."""
         spec_mix = stft(batch.mixture, self.model.stft)  # [B, 513, T]
         mag_mix = spec_mix.abs()[:, None]
         frames = mag_mix.shape[-1]
@@ -149,7 +152,8 @@ class CLIPSepSystem(LightningModule):
         targets, weight = separation_targets(mag_mix, stft(batch.sources, self.model.stft).abs())
         return {"spec_mix": spec_mix, "mask": mask_logits, "noise": noise_logits, "targets": targets, "weight": weight}
 
-    def _loss(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss_terms(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``loss`` (scalar, to minimise) and the mean mask activations, from :meth:`outputs`."""
         hp = self.hparams
         terms = {"mean_act": torch.sigmoid(out["mask"].float()).mean()}
         if self.model.num_noise_heads and self.global_step >= hp.nit_warmup_steps:
@@ -166,7 +170,7 @@ class CLIPSepSystem(LightningModule):
     # --- training -----------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        terms = self._loss(self._outputs(batch))
+        terms = self.loss_terms(self.outputs(batch))
         for name, value in terms.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch))
         return terms["loss"]
@@ -190,8 +194,8 @@ class CLIPSepSystem(LightningModule):
         return istft(masks * out["spec_mix"][:, None], length, self.model.stft)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        out = self._outputs(batch)
-        terms = self._loss(out)
+        out = self.outputs(batch)
+        terms = self.loss_terms(out)
         for name, value in terms.items():
             self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=len(batch), sync_dist=True)
         estimates = self.separate(out, batch.mixture.shape[-1])

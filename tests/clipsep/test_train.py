@@ -37,7 +37,7 @@ def _toy_batch() -> MixBatch:
 def _sdri(system: CLIPSepSystem, batch: MixBatch) -> float:
     system.eval()
     with torch.no_grad():
-        estimates = system.separate(system._outputs(batch), SEGMENT)
+        estimates = system.separate(system.outputs(batch), SEGMENT)
     system.train()
     mixture = batch.mixture[:, None].expand_as(batch.sources)
     scores = separation_scores(batch.sources.flatten(0, 1), (mixture - batch.sources).flatten(0, 1),
@@ -55,7 +55,7 @@ def test_tiny_model_overfits_toy_mixtures():
     before = _sdri(system, batch)
     optimizer = torch.optim.Adam(system.model.parameters(), lr=3e-3)
     for _ in range(100):
-        loss = system._loss(system._outputs(batch))["loss"]
+        loss = system.loss_terms(system.outputs(batch))["loss"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(system.model.parameters(), 1.0)
