@@ -54,6 +54,12 @@ __all__ = [
 ]
 
 JPEG_QUALITY = 90
+MAX_FAILURES_IN_A_ROW = 200
+"""A stream stops with :class:`ShardError` after this many unusable samples in a row: that
+is a misconfiguration (for example an ``encoder`` whose member the shards lack), not
+corruption."""
+WARN_FIRST = 10
+"""Each skip is warned about up to this many; after that, every 100th skip."""
 
 
 class ShardError(ValueError):
@@ -257,8 +263,8 @@ class ShardStream(IterableDataset):
 
     Each (rank, worker) pair -- a consumer -- reads its own part of the data: the shards
     are split among consumers when there are at least as many shards, otherwise the
-    samples of each shard are (``index % consumers``), so no two consumers ever see the
-    same sample. Each consumer draws with a generator seeded by
+    samples of each shard are (by index), so no two consumers ever see the same
+    sample. Each consumer draws with a generator seeded by
     ``(seed, epoch, rank, worker)`` (validation ignores the epoch), so a run is
     deterministic for a given seed, world size and number of workers. A run resumed
     mid-epoch (``resume_offset`` batches already done) draws a new, equally
@@ -351,10 +357,12 @@ class ShardStream(IterableDataset):
         yield from tarfile_samples([{"url": url}], handler=on_error)
 
     def _mine(self, url: str, consumer: int, consumers: int, by_shard: bool) -> Iterator[dict]:
-        """The samples of one shard that belong to this consumer (all of them when the
-        shards are split among consumers, else those with ``index % consumers == consumer``)."""
+        """The samples of one shard that belong to this consumer: all of them when the
+        shards are split among consumers, else sample ``i`` of shard ``u`` (its position
+        in :attr:`urls`) when ``(u + i) % consumers == consumer``."""
+        first = 0 if by_shard else self.urls.index(url)
         for index, sample in enumerate(self._read(url)):
-            if by_shard or index % consumers == consumer:
+            if by_shard or (first + index) % consumers == consumer:
                 yield sample
 
     def _resampled(self, rng: np.random.Generator, consumer: int, consumers: int) -> Iterator[dict]:
@@ -386,19 +394,24 @@ class ShardStream(IterableDataset):
     def _skip(self, reason: str) -> None:
         self.skipped += 1
         self._pending += 1
-        warnings.warn(f"skipped: {reason}", CorruptSampleWarning, stacklevel=2)
+        if self.skipped <= WARN_FIRST or self.skipped % 100 == 0:
+            warnings.warn(f"skipped ({self.skipped} so far): {reason}", CorruptSampleWarning, stacklevel=2)
 
     def _batches(self, raw: Iterator[dict], rng: np.random.Generator, limit: int | None) -> Iterator[MixBatch]:
         need = self.batch_size * self.num_sources
         clips: list[_Clip] = []
-        made = 0
+        made = failures = 0
         if limit == 0:
             return
         for sample in raw:
             try:
                 clips.append(self._decode(sample, rng))
+                failures = 0
             except _CorruptSample as error:
                 self._skip(str(error))
+                failures += 1
+                if failures >= MAX_FAILURES_IN_A_ROW:
+                    raise ShardError(f"{failures} samples in a row could not be used; the last: {error}") from None
                 continue
             if len(clips) == need:
                 yield self._mix(clips, rng)
@@ -540,8 +553,12 @@ class _EpochLoader(DataLoader):
         return {"epoch": max(0, getattr(self, "_epochs_started", 0) - 1), "batches": getattr(self, "_taken", 0)}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Continue at ``state_dict``'s position with the next ``iter()``."""
-        self._epochs_started, self._resume_offset = int(state_dict["epoch"]), int(state_dict["batches"])
+        """Continue at ``state_dict``'s position with the next ``iter()`` (the next epoch
+        if that one was complete)."""
+        epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
+        if self.dataset.epoch_length is not None and batches >= self.dataset.epoch_length:
+            epoch, batches = epoch + 1, 0
+        self._epochs_started, self._resume_offset = epoch, batches
 
 
 class ShardDataModule(LightningDataModule):
