@@ -1,0 +1,86 @@
+"""What every training recipe shares: periodic checkpoints, resuming, per-rank random streams.
+
+:class:`TrainingCLI` is the ``LightningCLI`` of ``recipes/train_*.py``. On top of
+Lightning's own options (``--trainer.devices/num_nodes/strategy/precision/
+accumulate_grad_batches``, which need no code here) it adds:
+
+* ``--checkpoint.*``: a :class:`~lightning.pytorch.callbacks.ModelCheckpoint` that saves
+  every ``every_n_train_steps`` steps (1000 by default) into
+  ``<trainer.default_root_dir>/checkpoints/``, keeps the ``save_top_k`` newest (3) and
+  ``last.ckpt``. The folder does not depend on the logger's version, so a rerun of the
+  same command with ``--ckpt_path last`` finds the checkpoint of the run it replaces.
+* :class:`RankRandomState`: each rank's global random generators (Python, NumPy, torch,
+  CUDA) are seeded from ``(seed_everything, global rank, global step)`` when training
+  starts, so ranks draw different noise and a resumed run continues with a fresh,
+  reproducible stream instead of replaying the one from step 0.
+
+What ``--ckpt_path last`` restores: weights, optimiser state, learning-rate schedule,
+global step and epoch, loop progress and callback states (Lightning); the data stream's
+epoch and position (:class:`clipcore.shards.ShardDataModule`'s loader is resumable:
+it continues that epoch with a stream seeded by the position). Not restored bit-exactly:
+the random generators and the shard stream are re-seeded from the step rather than
+rewound, so a resumed run is deterministic but not identical to an uninterrupted one,
+and map-style loaders (the prior's pairs) restart the interrupted epoch's permutation.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+__all__ = ["TrainingCLI", "RankRandomState", "rank_seed"]
+
+CHECKPOINT_EVERY = 1000
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """A 32-bit seed for one rank at one step (distinct ranks and steps, distinct seeds)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+class RankRandomState(Callback):
+    """Seed each rank's global random generators from ``(seed, rank, global step)`` when
+    training starts (after a checkpoint was restored).
+
+    Args:
+        seed: base seed; None takes ``seed_everything``'s (``PL_GLOBAL_SEED``), else 0.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        value = rank_seed(base, trainer.global_rank, trainer.global_step)
+        random.seed(value)
+        np.random.seed(value)
+        torch.manual_seed(value)  # also every CUDA device
+
+
+class TrainingCLI(LightningCLI):
+    """``LightningCLI`` with the project's checkpointing and random-state conventions."""
+
+    def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_default_arguments_to_parser(parser)
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.every_n_train_steps": CHECKPOINT_EVERY,
+            "checkpoint.save_last": True,
+            "checkpoint.save_top_k": 3,
+            "checkpoint.monitor": "step",
+            "checkpoint.mode": "max",
+        })
+        parser.add_lightning_class_args(RankRandomState, "random_state")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
+            root = config.trainer.get("default_root_dir") or os.getcwd()
+            config.checkpoint.dirpath = str(Path(root) / "checkpoints")
