@@ -14,14 +14,13 @@ provenance; ``clipsep separate --checkpoint <log_dir>/pretrained/best`` uses it 
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
-
 from clipcore.shards import ShardDataModule
+from clipcore.training import TrainingCLI
 from clipsep.system import CLIPSepSystem
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
-    return LightningCLI(
+def main(args: list[str] | None = None) -> TrainingCLI:
+    return TrainingCLI(
         CLIPSepSystem,
         ShardDataModule,
         seed_everything_default=1234,
