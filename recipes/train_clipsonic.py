@@ -15,13 +15,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
-
 from clipcore.shards import ShardDataModule
+from clipcore.training import TrainingCLI
 from clipsonic.system import CLIPSonicSystem
 
 
-class CLIPSonicCLI(LightningCLI):
+class CLIPSonicCLI(TrainingCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--export", type=str | None, default=None,
                             help="Folder for the exported model (default: <log_dir>/model).")
