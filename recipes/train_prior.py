@@ -20,14 +20,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
-
 from clipcore.cli import EXPECTED_ERRORS
 from clipcore.prior_system import PriorDataModule, PriorSystem
 from clipcore.shards import ShardError
+from clipcore.training import TrainingCLI
 
 
-class PriorCLI(LightningCLI):
+class PriorCLI(TrainingCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--export", type=str | None, default=None,
                             help="Folder for the trained prior (default: <log_dir>/prior).")
