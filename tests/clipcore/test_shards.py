@@ -196,8 +196,9 @@ def test_corrupt_members_and_shards_are_skipped_counted_and_warned(shards, tmp_p
         return data
 
     _rewrite(paths[0], tmp_path / "a.tar", damage)
-    truncated = paths[1].read_bytes()
-    (tmp_path / "b.tar").write_bytes(truncated[: len(truncated) // 2])
+    with tarfile.open(paths[1]) as tar:  # cut inside the data of a member half-way through
+        middle = tar.getmembers()[len(tar.getmembers()) // 2]
+    (tmp_path / "b.tar").write_bytes(paths[1].read_bytes()[: middle.offset_data + middle.size // 2])
     survivors = set(_members(paths[:2])) - set(keys)
     for encoder, bad in (("index-encoder", keys[:3]), (None, keys[:2] + keys[3:])):
         stream = _stream(f"{tmp_path}/*.tar", num_sources=1, query_frames=3, train=False, encoder=encoder)
@@ -210,6 +211,15 @@ def test_corrupt_members_and_shards_are_skipped_counted_and_warned(shards, tmp_p
         assert stream.skipped >= len(bad) + 1
         assert sum(batch.skipped for batch in batches) == stream.skipped
         assert all(any(key in str(w.message) for w in caught) for key in bad)
+
+
+def test_a_systematic_failure_stops_the_stream_with_a_reason(shards, monkeypatch):
+    root, _ = shards
+    monkeypatch.setattr("clipcore.shards.MAX_FAILURES_IN_A_ROW", 20)
+    stream = _stream(str(root), encoder="another-encoder", epoch_length=2)
+    with pytest.warns(CorruptSampleWarning), pytest.raises(ShardError, match="20 samples in a row.*another-encoder.npy"):
+        list(stream)
+    assert stream.skipped == 20
 
 
 def test_shard_specs(shards, tmp_path):
