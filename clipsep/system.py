@@ -9,7 +9,7 @@ is the weighted binary-mask BCE, or with noise heads the noise-invariant loss (s
 over 5k steps, then linear decay to 0.1x at 100k steps (gradient clipping 1.0 is the
 trainer's ``gradient_clip_val``).
 
-Validation logs the loss and the SDR / SDR improvement of every source of every mixture
+Validation (and ``test``) logs the loss and the SDR / SDR improvement of every source of every mixture
 (query mask binarised at 0.5, mixture phase, as in the official evaluation), and a few
 examples as audio and spectrogram images. The best (lowest validation loss) and the last
 model are exported with ``save_pretrained`` to ``<log_dir>/pretrained/{best,last}``, with
@@ -102,8 +102,10 @@ class CLIPSepSystem(LightningModule):
         self.save_hyperparameters()
         self.model = CLIPSep(**{**PRESETS[preset], **(model_args or {})})
         object.__setattr__(self, "encoder", None)  # frozen, loaded when needed, not checkpointed
-        self.val_sdr = MeanMetric(nan_strategy="ignore")
-        self.val_sdri = MeanMetric(nan_strategy="ignore")
+        # Mean SDR / SDRi of the non-silent estimates (the official evaluation's rule).
+        self.scores = torch.nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric(nan_strategy="ignore") for stage in ("val", "test") for name in ("sdr", "sdri")}
+        )
 
     def setup(self, stage: str) -> None:
         data = getattr(self.trainer, "datamodule", None)
@@ -194,21 +196,27 @@ class CLIPSepSystem(LightningModule):
         return istft(masks * out["spec_mix"][:, None], length, self.model.stft)
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
         out = self.outputs(batch)
         terms = self.loss_terms(out)
         for name, value in terms.items():
-            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=len(batch), sync_dist=True)
+            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=len(batch), sync_dist=True)
         estimates = self.separate(out, batch.mixture.shape[-1])
         sources = batch.sources.float()
         mixture = batch.mixture.float()[:, None].expand_as(sources)
         scores = separation_scores(
             sources.flatten(0, 1), (mixture - sources).flatten(0, 1), estimates.flatten(0, 1), mixture.flatten(0, 1)
         )
-        self.val_sdr.update(torch.as_tensor(scores["sdr"], dtype=torch.float32, device=self.device))
-        self.val_sdri.update(torch.as_tensor(scores["sdri"], dtype=torch.float32, device=self.device))
-        self.log("val/sdr", self.val_sdr, batch_size=sources.shape[0] * sources.shape[1])
-        self.log("val/sdri", self.val_sdri, prog_bar=True, batch_size=sources.shape[0] * sources.shape[1])
-        if batch_idx == 0 and self.hparams.val_examples > 0 and self.trainer.is_global_zero:
+        for name in ("sdr", "sdri"):
+            metric = self.scores[f"{stage}_{name}"]
+            metric.update(torch.as_tensor(scores[name], dtype=torch.float32, device=self.device))
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "sdri", batch_size=sources.shape[0] * sources.shape[1])
+        if stage == "val" and batch_idx == 0 and self.hparams.val_examples > 0 and self.trainer.is_global_zero:
             self._log_examples(batch, estimates)
 
     @torch.no_grad()

@@ -120,3 +120,15 @@ def test_recipe_saves_config_and_exports_best_and_last(toy_shards, tmp_path):
         assert (log_dir / "pretrained" / name / "query_encoder" / "config.json").is_file()
     assert list((log_dir / "media").glob("val-example0-*-estimate.wav"))
     assert list((log_dir / "media").glob("val-example0-*.png"))
+
+
+def test_test_step_reports_loss_sdr_and_sdri():
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    system = CLIPSepSystem(preset="tiny", model_args={"layers": 5})
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    (results,) = trainer.test(system, dataloaders=DataLoader([_toy_batch()], batch_size=None))
+    assert {"test/loss", "test/sdr", "test/sdri", "test/mean_act", "test/mean_noise_act"} <= results.keys()
+    assert np.isfinite(results["test/loss"])
