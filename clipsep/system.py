@@ -9,9 +9,9 @@ is the weighted binary-mask BCE, or with noise heads the noise-invariant loss (s
 over 5k steps, then linear decay to 0.1x at 100k steps (gradient clipping 1.0 is the
 trainer's ``gradient_clip_val``).
 
-Validation (and ``test``) logs the loss and the SDR / SDR improvement of every source of every mixture
-(query mask binarised at 0.5, mixture phase, as in the official evaluation), and a few
-examples as audio and spectrogram images. The best (lowest validation loss) and the last
+Validation (and ``test``) logs the loss and the SDR / SDR improvement of every source of
+every mixture (query mask binarised at 0.5, mixture phase, as in the official
+evaluation), and a few examples as audio and spectrogram images. The best (lowest validation loss) and the last
 model are exported with ``save_pretrained`` to ``<log_dir>/pretrained/{best,last}``, with
 the git commit, step, metrics and the run's resolved config as provenance, ready for
 ``clipsep.separate.Separator.from_pretrained``.
