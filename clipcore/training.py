@@ -4,10 +4,10 @@
 Lightning's own options (``--trainer.devices/num_nodes/strategy/precision/
 accumulate_grad_batches``, which need no code here) it adds:
 
-* ``--checkpoint.*``: a :class:`~lightning.pytorch.callbacks.ModelCheckpoint` that saves
-  every ``every_n_train_steps`` steps (1000 by default) into
+* ``--checkpoint.*``: a :class:`StepCheckpoint` that saves every
+  ``every_n_train_steps`` steps (1000 by default) into
   ``<trainer.default_root_dir>/checkpoints/``, keeps the ``save_top_k`` newest (3) and
-  ``last.ckpt``. The folder does not depend on the logger's version, so a rerun of the
+  ``last.ckpt`` (also written when training ends). The folder does not depend on the logger's version, so a rerun of the
   same command with ``--ckpt_path last`` finds the checkpoint of the run it replaces.
 * :class:`RankRandomState`: each rank's global random generators (Python, NumPy, torch,
   CUDA) are seeded from ``(seed_everything, global rank, global step)`` when training
@@ -35,7 +35,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-__all__ = ["TrainingCLI", "RankRandomState", "rank_seed"]
+__all__ = ["TrainingCLI", "StepCheckpoint", "RankRandomState", "rank_seed"]
 
 CHECKPOINT_EVERY = 1000
 
@@ -64,12 +64,22 @@ class RankRandomState(Callback):
         torch.manual_seed(value)  # also every CUDA device
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose ``last.ckpt`` also holds the final state of a finished
+    run (Lightning's writes it at the end only when it never wrote one), so that
+    rerunning a finished job with ``--ckpt_path last`` does not repeat its last steps."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.save_last and not trainer.fast_dev_run and trainer.global_step > 0:
+            trainer.save_checkpoint(self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST))
+
+
 class TrainingCLI(LightningCLI):
     """``LightningCLI`` with the project's checkpointing and random-state conventions."""
 
     def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_default_arguments_to_parser(parser)
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.every_n_train_steps": CHECKPOINT_EVERY,
             "checkpoint.save_last": True,
