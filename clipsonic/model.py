@@ -21,7 +21,7 @@ embedding, and to a short sequence of tokens for cross-attention.
   preset weigh different parts of the condition per time-frequency position, as Imagen-style
   text-to-image U-Nets do with a pooled vector plus a token sequence.
 
-One learned null embedding (in CLIP space) replaces the condition when it is dropped
+One learned null embedding (in standardised CLIP space) replaces the condition when it is dropped
 (training) or for the unconditional branch of guidance (sampling); both paths derive from it.
 """
 
@@ -136,10 +136,17 @@ class CLIPSonic(Pretrained, nn.Module):
         )
         self.cond_tokens = cond_tokens
         self.to_tokens = nn.Linear(embed_dim, cond_tokens * cross_dim)
-        self.null_embedding = nn.Parameter(torch.randn(embed_dim) / math.sqrt(embed_dim))
+        self.null_embedding = nn.Parameter(torch.randn(embed_dim))  # in standardised space
         n_mels = self.mel_config.n_mels
         self.register_buffer("mel_mean", torch.full((n_mels,), -5.0))
         self.register_buffer("mel_std", torch.full((n_mels,), 2.5))
+        # Condition standardisation: CLIP embeddings of one domain share a large common
+        # component (random frames of the toy world have cosine 0.98), so the mean is removed
+        # and one scalar scale (the RMS deviation) keeps the geometry; per-dimension scales
+        # would blow up the text-image gap of the zero-shot mode in low-variance dimensions.
+        # Defaults (mean 0, scale 1/sqrt(D)) map unit vectors to unit-variance entries.
+        self.register_buffer("cond_mean", torch.zeros(embed_dim))
+        self.register_buffer("cond_std", torch.full((1,), 1 / math.sqrt(embed_dim)))
 
     # --- presets ------------------------------------------------------------------------
 
@@ -174,11 +181,19 @@ class CLIPSonic(Pretrained, nn.Module):
         return x.squeeze(1) * self.mel_std[:, None] + self.mel_mean[:, None]
 
     @torch.no_grad()
+    def set_statistics(self, mel_mean=None, mel_std=None, cond_mean=None, cond_std=None) -> None:
+        """Set the normalisation of mels (``[n_mels]`` mean and std per row) and of
+        conditions (``[D]`` mean, scalar RMS deviation); ``None`` keeps a value."""
+        for name, value in (("mel_mean", mel_mean), ("mel_std", mel_std), ("cond_mean", cond_mean), ("cond_std", cond_std)):
+            if value is not None:
+                buffer = getattr(self, name)
+                value = torch.as_tensor(value, dtype=buffer.dtype, device=buffer.device).reshape(buffer.shape)
+                buffer.copy_(value.clamp(min=1e-6) if name.endswith("std") else value)
+
     def set_mel_statistics(self, log_mels: torch.Tensor) -> None:
-        """Set the per-row normalisation from ``[B, n_mels, T]`` training log-mels."""
+        """Set the per-row mel normalisation from ``[B, n_mels, T]`` training log-mels."""
         rows = log_mels.transpose(0, 1).reshape(log_mels.shape[1], -1)
-        self.mel_mean.copy_(rows.mean(1))
-        self.mel_std.copy_(rows.std(1).clamp(min=1e-3))
+        self.set_statistics(mel_mean=rows.mean(1), mel_std=rows.std(1).clamp(min=1e-3))
 
     # --- prediction ---------------------------------------------------------------------
 
@@ -199,14 +214,16 @@ class CLIPSonic(Pretrained, nn.Module):
             batch: batch size when ``embeddings`` is ``None``.
 
         Returns:
-            ``(class_input [B, D], tokens [B, cond_tokens, C])``.
+            ``(class_input [B, D], tokens [B, cond_tokens, C])``: the standardised
+            embedding and its token projection.
         """
         null = self.null_embedding
         if embeddings is None:
-            embeddings = null.expand(batch, -1)
-        elif drop is not None:
-            embeddings = torch.where(drop[:, None], null.to(embeddings.dtype), embeddings)
-        scaled = embeddings * math.sqrt(self.embed_dim)  # unit vectors -> unit-variance entries
+            scaled = null.expand(batch, -1)
+        else:
+            scaled = (embeddings - self.cond_mean) / self.cond_std
+            if drop is not None:
+                scaled = torch.where(drop[:, None], null.to(scaled.dtype), scaled)
         tokens = self.to_tokens(scaled).view(scaled.shape[0], self.cond_tokens, -1)
         return scaled, tokens
 

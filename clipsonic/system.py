@@ -52,7 +52,7 @@ class CLIPSonicSystem(LightningModule):
         warmup_steps: linear warm-up steps.
         ema_decay: decay of the weight average (with the usual ``(1+n)/(10+n)`` warm-up).
         mel_stats_batches: training batches read before training to set the per-row mel
-            normalisation (0: keep the model's statistics).
+            normalisation and the condition standardisation (0: keep the model's).
         val_sampler, val_steps, val_guidance: sampling settings of validation examples.
         val_examples: clips generated and logged at each validation.
     """
@@ -137,29 +137,35 @@ class CLIPSonicSystem(LightningModule):
         if rate is not None and rate != self.model.mel_config.sample_rate:
             raise ValueError(f"the data are at {rate} Hz but the model's mels at {self.model.mel_config.sample_rate} Hz.")
         if not bool(self.stats_ready) and self.hparams.mel_stats_batches > 0 and datamodule is not None:
-            self._set_mel_statistics(datamodule.train_dataloader())
+            self._set_statistics(datamodule.train_dataloader())
 
     @torch.no_grad()
-    def _set_mel_statistics(self, loader) -> None:
-        """Per-row mean and std of log-mels over a few batches, summed over all ranks."""
-        n_mels = self.model.mel_config.n_mels
-        sums = torch.zeros(3, n_mels, dtype=torch.float64, device=self.device)
+    def _set_statistics(self, loader) -> None:
+        """Mel and condition normalisation from a few batches, summed over all ranks."""
+        n_mels, dim = self.model.mel_config.n_mels, self.model.embed_dim
+        # [frames, clips, sum |e|^2, mel sums (M), mel squares (M), condition sums (D)]
+        sums = torch.zeros(3 + 2 * n_mels + dim, dtype=torch.float64, device=self.device)
         for index, batch in enumerate(loader):
             if index >= self.hparams.mel_stats_batches:
                 break
-            mel = self.mels(batch.to(self.device)).double()
+            batch = batch.to(self.device)
+            mel, cond = self.mels(batch).double(), self.conditions(batch).double()
             sums[0] += mel.shape[0] * mel.shape[2]
-            sums[1] += mel.sum((0, 2))
-            sums[2] += (mel**2).sum((0, 2))
+            sums[1] += cond.shape[0]
+            sums[2] += (cond**2).sum()
+            sums[3 : 3 + n_mels] += mel.sum((0, 2))
+            sums[3 + n_mels : 3 + 2 * n_mels] += (mel**2).sum((0, 2))
+            sums[3 + 2 * n_mels :] += cond.sum(0)
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        count, total, squares = sums
-        if count[0] == 0:
+        frames, clips = sums[0], sums[1]
+        if clips < 2:
             return
-        mean = total / count
-        std = (squares / count - mean**2).clamp(min=1e-6).sqrt()
+        mel_mean = sums[3 : 3 + n_mels] / frames
+        mel_std = (sums[3 + n_mels : 3 + 2 * n_mels] / frames - mel_mean**2).clamp(min=1e-6).sqrt().clamp(min=1e-3)
+        cond_mean = sums[3 + 2 * n_mels :] / clips
+        cond_std = ((sums[2] / clips - (cond_mean**2).sum()) / dim).clamp(min=1e-12).sqrt()
         for model in (self.model, self.ema):
-            model.mel_mean.copy_(mean.float())
-            model.mel_std.copy_(std.float().clamp(min=1e-3))
+            model.set_statistics(mel_mean.float(), mel_std.float(), cond_mean.float(), cond_std.float())
         self.stats_ready.fill_(True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

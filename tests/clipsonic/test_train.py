@@ -40,7 +40,11 @@ def test_recipe_fast_dev_run_on_toy_shards_with_precomputed_embeddings(toy):
     root, encoder_name = toy
     cli = main(_args(root, "--data.encoder", encoder_name, "--trainer.fast_dev_run", "true"))
     assert bool(cli.model.stats_ready)
-    assert cli.model.model.mel_std.min() > 0 and not torch.equal(cli.model.model.mel_mean, torch.full((64,), -5.0))
+    model = cli.model.model
+    assert model.mel_std.min() > 0 and not torch.equal(model.mel_mean, torch.full((64,), -5.0))
+    # The condition statistics come from the shards' embeddings: their mean is far from 0.
+    assert model.cond_mean.norm() > 0.5 and 0 < model.cond_std.item() < 1 / 32**0.5
+    torch.testing.assert_close(cli.model.ema.cond_mean, model.cond_mean)
 
 
 def test_recipe_run_from_frames_logs_media_saves_config_and_exports(toy, tmp_path):
