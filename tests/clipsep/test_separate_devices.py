@@ -1,0 +1,71 @@
+"""``clipsep separate --devices N``: files shared out across worker processes."""
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from clipcore.audio import save_audio
+from clipcore.query import QueryEncoder
+from clipsep.cli import main
+from clipsep.model import CLIPSep
+from clipsep.separate import Separator
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt") / "clipsep"
+    torch.manual_seed(0)
+    Separator(CLIPSep.tiny(query_dim=16), QueryEncoder.tiny(embed_dim=16)).save_pretrained(folder)
+    return folder
+
+
+def _contents(folder):
+    """Each file's format and exact samples (float WAV headers hold a time stamp, so not
+    the bytes)."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data, rate = sf.read(path, dtype="float32", always_2d=True)
+            out[path.relative_to(folder).as_posix()] = (rate, sf.info(path).subtype, data.shape,
+                                                        hashlib.sha256(data.tobytes()).hexdigest())
+    return out
+
+
+def test_two_workers_write_what_one_process_writes(checkpoint, tmp_path, capsys):
+    stems = tmp_path / "stems"
+    rng = np.random.default_rng(0)
+    files = [(40000, 16000, 1), (30000, 44100, 2), (9000, 22050, 1), (20000, 16000, 1), (3000, 16000, 2)]
+    seconds = sum(samples / rate for samples, rate, _ in files)
+    for index, (samples, rate, channels) in enumerate(files):
+        wave = torch.from_numpy(rng.normal(0, 0.1, (channels, samples)).astype("float32"))
+        save_audio(stems / f"take{index}.wav", wave, rate)
+    (stems / "broken.wav").write_bytes(b"RIFF but not really a wave file")
+    outputs = {}
+    for devices in (1, 2):
+        out = tmp_path / f"out{devices}"
+        status = main(["separate", "--checkpoint", str(checkpoint), "-q", "violin", "-q", "drums", "--residual",
+                       "--device", "cpu", "--devices", str(devices), "--bit-depth", "32f", "-o", str(out), str(stems)])
+        captured = capsys.readouterr()
+        assert status == 1  # the broken file fails; the others are written
+        assert captured.out.count("Separated 5 of 6 inputs: 15 files written") == 1  # one summary
+        assert "broken.wav: cannot be read as audio" in captured.err and "Traceback" not in captured.err
+        bar = captured.err.split("\n")[0]  # one bar over all the audio, rising to complete
+        shown = [float(n) for n in re.findall(rf"\| ([0-9.]+)/{seconds:.1f} s", bar)]
+        assert bar.startswith("\rseparating:") and shown == sorted(shown) and shown[-1] == round(seconds, 1)
+        outputs[devices] = _contents(out)
+    assert len(outputs[1]) == 15 and outputs[2] == outputs[1]  # the same files, sample for sample
+
+
+def test_devices_must_be_available(checkpoint, tmp_path, capsys):
+    save_audio(tmp_path / "a.wav", torch.zeros(1, 1600), 16000)
+    for device, count in (("cpu", 0), ("cuda", 2)):
+        status = main(["separate", "--checkpoint", str(checkpoint), "-q", "violin", "--device", device,
+                       "--devices", str(count), "-o", str(tmp_path / "out"), str(tmp_path / "a.wav")])
+        err = capsys.readouterr().err
+        assert status != 0 and "Traceback" not in err
+        assert ("--devices must be at least 1" if count == 0 else "CUDA") in err
+    assert not (tmp_path / "out").exists()
