@@ -246,8 +246,10 @@ def run_separate(args: argparse.Namespace) -> int:
     if not sources:
         return summarize([], failures, out)
     from clipsep.separate import QueryError
+    from clipsep.separate_workers import run_workers, worker_devices
 
-    separator = load_separator(args, _device(args.device))
+    devices = worker_devices(_device(args.device), args.devices)
+    separator = load_separator(args, devices[0])
     try:
         embeddings = separator.encode_queries([value if kind == "text" else Path(value) for kind, value in queries])
     except QueryError as error:
@@ -258,16 +260,20 @@ def run_separate(args: argparse.Namespace) -> int:
     durations = [_duration(job.source) for job in jobs]
     with tqdm(total=sum(durations), unit="s", desc="separating", dynamic_ncols=True,
               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
-        for job, duration in zip(jobs, durations):
-            done = [0.0]
+        if len(devices) > 1:
+            del separator  # each worker loads its own
+            results = run_workers(jobs, durations, args, embeddings, options, devices, bar)
+        else:
+            for job, duration in zip(jobs, durations):
+                done = [0.0]
 
-            def advance(seconds: float) -> None:
-                step = max(0.0, min(seconds, duration - done[0]))  # model-rate rounding
-                done[0] += step
-                bar.update(step)
+                def advance(seconds: float) -> None:
+                    step = max(0.0, min(seconds, duration - done[0]))  # model-rate rounding
+                    done[0] += step
+                    bar.update(step)
 
-            results.append(process_file(job, separator, embeddings, options, advance))
-            bar.update(max(0.0, duration - done[0]))
+                results.append(process_file(job, separator, embeddings, options, advance))
+                bar.update(max(0.0, duration - done[0]))
     return summarize(results, failures, out)
 
 
@@ -317,6 +323,9 @@ def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--template", action="append", default=None, metavar="TEMPLATE",
                         help='text prompt template with {} (default "a photo of {}"; repeat to average several)')
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
+    parser.add_argument("--devices", type=int, default=1, metavar="N",
+                        help="worker processes sharing the files: one per GPU (cuda:0 to cuda:N-1) on CUDA, "
+                             "else N CPU processes (default: 1)")
     parser.add_argument("--batch-size", type=int, default=4, help="segments per network pass (default: 4)")
     parser.add_argument("--segment", type=float, default=None, metavar="SECONDS",
                         help="segment length, rounded to whole U-Net blocks (about 2.05 s for the "
