@@ -71,7 +71,7 @@ class StepCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and not trainer.fast_dev_run and trainer.global_step > 0:
-            trainer.save_checkpoint(self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST))
+            trainer.save_checkpoint(self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST), self.save_weights_only)
 
 
 class TrainingCLI(LightningCLI):
