@@ -147,3 +147,12 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path):
     assert not target.exists()
     leftovers = [p.name for p in tmp_path.iterdir()]
     assert all(name.startswith(".long.wav.") and name.endswith(".part") for name in leftovers)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = save_audio(tmp_path / "shared.wav", _tone(), 16000)
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
