@@ -150,9 +150,8 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path):
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):
-    mask = os.umask(0o022)
-    try:
-        path = save_audio(tmp_path / "shared.wav", _tone(), 16000)
-    finally:
-        os.umask(mask)
-    assert path.stat().st_mode & 0o777 == 0o644
+    from clipcore import files
+
+    path = save_audio(tmp_path / "shared.wav", _tone(), 16000)
+    # As open() would create it: 0644 under the usual umask 022, not mkstemp's private 0600.
+    assert path.stat().st_mode & 0o777 == 0o666 & ~files._UMASK
