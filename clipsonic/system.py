@@ -174,6 +174,8 @@ class CLIPSonicSystem(LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches:
+            return  # the weights only change once per accumulated step
         step = self.global_step
         decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
