@@ -167,6 +167,8 @@ class CLIPSepSystem(LightningModule):
             terms["mean_noise_act"] = torch.sigmoid(out["noise"].float()).sum(1).mean()
         else:
             terms["loss"] = mask_loss(out["mask"], out["targets"], out["weight"]).mean()
+            if self.model.num_noise_heads:  # heads waiting for NIT: a zero term keeps them in DDP's graph
+                terms["loss"] = terms["loss"] + 0.0 * out["noise"].float().sum()
         return terms
 
     # --- training -----------------------------------------------------------------------
