@@ -111,7 +111,7 @@ def run_generate(args: argparse.Namespace) -> int:
             mode = "pd" if generator.has_prior else "zs"
         parts = []
         if prompts:
-            parts.append(generator.embed(text=prompts, mode=mode, seed=args.seed))
+            parts.append(generator.embed(text=prompts, mode=mode, seed=args.seed, templates=args.template))
         if pictures:
             parts.append(generator.embed(image=pictures, mode="image"))
         result = generator.generate(
@@ -152,6 +152,8 @@ def add_generate_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--query-encoder", default=None, metavar="SPEC",
                         help="query encoder: a folder, ARCH/TAG (ViT-L-14/openai) or ARCH=WEIGHTS_FILE "
                              "(default: CHECKPOINT/query_encoder/ or the one the checkpoint names)")
+    parser.add_argument("--template", action="append", default=None, metavar="TEMPLATE",
+                        help='text prompt template with {} (default "a photo of {}"; repeat to average several)')
     parser.add_argument("--vocoder", default=None, metavar="griffinlim|DIR",
                         help="griffinlim, or a HiFi-GAN folder (default: CHECKPOINT/vocoder/ when present, "
                              "else griffinlim)")

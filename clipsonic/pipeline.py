@@ -198,7 +198,7 @@ class Generator:
         return self._prior.to(self.device).eval()
 
     @torch.no_grad()
-    def embed(self, text=None, image=None, mode: str | None = None, seed: int = 0) -> torch.Tensor:
+    def embed(self, text=None, image=None, mode: str | None = None, seed: int = 0, templates=None) -> torch.Tensor:
         """Conditions for the queries: ``[Q, D]`` normalised CLIP (image-space) embeddings.
 
         Args:
@@ -207,6 +207,8 @@ class Generator:
             mode: ``"image"``, ``"zs"`` or ``"pd"``; by default ``"image"`` for images,
                 ``"pd"`` for text when a prior is available, else ``"zs"``.
             seed: seed of the prior's sampling (with the prior's default steps and guidance).
+            templates: prompt template with ``{}`` or a list of them (averaged); default
+                the query encoder's ``"a photo of {}"``.
         """
         if (text is None) == (image is None):
             raise GenerationError("give either text or an image query, not both or neither.")
@@ -225,7 +227,10 @@ class Generator:
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or any(not t.strip() for t in texts):
             raise GenerationError("a text query is empty.")
-        embeddings = encoder.encode_text(texts).to(self.device)
+        try:
+            embeddings = encoder.encode_text(texts, templates=templates).to(self.device)
+        except ValueError as error:  # a template without {}
+            raise GenerationError(str(error)) from None
         if mode == "pd":
             generator = torch.Generator(self.device).manual_seed(seed)
             embeddings = self.prior().sample(embeddings, generator=generator)

@@ -56,6 +56,9 @@ def test_text_modes_and_image_mode_use_the_folder_parts(checkpoint, generator):
     encoder = QueryEncoder.from_pretrained(checkpoint / "query_encoder")
     zs = generator.embed(text=["a flute", "a drum"], mode="zs")
     torch.testing.assert_close(zs, encoder.encode_text(["a flute", "a drum"]))
+    templates = ["the sound of {}", "{} playing"]
+    torch.testing.assert_close(generator.embed(text=["a flute"], mode="zs", templates=templates),
+                               encoder.encode_text(["a flute"], templates=templates))
     pd = generator.embed(text=["a flute", "a drum"], mode="pd", seed=1)
     assert pd.shape == zs.shape and not torch.allclose(pd, zs, atol=1e-3)
     torch.testing.assert_close(pd.norm(dim=-1), torch.ones(2))
@@ -79,6 +82,8 @@ def test_requests_that_cannot_be_served_are_clear_errors(checkpoint, tmp_path):
         bare.embed(image=torch.zeros(3, 8, 8, dtype=torch.uint8), mode="zs")
     with pytest.raises(GenerationError, match="empty"):
         bare.embed(text=["a flute", "  "])
+    with pytest.raises(GenerationError, match="template"):
+        bare.embed(text="a flute", mode="zs", templates="no placeholder")
     with pytest.raises(GenerationError, match="sampler"):
         bare.generate(embeddings=unit_vectors(1), sampler="nope")
     with pytest.raises(GenerationError, match="duration"):
