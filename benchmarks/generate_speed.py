@@ -23,11 +23,15 @@ from clipsonic.pipeline import SAMPLERS, Generator
 
 
 def _time(fn, repeats: int) -> float:
+    """Best of ``repeats`` runs after a warm-up (the minimum is the least disturbed by
+    other processes on a shared machine)."""
     fn()  # warm-up: allocations, scheduler tables
-    start = time.perf_counter()
+    best = float("inf")
     for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeats
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
@@ -38,7 +42,7 @@ def main() -> None:
     parser.add_argument("--paper-steps", nargs="+", type=int, default=[10],
                         help="step counts for the paper preset (slow on a CPU)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds of audio per clip")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per setting; the best counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
