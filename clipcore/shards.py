@@ -261,7 +261,8 @@ class MixBatch:
 class ShardStream(IterableDataset):
     """Mixture batches from shards: an ``IterableDataset`` yielding :class:`MixBatch`.
 
-    Each (rank, worker) pair -- a consumer -- reads its own part of the data: the shards
+    Each (rank, worker) pair -- a consumer -- reads its own part of the training data
+    (validation is split among workers only, and every rank reads all of it): the shards
     are split among consumers when there are at least as many shards, otherwise the
     samples of each shard are (by index), so no two consumers ever see the same
     sample. Each consumer draws with a generator seeded by
@@ -331,6 +332,8 @@ class ShardStream(IterableDataset):
     def _consumer(self) -> tuple[int, int, int]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if not self.train:  # every rank reads all of it: DDP hangs when ranks run unequal steps
+            return worker, workers, workers
         return self.rank * workers + worker, self.world_size * workers, workers
 
     def __iter__(self) -> Iterator[MixBatch]:
@@ -578,9 +581,10 @@ class ShardDataModule(LightningDataModule):
         epoch_length: training batches per epoch per rank (resampled, infinite shards:
             use it for multi-GPU runs, where it keeps every rank in step); None reads the
             training shards once per epoch. Validation always reads its shards once,
-            split among ranks and workers (by shard, or by sample when shards are fewer
-            than ranks x workers), so ranks may see unequal numbers of batches: log
-            validation metrics per epoch, not per step with ``sync_dist``.
+            split among workers (by shard, or by sample when shards are fewer than
+            workers); under DDP every rank reads all of them, because ranks that run
+            unequal numbers of validation steps hang (DDP synchronises buffers at every
+            forward), so validation metrics equal the single-device ones.
         seed: seed of crops, gains, pairs and shuffling.
         shuffle_buffer: samples held for shuffling per worker.
         frame_size: square size of delivered frames.
