@@ -35,9 +35,17 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-__all__ = ["TrainingCLI", "StepCheckpoint", "RankRandomState", "rank_seed"]
+__all__ = ["TrainingCLI", "StepCheckpoint", "RankRandomState", "rank_seed", "log_dir"]
 
 CHECKPOINT_EVERY = 1000
+
+
+def log_dir(trainer) -> Path:
+    """The run's log folder, as ``Trainer.log_dir`` finds it but without its broadcast:
+    that is a collective, and DDP hangs when only global rank 0 asks for it."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    folder = (getattr(logger, "log_dir", None) or logger.save_dir) if logger is not None else None
+    return Path(folder or trainer.default_root_dir)
 
 
 def rank_seed(seed: int, rank: int, step: int) -> int:
