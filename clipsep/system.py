@@ -35,6 +35,7 @@ from clipcore.audio import save_audio
 from clipcore.checkpoint import git_commit
 from clipcore.naming import slugify
 from clipcore.spectral import istft, stft, unwarp_to_linear
+from clipcore.training import log_dir
 from clipsep.losses import mask_loss, noise_activation_penalty, noise_invariant_loss, separation_targets
 from clipsep.metrics import separation_scores
 from clipsep.model import PRESETS, CLIPSep
@@ -264,7 +265,7 @@ class ExportPretrained(Callback):
     def on_validation_end(self, trainer, pl_module: CLIPSepSystem) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or (trainer.fast_dev_run and not self.dirpath):
             return  # a dev run has no log folder to export to unless dirpath names one
-        root = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "pretrained")
+        root = Path(self.dirpath or log_dir(trainer) / "pretrained")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         provenance = {"val_metrics": metrics, "run_config": _run_config(trainer)}
         pl_module.export(root / "last", provenance)
@@ -276,7 +277,7 @@ class ExportPretrained(Callback):
 
 def _run_config(trainer) -> dict | None:
     """The resolved config LightningCLI saved in the log folder, if any."""
-    path = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
+    path = log_dir(trainer) / "config.yaml"
     if not path.is_file():
         return None
     return yaml.safe_load(path.read_text())
@@ -303,7 +304,7 @@ def _log_media(trainer, tag: str, image: np.ndarray, waves: torch.Tensor, rate: 
             for name, wave in zip(names, waves):
                 experiment.add_audio(f"{tag}/{name}", wave[None], step, sample_rate=rate)
         else:
-            root = Path(getattr(logger, "log_dir", None) or trainer.log_dir or ".") / "media"
+            root = Path(getattr(logger, "log_dir", None) or log_dir(trainer)) / "media"
             root.mkdir(parents=True, exist_ok=True)
             stem = f"{tag.replace('/', '-')}-step{step:07d}-{slugify(label)}"
             Image.fromarray(image).save(root / f"{stem}.png")
