@@ -25,6 +25,7 @@ from PIL import Image
 from clipcore.audio import save_audio
 from clipcore.checkpoint import git_commit
 from clipcore.naming import slugify
+from clipcore.training import log_dir
 from clipsonic.model import CLIPSonic
 from clipsonic.pipeline import MEL_CEILING, sample_mels
 from clipsonic.vocoder import GriffinLim
@@ -260,7 +261,7 @@ def log_media(trainer, tag: str, images: list[np.ndarray], audio: torch.Tensor, 
             logger.log_audio(key=f"{tag}/audio", audios=[w.numpy() for w in audio], step=step,
                              sample_rate=[sample_rate] * len(audio), caption=captions)
         else:
-            root = Path(getattr(logger, "log_dir", None) or trainer.log_dir or ".") / "media"
+            root = Path(getattr(logger, "log_dir", None) or log_dir(trainer)) / "media"
             for i, (image, wave, caption) in enumerate(zip(images, audio, captions)):
                 stem = f"{tag.replace('/', '-')}-step{step:07d}-{i}" + (f"-{slugify(caption)}" if caption else "")
                 root.mkdir(parents=True, exist_ok=True)
