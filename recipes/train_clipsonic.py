@@ -13,10 +13,9 @@ model is exported for ``clipsonic generate`` to ``--export`` (default
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from clipcore.shards import ShardDataModule
-from clipcore.training import TrainingCLI
+from clipcore.training import TrainingCLI, log_dir
 from clipsonic.system import CLIPSonicSystem
 
 
@@ -29,7 +28,7 @@ class CLIPSonicCLI(TrainingCLI):
         export = self._config().get("export")
         if not self.trainer.is_global_zero or (export is None and self.trainer.fast_dev_run):
             return  # a dev run has no log folder to export to unless --export names one
-        directory = export or Path(self.trainer.log_dir or ".") / "model"
+        directory = export or log_dir(self.trainer) / "model"
         run_config = self.parser.dump(self.config)
         self.model.export(directory, provenance={"run_config": run_config})
         print(f"exported the averaged model to {directory}")
