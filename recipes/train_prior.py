@@ -18,12 +18,11 @@ it with ``clipcore.prior.DiffusionPrior.load``.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from clipcore.cli import EXPECTED_ERRORS
 from clipcore.prior_system import PriorDataModule, PriorSystem
 from clipcore.shards import ShardError
-from clipcore.training import TrainingCLI
+from clipcore.training import TrainingCLI, log_dir
 
 
 class PriorCLI(TrainingCLI):
@@ -35,7 +34,7 @@ class PriorCLI(TrainingCLI):
         export = self._config().get("export")
         if not self.trainer.is_global_zero or (export is None and self.trainer.fast_dev_run):
             return  # a dev run has no log folder to export to unless --export names one
-        directory = export or Path(self.trainer.log_dir or ".") / "prior"
+        directory = export or log_dir(self.trainer) / "prior"
         run_config = self.parser.dump(self.config, skip_none=False)
         self.model.export(directory, provenance={"run_config": run_config})
         print(f"exported the prior to {directory}")
