@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +45,21 @@ def clipsep_args(shards: str, encoder: str, run_dir: Path, records: Path, *extra
         "--trainer.callbacks+=tests.recipes.scaleout_helpers.Record", "--trainer.callbacks.folder", str(records),
         *extra,
     ]
+
+
+def run_recipe(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the CLIPSep recipe in its own process group, killed whole on a timeout (a hung
+    DDP run leaves rank processes behind otherwise)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "train_clipsep.py"), *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        err += f"\n(killed after {timeout} s)"
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def read_records(folder: Path) -> list[dict]:

@@ -1,22 +1,21 @@
 """Scale-out: the CLIPSep recipe under 2-process DDP (gloo, CPU), and disjoint rank streams."""
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from clipcore.shards import ShardStream
-from tests.recipes.scaleout_helpers import ROOT, SEGMENT, clipsep_args, read_records, toy_shards
+from tests.recipes.scaleout_helpers import SEGMENT, clipsep_args, read_records, run_recipe, toy_shards
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """Eight toy clips as one shard (``one/``) and as four (``four/``)."""
+    """Eight toy clips as one shard (``one/``) and as four (``four/``); six validation
+    clips in three shards (``val/``: two ranks would split them unequally)."""
     root = tmp_path_factory.mktemp("shards")
     toy_shards(root / "four", clips=8, shard_size=2)
+    toy_shards(root / "val", clips=6, shard_size=2)
     return root, toy_shards(root / "one", clips=8, shard_size=8)
 
 
@@ -44,10 +43,12 @@ def test_two_process_ddp_fit_ranks_see_disjoint_samples(shards, tmp_path):
         "--data.epoch_length", "4", "--trainer.max_steps", "4", "--checkpoint.every_n_train_steps", "2",
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         "--trainer.precision", "bf16-mixed", "--trainer.accumulate_grad_batches", "2",
+        # one validation at the end, with media and the best/last export on rank 0
+        "--data.val_shards", str(root / "val" / "*.tar"), "--trainer.limit_val_batches", "null",
+        "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "2",
+        "--trainer.num_sanity_val_steps", "0", "--model.val_examples", "1",
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "train_clipsep.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = run_recipe(args)
     assert done.returncode == 0, done.stderr[-3000:]
     batches = [r for r in read_records(records) if r["event"] == "batch"]
     by_rank = {rank: [r for r in batches if r["rank"] == rank] for rank in (0, 1)}
@@ -64,3 +65,5 @@ def test_two_process_ddp_fit_ranks_see_disjoint_samples(shards, tmp_path):
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 4
     assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 4}]
+    exported = list(run.glob("lightning_logs/version_*/pretrained/last/model.safetensors"))
+    assert len(exported) == 1 and list(run.glob("lightning_logs/version_*/media/*.png"))
