@@ -84,6 +84,8 @@ def run_workers(jobs: Sequence[FileJob], durations: Sequence[float], args: argpa
     cpu = all(device == "cpu" for device in devices)
     threads = max(1, torch.get_num_threads() // len(devices)) if cpu else None
     embeddings = embeddings.detach().cpu()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the caller's separator is gone: leave its memory to worker 0
     workers = [
         context.Process(target=_worker, daemon=True,
                         args=(index, device, threads, args, list(jobs), embeddings, options, tasks, events))
