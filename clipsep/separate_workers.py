@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import queue
+import signal
 from typing import Sequence
 
 import torch
@@ -45,6 +46,7 @@ def worker_devices(device: str, count: int) -> list[str]:
 def _worker(index: int, device: str, threads: int | None, args: argparse.Namespace, jobs: list[FileJob],
             embeddings: torch.Tensor, options: OutputOptions, tasks, events) -> None:
     """Take file numbers from ``tasks`` until ``None``; report on ``events``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -54,8 +56,11 @@ def _worker(index: int, device: str, threads: int | None, args: argparse.Namespa
         return
     while (task := tasks.get()) is not None:
         events.put(("start", index, task))
-        result = process_file(jobs[task], separator, embeddings, options,
-                              lambda seconds: events.put(("progress", index, seconds)))
+        try:
+            result = process_file(jobs[task], separator, embeddings, options,
+                                  lambda seconds: events.put(("progress", index, seconds)))
+        except Exception as error:  # noqa: BLE001 - an unforeseen failure fails this file, not the run
+            result = FileResult(jobs[task].source, error=f"{type(error).__name__}: {' '.join(str(error).split())}")
         events.put(("done", index, (task, result)))
 
 
@@ -98,9 +103,12 @@ def run_workers(jobs: Sequence[FileJob], durations: Sequence[float], args: argpa
     done = [0.0] * len(jobs)  # seconds shown on the bar per file
     reasons: list[str] = []
 
+    def advance(seconds: float) -> None:  # never past the total: files end out of order
+        bar.update(max(0.0, min(seconds, bar.total - bar.n)))
+
     def finish(task: int, result: FileResult) -> None:
         results[task] = result
-        bar.update(max(0.0, durations[task] - done[task]))
+        advance(durations[task] - done[task])
 
     try:
         while len(results) < len(jobs):
@@ -115,12 +123,16 @@ def run_workers(jobs: Sequence[FileJob], durations: Sequence[float], args: argpa
                 task = current[index]
                 step = max(0.0, min(payload, durations[task] - done[task]))  # model-rate rounding
                 done[task] += step
-                bar.update(step)
+                advance(step)
             elif kind == "done":
                 current.pop(index, None)
                 finish(*payload)
             elif kind == "fatal":
                 reasons.append(f"worker {index} ({devices[index]}) could not start: {payload}")
+    except BaseException:  # Ctrl-C or a failure here: stop the workers now
+        for worker in workers:
+            worker.terminate()
+        raise
     finally:
         for worker in workers:
             worker.join(timeout=5)
