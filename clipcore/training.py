@@ -99,6 +99,10 @@ class TrainingCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
+        if config.trainer.get("enable_checkpointing") is False:  # Lightning refuses a ModelCheckpoint then
+            keys = self._parser(self.subcommand).callback_keys
+            if "checkpoint" in keys:
+                keys.remove("checkpoint")
+        elif config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
             root = config.trainer.get("default_root_dir") or os.getcwd()
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
