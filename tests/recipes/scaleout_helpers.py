@@ -105,13 +105,32 @@ class Record(Callback):
 
 
 class PauseAt(Callback):
-    """At ``step``, write ``<marker>`` and sleep, so that a test can kill the process in
-    a known state (the checkpoint of an earlier step written, none after it)."""
+    """At ``step``, write ``<marker>`` and wait (until a SIGTERM, at most 10 minutes), so
+    that a test can signal the process in a known state (the checkpoint of an earlier
+    step written, none after it)."""
 
     def __init__(self, step: int, marker: str) -> None:
         self.step, self.marker = step, Path(marker)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step >= self.step:
+        if trainer.global_step == self.step:
             self.marker.write_text(str(trainer.global_step))
-            time.sleep(600)
+            deadline = time.monotonic() + 600
+            while not trainer.received_sigterm and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
+def start_paused(args: list[str], step: int, marker: Path) -> subprocess.Popen:
+    """Start the CLIPSep recipe with a :class:`PauseAt` and wait until it pauses."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    pause = ["--trainer.callbacks+=tests.recipes.scaleout_helpers.PauseAt", "--trainer.callbacks.step", str(step),
+             "--trainer.callbacks.marker", str(marker)]
+    process = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "train_clipsep.py"), *args, *pause],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not marker.exists():
+        process.kill()
+        raise AssertionError(f"the run did not reach step {step}:\n{process.communicate()[1][-3000:]}")
+    return process
