@@ -636,6 +636,11 @@ class ShardDataModule(LightningDataModule):
         """Training batches (shuffled; resampled when ``epoch_length`` is set)."""
         if self.train_shards is None:
             raise ShardError("no train_shards configured.")
+        if self.epoch_length is None and self.trainer is not None and self.trainer.world_size > 1:
+            raise ShardError(
+                "training on several devices needs data.epoch_length (resampled shards): read once, the shards "
+                "give the ranks unequal numbers of batches, and DDP waits forever for the rank that ran out."
+            )
         # The length is exact: every worker makes its own share of the epoch.
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         return self._loader(self.train_shards, train=True)
