@@ -55,3 +55,13 @@ def test_killed_and_preempted_runs_resume_from_their_last_checkpoint(tmp_path):
     assert all(math.isfinite(r["loss"]) for r in final[1:])
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 8 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_checkpointing_can_be_switched_off(tmp_path):
+    encoder = toy_shards(tmp_path / "shards", clips=4, shard_size=4)
+    run = tmp_path / "run"
+    cli = train_main(clipsep_args(str(tmp_path / "shards" / "*.tar"), encoder, run, tmp_path / "records",
+                                  "--data.epoch_length", "2", "--trainer.max_steps", "2",
+                                  "--trainer.enable_checkpointing", "false"))
+    assert cli.trainer.global_step == 2 and not cli.trainer.checkpoint_callbacks
+    assert not list(run.rglob("*.ckpt"))
