@@ -1,26 +1,32 @@
 """What every training recipe shares: periodic checkpoints, resuming, per-rank random streams.
 
-:class:`TrainingCLI` is the ``LightningCLI`` of ``recipes/train_*.py``. On top of
-Lightning's own options (``--trainer.devices/num_nodes/strategy/precision/
-accumulate_grad_batches``, which need no code here) it adds:
+:class:`TrainingCLI` is the ``LightningCLI`` of ``recipes/train_*.py``. Scaling out
+needs no code: ``--trainer.devices``, ``--trainer.num_nodes``, ``--trainer.strategy
+ddp``, ``--trainer.precision bf16-mixed`` and ``--trainer.accumulate_grad_batches`` are
+Lightning's, and :class:`clipcore.shards.ShardDataModule` gives every rank its own
+samples. On top of that it adds:
 
 * ``--checkpoint.*``: a :class:`StepCheckpoint` that saves every
-  ``every_n_train_steps`` steps (1000 by default) into
+  ``every_n_train_steps`` optimiser steps (1000 by default) into
   ``<trainer.default_root_dir>/checkpoints/``, keeps the ``save_top_k`` newest (3) and
-  ``last.ckpt`` (also written when training ends). The folder does not depend on the logger's version, so a rerun of the
-  same command with ``--ckpt_path last`` finds the checkpoint of the run it replaces.
-* :class:`RankRandomState`: each rank's global random generators (Python, NumPy, torch,
-  CUDA) are seeded from ``(seed_everything, global rank, global step)`` when training
-  starts, so ranks draw different noise and a resumed run continues with a fresh,
-  reproducible stream instead of replaying the one from step 0.
+  ``last.ckpt`` (also written when training ends; ``save_on_exception`` also saves when
+  a SIGTERM, e.g. a preemption, stops the run). The folder does not depend on the
+  logger's version, so rerunning the same command with ``--ckpt_path last`` finds the
+  checkpoint of the run it replaces (the logs of each attempt go to a new
+  ``lightning_logs/version_<n>``).
+* ``--random_state.*``: :class:`RankRandomState`, which seeds each rank's global random
+  generators (Python, NumPy, torch, CUDA) from ``(seed_everything, global rank, global
+  step)`` when training starts, so ranks draw different noise and a resumed run goes on
+  with a fresh, reproducible stream instead of replaying the one from step 0.
 
-What ``--ckpt_path last`` restores: weights, optimiser state, learning-rate schedule,
-global step and epoch, loop progress and callback states (Lightning); the data stream's
-epoch and position (:class:`clipcore.shards.ShardDataModule`'s loader is resumable:
-it continues that epoch with a stream seeded by the position). Not restored bit-exactly:
-the random generators and the shard stream are re-seeded from the step rather than
-rewound, so a resumed run is deterministic but not identical to an uninterrupted one,
-and map-style loaders (the prior's pairs) restart the interrupted epoch's permutation.
+What ``--ckpt_path last`` restores: weights (and the CLIPSonic EMA weights), optimiser
+state, learning-rate schedule, global step and epoch, loop progress, callback states
+(Lightning); and the shard stream's epoch and position (the training loader of
+:class:`~clipcore.shards.ShardDataModule` is resumable). Not restored bit-exactly: the
+random generators and the rest of the interrupted epoch's shard stream are re-seeded
+from the step and position rather than rewound (the shuffle buffer is lost), so a
+resumed run is deterministic but not identical to an uninterrupted one; map-style
+loaders (the prior's pairs) restart the interrupted epoch's permutation.
 """
 
 from __future__ import annotations
