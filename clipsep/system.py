@@ -28,12 +28,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 from lightning.pytorch import Callback, LightningModule
-from PIL import Image
 from torchmetrics import MeanMetric
 
-from clipcore.audio import save_audio
 from clipcore.checkpoint import git_commit
-from clipcore.naming import slugify
+from clipcore.media import log_media, scaled_image
 from clipcore.spectral import istft, stft, unwarp_to_linear
 from clipcore.training import log_dir
 from clipsep.losses import mask_loss, noise_activation_penalty, noise_invariant_loss, separation_targets
@@ -228,9 +226,10 @@ class CLIPSepSystem(LightningModule):
         cfg = self.model.stft
         for i in range(count):
             label = (batch.labels[i][0] or "source0") if batch.labels else "source0"
-            waves = torch.stack([batch.mixture[i], batch.sources[i, 0], estimates[i, 0]]).float().cpu()
-            image = np.concatenate([spectrogram_image(stft(w, cfg).abs()) for w in waves], axis=0)
-            _log_media(self.trainer, f"val/example{i}", image, waves, self.model.sample_rate, self.global_step, label)
+            waves = {"mixture": batch.mixture[i], "target": batch.sources[i, 0], "estimate": estimates[i, 0]}
+            image = np.concatenate([spectrogram_image(stft(w.float(), cfg).abs()) for w in waves.values()], axis=0)
+            log_media(self.trainer, f"val/example{i}", self.global_step, {"spectrograms": image}, waves,
+                      self.model.sample_rate, caption=label)
 
     # --- export -------------------------------------------------------------------------
 
@@ -287,26 +286,5 @@ def spectrogram_image(magnitude: torch.Tensor, floor_db: float = -80.0) -> np.nd
     """``[F, T]`` magnitude -> ``[F, T]`` uint8 image (dB relative to the maximum, low
     frequencies at the bottom)."""
     db = 20 * torch.log10(magnitude.float().clamp_min(1e-8))
-    scaled = ((db - db.max()) / -floor_db + 1).clamp(0, 1)
-    return (scaled.flip(0).cpu().numpy() * 255).astype(np.uint8)
-
-
-def _log_media(trainer, tag: str, image: np.ndarray, waves: torch.Tensor, rate: int, step: int, label: str) -> None:
-    """Log a grey image and ``[3, S]`` audio (mixture, target, estimate): ``add_image`` /
-    ``add_audio`` for TensorBoard, PNG and WAV files under ``<log_dir>/media`` otherwise."""
-    names = ("mixture", "target", "estimate")
-    peak = waves.abs().max().clamp_min(1e-8)
-    waves = waves / max(1.0, float(peak))
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_audio") and hasattr(experiment, "add_image"):
-            experiment.add_image(f"{tag}/spectrograms", image[None], step, dataformats="CHW")
-            for name, wave in zip(names, waves):
-                experiment.add_audio(f"{tag}/{name}", wave[None], step, sample_rate=rate)
-        else:
-            root = Path(getattr(logger, "log_dir", None) or log_dir(trainer)) / "media"
-            root.mkdir(parents=True, exist_ok=True)
-            stem = f"{tag.replace('/', '-')}-step{step:07d}-{slugify(label)}"
-            Image.fromarray(image).save(root / f"{stem}.png")
-            for name, wave in zip(names, waves):
-                save_audio(root / f"{stem}-{name}.wav", wave[None], rate)
+    top = float(db.max())
+    return scaled_image(db, top + floor_db, top)

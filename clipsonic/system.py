@@ -20,17 +20,14 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from lightning.pytorch import LightningModule
-from PIL import Image
 
-from clipcore.audio import save_audio
 from clipcore.checkpoint import git_commit
-from clipcore.naming import slugify
-from clipcore.training import log_dir
+from clipcore.media import log_media, scaled_image
 from clipsonic.model import CLIPSonic
 from clipsonic.pipeline import MEL_CEILING, sample_mels
 from clipsonic.vocoder import GriffinLim
 
-__all__ = ["CLIPSonicSystem", "mel_image", "log_media"]
+__all__ = ["CLIPSonicSystem", "mel_image"]
 
 PRESETS = {"tiny": CLIPSonic.tiny, "paper": CLIPSonic.paper}
 
@@ -212,8 +209,10 @@ class CLIPSonicSystem(LightningModule):
         audio = vocoder(fake)
         images = [np.concatenate([mel_image(r), np.zeros((r.shape[0], 2), np.uint8), mel_image(f)], axis=1)
                   for r, f in zip(real, fake)]
-        labels = [label[0] for label in batch.labels[:count]]
-        log_media(self.trainer, "val/generated", images, audio, vocoder.sample_rate, self.global_step, labels)
+        for i, (image, wave) in enumerate(zip(images, audio)):
+            label = batch.labels[i][0] if batch.labels else None
+            log_media(self.trainer, f"val/generated{i}", self.global_step, {"real-vs-generated": image},
+                      {"generated": wave}, vocoder.sample_rate, caption=label)
 
     # --- export -------------------------------------------------------------------------
 
@@ -236,34 +235,4 @@ class CLIPSonicSystem(LightningModule):
 def mel_image(log_mel: torch.Tensor, floor: float = math.log(1e-5), ceiling: float = MEL_CEILING) -> np.ndarray:
     """``[n_mels, T]`` log-mel -> ``[n_mels, T]`` uint8 image, low frequencies at the bottom,
     on a fixed scale so that images of different steps compare."""
-    scaled = ((log_mel.detach().float().cpu() - floor) / (ceiling - floor)).clamp(0, 1)
-    return (scaled.flip(0).numpy() * 255).astype(np.uint8)
-
-
-def log_media(trainer, tag: str, images: list[np.ndarray], audio: torch.Tensor, sample_rate: int, step: int,
-              captions: list[str | None] | None = None) -> None:
-    """Log grey images (``[H, W]`` uint8) and audio (``[N, S]``) to the trainer's loggers.
-
-    TensorBoard-style loggers get ``add_image``/``add_audio``, W&B gets
-    ``log_image``/``log_audio``; loggers without media support (CSV) get PNG and WAV files
-    under ``<log_dir>/media/``.
-    """
-    audio = audio.detach().float().cpu().clamp(-1, 1)
-    captions = captions or [None] * len(images)
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_audio") and hasattr(experiment, "add_image"):
-            for i, (image, wave) in enumerate(zip(images, audio)):
-                experiment.add_image(f"{tag}/{i}", image[None], step, dataformats="CHW")
-                experiment.add_audio(f"{tag}/{i}", wave[None], step, sample_rate=sample_rate)
-        elif hasattr(logger, "log_image") and hasattr(logger, "log_audio"):
-            logger.log_image(key=f"{tag}/mel", images=list(images), step=step, caption=captions)
-            logger.log_audio(key=f"{tag}/audio", audios=[w.numpy() for w in audio], step=step,
-                             sample_rate=[sample_rate] * len(audio), caption=captions)
-        else:
-            root = Path(getattr(logger, "log_dir", None) or log_dir(trainer)) / "media"
-            for i, (image, wave, caption) in enumerate(zip(images, audio, captions)):
-                stem = f"{tag.replace('/', '-')}-step{step:07d}-{i}" + (f"-{slugify(caption)}" if caption else "")
-                root.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(image).save(root / f"{stem}.png")
-                save_audio(root / f"{stem}.wav", wave[None], sample_rate)
+    return scaled_image(log_mel, floor, ceiling)
