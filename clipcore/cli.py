@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 from clipcore.audio import AudioError
 from clipcore.checkpoint import CheckpointError
+from clipcore.files import ImageError
 
 __all__ = ["UsageError", "EXPECTED_ERRORS", "build_parser", "run"]
 
@@ -22,7 +23,7 @@ class UsageError(ValueError):
     """A bad command-line value, described in one sentence."""
 
 
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (UsageError, AudioError, CheckpointError)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (UsageError, AudioError, CheckpointError, ImageError)
 
 Registrar = Callable[["argparse._SubParsersAction"], None]
 

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "ImageError", "load_image"]
 
 
 def _read_umask() -> int:
@@ -44,3 +44,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         raise
     return path
 
+
+class ImageError(ValueError):
+    """A missing or unreadable image file, described in one sentence."""
+
+
+def load_image(path: str | os.PathLike):
+    """Open an image file (an image query, say) as an RGB PIL image.
+
+    Raises:
+        ImageError: a missing or unreadable image file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file.")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ImageError(f"{path}: cannot be read as an image ({type(error).__name__}).") from None

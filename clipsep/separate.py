@@ -54,6 +54,7 @@ import torch
 
 from clipcore.audio import AudioError, resample
 from clipcore.checkpoint import CheckpointError, load_pretrained
+from clipcore.files import load_image
 from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
 from clipcore.spectral import istft, stft, unwarp_to_linear
 from clipsep.model import CLIPSep
@@ -65,7 +66,6 @@ __all__ = [
     "QUERY_ENCODER_DIR",
     "crossfade_window",
     "segment_starts",
-    "load_image",
 ]
 
 QUERY_ENCODER_DIR = "query_encoder"
@@ -278,7 +278,8 @@ class Separator:
             ``[K, D]`` float32 on the separator's device.
 
         Raises:
-            QueryError: no queries, an empty text or an unreadable image.
+            QueryError: no queries or an empty text.
+            ImageError: an unreadable image.
         """
         if isinstance(queries, torch.Tensor):
             if queries.dim() != 2 or queries.shape[1] != self.model.query_dim or not len(queries):
@@ -453,24 +454,6 @@ def _fit(wave: torch.Tensor, length: int) -> torch.Tensor:
     if wave.shape[-1] >= length:
         return wave[..., :length].contiguous()
     return torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
-
-
-def load_image(path: str | os.PathLike):
-    """Open an image query as an RGB PIL image.
-
-    Raises:
-        QueryError: a missing or unreadable image file.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise QueryError(f"{path}: no such image file.")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise QueryError(f"{path}: cannot be read as an image ({type(error).__name__}).") from None
 
 
 def _load_encoder(spec: QueryEncoder | str | os.PathLike) -> QueryEncoder:

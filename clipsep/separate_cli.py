@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from clipcore.audio import AUDIO_EXTENSIONS, load_audio, save_audio
 from clipcore.cli import EXPECTED_ERRORS, UsageError
+from clipcore.files import ImageError, load_image
 from clipcore.naming import safe_filename, slugify, unique_names
 
 if TYPE_CHECKING:
@@ -194,7 +195,6 @@ def _device(name: str) -> str:
 
 def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Check the queries: text not empty, images readable; duplicates dropped."""
-    from clipsep.separate import QueryError, load_image
     if not args.queries:
         raise UsageError("give at least one --query TEXT or --query-image IMAGE.")
     queries = []
@@ -204,7 +204,7 @@ def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
         if kind == "image":
             try:
                 load_image(value)
-            except QueryError as error:
+            except ImageError as error:
                 raise UsageError(f"--query-image {error}") from None
         query = (kind, value.strip() if kind == "text" else value)
         if query not in queries:

@@ -20,6 +20,7 @@ import torch
 
 from clipcore import cli
 from clipcore.audio import save_audio
+from clipcore.files import ImageError, load_image
 from clipcore.naming import slugify, unique_names
 from clipsonic.pipeline import MAX_DURATION, MODES, SAMPLERS, GenerationError, Generator
 
@@ -27,16 +28,11 @@ DESCRIPTION = "CLIPSonic: text-to-audio generation learned from unlabeled video.
 
 
 def _load_image(path: str):
-    """An image query as an RGB PIL image, or a one-sentence error."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not Path(path).is_file():
-        raise cli.UsageError(f"--image {path}: no such image file.")
+    """An image query as an RGB PIL image, or a one-sentence usage error."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise cli.UsageError(f"--image {path}: cannot be read as an image ({type(error).__name__}).") from None
+        return load_image(path)
+    except ImageError as error:
+        raise cli.UsageError(f"--image {error}") from None
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:

@@ -11,6 +11,7 @@ from clipcore.checkpoint import CheckpointError
 from clipcore.query import QueryEncoder
 from clipsep.convert import convert_official, official_key_map
 from clipsep.model import CLIPSep
+from clipcore.files import ImageError
 from clipsep.separate import QueryError, Separator, crossfade_window, segment_starts
 
 RATE = 16000
@@ -175,7 +176,7 @@ def test_bad_waves_and_queries(encoder, tmp_path):
     with pytest.raises(QueryError, match="empty"):
         separator.separate(torch.zeros(1, 100), RATE, ["  "])
     (tmp_path / "broken.png").write_bytes(b"not a picture")
-    with pytest.raises(QueryError, match="broken.png: cannot be read as an image"):
+    with pytest.raises(ImageError, match="broken.png: cannot be read as an image"):
         separator.encode_queries([tmp_path / "broken.png"])
     with pytest.raises(CheckpointError, match="16-d queries"):
         Separator(_model(), QueryEncoder.tiny(embed_dim=32))
