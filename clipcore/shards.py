@@ -565,11 +565,12 @@ class _EpochLoader(DataLoader):
 
 
 class ShardDataModule(LightningDataModule):
-    """Training and validation batches (:class:`MixBatch`) from video shards.
+    """Training, validation and test batches (:class:`MixBatch`) from video shards.
 
     Args:
         train_shards: training shards (see :func:`expand_shards`).
         val_shards: validation shards, or None.
+        test_shards: test shards, or None; read like the validation shards.
         num_sources: clips per mixture: 2 for CLIPSep, 1 for CLIPSonic (no mixing).
         segment_samples: samples per crop (65535 for CLIPSep at 16 kHz).
         sample_rate: audio rate of the batches.
@@ -594,6 +595,7 @@ class ShardDataModule(LightningDataModule):
         self,
         train_shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
+        test_shards: str | list[str] | None = None,
         num_sources: int = 2,
         segment_samples: int = 65535,
         sample_rate: int = 16000,
@@ -608,7 +610,7 @@ class ShardDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.train_shards, self.val_shards = train_shards, val_shards
+        self.train_shards, self.val_shards, self.test_shards = train_shards, val_shards, test_shards
         self.num_workers = num_workers
         self.epoch_length = epoch_length
         self.common = dict(
@@ -650,3 +652,9 @@ class ShardDataModule(LightningDataModule):
         if self.val_shards is None:
             return []
         return self._loader(self.val_shards, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches, read like validation batches (``test_shards`` is required)."""
+        if self.test_shards is None:
+            raise ShardError("no test_shards configured.")
+        return self._loader(self.test_shards, train=False)

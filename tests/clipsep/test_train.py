@@ -121,6 +121,16 @@ def test_recipe_saves_config_and_exports_best_and_last(toy_shards, tmp_path):
     assert list((log_dir / "media").glob("val-example0-*-estimate.wav"))
     assert list((log_dir / "media").glob("val-example0-*.png"))
 
+    # `test` reads test_shards with the saved config and the last checkpoint.
+    (last,) = tmp_path.glob("**/last.ckpt")
+    tested = train_main([
+        "test", "--config", str(log_dir / "config.yaml"),
+        "--data.test_shards", str(toy_shards / "val" / "*.tar"), "--ckpt_path", str(last),
+    ])
+    metrics = tested.trainer.callback_metrics
+    assert {"test/loss", "test/sdr", "test/sdri"} <= metrics.keys()
+    assert torch.isfinite(metrics["test/loss"])
+
 
 def test_test_step_reports_loss_sdr_and_sdri():
     from lightning.pytorch import Trainer
