@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,7 +43,10 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-__all__ = ["TrainingCLI", "StepCheckpoint", "RankRandomState", "rank_seed", "log_dir"]
+from clipcore.cli import EXPECTED_ERRORS
+from clipcore.shards import ShardError
+
+__all__ = ["TrainingCLI", "StepCheckpoint", "RankRandomState", "rank_seed", "log_dir", "run_recipe"]
 
 CHECKPOINT_EVERY = 1000
 
@@ -112,3 +117,12 @@ class TrainingCLI(LightningCLI):
         elif config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
             root = config.trainer.get("default_root_dir") or os.getcwd()
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+
+
+def run_recipe(main: Callable[[], object], name: str) -> None:
+    """Run a recipe's ``main``; expected failures (bad files, shards, checkpoints, values)
+    end the process with one line ``<name>: error: ...`` and status 1, not a traceback."""
+    try:
+        main()
+    except (*EXPECTED_ERRORS, ShardError) as error:
+        sys.exit(f"{name}: error: {error}")

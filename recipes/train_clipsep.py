@@ -15,7 +15,7 @@ provenance; ``clipsep separate --checkpoint <log_dir>/pretrained/best`` uses it 
 from __future__ import annotations
 
 from clipcore.shards import ShardDataModule
-from clipcore.training import TrainingCLI
+from clipcore.training import TrainingCLI, run_recipe
 from clipsep.system import CLIPSepSystem
 
 
@@ -30,4 +30,4 @@ def main(args: list[str] | None = None) -> TrainingCLI:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main, "train_clipsep")

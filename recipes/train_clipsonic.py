@@ -12,10 +12,9 @@ model is exported for ``clipsonic generate`` to ``--export`` (default
 
 from __future__ import annotations
 
-import sys
 
 from clipcore.shards import ShardDataModule
-from clipcore.training import TrainingCLI, log_dir
+from clipcore.training import TrainingCLI, run_recipe, log_dir
 from clipsonic.system import CLIPSonicSystem
 
 
@@ -48,4 +47,4 @@ def main(args: list[str] | None = None) -> CLIPSonicCLI:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_recipe(main, "train_clipsonic")

@@ -17,12 +17,9 @@ it with ``clipcore.prior.DiffusionPrior.load``.
 
 from __future__ import annotations
 
-import sys
 
-from clipcore.cli import EXPECTED_ERRORS
 from clipcore.prior_system import PriorDataModule, PriorSystem
-from clipcore.shards import ShardError
-from clipcore.training import TrainingCLI, log_dir
+from clipcore.training import TrainingCLI, run_recipe, log_dir
 
 
 class PriorCLI(TrainingCLI):
@@ -54,7 +51,4 @@ def main(args: list[str] | None = None) -> PriorCLI:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (*EXPECTED_ERRORS, ShardError) as error:
-        sys.exit(f"train_prior: error: {error}")
+    run_recipe(main, "train_prior")
