@@ -48,7 +48,7 @@ from clipcore.files import atomic_write  # noqa: E402
 from recipes.toy_judges import (  # noqa: E402
     evaluate_generation,
     evaluate_separation,
-    held_out_clips,
+    read_clips,
     train_judge,
     write_queries,
 )
@@ -240,7 +240,7 @@ def run(out: Path, profile: Profile) -> dict:
         ]
         runner.lanes([("train_clipsep", clipsep)], [("train_prior", prior), ("train_clipsonic", clipsonic)])
     with runner.step("4. the real tools on held-out queries: clipsep separate, clipsonic generate"):
-        clips = held_out_clips(heldout_glob)
+        clips = read_clips(heldout_glob)
         queries = write_queries(clips, out / "eval")
         separate = _tool("clipsep") + [
             "separate", "--checkpoint", str(out / "clipsep" / "last"), "-o", str(out / "separated"), "--overwrite",

@@ -33,7 +33,7 @@ from clipcore.shards import expand_shards
 from clipcore.spectral import MelConfig, MelSpectrogram
 from clipsep.metrics import separation_scores, summarize
 
-__all__ = ["Clip", "Queries", "held_out_clips", "write_queries", "evaluate_separation", "InstrumentClassifier",
+__all__ = ["Clip", "Queries", "read_clips", "write_queries", "evaluate_separation", "InstrumentClassifier",
            "train_judge", "evaluate_generation"]
 
 TEXT_QUERY = "playing the {}"
@@ -69,7 +69,7 @@ class Queries:
     sample_rate: int = 16000
 
 
-def held_out_clips(shards: str) -> list[Clip]:
+def read_clips(shards: str) -> list[Clip]:
     """Every labelled clip of the shards, ordered by key (the toy world's clip order)."""
     clips = []
     for sample in tarfile_samples([{"url": url} for url in expand_shards(shards)]):
@@ -173,20 +173,25 @@ def _one_thread():
 
 
 class InstrumentClassifier(nn.Module):
-    """Names the toy instrument of a clip from its log-mel statistics.
+    """Names the toy instrument of a clip from its log-mel statistics: an ensemble of
+    small perceptrons (averaged log-probabilities), so that the verdict hardly depends on
+    one random initialisation.
 
     Args:
         labels: the class names.
         mel: mel settings (CLIPSonic's by default).
+        members: perceptrons in the ensemble.
     """
 
-    def __init__(self, labels: list[str], mel: MelConfig = MelConfig()) -> None:
+    def __init__(self, labels: list[str], mel: MelConfig = MelConfig(), members: int = 5) -> None:
         super().__init__()
         self.labels = list(labels)
         self.mel = MelSpectrogram(mel)
         self.register_buffer("mean", torch.zeros(2 * mel.n_mels))
         self.register_buffer("std", torch.ones(2 * mel.n_mels))
-        self.net = nn.Sequential(nn.Linear(2 * mel.n_mels, 64), nn.ReLU(), nn.Linear(64, len(labels)))
+        self.nets = nn.ModuleList(
+            nn.Sequential(nn.Linear(2 * mel.n_mels, 64), nn.ReLU(), nn.Linear(64, len(labels))) for _ in range(members)
+        )
 
     def features(self, wave: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """``[B, S]`` waveforms -> ``[B, 2 * n_mels]``: mean and std of each log-mel row
@@ -198,8 +203,9 @@ class InstrumentClassifier(nn.Module):
         return torch.cat(rows)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """``[B, S]`` -> logits ``[B, classes]``."""
-        return self.net((self.features(wave) - self.mean) / self.std)
+        """``[B, S]`` -> ``[B, classes]`` log-probabilities, averaged over the ensemble."""
+        inputs = (self.features(wave) - self.mean) / self.std
+        return torch.stack([net(inputs).log_softmax(-1) for net in self.nets]).mean(0)
 
     @torch.no_grad()
     def predict(self, wave: torch.Tensor) -> list[str]:
@@ -207,20 +213,26 @@ class InstrumentClassifier(nn.Module):
         return [self.labels[i] for i in self(wave).argmax(-1).tolist()]
 
     def fit(self, waves: torch.Tensor, labels: list[str], epochs: int = 300, seed: int = 0) -> "InstrumentClassifier":
-        """Full-batch training on ``[N, S]`` waveforms and their labels."""
-        torch.manual_seed(seed)
+        """Full-batch training on ``[N, S]`` waveforms and their labels; member ``k`` starts
+        from weights initialised by ``seed + k`` (whatever the global random state)."""
         with torch.no_grad():
             features = self.features(waves)
             self.mean.copy_(features.mean(0))
             self.std.copy_(features.std(0).clamp_min(1e-3))
         inputs = (features - self.mean) / self.std
         targets = torch.tensor([self.labels.index(label) for label in labels])
-        optimiser = torch.optim.Adam(self.net.parameters(), lr=1e-2, weight_decay=1e-4)
-        for _ in range(epochs):
-            loss = nn.functional.cross_entropy(self.net(inputs), targets)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+        for k, net in enumerate(self.nets):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + k)
+                for layer in net:
+                    if isinstance(layer, nn.Linear):
+                        layer.reset_parameters()
+            optimiser = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
+            for _ in range(epochs):
+                loss = nn.functional.cross_entropy(net(inputs), targets)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
         return self.eval()
 
 
@@ -242,8 +254,8 @@ def train_judge(instruments: list[str], train_shards: str, heldout_shards: str, 
     accuracy on crops of real held-out audio."""
     samples = round(seconds * sample_rate)
     classifier = InstrumentClassifier(instruments)
-    classifier.fit(*_crops(held_out_clips(train_shards), samples, per_clip=2, seed=0))
-    real, labels = _crops(held_out_clips(heldout_shards), samples, per_clip=2, seed=1)
+    classifier.fit(*_crops(read_clips(train_shards), samples, per_clip=2, seed=0))
+    real, labels = _crops(read_clips(heldout_shards), samples, per_clip=2, seed=1)
     return classifier, _accuracy(classifier.predict(real), labels)
 
 
