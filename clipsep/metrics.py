@@ -43,10 +43,17 @@ def bss_eval(references, estimates, filter_length: int = 512) -> tuple[np.ndarra
     ref, est = _array(references), _array(estimates)
     if ref.shape != est.shape or ref.ndim < 2:
         raise ValueError(f"references and estimates must both be [..., N, S], got {ref.shape} and {est.shape}.")
-    # The torch backend: fast_bss_eval 0.1.4's numpy backend fails with numpy 2.
-    scores = fast_bss_eval.bss_eval_sources(
-        torch.from_numpy(ref), torch.from_numpy(est), filter_length=filter_length, compute_permutation=False
-    )
+    # The torch backend: fast_bss_eval 0.1.4's numpy backend fails with numpy 2. Its solver
+    # fails ("Pivots given to lu_solve must all be greater or equal to 1") on some real
+    # stems when torch runs several threads, so it runs on one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scores = fast_bss_eval.bss_eval_sources(
+            torch.from_numpy(ref), torch.from_numpy(est), filter_length=filter_length, compute_permutation=False
+        )
+    finally:
+        torch.set_num_threads(threads)
     return tuple(score.numpy() for score in scores)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,8 +145,7 @@ def evaluate_separation(queries: Queries, separated: Path) -> dict:
             for label in sorted(set(queries.instruments) - {label for label, _ in sources}):
                 energy = (stem(path, kind, label) ** 2).sum() / max((mixture**2).sum(), 1e-12)
                 absent.append(10 * np.log10(energy + 1e-12))
-        with _one_thread():  # fast_bss_eval's solver fails on several MKL threads
-            scores = separation_scores(*(np.stack(x) for x in (targets, others, estimates, mixtures)))
+        scores = separation_scores(*(np.stack(x) for x in (targets, others, estimates, mixtures)))
         result[f"sdri_{kind}_db"] = summarize(scores["sdri"])["mean"]
         result[f"sdri_{kind}"] = summarize(scores["sdri"])
         result[f"sdr_{kind}"] = summarize(scores["sdr"])
@@ -157,16 +155,6 @@ def evaluate_separation(queries: Queries, separated: Path) -> dict:
     result["absent_query_energy_db"] = summarize(absent)
     result["mixtures"] = len(queries.mixtures)
     return result
-
-
-@contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- the classifier
