@@ -21,6 +21,7 @@ __all__ = [
     "AudioError",
     "MAX_CHANNELS",
     "BIT_DEPTHS",
+    "CLIP_MODES",
     "AUDIO_EXTENSIONS",
     "load_audio",
     "save_audio",
@@ -36,6 +37,12 @@ BIT_DEPTHS = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
 """Bit depth names accepted by :func:`save_audio`, and their soundfile subtypes."""
 
 FORMATS = {"wav": "WAV", "flac": "FLAC"}
+
+CLIP_MODES = ("rescale", "clamp", "none")
+"""How :func:`save_audio` treats samples beyond full scale (as Demucs's ``--clip-mode``):
+``rescale`` scales the whole waveform down when its peak exceeds 1 (to a peak of 1/1.01),
+``clamp`` clips every sample to [-1, 1], ``none`` writes samples as they are (integer bit
+depths still clip at full scale, which they cannot exceed)."""
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 """File extensions the project treats as audio when it searches folders."""
@@ -124,6 +131,7 @@ def save_audio(
     sample_rate: int,
     bit_depth: str = "16",
     format: str | None = None,
+    clip: str = "none",
 ) -> Path:
     """Write a waveform atomically.
 
@@ -133,6 +141,7 @@ def save_audio(
         sample_rate: samples per second.
         bit_depth: ``"16"`` (default), ``"24"`` or ``"32f"`` (FLAC takes 16 or 24).
         format: ``"wav"`` or ``"flac"``.
+        clip: a mode of :data:`CLIP_MODES` for samples beyond full scale.
 
     Returns:
         The written path.
@@ -149,6 +158,8 @@ def save_audio(
         raise AudioError(f"{path}: unsupported bit depth {bit_depth!r}; use 16, 24 or 32f.")
     if fmt == "flac" and bit_depth == "32f":
         raise AudioError(f"{path}: FLAC stores 16 or 24 bits, not 32-bit float.")
+    if clip not in CLIP_MODES:
+        raise AudioError(f"{path}: unknown clip mode {clip!r}; use {', '.join(CLIP_MODES)}.")
     wave = wave.detach().to("cpu", torch.float32)
     if wave.dim() == 1:
         wave = wave[None]
@@ -160,7 +171,9 @@ def save_audio(
     if wave.shape[1] == 0:
         raise AudioError(f"{path}: refusing to write zero samples.")
     check_finite(wave, str(path))
-    if bit_depth != "32f":
+    if clip == "rescale":
+        wave = wave / max(1.01 * wave.abs().max().item(), 1.0)
+    if clip == "clamp" or bit_depth != "32f":
         # Clip instead of letting the integer conversion wrap around.
         wave = wave.clamp(-1.0, 1.0)
     data = np.ascontiguousarray(wave.numpy().T)

@@ -12,11 +12,11 @@ import argparse
 import sys
 from typing import Callable, Iterable
 
-from clipcore.audio import AudioError
+from clipcore.audio import CLIP_MODES, AudioError
 from clipcore.checkpoint import CheckpointError
 from clipcore.files import ImageError
 
-__all__ = ["UsageError", "EXPECTED_ERRORS", "build_parser", "run"]
+__all__ = ["UsageError", "EXPECTED_ERRORS", "build_parser", "run", "add_audio_output_arguments", "check_audio_output"]
 
 
 class UsageError(ValueError):
@@ -35,6 +35,21 @@ def build_parser(prog: str, description: str, commands: Iterable[Registrar]) -> 
     for add in commands:
         add(subparsers)
     return parser
+
+
+def add_audio_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of written audio files: ``--format``, ``--bit-depth``, ``--clip-mode``."""
+    parser.add_argument("--format", choices=["wav", "flac"], default="wav", help="output format (default: wav)")
+    parser.add_argument("--bit-depth", choices=["16", "24", "32f"], default="16", help="output bit depth (default: 16)")
+    parser.add_argument("--clip-mode", choices=CLIP_MODES, default="rescale",
+                        help="samples beyond full scale: rescale the file so that its peak fits, clamp them, "
+                             "or none (32f keeps them; 16 and 24 bits clamp) (default: rescale)")
+
+
+def check_audio_output(args: argparse.Namespace) -> None:
+    """Reject option combinations :func:`add_audio_output_arguments` cannot write."""
+    if args.format == "flac" and args.bit_depth == "32f":
+        raise UsageError("--bit-depth 32f needs --format wav (FLAC stores 16 or 24 bits).")
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from clipcore.audio import AUDIO_EXTENSIONS, load_audio, save_audio
-from clipcore.cli import EXPECTED_ERRORS, UsageError
+from clipcore.cli import EXPECTED_ERRORS, UsageError, add_audio_output_arguments, check_audio_output
 from clipcore.files import ImageError, load_image
 from clipcore.naming import safe_filename, slugify, unique_names
 
@@ -48,10 +48,12 @@ RESIDUAL = "residual"
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """How outputs are written (``format``: wav or flac; ``bit_depth``: 16, 24 or 32f)."""
+    """How outputs are written (``format``: wav or flac; ``bit_depth``: 16, 24 or 32f;
+    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`)."""
 
     format: str = "wav"
     bit_depth: str = "16"
+    clip: str = "rescale"
     residual: bool = False
     noise: bool = False
     mono: bool = False
@@ -170,7 +172,7 @@ def process_file(
         if options.noise:
             waves.extend(separation.noise)
         for path, stem in zip(job.outputs.values(), waves):
-            save_audio(path, stem, rate, bit_depth=options.bit_depth, format=options.format)
+            save_audio(path, stem, rate, bit_depth=options.bit_depth, format=options.format, clip=options.clip)
             result.written.append(path)
     except (*EXPECTED_ERRORS, OSError, RuntimeError, MemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
@@ -223,8 +225,7 @@ def load_separator(args: argparse.Namespace, device: str) -> "Separator":
 
 
 def _check_values(args: argparse.Namespace) -> None:
-    if args.format == "flac" and args.bit_depth == "32f":
-        raise UsageError("--bit-depth 32f needs --format wav (FLAC stores 16 or 24 bits).")
+    check_audio_output(args)
     if args.segment is not None and not args.segment > 0:
         raise UsageError(f"--segment must be a positive number of seconds, got {args.segment}.")
     for template in args.template or []:
@@ -240,7 +241,8 @@ def run_separate(args: argparse.Namespace) -> int:
     """Run ``clipsep separate``; returns 0, or 1 if any input failed."""
     queries = _queries(args)
     _check_values(args)
-    options = OutputOptions(args.format, args.bit_depth, args.residual, args.noise_stems, args.mono, args.overwrite)
+    options = OutputOptions(args.format, args.bit_depth, args.clip_mode, args.residual, args.noise_stems, args.mono,
+                            args.overwrite)
     out = Path(args.out)
     sources, failures = discover(args.inputs, exclude=out)
     if not sources:
@@ -313,8 +315,7 @@ def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:
                         help="query encoder: a folder, ARCH/TAG (ViT-B-32/openai) or ARCH=WEIGHTS_FILE "
                              "(default: CHECKPOINT/query_encoder/ or the one the checkpoint names)")
     parser.add_argument("-o", "--out", default="separated", help="output folder (default: separated)")
-    parser.add_argument("--format", choices=["wav", "flac"], default="wav", help="output format (default: wav)")
-    parser.add_argument("--bit-depth", choices=["16", "24", "32f"], default="16", help="output bit depth (default: 16)")
+    add_audio_output_arguments(parser)
     parser.add_argument("--residual", action="store_true", help="also write residual: the mixture minus all stems")
     parser.add_argument("--noise-stems", action="store_true", help="also write the noise heads' stems (noise-1, ...)")
     parser.add_argument("--binary", action="store_true", help="binary masks (> 0.5) instead of soft masks")

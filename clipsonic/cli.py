@@ -62,8 +62,7 @@ def _check(args: argparse.Namespace) -> None:
         raise cli.UsageError(f"--duration must be above 0 and at most {MAX_DURATION:g} seconds, got {args.duration:g}.")
     if not (args.guidance == args.guidance and abs(args.guidance) != float("inf")):
         raise cli.UsageError(f"--guidance must be a finite number, got {args.guidance}.")
-    if args.format == "flac" and args.bit_depth == "32f":
-        raise cli.UsageError("--bit-depth 32f needs --format wav (FLAC stores 16 or 24 bits).")
+    cli.check_audio_output(args)
     if args.mode == "image" and args.prompts:
         raise cli.UsageError('--mode image takes --image queries, not text prompts.')
     if args.mode in ("zs", "pd") and args.images:
@@ -119,7 +118,8 @@ def run_generate(args: argparse.Namespace) -> int:
     written = []
     for row, waves in zip(paths, result.waveforms):
         for path, wave in zip(row, waves):
-            save_audio(path, wave, result.sample_rate, bit_depth=args.bit_depth, format=args.format)
+            save_audio(path, wave, result.sample_rate, bit_depth=args.bit_depth, format=args.format,
+                       clip=args.clip_mode)
             written.append(path)
     print(f"Generated {len(written)} file(s) of {args.duration:g} s under {out}/:")
     for path in written:
@@ -160,8 +160,7 @@ def add_generate_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("-n", "--num-samples", type=int, default=1, help="clips per query (default: 1)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per clip (default: 4)")
     parser.add_argument("-o", "--out", default="generated", help="output folder (default: generated)")
-    parser.add_argument("--format", choices=["wav", "flac"], default="wav", help="default: wav")
-    parser.add_argument("--bit-depth", choices=["16", "24", "32f"], default="16", help="default: 16")
+    cli.add_audio_output_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="clips sampled together (default: 16)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -53,6 +53,20 @@ def test_save_clips_instead_of_wrapping(tmp_path):
     assert back[0, 2] == pytest.approx(0.25, abs=1e-4)
 
 
+@pytest.mark.parametrize("depth", ["16", "32f"])
+def test_clip_modes(tmp_path, depth):
+    wave = torch.tensor([[0.5, -2.0, 0.25, 1.5]])
+    back = {mode: load_audio(save_audio(tmp_path / f"{mode}.wav", wave, 8000, bit_depth=depth, clip=mode))[0]
+            for mode in ("rescale", "clamp", "none")}
+    assert back["rescale"] == pytest.approx(wave / 2.02, abs=1e-4)  # the whole file, peak just below 1
+    assert back["clamp"] == pytest.approx(wave.clamp(-1, 1), abs=1e-4)
+    assert back["none"] == pytest.approx(wave if depth == "32f" else wave.clamp(-1, 1), abs=1e-4)
+    quiet = torch.tensor([[0.5, -0.25]])
+    assert load_audio(save_audio(tmp_path / "quiet.wav", quiet, 8000, clip="rescale"))[0] == pytest.approx(quiet, abs=1e-4)
+    with pytest.raises(AudioError, match="unknown clip mode 'wrap'"):
+        save_audio(tmp_path / "bad.wav", wave, 8000, clip="wrap")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(AudioError, match="nope.wav: no such file"):
         load_audio(tmp_path / "nope.wav")

@@ -1,5 +1,6 @@
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 
 from clipcore.prior import DiffusionPrior
@@ -52,6 +53,23 @@ def test_zero_shot_mode_without_prior_and_flac_output(folders, tmp_path):
     assert code == 0
     info = sf.info(str(out / "rain.flac"))
     assert (info.frames, info.subtype) == (4800, "PCM_24")
+
+
+def test_loud_output_is_rescaled_not_clipped(folders, tmp_path):
+    loud = CLIPSonic.tiny(seed=0)
+    loud.set_statistics(mel_mean=torch.full((64,), 2.0), mel_std=torch.full((64,), 0.1))  # mels near full scale
+    loud.save_pretrained(tmp_path / "loud")
+    written = {}
+    for mode in ("none", "rescale"):
+        out = tmp_path / mode
+        code = main(["generate", "--checkpoint", str(tmp_path / "loud"), "--query-encoder",
+                     str(folders / "query_encoder"), "rain", "--steps", "2", "--duration", "0.3",
+                     "--bit-depth", "32f", "--clip-mode", mode, "-o", str(out)])
+        assert code == 0
+        written[mode], _ = sf.read(str(out / "rain.wav"), dtype="float32")
+    peak = abs(written["none"]).max()
+    assert peak > 1  # the untrained model is loud: the case being tested
+    assert written["rescale"] == pytest.approx(written["none"] / (1.01 * peak), abs=1e-6)
 
 
 @pytest.mark.parametrize(
