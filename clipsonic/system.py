@@ -45,6 +45,10 @@ class CLIPSonicSystem(LightningModule):
             checkpoint folder, ``ARCH=FILE``). Needed when the batches carry frames; always
             recorded in the exported model so that inference uses the same CLIP space.
         condition_dropout: probability of training a clip with the null condition.
+        snr_gamma: Min-SNR-gamma loss weighting (Hang et al., 2023): each step's loss is
+            weighted by ``min(SNR, gamma)`` over the weight its prediction target implies,
+            so that nearly clean steps no longer dominate; ``None`` for the plain mean
+            squared error.
         learning_rate: AdamW learning rate, reached after ``warmup_steps`` linear steps.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps.
@@ -63,6 +67,7 @@ class CLIPSonicSystem(LightningModule):
         prediction_type: str = "v_prediction",
         query_encoder: str | None = None,
         condition_dropout: float = 0.1,
+        snr_gamma: float | None = None,
         learning_rate: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 1000,
@@ -125,7 +130,17 @@ class CLIPSonicSystem(LightningModule):
         drop = torch.rand(batch_size, generator=generator, device=self.device) < dropout
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         target = noise if model.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, noise, t)
-        return F.mse_loss(model(noisy, t, cond, drop=drop), target)
+        error = F.mse_loss(model(noisy, t, cond, drop=drop), target, reduction="none").mean((1, 2, 3))
+        return (error * self.loss_weights(t)).mean()
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """``[B]`` Min-SNR-gamma weights of diffusion steps ``t`` (ones without ``snr_gamma``)."""
+        gamma = self.hparams.snr_gamma
+        if gamma is None:
+            return torch.ones(t.shape, device=t.device)
+        alphas = self.noise_scheduler.alphas_cumprod.to(t.device)[t]
+        snr = alphas / (1 - alphas)
+        return snr.clamp(max=gamma) / (snr + 1 if self.model.prediction_type == "v_prediction" else snr)
 
     # --- training -----------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ class Profile:
     clipsonic_steps: int
     gen_samples: int
     gen_steps: int
+    gen_guidance: float = 5.0
     noise: float = 0.2
     clip_seconds: float = 5.0
     gen_seconds: float = 1.0
@@ -73,7 +74,7 @@ class Profile:
 
 PROFILES = {
     "demo": Profile(train_clips=256, heldout_clips=64, align_steps=200, clipsep_steps=2000, prior_steps=600,
-                    clipsonic_steps=800, gen_samples=3, gen_steps=15),
+                    clipsonic_steps=1000, gen_samples=5, gen_steps=15),
     "ci": Profile(train_clips=96, heldout_clips=32, align_steps=100, clipsep_steps=600, prior_steps=200,
                   clipsonic_steps=150, gen_samples=2, gen_steps=10),
 }
@@ -238,7 +239,7 @@ def run(out: Path, profile: Profile) -> dict:
             "--trainer.val_check_interval", str(p.clipsonic_steps), "--data.epoch_length", str(p.clipsonic_steps),
             "--trainer.default_root_dir", str(out / "clipsonic"), "--export", str(out / "clipsonic"),
         ]
-        runner.lanes([("train_clipsep", clipsep)], [("train_prior", prior), ("train_clipsonic", clipsonic)])
+        runner.lanes([("train_clipsep", clipsep), ("train_prior", prior)], [("train_clipsonic", clipsonic)])
     with runner.step("4. the real tools on held-out queries: clipsep separate, clipsonic generate"):
         clips = read_clips(heldout_glob)
         queries = write_queries(clips, out / "eval")
@@ -251,7 +252,7 @@ def run(out: Path, profile: Profile) -> dict:
         ]
         generate = _tool("clipsonic") + [
             "generate", "--checkpoint", str(out / "clipsonic"), "--overwrite", "-n", str(p.gen_samples),
-            "--steps", str(p.gen_steps), "--duration", str(p.gen_seconds),
+            "--steps", str(p.gen_steps), "--guidance", str(p.gen_guidance), "--duration", str(p.gen_seconds),
         ]
         found: dict[str, Any] = {}
         runner.lanes(

@@ -100,3 +100,22 @@ def test_overfits_two_instruments_each_with_its_own_condition():
         distance = {other: (mel.mean(-1) - profile).norm().item() for other, profile in profiles.items()}
         own, other = distance[name], distance[next(n for n in profiles if n != name)]
         assert own < 0.5 * other, (name, distance)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_min_snr_weights(prediction_type):
+    """Min-SNR-gamma: with v prediction the weight is min(SNR, gamma) / (SNR + 1), with
+    epsilon min(SNR, gamma) / SNR; noisy steps (SNR below gamma) keep their natural weight
+    and nearly clean ones are damped. Without gamma every step weighs 1."""
+    t = torch.tensor([0, 100, 500, 999])
+    plain = CLIPSonicSystem(model_args={"block_out_channels": [16, 32, 32]}, prediction_type=prediction_type)
+    assert torch.equal(plain.loss_weights(t), torch.ones(4))
+    system = CLIPSonicSystem(model_args={"block_out_channels": [16, 32, 32]}, prediction_type=prediction_type,
+                             snr_gamma=5.0)
+    alphas = system.noise_scheduler.alphas_cumprod[t]
+    snr = alphas / (1 - alphas)
+    assert snr[0] > 5 > snr[-1]  # both regimes are covered
+    natural = snr / (snr + 1) if prediction_type == "v_prediction" else torch.ones(4)
+    expected = torch.where(snr < 5, natural, 5 / (snr + 1) if prediction_type == "v_prediction" else 5 / snr)
+    assert torch.allclose(system.loss_weights(t), expected)
+    assert system.loss_weights(t)[0] < 0.5 * natural[0]  # the cleanest step is damped
