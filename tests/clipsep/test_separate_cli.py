@@ -162,3 +162,17 @@ def test_wrong_checkpoint_is_one_line_in_a_fresh_process(checkpoint, tmp_path):
         f"clipsep separate: error: {checkpoint / 'query_encoder'} holds a clipcore.query.QueryEncoder "
         "checkpoint, not a clipsep.model.CLIPSep."
     ]
+
+
+def test_stems_beyond_full_scale_are_rescaled_by_default(checkpoint, tmp_path):
+    loud = tmp_path / "loud.wav"
+    save_audio(loud, 30 * _noise(1, 16000), 16000, bit_depth="32f")  # peaks near 12, kept by 32-bit float
+    written = {}
+    for mode in ("none", "rescale"):
+        args = ["--clip-mode", mode] if mode != "rescale" else []  # rescale is the default
+        assert _run(checkpoint, "-q", "violin", "--residual", "--bit-depth", "32f", *args, "-o", tmp_path / mode,
+                    loud) == 0
+        written[mode], _ = sf.read(str(tmp_path / mode / "loud" / "residual.wav"), dtype="float32")
+    peak = abs(written["none"]).max()
+    assert peak > 1
+    assert written["rescale"] == pytest.approx(written["none"] / (1.01 * peak), abs=1e-6)
