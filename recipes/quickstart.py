@@ -73,7 +73,7 @@ class Profile:
 
 
 PROFILES = {
-    "demo": Profile(train_clips=256, heldout_clips=64, align_steps=200, clipsep_steps=2000, prior_steps=600,
+    "demo": Profile(train_clips=256, heldout_clips=64, align_steps=200, clipsep_steps=2600, prior_steps=600,
                     clipsonic_steps=1000, gen_samples=5, gen_steps=15),
     "ci": Profile(train_clips=96, heldout_clips=32, align_steps=100, clipsep_steps=600, prior_steps=200,
                   clipsonic_steps=150, gen_samples=2, gen_steps=10),
