@@ -3,9 +3,10 @@ CLIPSonic training -> ``clipsep separate`` and ``clipsonic generate`` -> report,
 subprocess exactly as ``make demo`` runs it (``--profile ci``: fewer clips and steps).
 
 The floors sit well below what the CI profile reaches on a 2-core CPU (measured: SDR
-improvement 4.9 dB with image and with text queries, recognition 25% in every mode, twice
-chance; runs are seeded but not bit-reproducible, and shorter CLIPSep runs of 400 steps
-gave 1.8 to 3.4 dB) and above what a broken link anywhere in the chain gives (0 dB, chance).
+improvement 3.7 to 4.9 dB with image and with text queries, recognition 25% to 38% in
+every mode, two to three times chance; runs are seeded but not bit-reproducible, and
+shorter CLIPSep runs of 400 steps gave 1.8 to 3.4 dB) and above what a broken link
+anywhere in the chain gives (0 dB, chance).
 """
 
 import json
