@@ -1,7 +1,14 @@
 """Video files through PyAV (which bundles FFmpeg): the audio track and sampled frames.
 
 Frame ``k`` of a clip is the picture shown at ``start + (k + 0.5) / fps`` seconds (the
-middle of its interval, as the official CLIPSep preprocessing does at 1 fps).
+middle of its interval, as the official CLIPSep preprocessing does at 1 fps), turned
+upright when the file carries a display rotation (phone videos).
+
+Decoding uses FFmpeg's frame threads only while PyAV's logging is off (its default).
+With ``av.logging.set_level(...)`` in effect, FFmpeg's threads call back into Python to
+log and need the GIL, while the main thread holds it closing the decoder after a clip
+ends early: a deadlock, seen at random on 720p H.264 and never on small videos. Whoever
+wants FFmpeg quieter uses ``av.logging.set_libav_level``, which installs no callback.
 """
 
 from __future__ import annotations
@@ -32,11 +39,24 @@ class VideoError(ValueError):
 
 @dataclass
 class VideoInfo:
-    """What :func:`probe` finds: ``duration`` (seconds), ``has_audio``, ``has_video``."""
+    """What :func:`probe` finds.
+
+    Attributes:
+        duration: seconds, the longest stated length (container or stream).
+        has_audio: the file has an audio track.
+        has_video: the file has a video track.
+        common_duration: seconds in which both tracks hold data, where the streams state
+            their lengths (mp4, mov); else ``duration``.
+    """
 
     duration: float
     has_audio: bool
     has_video: bool
+    common_duration: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.common_duration is None:
+            self.common_duration = self.duration
 
 
 @dataclass
@@ -93,10 +113,13 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             durations.append(container.duration / 1_000_000)
         if not durations:
             raise VideoError(f"{path}: its duration is unknown (no stream states it).")
+        tracks = [container.streams.audio[:1], container.streams.video[:1]]
+        stated = [float(s[0].duration * s[0].time_base) for s in tracks if s and s[0].duration]
         return VideoInfo(
             duration=max(durations),
             has_audio=bool(container.streams.audio),
             has_video=bool(container.streams.video),
+            common_duration=min(stated) if len(stated) == 2 else None,
         )
 
 
@@ -127,6 +150,7 @@ def read_clip(
             error, or a truncated file (data ends before ``end`` or the stated duration).
     """
     import av
+    import av.logging
 
     path = Path(path)
     with _open(path) as container:
@@ -136,7 +160,8 @@ def read_clip(
             raise VideoError(f"{path}: has no video track.")
         stated = container.duration / 1_000_000 if container.duration else None
         astream, vstream = container.streams.audio[0], container.streams.video[0]
-        vstream.thread_type = "AUTO"
+        if av.logging.get_level() is None:  # see the module notes: threads that log deadlock
+            vstream.thread_type = "AUTO"
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks: list[np.ndarray] = []
         audio_start: float | None = None
@@ -193,9 +218,12 @@ def _align(audio: np.ndarray, audio_start: float, start: float, rate: int) -> np
 
 
 def _picture(frame, short_side: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB with the short side ``short_side``, turned upright."""
     scale = short_side / min(frame.width, frame.height)
     width, height = round(frame.width * scale), round(frame.height * scale)
-    return frame.to_ndarray(format="rgb24", width=width, height=height)
+    image = frame.to_ndarray(format="rgb24", width=width, height=height)
+    quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise, as FFmpeg shows it
+    return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
 
 def frame_times(duration: float, fps: float) -> list[float]:

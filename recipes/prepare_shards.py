@@ -12,7 +12,7 @@ import csv
 import functools
 import hashlib
 import json
-import multiprocessing
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from clipcore.cli import EXPECTED_ERRORS, UsageError
 from clipcore.files import atomic_write
+from clipcore.supervised import supervised_map
 from clipcore.shards import ShardError, ShardSample, frame_embeddings, write_shard
 from clipcore.video import VIDEO_EXTENSIONS, VideoError, probe, read_clip
 
@@ -42,8 +43,9 @@ inputs:
                 the video id is the audio file's stem, and it maps to <video_id>.<ext>.
 
 Each file gives clips of --clip-seconds (back to back, from its start or the row's
-start); a file shorter than one clip gives one clip of its length if that is at least
---min-seconds. Shards are written under a temporary name and renamed when complete; a
+start), within the time both tracks cover; a file shorter than one clip gives one clip of
+its length if that is at least --min-seconds. A clip that takes longer than
+--clip-timeout to decode is abandoned and the run goes on. Shards are written under a temporary name and renamed when complete; a
 rerun with the same inputs and settings skips complete shards (OUT_DIR/plan.json
 records them). Files that cannot be used are listed with a reason in the summary and in
 OUT_DIR/skipped.tsv.
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--short-side", type=int, default=224, help="frame short side in pixels (default: 224)")
     parser.add_argument("--shard-size", type=int, default=256, help="clips per shard (default: 256)")
     parser.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
+    parser.add_argument("--clip-timeout", type=float, default=60.0,
+                        help="seconds one clip (or one file's header) may take before it is abandoned and listed "
+                        "in skipped.tsv (default: 60)")
     parser.add_argument("--clip-model", help="also store CLIP image embeddings per frame: a QueryEncoder "
                         "checkpoint folder, an open_clip name like ViT-B-32/openai, or ARCH=weights-file")
     return parser
@@ -202,7 +207,7 @@ def plan_clips(entry: Entry, clip_seconds: float, min_seconds: float) -> tuple[s
         return entry.path, [], f"{entry.path}: has no audio track."
     if not info.has_video:
         return entry.path, [], f"{entry.path}: has no video track."
-    end = min(info.duration, entry.end) if entry.end is not None else info.duration
+    end = min(info.common_duration, entry.end) if entry.end is not None else info.common_duration
     length = end - entry.start
     count = int(length / clip_seconds + 1e-6)
     if count == 0:
@@ -215,59 +220,100 @@ def plan_clips(entry: Entry, clip_seconds: float, min_seconds: float) -> tuple[s
 
 # ----------------------------------------------------------------------------- writing
 
-_ENCODER = None  # set in the parent before workers fork, so that it is loaded once
+_ENCODER = None  # a worker's QueryEncoder, loaded once by _init_worker
 
 
-def _init_worker() -> None:
+@dataclass(frozen=True)
+class EncodedSample:
+    """A clip ready for its shard: a :class:`ShardSample`'s tar members, encoded in a worker."""
+
+    key: str
+    encoded: dict[str, bytes]
+
+    def members(self) -> dict[str, bytes]:
+        """Tar members: ``{suffix: bytes}``."""
+        return self.encoded
+
+
+def _init_worker(threads: int, clip_model: str | None) -> None:
+    global _ENCODER
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
+    if clip_model:
+        from clipcore.query import QueryEncoder
+
+        _ENCODER = QueryEncoder.load(clip_model)
 
 
-def write_one(task: tuple[str, str, list[ClipJob], dict]) -> tuple[str, int, list[tuple[str, str]]]:
-    """Decode the clips of one shard and write it; returns (shard, clips written, skipped)."""
-    shard, dataset, jobs, settings = task
-    samples, skipped = [], []
-    for job in jobs:
-        try:
-            clip = read_clip(job.path, job.start, job.end, settings["sample_rate"], settings["fps"], settings["short_side"])
-        except VideoError as error:
-            skipped.append((job.path, str(error)))
-            continue
-        embeddings = {} if _ENCODER is None else {_ENCODER.name: frame_embeddings(_ENCODER, clip.frames)}
-        samples.append(ShardSample(dataset, job.video_id, job.start, clip.audio, clip.sample_rate, clip.frames,
-                                   clip.fps, job.label, embeddings))
-    if samples:  # a shard none of whose clips could be read is retried by a rerun
-        write_shard(shard, samples)
-    return shard, len(samples), skipped
+def cut_clip(task: tuple[ClipJob, str, dict]) -> EncodedSample | str:
+    """Decode one clip (and embed its frames): the encoded sample, or why it cannot be used."""
+    job, dataset, settings = task
+    try:
+        clip = read_clip(job.path, job.start, job.end, settings["sample_rate"], settings["fps"], settings["short_side"])
+    except VideoError as error:
+        return str(error)
+    embeddings = {} if _ENCODER is None else {_ENCODER.name: frame_embeddings(_ENCODER, clip.frames)}
+    sample = ShardSample(dataset, job.video_id, job.start, clip.audio, clip.sample_rate, clip.frames, clip.fps,
+                         job.label, embeddings)
+    return EncodedSample(sample.key, sample.members())
 
 
-def _map(function, items, workers: int):
-    if workers <= 1:
-        yield from map(function, items)
-        return
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(function, items)
+class ShardAssembler:
+    """Collects clips as workers finish them, and writes each shard once all its clips are in.
+
+    A shard holds its clips in planned order; one none of whose clips could be read is not
+    written, so that a rerun tries it again.
+    """
+
+    def __init__(self, shards: list[tuple[str, list[ClipJob]]]) -> None:
+        self.shards = shards
+        self.slots: dict[int, list[EncodedSample | None]] = {n: [None] * len(jobs) for n, (_, jobs) in enumerate(shards)}
+        self.remaining = {n: len(jobs) for n, (_, jobs) in enumerate(shards)}
+        self.written = 0
+
+    def add(self, shard: int, position: int, sample: EncodedSample | None) -> None:
+        """Record one clip's result (None: skipped) and write the shard when it is complete."""
+        self.slots[shard][position] = sample
+        self.remaining[shard] -= 1
+        if self.remaining[shard] == 0:
+            samples = [s for s in self.slots.pop(shard) if s is not None]
+            if samples:
+                write_shard(self.shards[shard][0], samples)
+                self.written += len(samples)
+
+
+def _describe(job: ClipJob, reason: str) -> str:
+    return f"{job.path}: decoding the clip from {job.start:.1f} s {reason}; abandoned."
 
 
 def prepare(args: argparse.Namespace) -> int:
     """Run the recipe; returns the exit status."""
-    global _ENCODER
     if args.clip_seconds <= 0 or args.min_seconds <= 0 or args.shard_size < 1 or args.workers < 1:
         raise UsageError("--clip-seconds, --min-seconds, --shard-size and --workers must be positive.")
-    if args.fps <= 0 or args.sample_rate < 1000 or args.short_side < 16:
-        raise UsageError("--fps must be positive, --sample-rate at least 1000 and --short-side at least 16.")
+    if args.fps <= 0 or args.sample_rate < 1000 or args.short_side < 16 or args.clip_timeout <= 0:
+        raise UsageError("--fps and --clip-timeout must be positive, --sample-rate at least 1000 and "
+                         "--short-side at least 16.")
     entries, skipped = read_entries(args)
     if not entries:
         raise UsageError(f"{args.input}: no usable video files found.")
-    if args.clip_model:
+    encoder_name = None
+    if args.clip_model:  # loaded here once to refuse a bad one before any work, then by each worker
         from clipcore.query import QueryEncoder
 
-        _ENCODER = QueryEncoder.load(args.clip_model)
+        encoder_name = QueryEncoder.load(args.clip_model).name
     dataset = args.dataset or args.input.stem
+    initializer = functools.partial(_init_worker, max(1, (os.cpu_count() or 1) // args.workers), args.clip_model)
+    run = functools.partial(supervised_map, workers=args.workers, timeout=args.clip_timeout, initializer=initializer)
     jobs: list[ClipJob] = []
+    failures: list[str] = []
     plan = functools.partial(plan_clips, clip_seconds=args.clip_seconds, min_seconds=args.min_seconds)
-    for path, clips, reason in tqdm(_map(plan, entries, args.workers), total=len(entries), desc="probing", unit="file"):
+    for index, outcome in tqdm(run(plan, entries), total=len(entries), desc="probing", unit="file"):
+        if not outcome.ok:
+            skipped.append((entries[index].path, f"{entries[index].path}: reading its header {outcome.reason}."))
+            failures.append(outcome.traceback)
+            continue
+        path, clips, reason = outcome.value
         jobs.extend(clips)
         if reason:
             skipped.append((path, reason))
@@ -276,7 +322,7 @@ def prepare(args: argparse.Namespace) -> int:
     record = {
         "dataset": dataset,
         "settings": {**settings, "clip_seconds": args.clip_seconds, "min_seconds": args.min_seconds,
-                     "shard_size": args.shard_size, "clip_model": _ENCODER.name if _ENCODER else None},
+                     "shard_size": args.shard_size, "clip_model": encoder_name},
         "clips": len(jobs),
         "digest": hashlib.sha1(json.dumps([asdict(job) for job in jobs]).encode()).hexdigest(),
     }
@@ -284,20 +330,25 @@ def prepare(args: argparse.Namespace) -> int:
     _check_plan(out, record)
     for stale in out.glob(f".{args.prefix}-*.tar.*.part"):
         stale.unlink()
-    tasks = []
+    shards = []
     for number, first in enumerate(range(0, len(jobs), args.shard_size)):
         shard = out / f"{args.prefix}-{number:06d}.tar"
         if not shard.exists():
-            tasks.append((str(shard), dataset, jobs[first : first + args.shard_size], settings))
-    resumed = (len(jobs) + args.shard_size - 1) // args.shard_size - len(tasks)
-    written = 0
-    with tqdm(total=sum(len(t[2]) for t in tasks), desc="writing", unit="clip") as bar:
-        for _, count, failed in _map(write_one, tasks, args.workers):
-            written += count
-            skipped.extend(failed)
-            bar.update(count + len(failed))
-    _summary(out, written, len(tasks), resumed, skipped)
-    if written == 0 and resumed == 0:
+            shards.append((str(shard), jobs[first : first + args.shard_size]))
+    resumed = (len(jobs) + args.shard_size - 1) // args.shard_size - len(shards)
+    places = [(n, k) for n, (_, shard_jobs) in enumerate(shards) for k in range(len(shard_jobs))]
+    tasks = [(shards[n][1][k], dataset, settings) for n, k in places]
+    assembler = ShardAssembler(shards)
+    for index, outcome in tqdm(run(cut_clip, tasks), total=len(tasks), desc="writing", unit="clip"):
+        job = tasks[index][0]
+        if outcome.ok and isinstance(outcome.value, str):
+            skipped.append((job.path, outcome.value))
+        elif not outcome.ok:
+            skipped.append((job.path, _describe(job, outcome.reason)))
+            failures.append(outcome.traceback)
+        assembler.add(*places[index], outcome.value if outcome.ok and not isinstance(outcome.value, str) else None)
+    _summary(out, assembler.written, len(shards), resumed, skipped, [f for f in failures if f])
+    if assembler.written == 0 and resumed == 0:
         print(f"prepare_shards: error: no clip of {args.input} could be written.", file=sys.stderr)
         return 1
     return 0
@@ -319,7 +370,11 @@ def _check_plan(out: Path, record: dict) -> None:
     atomic_write(plan_file, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
 
-def _summary(out: Path, written: int, shards: int, resumed: int, skipped: list[tuple[str, str]]) -> None:
+def _summary(out: Path, written: int, shards: int, resumed: int, skipped: list[tuple[str, str]],
+             tracebacks: list[str]) -> None:
+    if tracebacks:
+        atomic_write(out / "errors.log", lambda tmp: tmp.write_text("\n".join(tracebacks)))
+        print(f"{len(tracebacks)} clips failed unexpectedly: tracebacks in {out / 'errors.log'}")
     reasons: dict[str, str] = {}
     for path, reason in skipped:
         reasons.setdefault(path, reason)
@@ -337,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    av.logging.set_level(av.logging.PANIC)  # FFmpeg's own messages; the summary gives reasons
+    # FFmpeg's own messages stay quiet (the summary gives reasons). Not av.logging.set_level:
+    # its Python callback deadlocks FFmpeg's decoding threads (see clipcore.video).
+    av.logging.set_libav_level(av.logging.PANIC)
     try:
         return prepare(args)
     except (*EXPECTED_ERRORS, VideoError, ShardError) as error:

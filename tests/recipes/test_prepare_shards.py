@@ -53,7 +53,7 @@ def test_videos_to_shards_to_batches(videos, tmp_path, capsys):
                              "--short-side", 64, "--dataset", "toy")
     assert status == 0
     shards = sorted(out.glob("*.tar"))
-    assert "wrote 13 clips in 4 shards" in stdout  # 6 videos x 2 clips + the readable first clip of the truncated one
+    assert "wrote 13 clips in 4 shards" in stdout, stdout  # 6 videos x 2 clips + the readable first clip of the truncated one
     assert "skipped 2 files" in stdout
     skipped = (out / "skipped.tsv").read_text()
     assert "truncated.mkv\t" in skipped and "is truncated" in skipped and "garbage.mp4\t" in skipped
