@@ -3,6 +3,9 @@
     python recipes/prepare_shards.py VIDEOS_OR_CSV OUT_DIR [options]
 
 Run with ``--help`` for the input layouts and how CSV rows map to file names.
+
+Every worker process imports this file, so the shard format (torch, Lightning) is
+imported inside the functions that need it, and a worker that only decodes starts fast.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from clipcore.cli import EXPECTED_ERRORS, UsageError
 from clipcore.files import atomic_write
-from clipcore.supervised import supervised_map
-from clipcore.shards import ShardError, ShardSample, frame_embeddings, write_shard
-from clipcore.video import VIDEO_EXTENSIONS, VideoError, probe, read_clip
+from clipcore.supervised import SupervisedPool
+from clipcore.video import VIDEO_EXTENSIONS, Clip, VideoError, probe, read_clip
 
 EPILOG = """\
 inputs:
@@ -47,8 +50,8 @@ start), within the time both tracks cover; a file shorter than one clip gives on
 its length if that is at least --min-seconds. A clip that takes longer than
 --clip-timeout to decode is abandoned and the run goes on. Shards are written under a temporary name and renamed when complete; a
 rerun with the same inputs and settings skips complete shards (OUT_DIR/plan.json
-records them). Files that cannot be used are listed with a reason in the summary and in
-OUT_DIR/skipped.tsv.
+records them). Files and clips that cannot be used are listed with a reason in the
+summary and in OUT_DIR/skipped.tsv (tracebacks of unforeseen failures in errors.log).
 """
 
 
@@ -225,7 +228,7 @@ _ENCODER = None  # a worker's QueryEncoder, loaded once by _init_worker
 
 @dataclass(frozen=True)
 class EncodedSample:
-    """A clip ready for its shard: a :class:`ShardSample`'s tar members, encoded in a worker."""
+    """A clip ready for its shard: a :class:`~clipcore.shards.ShardSample`'s tar members."""
 
     key: str
     encoded: dict[str, bytes]
@@ -237,23 +240,34 @@ class EncodedSample:
 
 def _init_worker(threads: int, clip_model: str | None) -> None:
     global _ENCODER
-    import torch
-
-    torch.set_num_threads(threads)
     if clip_model:
-        from clipcore.query import QueryEncoder
+        import torch
 
+        from clipcore.query import QueryEncoder
+        from clipcore.shards import frame_embeddings  # noqa: F401  (imported before the clock runs)
+
+        torch.set_num_threads(threads)
         _ENCODER = QueryEncoder.load(clip_model)
 
 
-def cut_clip(task: tuple[ClipJob, str, dict]) -> EncodedSample | str:
-    """Decode one clip (and embed its frames): the encoded sample, or why it cannot be used."""
-    job, dataset, settings = task
+def cut_clip(job: ClipJob, settings: dict) -> tuple[Clip, dict[str, np.ndarray]] | str:
+    """Decode one clip and embed its frames (in a worker): the clip and its embeddings, or
+    why it cannot be used."""
     try:
         clip = read_clip(job.path, job.start, job.end, settings["sample_rate"], settings["fps"], settings["short_side"])
     except VideoError as error:
         return str(error)
-    embeddings = {} if _ENCODER is None else {_ENCODER.name: frame_embeddings(_ENCODER, clip.frames)}
+    if _ENCODER is None:
+        return clip, {}
+    from clipcore.shards import frame_embeddings
+
+    return clip, {_ENCODER.name: frame_embeddings(_ENCODER, clip.frames)}
+
+
+def encode_sample(dataset: str, job: ClipJob, clip: Clip, embeddings: dict[str, np.ndarray]) -> EncodedSample:
+    """The shard members of one decoded clip (FLAC, JPEG, JSON, embeddings)."""
+    from clipcore.shards import ShardSample
+
     sample = ShardSample(dataset, job.video_id, job.start, clip.audio, clip.sample_rate, clip.frames, clip.fps,
                          job.label, embeddings)
     return EncodedSample(sample.key, sample.members())
@@ -277,6 +291,8 @@ class ShardAssembler:
         self.slots[shard][position] = sample
         self.remaining[shard] -= 1
         if self.remaining[shard] == 0:
+            from clipcore.shards import write_shard
+
             samples = [s for s in self.slots.pop(shard) if s is not None]
             if samples:
                 write_shard(self.shards[shard][0], samples)
@@ -304,11 +320,16 @@ def prepare(args: argparse.Namespace) -> int:
         encoder_name = QueryEncoder.load(args.clip_model).name
     dataset = args.dataset or args.input.stem
     initializer = functools.partial(_init_worker, max(1, (os.cpu_count() or 1) // args.workers), args.clip_model)
-    run = functools.partial(supervised_map, workers=args.workers, timeout=args.clip_timeout, initializer=initializer)
+    with SupervisedPool(args.workers, args.clip_timeout, initializer) as pool:
+        return _prepare(args, pool, dataset, encoder_name, skipped, entries)
+
+
+def _prepare(args: argparse.Namespace, pool: SupervisedPool, dataset: str, encoder_name: str | None,
+             skipped: list[tuple[str, str]], entries: list[Entry]) -> int:
     jobs: list[ClipJob] = []
     failures: list[str] = []
     plan = functools.partial(plan_clips, clip_seconds=args.clip_seconds, min_seconds=args.min_seconds)
-    for index, outcome in tqdm(run(plan, entries), total=len(entries), desc="probing", unit="file"):
+    for index, outcome in tqdm(pool.map(plan, entries), total=len(entries), desc="probing", unit="file"):
         if not outcome.ok:
             skipped.append((entries[index].path, f"{entries[index].path}: reading its header {outcome.reason}."))
             failures.append(outcome.traceback)
@@ -337,16 +358,19 @@ def prepare(args: argparse.Namespace) -> int:
             shards.append((str(shard), jobs[first : first + args.shard_size]))
     resumed = (len(jobs) + args.shard_size - 1) // args.shard_size - len(shards)
     places = [(n, k) for n, (_, shard_jobs) in enumerate(shards) for k in range(len(shard_jobs))]
-    tasks = [(shards[n][1][k], dataset, settings) for n, k in places]
+    tasks = [shards[n][1][k] for n, k in places]
     assembler = ShardAssembler(shards)
-    for index, outcome in tqdm(run(cut_clip, tasks), total=len(tasks), desc="writing", unit="clip"):
-        job = tasks[index][0]
+    cut = functools.partial(cut_clip, settings=settings)
+    for index, outcome in tqdm(pool.map(cut, tasks), total=len(tasks), desc="writing", unit="clip"):
+        job, sample = tasks[index], None
         if outcome.ok and isinstance(outcome.value, str):
             skipped.append((job.path, outcome.value))
         elif not outcome.ok:
             skipped.append((job.path, _describe(job, outcome.reason)))
             failures.append(outcome.traceback)
-        assembler.add(*places[index], outcome.value if outcome.ok and not isinstance(outcome.value, str) else None)
+        else:
+            sample = encode_sample(dataset, job, *outcome.value)
+        assembler.add(*places[index], sample)
     _summary(out, assembler.written, len(shards), resumed, skipped, [f for f in failures if f])
     if assembler.written == 0 and resumed == 0:
         print(f"prepare_shards: error: no clip of {args.input} could be written.", file=sys.stderr)
@@ -375,15 +399,12 @@ def _summary(out: Path, written: int, shards: int, resumed: int, skipped: list[t
     if tracebacks:
         atomic_write(out / "errors.log", lambda tmp: tmp.write_text("\n".join(tracebacks)))
         print(f"{len(tracebacks)} clips failed unexpectedly: tracebacks in {out / 'errors.log'}")
-    reasons: dict[str, str] = {}
-    for path, reason in skipped:
-        reasons.setdefault(path, reason)
+    lines = sorted(set(skipped))  # one per file, or per clip where clips of a file failed apart
     print(f"wrote {written} clips in {shards} shards to {out}" + (f" ({resumed} complete shards kept)" if resumed else ""))
-    if reasons:
-        atomic_write(out / "skipped.tsv",
-                     lambda tmp: tmp.write_text("".join(f"{p}\t{r}\n" for p, r in sorted(reasons.items()))))
-        print(f"skipped {len(reasons)} files (all listed in {out / 'skipped.tsv'}):")
-        for reason in list(reasons.values())[:10]:
+    if lines:
+        atomic_write(out / "skipped.tsv", lambda tmp: tmp.write_text("".join(f"{p}\t{r}\n" for p, r in lines)))
+        print(f"skipped {len({p for p, _ in lines})} files or clips of them (all listed in {out / 'skipped.tsv'}):")
+        for _, reason in lines[:10]:
             print(f"  {reason}")
 
 
@@ -395,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     # FFmpeg's own messages stay quiet (the summary gives reasons). Not av.logging.set_level:
     # its Python callback deadlocks FFmpeg's decoding threads (see clipcore.video).
     av.logging.set_libav_level(av.logging.PANIC)
+    from clipcore.shards import ShardError
+
     try:
         return prepare(args)
     except (*EXPECTED_ERRORS, VideoError, ShardError) as error:

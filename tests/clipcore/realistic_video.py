@@ -13,20 +13,26 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_realistic_video", "cut_off"]
+__all__ = ["write_realistic_video", "cut_off", "picture", "bar_column"]
 
 
-def _picture(index: int, width: int, height: int) -> np.ndarray:
-    """A moving colour gradient with a bright bar: uint8 ``[H, W, 3]``, cheap to make."""
+def picture(index: int, width: int, height: int) -> np.ndarray:
+    """Frame ``index``: a colour gradient with a white bar at columns ``bar_column(index, width)``
+    and 40 pixels wide; uint8 ``[H, W, 3]``."""
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
     image = np.empty((height, width, 3), np.uint8)
     image[..., 0] = (x + 7 * index) % 256
     image[..., 1] = (y + 3 * index) % 256
-    image[..., 2] = (x + y) / 2
-    bar = (13 * index) % max(1, width - 40)
-    image[:, bar : bar + 40] = 255
+    image[..., 2] = (x + y) / 4
+    start = bar_column(index, width)
+    image[:, start : start + 40] = 255
     return image
+
+
+def bar_column(index: int, width: int) -> int:
+    """First column of frame ``index``'s white bar."""
+    return (13 * index) % max(1, width - 40)
 
 
 def write_realistic_video(
@@ -91,7 +97,7 @@ def _write_frames(out, stream, seconds: float, size: tuple[int, int], fps: Fract
     base = stream.codec_context.time_base
     time, index = Fraction(0), 0
     while time < seconds:
-        frame = av.VideoFrame.from_ndarray(_picture(index, *size), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(picture(index, *size), format="rgb24")
         frame.pts = round(time / base)
         frame.time_base = base
         out.mux(stream.encode(frame))
