@@ -24,8 +24,8 @@ __all__ = [
     "stft",
     "istft",
     "magnitude_phase",
-    "log_warp_grid",
-    "log_unwarp_grid",
+    "log_warp_heights",
+    "log_unwarp_heights",
     "warp_to_log",
     "unwarp_to_linear",
     "MelConfig",
@@ -113,52 +113,50 @@ LOG_ROWS = 256
 LINEAR_ROWS = 513
 
 
-def log_warp_grid(
-    frames: int, out_rows: int = LOG_ROWS, device: torch.device | None = None
-) -> torch.Tensor:
-    """Sampling grid of the linear-to-log warp.
+def log_warp_heights(out_rows: int = LOG_ROWS, device: torch.device | None = None) -> torch.Tensor:
+    """Where the rows of the linear-to-log warp read their input.
 
     Output row ``y`` in ``linspace(-1, 1, out_rows)`` reads input height coordinate
-    ``(21 ** ((y + 1) / 2) - 11) / 10``; time ``linspace(-1, 1, frames)`` maps to itself.
+    ``(21 ** ((y + 1) / 2) - 11) / 10`` (``-1`` is the first input row, ``1`` the last).
 
     Returns:
-        ``[out_rows, frames, 2]`` grid of ``(x, y)`` coordinates for ``grid_sample``.
+        float32 ``[out_rows]`` height coordinates.
     """
     y = torch.linspace(-1.0, 1.0, out_rows, dtype=torch.float64, device=device)
-    height = (torch.pow(torch.tensor(21.0, dtype=torch.float64, device=device), (y + 1) / 2) - 11) / 10
-    return _grid(height, frames, device)
+    return _rounded((torch.pow(torch.tensor(21.0, dtype=torch.float64, device=device), (y + 1) / 2) - 11) / 10)
 
 
-def log_unwarp_grid(
-    frames: int, out_rows: int = LINEAR_ROWS, device: torch.device | None = None
-) -> torch.Tensor:
-    """Sampling grid of the log-to-linear unwarp (the inverse of :func:`log_warp_grid`).
+def log_unwarp_heights(out_rows: int = LINEAR_ROWS, device: torch.device | None = None) -> torch.Tensor:
+    """Where the rows of the log-to-linear unwarp (the inverse of :func:`log_warp_heights`) read.
 
     Output row ``y`` in ``linspace(-1, 1, out_rows)`` reads height coordinate
     ``log(10 y + 11) / log(21) * 2 - 1``.
 
     Returns:
-        ``[out_rows, frames, 2]`` grid for ``grid_sample``.
+        float32 ``[out_rows]`` height coordinates.
     """
     y = torch.linspace(-1.0, 1.0, out_rows, dtype=torch.float64, device=device)
-    height = torch.log(10 * y + 11) / math.log(21) * 2 - 1
-    return _grid(height, frames, device)
+    return _rounded(torch.log(10 * y + 11) / math.log(21) * 2 - 1)
 
 
-def _grid(height: torch.Tensor, frames: int, device: torch.device | None) -> torch.Tensor:
+def _rounded(height: torch.Tensor) -> torch.Tensor:
     # Heights are computed in float64 and rounded once, as the official code does (numpy,
     # then float32): the network amplifies float32 rounding to about 1e-3 in its logits.
-    time = torch.linspace(-1.0, 1.0, frames, device=device)
-    grid_y = height.float()[:, None].expand(-1, frames)
-    grid_x = time[None, :].expand(height.shape[0], -1)
-    return torch.stack([grid_x, grid_y], dim=-1)
+    return height.float()
 
 
-def _resample_rows(spec: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Bilinear ``grid_sample`` (align_corners) of ``[B, C, H, T]`` with one shared grid."""
-    batch = spec.shape[0]
-    grid = grid.to(dtype=spec.dtype)[None].expand(batch, -1, -1, -1)
-    return F.grid_sample(spec, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+def _resample_rows(spec: torch.Tensor, height: torch.Tensor) -> torch.Tensor:
+    """Bilinear resampling (align_corners) of the rows of ``[B, C, H, T]`` at ``height``.
+
+    Frames are left alone: ``grid_sample`` sees each frame as a column of width one, so
+    nothing depends on the number of frames (and ONNX export keeps it dynamic).
+    """
+    batch, channels, rows, frames = spec.shape
+    columns = spec.permute(0, 1, 3, 2).reshape(batch, channels * frames, rows, 1)
+    grid = torch.stack([torch.zeros_like(height), height], dim=-1).to(spec.dtype)
+    grid = grid[None, :, None, :].expand(batch, -1, -1, -1)
+    out = F.grid_sample(columns, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(batch, channels, frames, -1).permute(0, 1, 3, 2)
 
 
 def warp_to_log(spec: torch.Tensor, out_rows: int = LOG_ROWS) -> torch.Tensor:
@@ -171,7 +169,7 @@ def warp_to_log(spec: torch.Tensor, out_rows: int = LOG_ROWS) -> torch.Tensor:
     Returns:
         ``[B, C, out_rows, T]``.
     """
-    return _resample_rows(spec, log_warp_grid(spec.shape[-1], out_rows, spec.device))
+    return _resample_rows(spec, log_warp_heights(out_rows, spec.device))
 
 
 def unwarp_to_linear(spec: torch.Tensor, out_rows: int = LINEAR_ROWS) -> torch.Tensor:
@@ -184,7 +182,7 @@ def unwarp_to_linear(spec: torch.Tensor, out_rows: int = LINEAR_ROWS) -> torch.T
     Returns:
         ``[B, C, out_rows, T]``.
     """
-    return _resample_rows(spec, log_unwarp_grid(spec.shape[-1], out_rows, spec.device))
+    return _resample_rows(spec, log_unwarp_heights(out_rows, spec.device))
 
 
 # --- mel transform (CLIPSonic) -------------------------------------------------------------

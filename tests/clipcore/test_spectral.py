@@ -26,20 +26,26 @@ def test_magnitude_phase_recombine():
     assert torch.allclose(torch.polar(mag, phase), spec, atol=1e-5)
 
 
-def test_warp_grid_matches_reference_formula():
-    grid = spectral.log_warp_grid(frames=7)
-    assert grid.shape == (256, 7, 2)
+def test_warp_heights_match_reference_formula():
+    heights = spectral.log_warp_heights()
+    assert heights.shape == (256,) and heights.dtype == torch.float32
     for row in (0, 1, 100, 255):
         y = -1 + 2 * row / 255
         expected = (21 ** ((y + 1) / 2) - 11) / 10
-        assert grid[row, 0, 1].item() == pytest.approx(expected, abs=1e-6)
-    assert torch.allclose(grid[0, :, 0], torch.linspace(-1, 1, 7))
-    unwarp = spectral.log_unwarp_grid(frames=5)
-    assert unwarp.shape == (513, 5, 2)
+        assert heights[row].item() == pytest.approx(expected, abs=1e-6)
+    unwarp = spectral.log_unwarp_heights()
+    assert unwarp.shape == (513,)
     for row in (0, 7, 300, 512):
         y = -1 + 2 * row / 512
         expected = math.log(10 * y + 11) / math.log(21) * 2 - 1
-        assert unwarp[row, 0, 1].item() == pytest.approx(expected, abs=1e-6)
+        assert unwarp[row].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_warp_leaves_frames_alone():
+    spec = torch.rand(2, 3, 513, 9)
+    warped = spectral.warp_to_log(spec)
+    for frame in range(9):  # each frame is warped on its own: the same result alone
+        torch.testing.assert_close(warped[..., frame : frame + 1], spectral.warp_to_log(spec[..., frame : frame + 1]))
 
 
 def test_warp_reads_input_rows_by_the_formula():
