@@ -10,11 +10,13 @@ with the sample's caption (``txt``), or with its ``json`` label put into prompt 
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,7 +27,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from webdataset.tariterators import tarfile_samples
 
-from clipcore import synthetic
 from clipcore.checkpoint import git_commit
 from clipcore.files import atomic_write
 from clipcore.prior import DiffusionPrior, PriorError
@@ -77,7 +78,7 @@ def compute_pairs(
     encoder: QueryEncoder,
     templates: list[str] | None = None,
     max_samples: int | None = None,
-    toy_captions: bool = False,
+    captions_of: Callable[[str], list[str]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed the images and captions of a webdataset with a query encoder.
 
@@ -87,8 +88,8 @@ def compute_pairs(
         templates: templates for ``json`` labels (default ``["a photo of {}"]``); a ``txt``
             caption is used as is.
         max_samples: stop after this many samples.
-        toy_captions: caption labels with the toy world's captions
-            (:func:`clipcore.synthetic.captions`) instead of templates.
+        captions_of: a function giving the captions of a ``json`` label (the toy world's
+            :func:`clipcore.synthetic.captions`, say), used instead of the templates.
 
     Returns:
         float32 text ``[N, D]`` and image ``[N, D]``: one pair per image and caption.
@@ -124,7 +125,7 @@ def compute_pairs(
             break
         where = f"{sample.get('__key__')} in {sample.get('__url__')}"
         try:
-            captions = _captions(sample, templates, toy_captions)
+            captions = _captions(sample, templates, captions_of)
             if member in sample:
                 table = np.load(io.BytesIO(sample[member]), allow_pickle=False).astype(np.float32)
                 if table.ndim != 2 or table.shape[1] != encoder.embed_dim or not np.isfinite(table).all():
@@ -146,7 +147,7 @@ def compute_pairs(
     return torch.cat(texts), torch.cat(images)
 
 
-def _captions(sample: dict, templates: list[str], toy_captions: bool) -> list[str]:
+def _captions(sample: dict, templates: list[str], captions_of: Callable[[str], list[str]] | None) -> list[str]:
     """The captions of a sample: its ``txt``, or its ``json`` label in templates.
 
     Raises:
@@ -160,7 +161,23 @@ def _captions(sample: dict, templates: list[str], toy_captions: bool) -> list[st
     label = json.loads(sample["json"]).get("label") if "json" in sample else None
     if not label:
         raise ValueError("no txt caption or json label")
-    return synthetic.captions(label) if toy_captions else [template.format(label) for template in templates]
+    return list(captions_of(label)) if captions_of else [template.format(label) for template in templates]
+
+
+def load_caption_function(path: str) -> Callable[[str], list[str]]:
+    """The function an import path names (``package.module.function``).
+
+    Raises:
+        PriorError: no such module or function.
+    """
+    module, _, name = path.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        function = None
+    if not callable(function):
+        raise PriorError(f"captions: {path!r} names no function (give package.module.function).")
+    return function
 
 
 def _natural(name: str) -> tuple:
@@ -182,7 +199,8 @@ class PriorDataModule(LightningDataModule):
         encoder: query encoder spec for ``shards`` (see ``QueryEncoder.load``), or ``tiny``
             (``QueryEncoder.tiny(seed=0)``).
         templates: prompt templates for ``json`` labels in ``shards``.
-        toy_captions: caption labels with the toy world's captions instead.
+        captions: import path of a function giving a label's captions, used instead of
+            the templates (``clipcore.synthetic.captions`` for the toy world).
         cache: where to save pairs computed from ``shards`` (``.npz``), and to read them
             from when it exists; with several processes (DDP) the first one computes
             them and the others read the cache, so give one.
@@ -199,7 +217,7 @@ class PriorDataModule(LightningDataModule):
         shards: str | list[str] | None = None,
         encoder: str | None = None,
         templates: list[str] | None = None,
-        toy_captions: bool = False,
+        captions: str | None = None,
         cache: str | None = None,
         max_samples: int | None = None,
         val_fraction: float = 0.05,
@@ -221,7 +239,8 @@ class PriorDataModule(LightningDataModule):
     def _compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.hparams
         encoder = QueryEncoder.tiny(seed=0) if h.encoder == "tiny" else QueryEncoder.load(h.encoder)
-        text, image = compute_pairs(h.shards, encoder, h.templates, h.max_samples, h.toy_captions)
+        captions_of = load_caption_function(h.captions) if h.captions else None
+        text, image = compute_pairs(h.shards, encoder, h.templates, h.max_samples, captions_of)
         if h.cache:
             save_pairs(h.cache, text, image)
         return text, image

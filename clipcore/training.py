@@ -3,7 +3,7 @@
 :class:`TrainingCLI` is the ``LightningCLI`` of ``recipes/train_*.py``. Scaling out
 needs no code: ``--trainer.devices``, ``--trainer.num_nodes``, ``--trainer.strategy
 ddp``, ``--trainer.precision bf16-mixed`` and ``--trainer.accumulate_grad_batches`` are
-Lightning's, and :class:`clipcore.shards.ShardDataModule` gives every rank its own
+Lightning's, and :class:`clipcore.datamodule.ShardDataModule` gives every rank its own
 samples. On top of that it adds:
 
 * ``--checkpoint.*``: a :class:`StepCheckpoint` that saves every
@@ -22,7 +22,7 @@ samples. On top of that it adds:
 What ``--ckpt_path last`` restores: weights (and the CLIPSonic EMA weights), optimiser
 state, learning-rate schedule, global step and epoch, loop progress, callback states
 (Lightning); and the shard stream's epoch and position (the training loader of
-:class:`~clipcore.shards.ShardDataModule` is resumable). Not restored bit-exactly: the
+:class:`~clipcore.datamodule.ShardDataModule` is resumable). Not restored bit-exactly: the
 random generators and the rest of the interrupted epoch's shard stream are re-seeded
 from the step and position rather than rewound (the shuffle buffer is lost), so a
 resumed run is deterministic but not identical to an uninterrupted one; map-style

@@ -1,6 +1,6 @@
 """Training CLIPSep: the LightningModule around :class:`~clipsep.model.CLIPSep`.
 
-Mix-and-separate: a :class:`clipcore.shards.MixBatch` holds mixtures of N clips and each
+Mix-and-separate: a :class:`clipcore.shard_stream.MixBatch` holds mixtures of N clips and each
 clip's query (its CLIP image embedding averaged over 3 frames, precomputed in the shards
 or computed here from the delivered frames with a frozen query encoder). The network
 predicts one mask per clip from the mixture (one U-Net pass for all N queries); the loss

@@ -1,6 +1,6 @@
 """Training CLIPSonic: the LightningModule around :class:`~clipsonic.model.CLIPSonic`.
 
-Each training clip (a :class:`clipcore.shards.MixBatch` with one source) gives its mel and
+Each training clip (a :class:`clipcore.shard_stream.MixBatch` with one source) gives its mel and
 its condition: the CLIP embedding of one random frame, read from the shards when they hold
 precomputed embeddings, else computed from the delivered frames with the query encoder.
 The condition is dropped (replaced by the learned null condition) with probability

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from clipcore.files import atomic_write
 from clipcore.cli import EXPECTED_ERRORS
-from clipcore.shards import ShardError, ShardStream
+from clipcore.shard_stream import ShardStream
+from clipcore.shards import ShardError
 from clipsonic.metrics import embed_audio, frechet_distance, knn_accuracy, load_embedding, nearest_references, query_relevance
 from clipsonic.pipeline import MODES, SAMPLERS, GenerationError, Generator
 

@@ -14,7 +14,7 @@ provenance; ``clipsep separate --checkpoint <log_dir>/pretrained/best`` uses it 
 
 from __future__ import annotations
 
-from clipcore.shards import ShardDataModule
+from clipcore.datamodule import ShardDataModule
 from clipcore.training import TrainingCLI, run_recipe
 from clipsep.system import CLIPSepSystem
 

@@ -13,7 +13,7 @@ model is exported for ``clipsonic generate`` to ``--export`` (default
 from __future__ import annotations
 
 
-from clipcore.shards import ShardDataModule
+from clipcore.datamodule import ShardDataModule
 from clipcore.training import TrainingCLI, run_recipe, log_dir
 from clipsonic.system import CLIPSonicSystem
 

@@ -39,7 +39,7 @@ def test_fit_from_precomputed_pairs_exports_a_prior_with_provenance(tmp_path):
     _pairs(tmp_path / "pairs.npz")
     cli = _recipe().main([
         "fit", "--config", str(TOY), "--data.shards", "null", "--data.encoder", "null", "--data.cache", "null",
-        "--data.toy_captions", "false", "--data.pairs", f"[{tmp_path / 'pairs.npz'}]", "--data.val_fraction", "0.1",
+        "--data.captions", "null", "--data.pairs", f"[{tmp_path / 'pairs.npz'}]", "--data.val_fraction", "0.1",
         "--data.batch_size", "64", "--trainer.max_steps", "12", "--trainer.val_check_interval", "6",
         "--trainer.default_root_dir", str(tmp_path / "runs"), *QUIET,
     ])
