@@ -36,6 +36,7 @@ __all__ = [
     "Pretrained",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
+    "QUERY_ENCODER_DIR",
     "FORMAT_VERSION",
     "read_config",
     "load_pretrained",
@@ -46,6 +47,8 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+QUERY_ENCODER_DIR = "query_encoder"
+"""Subfolder of an exported model (CLIPSep's or CLIPSonic's) holding its query encoder."""
 _PROJECT_PACKAGES = ("clipcore", "clipsep", "clipsonic")
 
 T = TypeVar("T", bound="Pretrained")

@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from webdataset.tariterators import tarfile_samples
 
-from clipcore.checkpoint import git_commit
 from clipcore.files import atomic_write
 from clipcore.prior import DiffusionPrior, PriorError
 from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
 from clipcore.shards import expand_shards
+from clipcore.training import export_pretrained
 
 __all__ = ["PriorDataModule", "PriorSystem", "load_pairs", "save_pairs", "compute_pairs"]
 
@@ -393,7 +393,6 @@ class PriorSystem(LightningModule):
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def export(self, directory: str | Path, provenance: dict | None = None) -> Path:
-        """Save the prior for inference (``DiffusionPrior.load``), with the git commit, the
-        system's arguments and the step count as provenance."""
-        facts = {"git_commit": git_commit(), "system": dict(self.hparams), "steps": self.global_step}
-        return self.prior.save_pretrained(directory, provenance={**facts, **(provenance or {})})
+        """Save the prior for inference (``DiffusionPrior.load``), with the training
+        provenance (:func:`clipcore.training.training_provenance`)."""
+        return export_pretrained(self, self.prior, directory, provenance)

@@ -53,7 +53,7 @@ from typing import Callable, Sequence, Union
 import torch
 
 from clipcore.audio import AudioError, resample
-from clipcore.checkpoint import CheckpointError, load_pretrained
+from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
 from clipcore.files import load_image
 from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
 from clipcore.spectral import istft, stft, unwarp_to_linear
@@ -63,13 +63,9 @@ __all__ = [
     "Separator",
     "Separation",
     "QueryError",
-    "QUERY_ENCODER_DIR",
     "crossfade_window",
     "segment_starts",
 ]
-
-QUERY_ENCODER_DIR = "query_encoder"
-"""Sub-folder of a separator checkpoint that holds its query encoder."""
 
 Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]  # noqa: F821
 

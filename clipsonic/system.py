@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from lightning.pytorch import LightningModule
 
-from clipcore.checkpoint import git_commit
 from clipcore.media import log_media, scaled_image
+from clipcore.training import export_pretrained
 from clipsonic.model import CLIPSonic
 from clipsonic.pipeline import MEL_CEILING, sample_mels
 from clipsonic.vocoder import GriffinLim
@@ -237,14 +237,9 @@ class CLIPSonicSystem(LightningModule):
         A query encoder given as a local checkpoint folder is copied to
         ``directory/query_encoder`` so that the folder is self-contained.
         """
-        directory = Path(directory)
-        facts = {"git_commit": git_commit(), "global_step": self.global_step, "ema_decay": self.hparams.ema_decay,
-                 **(provenance or {})}
-        self.ema.save_pretrained(directory, provenance=facts)
         spec = self.hparams.query_encoder
-        if self.encoder is not None and spec is not None and Path(spec).is_dir():
-            self.encoder.save_pretrained(directory / "query_encoder")
-        return directory
+        encoder = self.encoder if self.encoder is not None and spec is not None and Path(spec).is_dir() else None
+        return export_pretrained(self, self.ema, directory, provenance, encoder)
 
 
 def mel_image(log_mel: torch.Tensor, floor: float = math.log(1e-5), ceiling: float = MEL_CEILING) -> np.ndarray:

@@ -145,7 +145,7 @@ def test_a_trained_tiny_prior_maps_text_embeddings_close_to_image_embeddings(tmp
     cosine_text = (held_text * held_image).sum(-1).mean().item()
     assert cosine_prior > 0.8
     assert cosine_prior > cosine_text + 0.6, (cosine_prior, cosine_text)
-    assert prior.provenance["steps"] == 150 and "git_commit" in prior.provenance
+    assert prior.provenance["global_step"] == 150 and "git_commit" in prior.provenance
 
 
 def test_pairs_files_round_trip_and_bad_files_are_refused(tmp_path):
