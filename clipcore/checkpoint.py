@@ -23,7 +23,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -85,6 +85,28 @@ class Pretrained:
 
     init_args: dict[str, Any]
     provenance: dict[str, Any] | None = None
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Constructor arguments of the model's named sizes (``tiny``, ``paper``)."""
+
+    @classmethod
+    def from_preset(cls: type[T], name: str, seed: int | None = 0, **overrides: Any) -> T:
+        """The model of a named preset: ``PRESETS[name]`` with ``overrides``.
+
+        Args:
+            name: a key of :attr:`PRESETS`.
+            seed: seed of the weight initialisation, drawn from a forked generator so that
+                the global random state is left as it was; None draws from the global
+                generator (a training run seeded by ``seed_everything``, say).
+            **overrides: constructor arguments over the preset's.
+        """
+        if name not in cls.PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(cls.PRESETS)}, not {name!r}.")
+        arguments = {**cls.PRESETS[name], **overrides}
+        if seed is None:
+            return cls(**arguments)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(**arguments)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

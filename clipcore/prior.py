@@ -62,6 +62,12 @@ class DiffusionPrior(Pretrained, nn.Module):
         seed: seed of the random initialisation.
     """
 
+    PRESETS = {
+        "paper": {},  # the constructor's defaults: DALL-E 2's prior size
+        "tiny": {"transformer": {"num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 16}},
+    }
+
+
     def __init__(
         self,
         embed_dim: int = 768,
@@ -105,10 +111,15 @@ class DiffusionPrior(Pretrained, nn.Module):
         self.noise_scheduler = diffusers.DDPMScheduler.from_config(self.scheduler_config)
 
     @classmethod
-    def tiny(cls, embed_dim: int = 32, seed: int = 0) -> "DiffusionPrior":
-        """A small prior (2 layers, 4 heads of 16) for tests and the toy world."""
-        transformer = {"num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 16}
-        return cls(embed_dim=embed_dim, transformer=transformer, seed=seed)
+    def tiny(cls, embed_dim: int = 32, seed: int = 0, **overrides: Any) -> "DiffusionPrior":
+        """A small prior (2 layers, 4 heads of 16) for tests and the toy world; ``seed``
+        initialises it without touching the global random state."""
+        return cls(**{**cls.PRESETS["tiny"], "embed_dim": embed_dim, "seed": seed, **overrides})
+
+    @classmethod
+    def paper(cls, embed_dim: int = 768, seed: int = 0, **overrides: Any) -> "DiffusionPrior":
+        """The DALL-E 2 size (20 layers, 32 heads of 64), ViT-L/14 embeddings by default."""
+        return cls(**{**cls.PRESETS["paper"], "embed_dim": embed_dim, "seed": seed, **overrides})
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -16,7 +16,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -293,41 +293,41 @@ class PriorSystem(LightningModule):
 
     Args:
         embed_dim: CLIP embedding size (must match the data).
-        transformer: ``PriorTransformer`` config (see :class:`DiffusionPrior`); None: DALL-E 2 size.
-        scheduler: noise schedule config; None: :data:`clipcore.prior.DEFAULT_SCHEDULER`.
-        sampler: diffusers scheduler class for validation sampling and inference.
-        cond_drop_prob: text condition dropout for classifier-free guidance.
-        init_from: a prior folder (project or diffusers layout) to fine-tune.
-        lr: peak learning rate.
+        preset: ``"paper"`` (DALL-E 2 size) or ``"tiny"`` prior; ``prior_args`` override
+            its arguments.
+        prior_args: :class:`DiffusionPrior` arguments over the preset's (``transformer``,
+            ``scheduler``, ``sampler``, ``cond_drop_prob``, ``seed``).
+        init_from: a prior folder (project or diffusers layout) to fine-tune (only
+            ``prior_args``' ``cond_drop_prob`` applies to it).
+        learning_rate: peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps, then cosine decay to zero.
         val_steps: sampling steps in validation.
         val_guidance: guidance scale in validation.
-        seed: seed of the weight initialisation.
     """
 
     def __init__(
         self,
         embed_dim: int = 768,
-        transformer: dict | None = None,
-        scheduler: dict | None = None,
-        sampler: str = "DDIMScheduler",
-        cond_drop_prob: float = 0.1,
+        preset: str = "paper",
+        prior_args: dict[str, Any] | None = None,
         init_from: str | None = None,
-        lr: float = 1.1e-4,
+        learning_rate: float = 1.1e-4,
         weight_decay: float = 6.0e-2,
         warmup_steps: int = 500,
         val_steps: int = 10,
         val_guidance: float = 1.0,
-        seed: int = 0,
     ) -> None:
         super().__init__()
+        if preset not in DiffusionPrior.PRESETS:
+            raise PriorError(f"preset must be one of {', '.join(DiffusionPrior.PRESETS)}, not {preset!r}.")
         self.save_hyperparameters()
+        arguments = {**DiffusionPrior.PRESETS[preset], **(prior_args or {}), "embed_dim": embed_dim}
         if init_from is not None:
             self.prior = DiffusionPrior.load(init_from, embed_dim=embed_dim)
-            self.prior.cond_drop_prob = cond_drop_prob
+            self.prior.cond_drop_prob = arguments.get("cond_drop_prob", 0.1)
         else:
-            self.prior = DiffusionPrior(embed_dim, transformer, scheduler, sampler, cond_drop_prob, seed)
+            self.prior = DiffusionPrior(**arguments)
         self.register_buffer("statistics_ready", torch.tensor(init_from is not None))
 
     def on_fit_start(self) -> None:
@@ -380,7 +380,7 @@ class PriorSystem(LightningModule):
 
     def configure_optimizers(self):
         parameters = [p for p in self.prior.parameters() if p.requires_grad]
-        optimiser = torch.optim.AdamW(parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(parameters, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(self.hparams.warmup_steps, total // 2)
 
@@ -389,8 +389,8 @@ class PriorSystem(LightningModule):
                 return (step + 1) / warmup
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
-        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def export(self, directory: str | Path, provenance: dict | None = None) -> Path:
         """Save the prior for inference (``DiffusionPrior.load``), with the training

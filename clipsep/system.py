@@ -33,7 +33,7 @@ from clipcore.spectral import istft, stft, unwarp_to_linear
 from clipcore.training import ExportPretrained, export_pretrained
 from clipsep.losses import mask_loss, noise_activation_penalty, noise_invariant_loss, separation_targets
 from clipsep.metrics import separation_scores
-from clipsep.model import PRESETS, CLIPSep
+from clipsep.model import CLIPSep
 
 __all__ = ["CLIPSepSystem", "lr_multiplier", "spectrogram_image"]
 
@@ -92,10 +92,8 @@ class CLIPSepSystem(LightningModule):
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}.")
         self.save_hyperparameters()
-        self.model = CLIPSep(**{**PRESETS[preset], **(model_args or {})})
+        self.model = CLIPSep.from_preset(preset, seed=None, **(model_args or {}))  # seed_everything's stream
         object.__setattr__(self, "encoder", None)  # frozen, loaded when needed, not checkpointed
         # Mean SDR / SDRi of the non-silent estimates (the official evaluation's rule).
         self.scores = torch.nn.ModuleDict(

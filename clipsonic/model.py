@@ -41,27 +41,31 @@ __all__ = ["CLIPSonic", "PREDICTION_TYPES"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
-_TINY: dict[str, Any] = {
-    "block_out_channels": [32, 64, 64],
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "layers_per_block": 1,
-    "attention_head_dim": 8,
-    "norm_num_groups": 8,
-    "cond_tokens": 4,
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "embed_dim": 32,
+        "block_out_channels": [32, 64, 64],
+        "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+        "layers_per_block": 1,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+        "cond_tokens": 4,
+    },
+    # Sized for a GPU cluster (134 M parameters): attention in the two lowest levels
+    # (16 x T/4 and 8 x T/8 mel pixels), ViT-L/14 embeddings.
+    "paper": {
+        "embed_dim": 768,
+        "block_out_channels": [128, 256, 384, 512],
+        "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+        "layers_per_block": 2,
+        "attention_head_dim": 64,
+        "norm_num_groups": 32,
+        "cond_tokens": 8,
+    },
 }
-
-# Sized for a GPU cluster (134 M parameters): attention in the two lowest levels
-# (16 x T/4 and 8 x T/8 mel pixels), ViT-L/14 embeddings.
-_PAPER: dict[str, Any] = {
-    "block_out_channels": [128, 256, 384, 512],
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "layers_per_block": 2,
-    "attention_head_dim": 64,
-    "norm_num_groups": 32,
-    "cond_tokens": 8,
-}
+"""Constructor arguments of the named models."""
 
 
 class CLIPSonic(Pretrained, nn.Module):
@@ -88,12 +92,14 @@ class CLIPSonic(Pretrained, nn.Module):
         mel: overrides of :class:`~clipcore.spectral.MelConfig` fields.
     """
 
+    PRESETS = PRESETS
+
     def __init__(
         self,
         embed_dim: int = 512,
-        block_out_channels: list[int] = _TINY["block_out_channels"],
-        down_block_types: list[str] = _TINY["down_block_types"],
-        up_block_types: list[str] = _TINY["up_block_types"],
+        block_out_channels: list[int] = PRESETS["tiny"]["block_out_channels"],
+        down_block_types: list[str] = PRESETS["tiny"]["down_block_types"],
+        up_block_types: list[str] = PRESETS["tiny"]["up_block_types"],
         layers_per_block: int = 1,
         attention_head_dim: int = 8,
         norm_num_groups: int = 8,
@@ -151,16 +157,15 @@ class CLIPSonic(Pretrained, nn.Module):
     # --- presets ------------------------------------------------------------------------
 
     @classmethod
-    def tiny(cls, embed_dim: int = 32, seed: int | None = 0, **overrides: Any) -> "CLIPSonic":
-        """A CPU-sized model: attention only at the lowest of three levels."""
-        if seed is not None:
-            torch.manual_seed(seed)
-        return cls(embed_dim=embed_dim, **{**_TINY, **overrides})
+    def tiny(cls, seed: int | None = 0, **overrides: Any) -> "CLIPSonic":
+        """A CPU-sized model: attention only at the lowest of three levels (32-d
+        embeddings by default); see :meth:`~clipcore.checkpoint.Pretrained.from_preset`."""
+        return cls.from_preset("tiny", seed, **overrides)
 
     @classmethod
-    def paper(cls, embed_dim: int = 768, **overrides: Any) -> "CLIPSonic":
+    def paper(cls, seed: int | None = 0, **overrides: Any) -> "CLIPSonic":
         """The GPU-cluster model (ViT-L/14 embeddings by default)."""
-        return cls(embed_dim=embed_dim, **{**_PAPER, **overrides})
+        return cls.from_preset("paper", seed, **overrides)
 
     # --- mel handling -------------------------------------------------------------------
 

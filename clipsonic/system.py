@@ -29,9 +29,6 @@ from clipsonic.vocoder import GriffinLim
 
 __all__ = ["CLIPSonicSystem", "mel_image"]
 
-PRESETS = {"tiny": CLIPSonic.tiny, "paper": CLIPSonic.paper}
-
-
 class CLIPSonicSystem(LightningModule):
     """Mel diffusion trained on (frame, audio) pairs of video clips.
 
@@ -79,8 +76,8 @@ class CLIPSonicSystem(LightningModule):
         val_examples: int = 4,
     ) -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}.")
+        if preset not in CLIPSonic.PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(CLIPSonic.PRESETS)}, not {preset!r}.")
         self.save_hyperparameters()
         encoder = None
         if query_encoder is not None:
@@ -94,7 +91,7 @@ class CLIPSonicSystem(LightningModule):
         settings = {"prediction_type": prediction_type, "query_encoder": query_encoder, **(model_args or {})}
         if embed_dim is not None:
             settings["embed_dim"] = embed_dim
-        self.model = PRESETS[preset](**settings)
+        self.model = CLIPSonic.from_preset(preset, **settings)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.noise_scheduler = DDPMScheduler(**self.model.scheduler_config())
         self.register_buffer("stats_ready", torch.tensor(False))

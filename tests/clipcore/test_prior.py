@@ -131,8 +131,7 @@ def _rotated_pairs(rows, seed=0, noise=0.05):
 def test_a_trained_tiny_prior_maps_text_embeddings_close_to_image_embeddings(tmp_path):
     text, image = _rotated_pairs(4096, seed=0)
     save_pairs(tmp_path / "pairs.npz", text, image)
-    system = PriorSystem(embed_dim=D, transformer={"num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 16},
-                         lr=2e-3, warmup_steps=20, weight_decay=0.0)
+    system = PriorSystem(embed_dim=D, preset="tiny", learning_rate=2e-3, warmup_steps=20, weight_decay=0.0)
     data = PriorDataModule(pairs=[str(tmp_path / "pairs.npz")], val_fraction=0.0, batch_size=256)
     trainer = L.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
