@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from clipcore.errors import ClipAudioError
 from clipcore.files import atomic_write
 
 __all__ = [
@@ -54,7 +55,7 @@ _PROJECT_PACKAGES = ("clipcore", "clipsep", "clipsonic")
 T = TypeVar("T", bound="Pretrained")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ClipAudioError):
     """A checkpoint folder that cannot be loaded, described in one sentence."""
 
 

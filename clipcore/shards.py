@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from webdataset.shardlists import expand_urls
 
+from clipcore.errors import ClipAudioError
 from clipcore.files import atomic_write
 
 __all__ = ["ShardSample", "ShardError", "write_shard", "frame_embeddings", "expand_shards"]
@@ -35,7 +36,7 @@ __all__ = ["ShardSample", "ShardError", "write_shard", "frame_embeddings", "expa
 JPEG_QUALITY = 90
 
 
-class ShardError(ValueError):
+class ShardError(ClipAudioError):
     """Shards that cannot be used at all (none found, none readable), in one sentence."""
 
 

@@ -51,8 +51,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from clipcore.checkpoint import QUERY_ENCODER_DIR, Pretrained, git_commit
-from clipcore.cli import EXPECTED_ERRORS
-from clipcore.shards import ShardError
+from clipcore.errors import report_errors
 
 __all__ = [
     "TrainingCLI",
@@ -261,9 +260,7 @@ class TrainingCLI(LightningCLI):
 
 
 def run_recipe(main: Callable[[], object], name: str) -> None:
-    """Run a recipe's ``main``; expected failures (bad files, shards, checkpoints, values)
-    end the process with one line ``<name>: error: ...`` and status 1, not a traceback."""
-    try:
-        main()
-    except (*EXPECTED_ERRORS, ShardError) as error:
-        sys.exit(f"{name}: error: {error}")
+    """Run a recipe's ``main`` and exit; expected failures (bad files, shards, checkpoints,
+    values) end the process with one line ``<name>: error: ...`` and status 2, not a
+    traceback (:func:`clipcore.errors.report_errors`)."""
+    sys.exit(report_errors(name, main))

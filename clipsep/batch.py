@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from clipcore.audio import AUDIO_EXTENSIONS, load_audio, save_audio
-from clipcore.cli import EXPECTED_ERRORS, UsageError
+from clipcore.errors import ClipAudioError, UsageError
 from clipcore.naming import safe_filename, slugify, unique_names
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ def process_file(
         for path, stem in zip(job.outputs.values(), waves):
             save_audio(path, stem, rate, bit_depth=options.bit_depth, format=options.format, clip=options.clip)
             result.written.append(path)
-    except (*EXPECTED_ERRORS, OSError, RuntimeError, MemoryError) as error:
+    except (ClipAudioError, OSError, RuntimeError, MemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         result.error = message.removeprefix(f"{job.source}: ")
     return result

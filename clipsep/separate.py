@@ -54,6 +54,7 @@ import torch
 
 from clipcore.audio import AudioError, resample
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
+from clipcore.errors import ClipAudioError
 from clipcore.files import load_image
 from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
 from clipcore.spectral import istft, stft, unwarp_to_linear
@@ -70,7 +71,7 @@ __all__ = [
 Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]  # noqa: F821
 
 
-class QueryError(ValueError):
+class QueryError(ClipAudioError):
     """A query that cannot be used (empty text, unreadable image), in one sentence."""
 
 

@@ -34,6 +34,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from tqdm.auto import tqdm
 
+from clipcore.errors import ClipAudioError
 from clipsonic.model import CLIPSonic
 from clipsonic.vocoder import load_vocoder
 
@@ -55,7 +56,7 @@ MAX_DURATION = 600.0
 """Longest duration (seconds) one generated clip may have."""
 
 
-class GenerationError(ValueError):
+class GenerationError(ClipAudioError):
     """A generation request that cannot be served, described in one sentence."""
 
 

@@ -72,7 +72,7 @@ def test_fit_from_toy_shards_computes_and_caches_pairs(tmp_path):
     assert DiffusionPrior.load(tmp_path / "prior", embed_dim=encoder.embed_dim).provenance["global_step"] == 3
 
 
-def test_bad_input_exits_with_one_line(tmp_path, monkeypatch):
+def test_bad_input_exits_with_one_line(tmp_path, monkeypatch, capsys):
     _pairs(tmp_path / "pairs.npz", dim=16)
     for bad, named in ((tmp_path / "missing.npz", "missing.npz"), (tmp_path / "pairs.npz", "16-d")):
         monkeypatch.setattr(sys, "argv", [
@@ -82,6 +82,8 @@ def test_bad_input_exits_with_one_line(tmp_path, monkeypatch):
         ])
         with pytest.raises(SystemExit) as exit_info:  # as `python recipes/train_prior.py ...` runs it
             runpy.run_path(str(RECIPE), run_name="__main__")
-        message = exit_info.value.code
-        assert isinstance(message, str) and "\n" not in message and named in message
+        stderr = capsys.readouterr().err
+        message = stderr.strip().splitlines()[-1]
+        assert exit_info.value.code == 2 and "Traceback" not in stderr
+        assert message.startswith("train_prior: error: ") and named in message
         assert not (tmp_path / "prior").exists()
