@@ -24,7 +24,7 @@ from lightning.pytorch import LightningModule
 from clipcore.media import log_media, scaled_image
 from clipcore.training import export_pretrained
 from clipsonic.model import CLIPSonic
-from clipsonic.pipeline import MEL_CEILING, sample_mels
+from clipsonic.generate import MEL_CEILING, sample_mels
 from clipsonic.vocoder import GriffinLim
 
 __all__ = ["CLIPSonicSystem", "mel_image"]

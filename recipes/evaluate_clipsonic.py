@@ -27,7 +27,7 @@ from clipcore.errors import UsageError, report_errors
 from clipcore.files import atomic_write
 from clipcore.shard_stream import ShardStream
 from clipsonic.metrics import embed_audio, frechet_distance, knn_accuracy, load_embedding, nearest_references, query_relevance
-from clipsonic.pipeline import MODES, SAMPLERS, Generator
+from clipsonic.generate import MODES, SAMPLERS, Generator
 
 
 def load_references(generator: Generator, shards: str, encoder: str | None, duration: float, limit: int):

@@ -250,7 +250,7 @@ def train_judge(instruments: list[str], train_shards: str, heldout_shards: str, 
 def evaluate_generation(classifier: InstrumentClassifier, queries: Queries, generated: Path, seconds: float) -> dict:
     """Recognition of the queried instrument in what ``clipsonic generate`` wrote under
     ``generated/{image,zs,pd}`` (see the module doc)."""
-    from clipsonic.cli import output_paths  # the CLI's own output names
+    from clipsonic.generate_command import output_paths  # the CLI's own output names
 
     samples = round(seconds * queries.sample_rate)
     result = {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +83,15 @@ def test_function_level_imports_are_edges():
 def test_no_import_cycle_in_the_packages():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_package_roots_export_lazily():
+    """``from clipsep import Separator`` works, yet importing the package root (as the
+    command lines do for ``--help``) imports none of the heavy modules."""
+    code = ("import sys, clipsep, clipsonic; "
+            "heavy = [m for m in ('open_clip', 'diffusers', 'clipsep.separate', 'clipsonic.generate') if m in sys.modules]; "
+            "assert not heavy, heavy; "
+            "from clipsep import Separator, SeparatorSpec; from clipsonic import Generator; "
+            "import clipsep.separate, clipsonic.generate; "
+            "assert Separator is clipsep.separate.Separator and Generator is clipsonic.generate.Generator")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

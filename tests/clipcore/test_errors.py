@@ -10,7 +10,7 @@ from clipcore.prior import PriorError
 from clipcore.query import QueryEncoderError
 from clipcore.shards import ShardError
 from clipsep.separate import QueryError
-from clipsonic.pipeline import GenerationError
+from clipsonic.generate import GenerationError
 
 
 @pytest.mark.parametrize("error", [UsageError, AudioError, CheckpointError, ImageError, PriorError,
