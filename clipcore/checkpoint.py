@@ -88,6 +88,8 @@ class Pretrained:
     provenance: dict[str, Any] | None = None
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     """Constructor arguments of the model's named sizes (``tiny``, ``paper``)."""
+    RENAMED_ARGUMENTS: ClassVar[dict[str, str]] = {}
+    """Former constructor argument names -> current ones, so that older checkpoints load."""
 
     @classmethod
     def from_preset(cls: type[T], name: str, seed: int | None = 0, **overrides: Any) -> T:
@@ -188,7 +190,7 @@ class Pretrained:
             raise CheckpointError(
                 f"{directory} holds a {config['class']} checkpoint, not a {expected}."
             )
-        model = cls(**config["arguments"])
+        model = cls(**{cls.RENAMED_ARGUMENTS.get(name, name): value for name, value in config["arguments"].items()})
         model.provenance = config.get("provenance") or None
         _load_weights(model, directory, map_location)
         return model

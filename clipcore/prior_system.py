@@ -296,9 +296,9 @@ class PriorSystem(LightningModule):
         preset: ``"paper"`` (DALL-E 2 size) or ``"tiny"`` prior; ``prior_args`` override
             its arguments.
         prior_args: :class:`DiffusionPrior` arguments over the preset's (``transformer``,
-            ``scheduler``, ``sampler``, ``cond_drop_prob``, ``seed``).
+            ``scheduler``, ``sampler``, ``condition_dropout``, ``seed``).
         init_from: a prior folder (project or diffusers layout) to fine-tune (only
-            ``prior_args``' ``cond_drop_prob`` applies to it).
+            ``prior_args``' ``condition_dropout`` applies to it).
         learning_rate: peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps, then cosine decay to zero.
@@ -325,7 +325,7 @@ class PriorSystem(LightningModule):
         arguments = {**DiffusionPrior.PRESETS[preset], **(prior_args or {}), "embed_dim": embed_dim}
         if init_from is not None:
             self.prior = DiffusionPrior.load(init_from, embed_dim=embed_dim)
-            self.prior.cond_drop_prob = arguments.get("cond_drop_prob", 0.1)
+            self.prior.condition_dropout = arguments.get("condition_dropout", 0.1)
         else:
             self.prior = DiffusionPrior(**arguments)
         self.register_buffer("statistics_ready", torch.tensor(init_from is not None))
@@ -351,8 +351,8 @@ class PriorSystem(LightningModule):
 
     def _loss(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         prior = self.prior
-        clean = prior.normalise_image(image)
-        condition = prior.drop_condition(prior.normalise_text(text)) if self.training else prior.normalise_text(text)
+        clean = prior.normalize_image(image)
+        condition = prior.drop_condition(prior.normalize_text(text)) if self.training else prior.normalize_text(text)
         noise = torch.randn_like(clean)
         schedule = prior.noise_scheduler
         timesteps = torch.randint(0, schedule.config.num_train_timesteps, (len(clean),), device=clean.device)

@@ -66,7 +66,7 @@ class MixBatch:
         sources: float32 ``[B, N, S]``, each scaled by a gain in 0.5-1.5 divided by N
             (no scaling when N is 1).
         embeddings: float32 ``[B, N, D]`` CLIP image embeddings (mean over the query
-            frames, not re-normalised), or None when frames are delivered.
+            frames, not re-normalized), or None when frames are delivered.
         frames: uint8 ``[B, N, F, 3, H, W]`` query frames, or None with embeddings.
         labels: ``[B][N]`` labels (None where a clip has none).
         keys: ``[B][N]`` sample keys.

@@ -8,7 +8,7 @@ Lightning's, and :class:`clipcore.datamodule.ShardDataModule` gives every rank i
 samples. On top of that it adds:
 
 * ``--checkpoint.*``: a :class:`StepCheckpoint` that saves every
-  ``every_n_train_steps`` optimiser steps (1000 by default) into
+  ``every_n_train_steps`` optimizer steps (1000 by default) into
   ``<trainer.default_root_dir>/checkpoints/``, keeps the ``save_top_k`` newest (3) and
   ``last.ckpt`` (also written when training ends; ``save_on_exception`` also saves when
   a SIGTERM, e.g. a preemption, stops the run). The folder does not depend on the
@@ -24,7 +24,7 @@ samples. On top of that it adds:
   :func:`export_pretrained`, which records the same provenance for all of them
   (:func:`training_provenance`).
 
-What ``--ckpt_path last`` restores: weights (and the CLIPSonic EMA weights), optimiser
+What ``--ckpt_path last`` restores: weights (and the CLIPSonic EMA weights), optimizer
 state, learning-rate schedule, global step and epoch, loop progress, callback states
 (Lightning); and the shard stream's epoch and position (the training loader of
 :class:`~clipcore.datamodule.ShardDataModule` is resumable). Not restored bit-exactly: the

@@ -313,7 +313,7 @@ class Separator:
         Args:
             texts: K query texts.
             templates: template(s) with ``{}`` (default: the separator's); several are
-                averaged (unit-norm: renormalised mean; raw: mean of raw outputs).
+                averaged (unit-norm: renormalized mean; raw: mean of raw outputs).
 
         Returns:
             ``[K, D]`` float32 on the separator's device.

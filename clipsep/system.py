@@ -5,7 +5,7 @@ clip's query (its CLIP image embedding averaged over 3 frames, precomputed in th
 or computed here from the delivered frames with a frozen query encoder). The network
 predicts one mask per clip from the mixture (one U-Net pass for all N queries); the loss
 is the weighted binary-mask BCE, or with noise heads the noise-invariant loss (see
-:mod:`clipsep.losses`). Optimiser and schedule are the paper's: Adam 1e-3, linear warm-up
+:mod:`clipsep.losses`). Optimizer and schedule are the paper's: Adam 1e-3, linear warm-up
 over 5k steps, then linear decay to 0.1x at 100k steps (gradient clipping 1.0 is the
 trainer's ``gradient_clip_val``).
 
@@ -123,7 +123,7 @@ class CLIPSepSystem(LightningModule):
         return self.encoder.to(self.device)
 
     def queries(self, batch) -> torch.Tensor:
-        """``[B, N, D]`` L2-normalised query of each source of a ``MixBatch``."""
+        """``[B, N, D]`` L2-normalized query of each source of a ``MixBatch``."""
         if batch.embeddings is not None:
             return F.normalize(batch.embeddings.float(), dim=-1)
         frames = batch.frames  # [B, N, F, 3, H, W]

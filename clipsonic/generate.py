@@ -200,7 +200,7 @@ class Generator:
 
     @torch.no_grad()
     def embed(self, text=None, image=None, mode: str | None = None, seed: int = 0, templates=None) -> torch.Tensor:
-        """Conditions for the queries: ``[Q, D]`` normalised CLIP (image-space) embeddings.
+        """Conditions for the queries: ``[Q, D]`` normalized CLIP (image-space) embeddings.
 
         Args:
             text: a prompt or a list of prompts (modes ``"zs"``, ``"pd"``).

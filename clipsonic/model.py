@@ -2,7 +2,7 @@
 on one CLIP embedding, with a learned null condition for classifier-free guidance.
 
 The mel convention is the project's (``clipcore.spectral.MelConfig``: 16 kHz, hop 160,
-64 mel rows, natural-log magnitudes). The model sees normalised mels: per-row mean and
+64 mel rows, natural-log magnitudes). The model sees normalized mels: per-row mean and
 standard deviation estimated on the training data, kept as buffers so that they travel
 with the checkpoint.
 
@@ -187,7 +187,7 @@ class CLIPSonic(Pretrained, nn.Module):
 
     @torch.no_grad()
     def set_statistics(self, mel_mean=None, mel_std=None, cond_mean=None, cond_std=None) -> None:
-        """Set the normalisation of mels (``[n_mels]`` mean and std per row) and of
+        """Set the normalization of mels (``[n_mels]`` mean and std per row) and of
         conditions (``[D]`` mean, scalar RMS deviation); ``None`` keeps a value."""
         for name, value in (("mel_mean", mel_mean), ("mel_std", mel_std), ("cond_mean", cond_mean), ("cond_std", cond_std)):
             if value is not None:
@@ -196,7 +196,7 @@ class CLIPSonic(Pretrained, nn.Module):
                 buffer.copy_(value.clamp(min=1e-6) if name.endswith("std") else value)
 
     def set_mel_statistics(self, log_mels: torch.Tensor) -> None:
-        """Set the per-row mel normalisation from ``[B, n_mels, T]`` training log-mels."""
+        """Set the per-row mel normalization from ``[B, n_mels, T]`` training log-mels."""
         rows = log_mels.transpose(0, 1).reshape(log_mels.shape[1], -1)
         self.set_statistics(mel_mean=rows.mean(1), mel_std=rows.std(1).clamp(min=1e-3))
 
@@ -239,10 +239,10 @@ class CLIPSonic(Pretrained, nn.Module):
         embeddings: torch.Tensor | None,
         drop: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict noise (or v) for noisy normalised mels.
+        """Predict noise (or v) for noisy normalized mels.
 
         Args:
-            x: ``[B, 1, n_mels, T]`` noisy normalised mels, ``T`` a multiple of
+            x: ``[B, 1, n_mels, T]`` noisy normalized mels, ``T`` a multiple of
                 ``downsample_factor``.
             timesteps: ``[B]`` or scalar diffusion step.
             embeddings: ``[B, D]`` condition, or ``None`` for the null condition.

@@ -51,7 +51,7 @@ class CLIPSonicSystem(LightningModule):
         warmup_steps: linear warm-up steps.
         ema_decay: decay of the weight average (with the usual ``(1+n)/(10+n)`` warm-up).
         mel_stats_batches: training batches read before training to set the per-row mel
-            normalisation and the condition standardisation (0: keep the model's).
+            normalization and the condition standardisation (0: keep the model's).
         val_sampler, val_steps, val_guidance: sampling settings of validation examples.
         val_examples: clips generated and logged at each validation.
     """
@@ -99,7 +99,7 @@ class CLIPSonicSystem(LightningModule):
     # --- conditions and mels ------------------------------------------------------------
 
     def conditions(self, batch) -> torch.Tensor:
-        """``[B, D]`` normalised condition of each clip of a one-source ``MixBatch``."""
+        """``[B, D]`` normalized condition of each clip of a one-source ``MixBatch``."""
         if batch.embeddings is not None:
             return F.normalize(batch.embeddings[:, 0].float(), dim=-1)
         if self.encoder is None:
@@ -151,7 +151,7 @@ class CLIPSonicSystem(LightningModule):
 
     @torch.no_grad()
     def _set_statistics(self, loader) -> None:
-        """Mel and condition normalisation from a few batches, summed over all ranks."""
+        """Mel and condition normalization from a few batches, summed over all ranks."""
         n_mels, dim = self.model.mel_config.n_mels, self.model.embed_dim
         # [frames, clips, sum |e|^2, mel sums (M), mel squares (M), condition sums (D)]
         sums = torch.zeros(3 + 2 * n_mels + dim, dtype=torch.float64, device=self.device)
