@@ -218,11 +218,13 @@ class TrainingCLI(LightningCLI):
             folder inside the log folder (``model``, ``prior``): the CLI then takes
             ``--export DIR`` and adds an :class:`ExportPretrained` callback. None: the
             system configures its own export.
-        *args, **kwargs: ``LightningCLI``'s.
+        *args, **kwargs: ``LightningCLI``'s; the resolved config is saved over an earlier
+            one (``save_config_kwargs={"overwrite": True}``) unless they say otherwise.
     """
 
     def __init__(self, *args, export_folder: str | None = None, **kwargs) -> None:
         self.export_folder = export_folder
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -20,13 +20,7 @@ from clipsep.system import CLIPSepSystem
 
 
 def main(args: list[str] | None = None) -> TrainingCLI:
-    return TrainingCLI(
-        CLIPSepSystem,
-        ShardDataModule,
-        seed_everything_default=1234,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    return TrainingCLI(CLIPSepSystem, ShardDataModule, seed_everything_default=1234, args=args)
 
 
 if __name__ == "__main__":

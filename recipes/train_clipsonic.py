@@ -18,14 +18,7 @@ from clipsonic.system import CLIPSonicSystem
 
 
 def main(args: list[str] | None = None) -> TrainingCLI:
-    return TrainingCLI(
-        CLIPSonicSystem,
-        ShardDataModule,
-        export_folder="model",
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    return TrainingCLI(CLIPSonicSystem, ShardDataModule, export_folder="model", seed_everything_default=0, args=args)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,7 @@ from clipcore.training import TrainingCLI, run_recipe
 
 
 def main(args: list[str] | None = None) -> TrainingCLI:
-    return TrainingCLI(
-        PriorSystem,
-        PriorDataModule,
-        export_folder="prior",
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    return TrainingCLI(PriorSystem, PriorDataModule, export_folder="prior", seed_everything_default=0, args=args)
 
 
 if __name__ == "__main__":
