@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipcore.shards import MixBatch
+from clipcore.shard_stream import MixBatch
 from clipsep.metrics import separation_scores
 from clipsep.system import CLIPSepSystem
 

@@ -19,7 +19,7 @@ import time
 import torch
 
 from clipsonic.model import CLIPSonic
-from clipsonic.pipeline import SAMPLERS, Generator
+from clipsonic.generate import SAMPLERS, Generator
 
 
 def _time(fn, repeats: int) -> float:

@@ -18,7 +18,7 @@ import torch
 
 from clipcore import synthetic
 from clipcore.query import QueryEncoder
-from clipcore.shards import ShardDataModule
+from clipcore.datamodule import ShardDataModule
 
 
 def measure(shards: str, encoder: str | None, workers: int, args: argparse.Namespace) -> float:

@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from clipcore.errors import ClipAudioError
 from clipcore.files import atomic_write
 
 __all__ = [
@@ -48,7 +49,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 """File extensions the project treats as audio when it searches folders."""
 
 
-class AudioError(ValueError):
+class AudioError(ClipAudioError):
     """A problem with an audio file or waveform, described in one sentence."""
 
 

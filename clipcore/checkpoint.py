@@ -23,12 +23,13 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from clipcore.errors import ClipAudioError
 from clipcore.files import atomic_write
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Pretrained",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
+    "QUERY_ENCODER_DIR",
     "FORMAT_VERSION",
     "read_config",
     "load_pretrained",
@@ -46,12 +48,14 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+QUERY_ENCODER_DIR = "query_encoder"
+"""Subfolder of an exported model (CLIPSep's or CLIPSonic's) holding its query encoder."""
 _PROJECT_PACKAGES = ("clipcore", "clipsep", "clipsonic")
 
 T = TypeVar("T", bound="Pretrained")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ClipAudioError):
     """A checkpoint folder that cannot be loaded, described in one sentence."""
 
 
@@ -82,6 +86,30 @@ class Pretrained:
 
     init_args: dict[str, Any]
     provenance: dict[str, Any] | None = None
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Constructor arguments of the model's named sizes (``tiny``, ``paper``)."""
+    RENAMED_ARGUMENTS: ClassVar[dict[str, str]] = {}
+    """Former constructor argument names -> current ones, so that older checkpoints load."""
+
+    @classmethod
+    def from_preset(cls: type[T], name: str, seed: int | None = 0, **overrides: Any) -> T:
+        """The model of a named preset: ``PRESETS[name]`` with ``overrides``.
+
+        Args:
+            name: a key of :attr:`PRESETS`.
+            seed: seed of the weight initialisation, drawn from a forked generator so that
+                the global random state is left as it was; None draws from the global
+                generator (a training run seeded by ``seed_everything``, say).
+            **overrides: constructor arguments over the preset's.
+        """
+        if name not in cls.PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(cls.PRESETS)}, not {name!r}.")
+        arguments = {**cls.PRESETS[name], **overrides}
+        if seed is None:
+            return cls(**arguments)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(**arguments)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -162,7 +190,7 @@ class Pretrained:
             raise CheckpointError(
                 f"{directory} holds a {config['class']} checkpoint, not a {expected}."
             )
-        model = cls(**config["arguments"])
+        model = cls(**{cls.RENAMED_ARGUMENTS.get(name, name): value for name, value in config["arguments"].items()})
         model.provenance = config.get("provenance") or None
         _load_weights(model, directory, map_location)
         return model

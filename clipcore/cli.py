@@ -2,28 +2,24 @@
 
 A sub-command is registered by a function ``add(subparsers)`` that adds its parser and
 sets ``run=callable(args) -> int`` as a default. Expected failures (bad files, bad
-values) are :class:`UsageError` or one of the project's error classes, and are reported
-as one line on stderr with a non-zero exit status, never as a traceback.
+values) are :class:`~clipcore.errors.ClipAudioError` subclasses, reported by
+:func:`clipcore.errors.report_errors` as one line on stderr with exit status 2, never as a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Callable, Iterable
 
-from clipcore.audio import CLIP_MODES, AudioError
-from clipcore.checkpoint import CheckpointError
-from clipcore.files import ImageError
+from clipcore.audio import CLIP_MODES
+from clipcore.errors import ClipAudioError, UsageError, report_errors
 
 __all__ = ["UsageError", "EXPECTED_ERRORS", "build_parser", "run", "add_audio_output_arguments", "check_audio_output"]
 
 
-class UsageError(ValueError):
-    """A bad command-line value, described in one sentence."""
-
-
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (UsageError, AudioError, CheckpointError, ImageError)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (ClipAudioError,)
+"""The errors a command reports in one line (all of them derive from ClipAudioError)."""
 
 Registrar = Callable[["argparse._SubParsersAction"], None]
 
@@ -58,11 +54,4 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    try:
-        return int(args.run(args) or 0)
-    except EXPECTED_ERRORS as error:
-        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog} {args.command}: interrupted.", file=sys.stderr)
-        return 130
+    return report_errors(f"{parser.prog} {args.command}", lambda: args.run(args))

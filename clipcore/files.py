@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from clipcore.errors import ClipAudioError
+
 __all__ = ["atomic_write", "ImageError", "load_image"]
 
 
@@ -45,7 +47,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
-class ImageError(ValueError):
+class ImageError(ClipAudioError):
     """A missing or unreadable image file, described in one sentence."""
 
 

@@ -2,9 +2,9 @@
 
 CLIPSonic-PD closes the modality gap between text queries and the image embeddings the
 audio model was trained on with a DALL-E 2 style prior: a diffusers ``PriorTransformer``
-denoises a (normalised) image embedding conditioned on the text embedding, predicting the
+denoises a (normalized) image embedding conditioned on the text embedding, predicting the
 clean embedding at every step; classifier-free guidance contrasts it with a learned null
-condition. The normalisation statistics of both embeddings live in the checkpoint::
+condition. The normalization statistics of both embeddings live in the checkpoint::
 
     prior = DiffusionPrior.load("runs/prior/model", embed_dim=encoder.embed_dim)
     image_like = prior.sample(encoder.encode_text(["violin"]), steps=25, guidance=2.0)
@@ -57,10 +57,16 @@ class DiffusionPrior(Pretrained, nn.Module):
             :data:`DEFAULT_SCHEDULER`.
         sampler: diffusers scheduler class used by :meth:`sample` (e.g. ``DDIMScheduler``,
             ``DPMSolverMultistepScheduler``).
-        cond_drop_prob: probability that training replaces the text condition by the
+        condition_dropout: probability that training replaces the text condition by the
             learned null condition (classifier-free guidance).
         seed: seed of the random initialisation.
     """
+
+    RENAMED_ARGUMENTS = {"cond_drop_prob": "condition_dropout"}
+    PRESETS = {
+        "paper": {},  # the constructor's defaults: DALL-E 2's prior size
+        "tiny": {"transformer": {"num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 16}},
+    }
 
     def __init__(
         self,
@@ -68,7 +74,7 @@ class DiffusionPrior(Pretrained, nn.Module):
         transformer: dict | None = None,
         scheduler: dict | None = None,
         sampler: str = "DDIMScheduler",
-        cond_drop_prob: float = 0.1,
+        condition_dropout: float = 0.1,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -80,9 +86,9 @@ class DiffusionPrior(Pretrained, nn.Module):
         if not hasattr(diffusers, sampler):
             raise PriorError(f"diffusers has no scheduler {sampler!r}; use e.g. DDIMScheduler.")
         self.sampler = sampler
-        if not 0.0 <= cond_drop_prob < 1.0:
-            raise PriorError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}.")
-        self.cond_drop_prob = cond_drop_prob
+        if not 0.0 <= condition_dropout < 1.0:
+            raise PriorError(f"condition_dropout must be in [0, 1), got {condition_dropout}.")
+        self.condition_dropout = condition_dropout
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.transformer = PriorTransformer(**transformer)
@@ -105,10 +111,15 @@ class DiffusionPrior(Pretrained, nn.Module):
         self.noise_scheduler = diffusers.DDPMScheduler.from_config(self.scheduler_config)
 
     @classmethod
-    def tiny(cls, embed_dim: int = 32, seed: int = 0) -> "DiffusionPrior":
-        """A small prior (2 layers, 4 heads of 16) for tests and the toy world."""
-        transformer = {"num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 16}
-        return cls(embed_dim=embed_dim, transformer=transformer, seed=seed)
+    def tiny(cls, embed_dim: int = 32, seed: int = 0, **overrides: Any) -> "DiffusionPrior":
+        """A small prior (2 layers, 4 heads of 16) for tests and the toy world; ``seed``
+        initialises it without touching the global random state."""
+        return cls(**{**cls.PRESETS["tiny"], "embed_dim": embed_dim, "seed": seed, **overrides})
+
+    @classmethod
+    def paper(cls, embed_dim: int = 768, seed: int = 0, **overrides: Any) -> "DiffusionPrior":
+        """The DALL-E 2 size (20 layers, 32 heads of 64), ViT-L/14 embeddings by default."""
+        return cls(**{**cls.PRESETS["paper"], "embed_dim": embed_dim, "seed": seed, **overrides})
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -174,7 +185,7 @@ class DiffusionPrior(Pretrained, nn.Module):
             embed_dim=embed_dim,
             transformer={key: value for key, value in transformer.config.items() if not key.startswith("_")},
             scheduler={key: scheduler[key] for key in keys if key in (scheduler or {})},
-            cond_drop_prob=0.0,
+            condition_dropout=0.0,
         )
         prior.transformer.load_state_dict(transformer.state_dict())
         prior.provenance = {"converted_from": str(root)}
@@ -197,11 +208,11 @@ class DiffusionPrior(Pretrained, nn.Module):
             mean.copy_(values.mean(0, keepdim=True))
             std.copy_(values.std(0, keepdim=True).clamp_min(1e-4) if len(values) > 1 else torch.ones_like(std))
 
-    def normalise_text(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+    def normalize_text(self, text_embeddings: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` text embeddings -> the standardised condition."""
         return (text_embeddings - self.text_mean) / self.text_std
 
-    def normalise_image(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+    def normalize_image(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` image embeddings -> the standardised diffusion space."""
         return (image_embeddings - self.transformer.clip_mean) / self.transformer.clip_std
 
@@ -223,8 +234,8 @@ class DiffusionPrior(Pretrained, nn.Module):
 
     def drop_condition(self, condition: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Replace each row of ``condition [B, D]`` by the null embedding with
-        probability ``cond_drop_prob`` (training for classifier-free guidance)."""
-        drop = torch.rand(condition.shape[0], 1, device=condition.device, generator=generator) < self.cond_drop_prob
+        probability ``condition_dropout`` (training for classifier-free guidance)."""
+        drop = torch.rand(condition.shape[0], 1, device=condition.device, generator=generator) < self.condition_dropout
         return torch.where(drop, self.null_embedding.to(condition.dtype), condition)
 
     @torch.no_grad()
@@ -238,13 +249,13 @@ class DiffusionPrior(Pretrained, nn.Module):
         """Sample image embeddings for text embeddings.
 
         Args:
-            text_embeddings: ``[B, D]`` CLIP text embeddings (L2-normalised).
+            text_embeddings: ``[B, D]`` CLIP text embeddings (L2-normalized).
             steps: denoising steps.
             guidance: classifier-free guidance scale (1 = conditional model only).
             generator: random generator for the initial noise (on the prior's device).
 
         Returns:
-            float32 ``[B, D]`` L2-normalised image embeddings on the prior's device.
+            float32 ``[B, D]`` L2-normalized image embeddings on the prior's device.
         """
         if text_embeddings.ndim != 2 or text_embeddings.shape[1] != self.embed_dim:
             raise PriorError(
@@ -255,7 +266,7 @@ class DiffusionPrior(Pretrained, nn.Module):
         device, dtype = self.text_mean.device, self.transformer.dtype
         scheduler = getattr(diffusers, self.sampler).from_config(self.scheduler_config)
         scheduler.set_timesteps(steps, device=device)
-        condition = self.normalise_text(text_embeddings.to(device=device, dtype=self.text_mean.dtype)).to(dtype)
+        condition = self.normalize_text(text_embeddings.to(device=device, dtype=self.text_mean.dtype)).to(dtype)
         batch = condition.shape[0]
         if guidance != 1.0:
             condition = torch.cat([condition, self.null_embedding.to(dtype).expand(batch, -1)])

@@ -10,11 +10,13 @@ with the sample's caption (``txt``), or with its ``json`` label put into prompt 
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,12 +27,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from webdataset.tariterators import tarfile_samples
 
-from clipcore import synthetic
-from clipcore.checkpoint import git_commit
 from clipcore.files import atomic_write
 from clipcore.prior import DiffusionPrior, PriorError
 from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
 from clipcore.shards import expand_shards
+from clipcore.training import export_pretrained
 
 __all__ = ["PriorDataModule", "PriorSystem", "load_pairs", "save_pairs", "compute_pairs"]
 
@@ -77,7 +78,7 @@ def compute_pairs(
     encoder: QueryEncoder,
     templates: list[str] | None = None,
     max_samples: int | None = None,
-    toy_captions: bool = False,
+    captions_of: Callable[[str], list[str]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed the images and captions of a webdataset with a query encoder.
 
@@ -87,8 +88,8 @@ def compute_pairs(
         templates: templates for ``json`` labels (default ``["a photo of {}"]``); a ``txt``
             caption is used as is.
         max_samples: stop after this many samples.
-        toy_captions: caption labels with the toy world's captions
-            (:func:`clipcore.synthetic.captions`) instead of templates.
+        captions_of: a function giving the captions of a ``json`` label (the toy world's
+            :func:`clipcore.synthetic.captions`, say), used instead of the templates.
 
     Returns:
         float32 text ``[N, D]`` and image ``[N, D]``: one pair per image and caption.
@@ -124,7 +125,7 @@ def compute_pairs(
             break
         where = f"{sample.get('__key__')} in {sample.get('__url__')}"
         try:
-            captions = _captions(sample, templates, toy_captions)
+            captions = _captions(sample, templates, captions_of)
             if member in sample:
                 table = np.load(io.BytesIO(sample[member]), allow_pickle=False).astype(np.float32)
                 if table.ndim != 2 or table.shape[1] != encoder.embed_dim or not np.isfinite(table).all():
@@ -146,7 +147,7 @@ def compute_pairs(
     return torch.cat(texts), torch.cat(images)
 
 
-def _captions(sample: dict, templates: list[str], toy_captions: bool) -> list[str]:
+def _captions(sample: dict, templates: list[str], captions_of: Callable[[str], list[str]] | None) -> list[str]:
     """The captions of a sample: its ``txt``, or its ``json`` label in templates.
 
     Raises:
@@ -160,7 +161,23 @@ def _captions(sample: dict, templates: list[str], toy_captions: bool) -> list[st
     label = json.loads(sample["json"]).get("label") if "json" in sample else None
     if not label:
         raise ValueError("no txt caption or json label")
-    return synthetic.captions(label) if toy_captions else [template.format(label) for template in templates]
+    return list(captions_of(label)) if captions_of else [template.format(label) for template in templates]
+
+
+def load_caption_function(path: str) -> Callable[[str], list[str]]:
+    """The function an import path names (``package.module.function``).
+
+    Raises:
+        PriorError: no such module or function.
+    """
+    module, _, name = path.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        function = None
+    if not callable(function):
+        raise PriorError(f"captions: {path!r} names no function (give package.module.function).")
+    return function
 
 
 def _natural(name: str) -> tuple:
@@ -182,7 +199,8 @@ class PriorDataModule(LightningDataModule):
         encoder: query encoder spec for ``shards`` (see ``QueryEncoder.load``), or ``tiny``
             (``QueryEncoder.tiny(seed=0)``).
         templates: prompt templates for ``json`` labels in ``shards``.
-        toy_captions: caption labels with the toy world's captions instead.
+        captions: import path of a function giving a label's captions, used instead of
+            the templates (``clipcore.synthetic.captions`` for the toy world).
         cache: where to save pairs computed from ``shards`` (``.npz``), and to read them
             from when it exists; with several processes (DDP) the first one computes
             them and the others read the cache, so give one.
@@ -199,7 +217,7 @@ class PriorDataModule(LightningDataModule):
         shards: str | list[str] | None = None,
         encoder: str | None = None,
         templates: list[str] | None = None,
-        toy_captions: bool = False,
+        captions: str | None = None,
         cache: str | None = None,
         max_samples: int | None = None,
         val_fraction: float = 0.05,
@@ -221,7 +239,8 @@ class PriorDataModule(LightningDataModule):
     def _compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.hparams
         encoder = QueryEncoder.tiny(seed=0) if h.encoder == "tiny" else QueryEncoder.load(h.encoder)
-        text, image = compute_pairs(h.shards, encoder, h.templates, h.max_samples, h.toy_captions)
+        captions_of = load_caption_function(h.captions) if h.captions else None
+        text, image = compute_pairs(h.shards, encoder, h.templates, h.max_samples, captions_of)
         if h.cache:
             save_pairs(h.cache, text, image)
         return text, image
@@ -274,41 +293,41 @@ class PriorSystem(LightningModule):
 
     Args:
         embed_dim: CLIP embedding size (must match the data).
-        transformer: ``PriorTransformer`` config (see :class:`DiffusionPrior`); None: DALL-E 2 size.
-        scheduler: noise schedule config; None: :data:`clipcore.prior.DEFAULT_SCHEDULER`.
-        sampler: diffusers scheduler class for validation sampling and inference.
-        cond_drop_prob: text condition dropout for classifier-free guidance.
-        init_from: a prior folder (project or diffusers layout) to fine-tune.
-        lr: peak learning rate.
+        preset: ``"paper"`` (DALL-E 2 size) or ``"tiny"`` prior; ``prior_args`` override
+            its arguments.
+        prior_args: :class:`DiffusionPrior` arguments over the preset's (``transformer``,
+            ``scheduler``, ``sampler``, ``condition_dropout``, ``seed``).
+        init_from: a prior folder (project or diffusers layout) to fine-tune (only
+            ``prior_args``' ``condition_dropout`` applies to it).
+        learning_rate: peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps, then cosine decay to zero.
         val_steps: sampling steps in validation.
         val_guidance: guidance scale in validation.
-        seed: seed of the weight initialisation.
     """
 
     def __init__(
         self,
         embed_dim: int = 768,
-        transformer: dict | None = None,
-        scheduler: dict | None = None,
-        sampler: str = "DDIMScheduler",
-        cond_drop_prob: float = 0.1,
+        preset: str = "paper",
+        prior_args: dict[str, Any] | None = None,
         init_from: str | None = None,
-        lr: float = 1.1e-4,
+        learning_rate: float = 1.1e-4,
         weight_decay: float = 6.0e-2,
         warmup_steps: int = 500,
         val_steps: int = 10,
         val_guidance: float = 1.0,
-        seed: int = 0,
     ) -> None:
         super().__init__()
+        if preset not in DiffusionPrior.PRESETS:
+            raise PriorError(f"preset must be one of {', '.join(DiffusionPrior.PRESETS)}, not {preset!r}.")
         self.save_hyperparameters()
+        arguments = {**DiffusionPrior.PRESETS[preset], **(prior_args or {}), "embed_dim": embed_dim}
         if init_from is not None:
             self.prior = DiffusionPrior.load(init_from, embed_dim=embed_dim)
-            self.prior.cond_drop_prob = cond_drop_prob
+            self.prior.condition_dropout = arguments.get("condition_dropout", 0.1)
         else:
-            self.prior = DiffusionPrior(embed_dim, transformer, scheduler, sampler, cond_drop_prob, seed)
+            self.prior = DiffusionPrior(**arguments)
         self.register_buffer("statistics_ready", torch.tensor(init_from is not None))
 
     def on_fit_start(self) -> None:
@@ -332,8 +351,8 @@ class PriorSystem(LightningModule):
 
     def _loss(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         prior = self.prior
-        clean = prior.normalise_image(image)
-        condition = prior.drop_condition(prior.normalise_text(text)) if self.training else prior.normalise_text(text)
+        clean = prior.normalize_image(image)
+        condition = prior.drop_condition(prior.normalize_text(text)) if self.training else prior.normalize_text(text)
         noise = torch.randn_like(clean)
         schedule = prior.noise_scheduler
         timesteps = torch.randint(0, schedule.config.num_train_timesteps, (len(clean),), device=clean.device)
@@ -361,7 +380,7 @@ class PriorSystem(LightningModule):
 
     def configure_optimizers(self):
         parameters = [p for p in self.prior.parameters() if p.requires_grad]
-        optimiser = torch.optim.AdamW(parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(parameters, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(self.hparams.warmup_steps, total // 2)
 
@@ -370,11 +389,10 @@ class PriorSystem(LightningModule):
                 return (step + 1) / warmup
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
-        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def export(self, directory: str | Path, provenance: dict | None = None) -> Path:
-        """Save the prior for inference (``DiffusionPrior.load``), with the git commit, the
-        system's arguments and the step count as provenance."""
-        facts = {"git_commit": git_commit(), "system": dict(self.hparams), "steps": self.global_step}
-        return self.prior.save_pretrained(directory, provenance={**facts, **(provenance or {})})
+        """Save the prior for inference (``DiffusionPrior.load``), with the training
+        provenance (:func:`clipcore.training.training_provenance`)."""
+        return export_pretrained(self, self.prior, directory, provenance)

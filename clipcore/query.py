@@ -1,7 +1,7 @@
 """Query encoders: CLIP image and text towers (open_clip) turned into frozen embedders.
 
 A :class:`QueryEncoder` maps video frames (training) and text prompts (inference) into one
-L2-normalised embedding space::
+L2-normalized embedding space::
 
     encoder = QueryEncoder.load("ViT-B-32/openai")        # open_clip download (needs internet)
     encoder = QueryEncoder.load("ViT-B-32/openai=/models/open_clip_pytorch_model.bin")  # same, local file
@@ -55,8 +55,8 @@ CLIPSEP_EVAL_TEMPLATES = (
 )
 """The four prompt templates of the CLIPSep evaluation's prompt ensemble (``--prompt_ens``
 in the official ``evaluate.py``). The official list repeats the second template, so there
-it weighs twice, and it averages unnormalised embeddings; here each template weighs once
-and the average is taken after normalisation."""
+it weighs twice, and it averages unnormalized embeddings; here each template weighs once
+and the average is taken after normalization."""
 
 
 class QueryEncoderError(CheckpointError):
@@ -76,14 +76,14 @@ def tiny_clip_config(embed_dim: int = 32) -> dict[str, Any]:
 
 
 def mean_embedding(embeddings: torch.Tensor, dim: int = -2) -> torch.Tensor:
-    """Average normalised embeddings along ``dim`` and renormalise.
+    """Average normalized embeddings along ``dim`` and renormalize.
 
     Args:
         embeddings: ``[..., F, D]`` (with the default ``dim``), e.g. per-frame embeddings.
         dim: the axis to average.
 
     Returns:
-        ``[..., D]`` L2-normalised float32.
+        ``[..., D]`` L2-normalized float32.
     """
     embeddings = F.normalize(embeddings.float(), dim=-1)
     return F.normalize(embeddings.mean(dim=dim), dim=-1)
@@ -293,7 +293,7 @@ class QueryEncoder(Pretrained, nn.Module):
 
     # ------------------------------------------------------------------ inputs
     def preprocess(self, images: torch.Tensor | Sequence[Any]) -> torch.Tensor:
-        """CLIP preprocessing in torch: resize, centre crop, normalise.
+        """CLIP preprocessing in torch: resize, centre crop, normalize.
 
         Args:
             images: uint8 ``[B, 3, H, W]`` (or float in [0, 1]), any H and W; or a list of
@@ -344,12 +344,12 @@ class QueryEncoder(Pretrained, nn.Module):
     # ------------------------------------------------------------------ embeddings
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor | Sequence[Any], batch_size: int = 64) -> torch.Tensor:
-        """L2-normalised CLIP image embeddings.
+        """L2-normalized CLIP image embeddings.
 
         Args:
             images: uint8 ``[B, 3, H, W]`` or a list of PIL images (see :meth:`preprocess`);
-                or uint8 ``[B, F, 3, H, W]``: F frames of each clip, whose normalised
-                embeddings are averaged and renormalised (CLIPSep averages 3 frames).
+                or uint8 ``[B, F, 3, H, W]``: F frames of each clip, whose normalized
+                embeddings are averaged and renormalized (CLIPSep averages 3 frames).
             batch_size: images per forward pass.
 
         Returns:
@@ -370,12 +370,12 @@ class QueryEncoder(Pretrained, nn.Module):
     def encode_text(
         self, texts: Sequence[str], templates: str | Sequence[str] | None = None, batch_size: int = 256
     ) -> torch.Tensor:
-        """L2-normalised CLIP text embeddings of prompts made from ``texts``.
+        """L2-normalized CLIP text embeddings of prompts made from ``texts``.
 
         Args:
             texts: B queries, e.g. ``["violin", "dog barking"]``.
             templates: a template with ``{}`` (default ``"a photo of {}"``) or a list of
-                templates: the ensemble averages their normalised embeddings, renormalised.
+                templates: the ensemble averages their normalized embeddings, renormalized.
             batch_size: prompts per forward pass.
 
         Returns:
@@ -390,7 +390,7 @@ class QueryEncoder(Pretrained, nn.Module):
         for template in templates:
             if "{}" not in template:
                 raise ValueError(f"prompt template {template!r} has no '{{}}' for the query text.")
-        # The cache holds while the weights are unchanged: in-place updates (optimiser steps,
+        # The cache holds while the weights are unchanged: in-place updates (optimizer steps,
         # load_state_dict) bump the parameters' version counters.
         version = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
         use_cache = version == self._cache_version and not any(p.requires_grad for p in self.model.parameters())

@@ -210,10 +210,10 @@ def synthesize(
         n = min(int(length * sample_rate), total - start)
         if n > 16:
             wave[start : start + n] += _note(inst, freq, n, sample_rate, rng)
-    return _normalise(wave, rng)
+    return _normalize(wave, rng)
 
 
-def _normalise(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _normalize(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     rms = np.sqrt(np.mean(wave**2)) + 1e-9
     wave = wave * (0.1 * 10 ** (rng.uniform(-3, 3) / 20) / rms)
     peak = np.abs(wave).max()

@@ -1,13 +1,14 @@
-"""What every training recipe shares: periodic checkpoints, resuming, per-rank random streams.
+"""What every training recipe shares: periodic checkpoints, resuming, per-rank random
+streams, and the one way a trained model is exported.
 
 :class:`TrainingCLI` is the ``LightningCLI`` of ``recipes/train_*.py``. Scaling out
 needs no code: ``--trainer.devices``, ``--trainer.num_nodes``, ``--trainer.strategy
 ddp``, ``--trainer.precision bf16-mixed`` and ``--trainer.accumulate_grad_batches`` are
-Lightning's, and :class:`clipcore.shards.ShardDataModule` gives every rank its own
+Lightning's, and :class:`clipcore.datamodule.ShardDataModule` gives every rank its own
 samples. On top of that it adds:
 
 * ``--checkpoint.*``: a :class:`StepCheckpoint` that saves every
-  ``every_n_train_steps`` optimiser steps (1000 by default) into
+  ``every_n_train_steps`` optimizer steps (1000 by default) into
   ``<trainer.default_root_dir>/checkpoints/``, keeps the ``save_top_k`` newest (3) and
   ``last.ckpt`` (also written when training ends; ``save_on_exception`` also saves when
   a SIGTERM, e.g. a preemption, stops the run). The folder does not depend on the
@@ -18,11 +19,15 @@ samples. On top of that it adds:
   generators (Python, NumPy, torch, CUDA) from ``(seed_everything, global rank, global
   step)`` when training starts, so ranks draw different noise and a resumed run goes on
   with a fresh, reproducible stream instead of replaying the one from step 0.
+* ``--export`` (recipes that name an ``export`` folder): an :class:`ExportPretrained`
+  callback that exports the model once training ends. Every system exports through
+  :func:`export_pretrained`, which records the same provenance for all of them
+  (:func:`training_provenance`).
 
-What ``--ckpt_path last`` restores: weights (and the CLIPSonic EMA weights), optimiser
+What ``--ckpt_path last`` restores: weights (and the CLIPSonic EMA weights), optimizer
 state, learning-rate schedule, global step and epoch, loop progress, callback states
 (Lightning); and the shard stream's epoch and position (the training loader of
-:class:`~clipcore.shards.ShardDataModule` is resumable). Not restored bit-exactly: the
+:class:`~clipcore.datamodule.ShardDataModule` is resumable). Not restored bit-exactly: the
 random generators and the rest of the interrupted epoch's shard stream are re-seeded
 from the step and position rather than rewound (the shuffle buffer is lost), so a
 resumed run is deterministic but not identical to an uninterrupted one; map-style
@@ -31,22 +36,35 @@ loaders (the prior's pairs) restart the interrupted epoch's permutation.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback
+import yaml
+from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from clipcore.cli import EXPECTED_ERRORS
-from clipcore.shards import ShardError
+from clipcore.checkpoint import QUERY_ENCODER_DIR, Pretrained, git_commit
+from clipcore.errors import report_errors
 
-__all__ = ["TrainingCLI", "StepCheckpoint", "RankRandomState", "rank_seed", "log_dir", "run_recipe"]
+__all__ = [
+    "TrainingCLI",
+    "StepCheckpoint",
+    "RankRandomState",
+    "ExportPretrained",
+    "export_pretrained",
+    "training_provenance",
+    "run_config",
+    "rank_seed",
+    "log_dir",
+    "run_recipe",
+]
 
 CHECKPOINT_EVERY = 1000
 
@@ -57,6 +75,105 @@ def log_dir(trainer) -> Path:
     logger = trainer.loggers[0] if trainer.loggers else None
     folder = (getattr(logger, "log_dir", None) or logger.save_dir) if logger is not None else None
     return Path(folder or trainer.default_root_dir)
+
+
+def run_config(trainer) -> dict | None:
+    """The resolved config LightningCLI saved in the run's log folder, if any."""
+    path = log_dir(trainer) / "config.yaml"
+    if not path.is_file():
+        return None
+    return yaml.safe_load(path.read_text())
+
+
+def training_provenance(module: LightningModule) -> dict[str, Any]:
+    """How a system's weights were made: the git commit, the step and epoch, the system's
+    arguments and, when a trainer ran it, the run's resolved config."""
+    trainer = module._trainer  # None for a module no trainer has run
+    return {
+        "git_commit": git_commit(),
+        "global_step": module.global_step,
+        "epoch": module.current_epoch,
+        "system": dict(module.hparams),
+        "run_config": run_config(trainer) if trainer is not None else None,
+    }
+
+
+def export_pretrained(
+    module: LightningModule,
+    model: Pretrained,
+    directory: str | os.PathLike,
+    provenance: dict[str, Any] | None = None,
+    query_encoder: Pretrained | None = None,
+) -> Path:
+    """Save a system's inference model with its training provenance: the one export path
+    of every system.
+
+    Args:
+        module: the training system (the provenance's source).
+        model: the model to save (``save_pretrained``).
+        directory: the checkpoint folder to write.
+        provenance: extra facts, merged over :func:`training_provenance`'s.
+        query_encoder: a query encoder to copy into ``directory/query_encoder`` (one
+            loaded from a local folder, so that the export is self-contained), or None.
+
+    Returns:
+        The folder.
+    """
+    directory = Path(directory)
+    model.save_pretrained(directory, provenance={**training_provenance(module), **(provenance or {})})
+    if query_encoder is not None:
+        query_encoder.save_pretrained(directory / QUERY_ENCODER_DIR)
+    return directory
+
+
+class ExportPretrained(Callback):
+    """Export the system (its ``export(directory, provenance)``) on global rank 0.
+
+    With ``best_and_last``, after each validation (not the sanity check) to
+    ``dirpath/last`` and, when ``monitor`` is the lowest so far, to ``dirpath/best``;
+    otherwise once, when training ends, to ``dirpath``. A dev run (``fast_dev_run``) has
+    no log folder, so it exports only when ``dirpath`` names one.
+
+    Args:
+        dirpath: the export folder; None: ``<log_dir>/<folder>``.
+        folder: name of the default folder inside the run's log folder.
+        best_and_last: export best and last after every validation, not once at the end.
+        monitor: the validation metric that decides "best" (lower is better).
+    """
+
+    def __init__(self, dirpath: str | None = None, folder: str = "pretrained", best_and_last: bool = False,
+                 monitor: str = "val/loss") -> None:
+        self.dirpath, self.folder, self.best_and_last, self.monitor = dirpath, folder, best_and_last, monitor
+        self.best = math.inf
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.best = state_dict["best"]
+
+    def _root(self, trainer) -> Path | None:
+        if not trainer.is_global_zero or (trainer.fast_dev_run and not self.dirpath):
+            return None
+        return Path(self.dirpath or log_dir(trainer) / self.folder)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        root = self._root(trainer)
+        if not self.best_and_last or trainer.sanity_checking or root is None:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        pl_module.export(root / "last", {"val_metrics": metrics})
+        value = metrics.get(self.monitor, math.nan)
+        if value < self.best:
+            self.best = value
+            pl_module.export(root / "best", {"val_metrics": metrics})
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        root = self._root(trainer)
+        if self.best_and_last or root is None:
+            return
+        pl_module.export(root)
+        print(f"exported the model to {root}")
 
 
 def rank_seed(seed: int, rank: int, step: int) -> int:
@@ -94,7 +211,32 @@ class StepCheckpoint(ModelCheckpoint):
 
 
 class TrainingCLI(LightningCLI):
-    """``LightningCLI`` with the project's checkpointing and random-state conventions."""
+    """``LightningCLI`` with the project's checkpointing, random-state and export conventions.
+
+    Args:
+        export_folder: a recipe whose system exports once training ends names the default
+            folder inside the log folder (``model``, ``prior``): the CLI then takes
+            ``--export DIR`` and adds an :class:`ExportPretrained` callback. None: the
+            system configures its own export.
+        *args, **kwargs: ``LightningCLI``'s; the resolved config is saved over an earlier
+            one (``save_config_kwargs={"overwrite": True}``) unless they say otherwise.
+    """
+
+    def __init__(self, *args, export_folder: str | None = None, **kwargs) -> None:
+        self.export_folder = export_folder
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        if self.export_folder is not None:
+            parser.add_argument("--export", type=str | None, default=None,
+                                help=f"Folder for the trained model (default: <log_dir>/{self.export_folder}).")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
+        if self.export_folder is not None:
+            options = self.config_init[self.subcommand] if self.subcommand else self.config_init
+            callbacks = [*callbacks, ExportPretrained(options.get("export"), folder=self.export_folder)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_default_arguments_to_parser(parser)
@@ -120,9 +262,7 @@ class TrainingCLI(LightningCLI):
 
 
 def run_recipe(main: Callable[[], object], name: str) -> None:
-    """Run a recipe's ``main``; expected failures (bad files, shards, checkpoints, values)
-    end the process with one line ``<name>: error: ...`` and status 1, not a traceback."""
-    try:
-        main()
-    except (*EXPECTED_ERRORS, ShardError) as error:
-        sys.exit(f"{name}: error: {error}")
+    """Run a recipe's ``main`` and exit; expected failures (bad files, shards, checkpoints,
+    values) end the process with one line ``<name>: error: ...`` and status 2, not a
+    traceback (:func:`clipcore.errors.report_errors`)."""
+    sys.exit(report_errors(name, main))

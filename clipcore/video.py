@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipcore.errors import ClipAudioError
 from clipcore.files import atomic_write
 
 __all__ = ["VIDEO_EXTENSIONS", "VideoError", "VideoInfo", "Clip", "frame_times", "probe", "read_clip", "write_video"]
@@ -33,7 +34,7 @@ TRUNCATION_TOLERANCE = 0.5
 """Seconds of audio that may be missing at the end before a file counts as truncated."""
 
 
-class VideoError(ValueError):
+class VideoError(ClipAudioError):
     """A video file that cannot be used, described in one sentence naming the file."""
 
 

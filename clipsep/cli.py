@@ -6,8 +6,8 @@ import sys
 
 from clipcore import cli
 from clipsep.convert import add_convert_command
-from clipsep.export_onnx import add_export_command
-from clipsep.separate_cli import add_separate_command
+from clipsep.export_command import add_export_command
+from clipsep.separate_command import add_separate_command
 
 DESCRIPTION = "CLIPSep: text-queried sound separation learned from unlabeled video."
 COMMANDS: list[cli.Registrar] = [add_convert_command, add_export_command, add_separate_command]

@@ -1,4 +1,4 @@
-"""ONNX export of a separator, for plug-in and app developers: ``clipsep export --onnx DIR``.
+"""ONNX export of a separator, for plug-in and app developers (``clipsep export --onnx DIR``).
 
 Three files land in ``DIR``:
 
@@ -17,7 +17,6 @@ Three files land in ``DIR``:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import nn
 from clipcore.files import atomic_write
 from clipcore.spectral import unwarp_to_linear
 
-__all__ = ["export_onnx", "add_export_command", "MAX_FRAMES"]
+__all__ = ["export_onnx", "MAX_FRAMES"]
 
 MAX_FRAMES = 2**20
 """Longest input the exported mask network accepts, in STFT frames (about 4.6 hours at 16 kHz)."""
@@ -109,32 +108,3 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 
     with torch.no_grad():
         return atomic_write(path, write)
-
-
-def add_export_command(subparsers: "argparse._SubParsersAction") -> None:
-    """Registrar of ``clipsep export --onnx DIR --checkpoint CKPT``."""
-    parser = subparsers.add_parser(
-        "export",
-        help="write the mask network and text tower as ONNX",
-        description="Export a separator's mask network (dynamic batch, length and number of queries, with its "
-        "noise heads) and its CLIP text tower as ONNX files, with onnx.json describing how to call them.",
-    )
-    parser.add_argument("--onnx", required=True, metavar="DIR", help="folder to write")
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="project checkpoint folder, or the official best_model.pt")
-    parser.add_argument("--query-encoder", default=None, metavar="SPEC",
-                        help="query encoder (default: the checkpoint's own query_encoder/)")
-    parser.add_argument("--template", action="append", default=None, metavar="TEMPLATE",
-                        help='text prompt template with {} recorded in onnx.json (default "a photo of {}"; repeat '
-                        "to average several)")
-    parser.set_defaults(run=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from clipsep.separate import Separator
-
-    separator = Separator.load(args.checkpoint, query_encoder=args.query_encoder, templates=args.template)
-    paths = export_onnx(separator, args.onnx)
-    for path in paths.values():
-        print(path)
-    return 0

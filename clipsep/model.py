@@ -104,6 +104,8 @@ class CLIPSep(Pretrained, nn.Module):
         hop_length: STFT hop.
     """
 
+    PRESETS = PRESETS
+
     def __init__(
         self,
         query_dim: int = 512,
@@ -155,17 +157,16 @@ class CLIPSep(Pretrained, nn.Module):
         self.apply(_official_init)
 
     @classmethod
-    def paper(cls, noise_heads: int = 2) -> "CLIPSep":
-        """The published network (30,292,771 parameters with 2 noise heads)."""
-        return cls(noise_heads=noise_heads)
+    def paper(cls, seed: int | None = 0, **overrides) -> "CLIPSep":
+        """The published network (30,292,771 parameters with 2 noise heads); see
+        :meth:`~clipcore.checkpoint.Pretrained.from_preset` for ``seed``."""
+        return cls.from_preset("paper", seed, **overrides)
 
     @classmethod
-    def tiny(cls, seed: int = 0, **overrides) -> "CLIPSep":
+    def tiny(cls, seed: int | None = 0, **overrides) -> "CLIPSep":
         """A small network of the same structure (``PRESETS["tiny"]`` with ``overrides``,
         e.g. ``query_dim=16, layers=5``), initialised from ``seed``; for tests and the toy world."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return cls(**{**PRESETS["tiny"], **overrides})
+        return cls.from_preset("tiny", seed, **overrides)
 
     def features(self, mag_mix: torch.Tensor) -> torch.Tensor:
         """U-Net features of a mixture.

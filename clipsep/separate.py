@@ -53,7 +53,8 @@ from typing import Callable, Sequence, Union
 import torch
 
 from clipcore.audio import AudioError, resample
-from clipcore.checkpoint import CheckpointError, load_pretrained
+from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
+from clipcore.errors import ClipAudioError
 from clipcore.files import load_image
 from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
 from clipcore.spectral import istft, stft, unwarp_to_linear
@@ -63,18 +64,14 @@ __all__ = [
     "Separator",
     "Separation",
     "QueryError",
-    "QUERY_ENCODER_DIR",
     "crossfade_window",
     "segment_starts",
 ]
 
-QUERY_ENCODER_DIR = "query_encoder"
-"""Sub-folder of a separator checkpoint that holds its query encoder."""
-
 Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]  # noqa: F821
 
 
-class QueryError(ValueError):
+class QueryError(ClipAudioError):
     """A query that cannot be used (empty text, unreadable image), in one sentence."""
 
 
@@ -316,7 +313,7 @@ class Separator:
         Args:
             texts: K query texts.
             templates: template(s) with ``{}`` (default: the separator's); several are
-                averaged (unit-norm: renormalised mean; raw: mean of raw outputs).
+                averaged (unit-norm: renormalized mean; raw: mean of raw outputs).
 
         Returns:
             ``[K, D]`` float32 on the separator's device.

@@ -1,11 +1,11 @@
 """Training CLIPSep: the LightningModule around :class:`~clipsep.model.CLIPSep`.
 
-Mix-and-separate: a :class:`clipcore.shards.MixBatch` holds mixtures of N clips and each
+Mix-and-separate: a :class:`clipcore.shard_stream.MixBatch` holds mixtures of N clips and each
 clip's query (its CLIP image embedding averaged over 3 frames, precomputed in the shards
 or computed here from the delivered frames with a frozen query encoder). The network
 predicts one mask per clip from the mixture (one U-Net pass for all N queries); the loss
 is the weighted binary-mask BCE, or with noise heads the noise-invariant loss (see
-:mod:`clipsep.losses`). Optimiser and schedule are the paper's: Adam 1e-3, linear warm-up
+:mod:`clipsep.losses`). Optimizer and schedule are the paper's: Adam 1e-3, linear warm-up
 over 5k steps, then linear decay to 0.1x at 100k steps (gradient clipping 1.0 is the
 trainer's ``gradient_clip_val``).
 
@@ -19,27 +19,23 @@ the git commit, step, metrics and the run's resolved config as provenance, ready
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
-from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
-from clipcore.checkpoint import git_commit
 from clipcore.media import log_media, scaled_image
 from clipcore.spectral import istft, stft, unwarp_to_linear
-from clipcore.training import log_dir
+from clipcore.training import ExportPretrained, export_pretrained
 from clipsep.losses import mask_loss, noise_activation_penalty, noise_invariant_loss, separation_targets
 from clipsep.metrics import separation_scores
-from clipsep.model import PRESETS, CLIPSep
-from clipsep.separate import QUERY_ENCODER_DIR
+from clipsep.model import CLIPSep
 
-__all__ = ["CLIPSepSystem", "ExportPretrained", "lr_multiplier", "spectrogram_image"]
+__all__ = ["CLIPSepSystem", "lr_multiplier", "spectrogram_image"]
 
 
 def lr_multiplier(step: int, warmup_steps: int, decay_steps: int, decay_multiplier: float) -> float:
@@ -96,10 +92,8 @@ class CLIPSepSystem(LightningModule):
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}.")
         self.save_hyperparameters()
-        self.model = CLIPSep(**{**PRESETS[preset], **(model_args or {})})
+        self.model = CLIPSep.from_preset(preset, seed=None, **(model_args or {}))  # seed_everything's stream
         object.__setattr__(self, "encoder", None)  # frozen, loaded when needed, not checkpointed
         # Mean SDR / SDRi of the non-silent estimates (the official evaluation's rule).
         self.scores = torch.nn.ModuleDict(
@@ -129,7 +123,7 @@ class CLIPSepSystem(LightningModule):
         return self.encoder.to(self.device)
 
     def queries(self, batch) -> torch.Tensor:
-        """``[B, N, D]`` L2-normalised query of each source of a ``MixBatch``."""
+        """``[B, N, D]`` L2-normalized query of each source of a ``MixBatch``."""
         if batch.embeddings is not None:
             return F.normalize(batch.embeddings.float(), dim=-1)
         frames = batch.frames  # [B, N, F, 3, H, W]
@@ -187,7 +181,7 @@ class CLIPSepSystem(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_callbacks(self):
-        return [ExportPretrained(self.hparams.export_dir)]
+        return [ExportPretrained(self.hparams.export_dir, folder="pretrained", best_and_last=True)]
 
     # --- validation ---------------------------------------------------------------------
 
@@ -236,50 +230,10 @@ class CLIPSepSystem(LightningModule):
     def export(self, directory: str | Path, provenance: dict[str, Any] | None = None) -> Path:
         """Save the network for ``Separator.from_pretrained`` (a query encoder given as a
         local folder is copied to ``directory/query_encoder``)."""
-        directory = Path(directory)
-        facts = {"git_commit": git_commit(), "global_step": self.global_step, "epoch": self.current_epoch}
         spec = self.hparams.query_encoder
-        if spec is not None:
-            facts["query_encoder"] = spec
-        self.model.save_pretrained(directory, provenance={**facts, **(provenance or {})})
-        if spec is not None and Path(spec).is_dir():
-            self._encoder().save_pretrained(directory / QUERY_ENCODER_DIR)
-        return directory
-
-
-class ExportPretrained(Callback):
-    """After each validation, export the model to ``last/`` and, when the validation loss
-    is the lowest so far, to ``best/`` (global rank 0 only; skipped in sanity checks)."""
-
-    def __init__(self, dirpath: str | None = None, monitor: str = "val/loss") -> None:
-        self.dirpath, self.monitor = dirpath, monitor
-        self.best = math.inf
-
-    def state_dict(self) -> dict[str, float]:
-        return {"best": self.best}
-
-    def load_state_dict(self, state_dict: dict[str, float]) -> None:
-        self.best = state_dict["best"]
-
-    def on_validation_end(self, trainer, pl_module: CLIPSepSystem) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or (trainer.fast_dev_run and not self.dirpath):
-            return  # a dev run has no log folder to export to unless dirpath names one
-        root = Path(self.dirpath or log_dir(trainer) / "pretrained")
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        provenance = {"val_metrics": metrics, "run_config": _run_config(trainer)}
-        pl_module.export(root / "last", provenance)
-        value = metrics.get(self.monitor, math.nan)
-        if value < self.best:
-            self.best = value
-            pl_module.export(root / "best", provenance)
-
-
-def _run_config(trainer) -> dict | None:
-    """The resolved config LightningCLI saved in the log folder, if any."""
-    path = log_dir(trainer) / "config.yaml"
-    if not path.is_file():
-        return None
-    return yaml.safe_load(path.read_text())
+        facts = {"query_encoder": spec} if spec is not None else {}
+        encoder = self._encoder() if spec is not None and Path(spec).is_dir() else None
+        return export_pretrained(self, self.model, directory, {**facts, **(provenance or {})}, encoder)
 
 
 def spectrogram_image(magnitude: torch.Tensor, floor_db: float = -80.0) -> np.ndarray:

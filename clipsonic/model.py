@@ -2,7 +2,7 @@
 on one CLIP embedding, with a learned null condition for classifier-free guidance.
 
 The mel convention is the project's (``clipcore.spectral.MelConfig``: 16 kHz, hop 160,
-64 mel rows, natural-log magnitudes). The model sees normalised mels: per-row mean and
+64 mel rows, natural-log magnitudes). The model sees normalized mels: per-row mean and
 standard deviation estimated on the training data, kept as buffers so that they travel
 with the checkpoint.
 
@@ -41,27 +41,31 @@ __all__ = ["CLIPSonic", "PREDICTION_TYPES"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
-_TINY: dict[str, Any] = {
-    "block_out_channels": [32, 64, 64],
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "layers_per_block": 1,
-    "attention_head_dim": 8,
-    "norm_num_groups": 8,
-    "cond_tokens": 4,
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "embed_dim": 32,
+        "block_out_channels": [32, 64, 64],
+        "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+        "layers_per_block": 1,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+        "cond_tokens": 4,
+    },
+    # Sized for a GPU cluster (134 M parameters): attention in the two lowest levels
+    # (16 x T/4 and 8 x T/8 mel pixels), ViT-L/14 embeddings.
+    "paper": {
+        "embed_dim": 768,
+        "block_out_channels": [128, 256, 384, 512],
+        "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+        "layers_per_block": 2,
+        "attention_head_dim": 64,
+        "norm_num_groups": 32,
+        "cond_tokens": 8,
+    },
 }
-
-# Sized for a GPU cluster (134 M parameters): attention in the two lowest levels
-# (16 x T/4 and 8 x T/8 mel pixels), ViT-L/14 embeddings.
-_PAPER: dict[str, Any] = {
-    "block_out_channels": [128, 256, 384, 512],
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "layers_per_block": 2,
-    "attention_head_dim": 64,
-    "norm_num_groups": 32,
-    "cond_tokens": 8,
-}
+"""Constructor arguments of the named models."""
 
 
 class CLIPSonic(Pretrained, nn.Module):
@@ -88,12 +92,14 @@ class CLIPSonic(Pretrained, nn.Module):
         mel: overrides of :class:`~clipcore.spectral.MelConfig` fields.
     """
 
+    PRESETS = PRESETS
+
     def __init__(
         self,
         embed_dim: int = 512,
-        block_out_channels: list[int] = _TINY["block_out_channels"],
-        down_block_types: list[str] = _TINY["down_block_types"],
-        up_block_types: list[str] = _TINY["up_block_types"],
+        block_out_channels: list[int] = PRESETS["tiny"]["block_out_channels"],
+        down_block_types: list[str] = PRESETS["tiny"]["down_block_types"],
+        up_block_types: list[str] = PRESETS["tiny"]["up_block_types"],
         layers_per_block: int = 1,
         attention_head_dim: int = 8,
         norm_num_groups: int = 8,
@@ -151,16 +157,15 @@ class CLIPSonic(Pretrained, nn.Module):
     # --- presets ------------------------------------------------------------------------
 
     @classmethod
-    def tiny(cls, embed_dim: int = 32, seed: int | None = 0, **overrides: Any) -> "CLIPSonic":
-        """A CPU-sized model: attention only at the lowest of three levels."""
-        if seed is not None:
-            torch.manual_seed(seed)
-        return cls(embed_dim=embed_dim, **{**_TINY, **overrides})
+    def tiny(cls, seed: int | None = 0, **overrides: Any) -> "CLIPSonic":
+        """A CPU-sized model: attention only at the lowest of three levels (32-d
+        embeddings by default); see :meth:`~clipcore.checkpoint.Pretrained.from_preset`."""
+        return cls.from_preset("tiny", seed, **overrides)
 
     @classmethod
-    def paper(cls, embed_dim: int = 768, **overrides: Any) -> "CLIPSonic":
+    def paper(cls, seed: int | None = 0, **overrides: Any) -> "CLIPSonic":
         """The GPU-cluster model (ViT-L/14 embeddings by default)."""
-        return cls(embed_dim=embed_dim, **{**_PAPER, **overrides})
+        return cls.from_preset("paper", seed, **overrides)
 
     # --- mel handling -------------------------------------------------------------------
 
@@ -182,7 +187,7 @@ class CLIPSonic(Pretrained, nn.Module):
 
     @torch.no_grad()
     def set_statistics(self, mel_mean=None, mel_std=None, cond_mean=None, cond_std=None) -> None:
-        """Set the normalisation of mels (``[n_mels]`` mean and std per row) and of
+        """Set the normalization of mels (``[n_mels]`` mean and std per row) and of
         conditions (``[D]`` mean, scalar RMS deviation); ``None`` keeps a value."""
         for name, value in (("mel_mean", mel_mean), ("mel_std", mel_std), ("cond_mean", cond_mean), ("cond_std", cond_std)):
             if value is not None:
@@ -191,7 +196,7 @@ class CLIPSonic(Pretrained, nn.Module):
                 buffer.copy_(value.clamp(min=1e-6) if name.endswith("std") else value)
 
     def set_mel_statistics(self, log_mels: torch.Tensor) -> None:
-        """Set the per-row mel normalisation from ``[B, n_mels, T]`` training log-mels."""
+        """Set the per-row mel normalization from ``[B, n_mels, T]`` training log-mels."""
         rows = log_mels.transpose(0, 1).reshape(log_mels.shape[1], -1)
         self.set_statistics(mel_mean=rows.mean(1), mel_std=rows.std(1).clamp(min=1e-3))
 
@@ -234,10 +239,10 @@ class CLIPSonic(Pretrained, nn.Module):
         embeddings: torch.Tensor | None,
         drop: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict noise (or v) for noisy normalised mels.
+        """Predict noise (or v) for noisy normalized mels.
 
         Args:
-            x: ``[B, 1, n_mels, T]`` noisy normalised mels, ``T`` a multiple of
+            x: ``[B, 1, n_mels, T]`` noisy normalized mels, ``T`` a multiple of
                 ``downsample_factor``.
             timesteps: ``[B]`` or scalar diffusion step.
             embeddings: ``[B, D]`` condition, or ``None`` for the null condition.

@@ -1,6 +1,6 @@
 """Training CLIPSonic: the LightningModule around :class:`~clipsonic.model.CLIPSonic`.
 
-Each training clip (a :class:`clipcore.shards.MixBatch` with one source) gives its mel and
+Each training clip (a :class:`clipcore.shard_stream.MixBatch` with one source) gives its mel and
 its condition: the CLIP embedding of one random frame, read from the shards when they hold
 precomputed embeddings, else computed from the delivered frames with the query encoder.
 The condition is dropped (replaced by the learned null condition) with probability
@@ -21,16 +21,13 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from lightning.pytorch import LightningModule
 
-from clipcore.checkpoint import git_commit
 from clipcore.media import log_media, scaled_image
+from clipcore.training import export_pretrained
 from clipsonic.model import CLIPSonic
-from clipsonic.pipeline import MEL_CEILING, sample_mels
+from clipsonic.generate import MEL_CEILING, sample_mels
 from clipsonic.vocoder import GriffinLim
 
 __all__ = ["CLIPSonicSystem", "mel_image"]
-
-PRESETS = {"tiny": CLIPSonic.tiny, "paper": CLIPSonic.paper}
-
 
 class CLIPSonicSystem(LightningModule):
     """Mel diffusion trained on (frame, audio) pairs of video clips.
@@ -54,7 +51,7 @@ class CLIPSonicSystem(LightningModule):
         warmup_steps: linear warm-up steps.
         ema_decay: decay of the weight average (with the usual ``(1+n)/(10+n)`` warm-up).
         mel_stats_batches: training batches read before training to set the per-row mel
-            normalisation and the condition standardisation (0: keep the model's).
+            normalization and the condition standardisation (0: keep the model's).
         val_sampler, val_steps, val_guidance: sampling settings of validation examples.
         val_examples: clips generated and logged at each validation.
     """
@@ -79,8 +76,8 @@ class CLIPSonicSystem(LightningModule):
         val_examples: int = 4,
     ) -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}.")
+        if preset not in CLIPSonic.PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(CLIPSonic.PRESETS)}, not {preset!r}.")
         self.save_hyperparameters()
         encoder = None
         if query_encoder is not None:
@@ -94,7 +91,7 @@ class CLIPSonicSystem(LightningModule):
         settings = {"prediction_type": prediction_type, "query_encoder": query_encoder, **(model_args or {})}
         if embed_dim is not None:
             settings["embed_dim"] = embed_dim
-        self.model = PRESETS[preset](**settings)
+        self.model = CLIPSonic.from_preset(preset, **settings)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.noise_scheduler = DDPMScheduler(**self.model.scheduler_config())
         self.register_buffer("stats_ready", torch.tensor(False))
@@ -102,7 +99,7 @@ class CLIPSonicSystem(LightningModule):
     # --- conditions and mels ------------------------------------------------------------
 
     def conditions(self, batch) -> torch.Tensor:
-        """``[B, D]`` normalised condition of each clip of a one-source ``MixBatch``."""
+        """``[B, D]`` normalized condition of each clip of a one-source ``MixBatch``."""
         if batch.embeddings is not None:
             return F.normalize(batch.embeddings[:, 0].float(), dim=-1)
         if self.encoder is None:
@@ -154,7 +151,7 @@ class CLIPSonicSystem(LightningModule):
 
     @torch.no_grad()
     def _set_statistics(self, loader) -> None:
-        """Mel and condition normalisation from a few batches, summed over all ranks."""
+        """Mel and condition normalization from a few batches, summed over all ranks."""
         n_mels, dim = self.model.mel_config.n_mels, self.model.embed_dim
         # [frames, clips, sum |e|^2, mel sums (M), mel squares (M), condition sums (D)]
         sums = torch.zeros(3 + 2 * n_mels + dim, dtype=torch.float64, device=self.device)
@@ -237,14 +234,9 @@ class CLIPSonicSystem(LightningModule):
         A query encoder given as a local checkpoint folder is copied to
         ``directory/query_encoder`` so that the folder is self-contained.
         """
-        directory = Path(directory)
-        facts = {"git_commit": git_commit(), "global_step": self.global_step, "ema_decay": self.hparams.ema_decay,
-                 **(provenance or {})}
-        self.ema.save_pretrained(directory, provenance=facts)
         spec = self.hparams.query_encoder
-        if self.encoder is not None and spec is not None and Path(spec).is_dir():
-            self.encoder.save_pretrained(directory / "query_encoder")
-        return directory
+        encoder = self.encoder if self.encoder is not None and spec is not None and Path(spec).is_dir() else None
+        return export_pretrained(self, self.ema, directory, provenance, encoder)
 
 
 def mel_image(log_mel: torch.Tensor, floor: float = math.log(1e-5), ceiling: float = MEL_CEILING) -> np.ndarray:

@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clipcore.audio import load_audio
-from clipcore.cli import EXPECTED_ERRORS, UsageError
+from clipcore.errors import UsageError, report_errors
 from clipcore.files import atomic_write
 from clipcore.query import CLIPSEP_EVAL_TEMPLATES, DEFAULT_TEMPLATE
 from clipsep.metrics import separation_scores, summarize
@@ -165,7 +165,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             source = load_segment(root, target) / 2
             noise = load_segment(root, other) / 2
             queries = query_embeddings(separator, modes, root, target)
-        except (*EXPECTED_ERRORS, OSError, ValueError) as error:
+        except (OSError, ValueError) as error:  # domain errors (ClipAudioError) included
             skipped.append({"index": index, "target": target.video_id, "reason": str(error)})
             continue
         mixture = source + noise
@@ -226,16 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        results = evaluate(args)
-        if args.out:
-            atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(results, indent=1) + "\n"))
-    except EXPECTED_ERRORS as error:
-        print(f"evaluate_clipsep: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("evaluate_clipsep: interrupted.", file=sys.stderr)
-        return 130
+    return report_errors("evaluate_clipsep", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    results = evaluate(args)
+    if args.out:
+        atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(results, indent=1) + "\n"))
     print(format_table(results["summary"]))
     if results["skipped"]:
         print(f"skipped {len(results['skipped'])} mixtures (reasons in the JSON results).")

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from clipcore.errors import UsageError, report_errors
 from clipcore.files import atomic_write
-from clipcore.cli import EXPECTED_ERRORS
-from clipcore.shards import ShardError, ShardStream
+from clipcore.shard_stream import ShardStream
 from clipsonic.metrics import embed_audio, frechet_distance, knn_accuracy, load_embedding, nearest_references, query_relevance
-from clipsonic.pipeline import MODES, SAMPLERS, GenerationError, Generator
+from clipsonic.generate import MODES, SAMPLERS, Generator
 
 
 def load_references(generator: Generator, shards: str, encoder: str | None, duration: float, limit: int):
@@ -46,7 +46,7 @@ def load_references(generator: Generator, shards: str, encoder: str | None, dura
         if len(labels) >= limit:
             break
     if not labels:
-        raise SystemExit(f"error: no reference clips in {shards}.")
+        raise UsageError(f"no reference clips in {shards}.")
     return torch.cat(audio)[:limit], torch.cat(embeddings)[:limit], labels[:limit]
 
 
@@ -65,7 +65,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         query_labels = [None] * len(prompts)
     else:
         if not has_labels:
-            raise SystemExit("error: the reference clips have no labels; give --prompts.")
+            raise UsageError("the reference clips have no labels; give --prompts.")
         query_labels = sorted(set(labels))
         prompts = query_labels
     text = generator.embed(text=prompts, mode="zs").cpu()
@@ -145,7 +145,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (*EXPECTED_ERRORS, ShardError, GenerationError, ValueError) as error:
-        sys.exit(f"evaluate_clipsonic: error: {error}")
+    sys.exit(report_errors("evaluate_clipsonic", main))

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from clipcore.cli import EXPECTED_ERRORS, UsageError
+from clipcore.errors import UsageError, report_errors
 from clipcore.files import atomic_write
 from clipcore.supervised import SupervisedPool
 from clipcore.video import VIDEO_EXTENSIONS, Clip, VideoError, probe, read_clip
@@ -416,16 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     # FFmpeg's own messages stay quiet (the summary gives reasons). Not av.logging.set_level:
     # its Python callback deadlocks FFmpeg's decoding threads (see clipcore.video).
     av.logging.set_libav_level(av.logging.PANIC)
-    from clipcore.shards import ShardError
-
-    try:
-        return prepare(args)
-    except (*EXPECTED_ERRORS, VideoError, ShardError) as error:
-        print(f"prepare_shards: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("prepare_shards: interrupted; rerun the same command to resume.", file=sys.stderr)
-        return 130
+    return report_errors("prepare_shards", lambda: prepare(args),
+                         interrupted="interrupted; rerun the same command to resume.")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def _stem(folder: Path, mixture: Path, name: str) -> np.ndarray:
 
 def evaluate_separation(queries: Queries, separated: Path) -> dict:
     """Score the stems ``clipsep separate`` wrote under ``separated`` (see the module doc)."""
-    from clipsep.separate_cli import stem_names  # the CLI's own output names
+    from clipsep.batch import stem_names  # the CLI's own output names
 
     kinds = [("text", queries.text[name]) for name in queries.instruments]
     kinds += [("image", str(queries.images[name])) for name in queries.instruments]
@@ -250,7 +250,7 @@ def train_judge(instruments: list[str], train_shards: str, heldout_shards: str, 
 def evaluate_generation(classifier: InstrumentClassifier, queries: Queries, generated: Path, seconds: float) -> dict:
     """Recognition of the queried instrument in what ``clipsonic generate`` wrote under
     ``generated/{image,zs,pd}`` (see the module doc)."""
-    from clipsonic.cli import output_paths  # the CLI's own output names
+    from clipsonic.generate_command import output_paths  # the CLI's own output names
 
     samples = round(seconds * queries.sample_rate)
     result = {}

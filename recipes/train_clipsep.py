@@ -14,19 +14,13 @@ provenance; ``clipsep separate --checkpoint <log_dir>/pretrained/best`` uses it 
 
 from __future__ import annotations
 
-from clipcore.shards import ShardDataModule
+from clipcore.datamodule import ShardDataModule
 from clipcore.training import TrainingCLI, run_recipe
 from clipsep.system import CLIPSepSystem
 
 
 def main(args: list[str] | None = None) -> TrainingCLI:
-    return TrainingCLI(
-        CLIPSepSystem,
-        ShardDataModule,
-        seed_everything_default=1234,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    return TrainingCLI(CLIPSepSystem, ShardDataModule, seed_everything_default=1234, args=args)
 
 
 if __name__ == "__main__":

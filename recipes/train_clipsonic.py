@@ -12,38 +12,13 @@ model is exported for ``clipsonic generate`` to ``--export`` (default
 
 from __future__ import annotations
 
-
-from clipcore.shards import ShardDataModule
-from clipcore.training import TrainingCLI, run_recipe, log_dir
+from clipcore.datamodule import ShardDataModule
+from clipcore.training import TrainingCLI, run_recipe
 from clipsonic.system import CLIPSonicSystem
 
 
-class CLIPSonicCLI(TrainingCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--export", type=str | None, default=None,
-                            help="Folder for the exported model (default: <log_dir>/model).")
-
-    def after_fit(self) -> None:
-        export = self._config().get("export")
-        if not self.trainer.is_global_zero or (export is None and self.trainer.fast_dev_run):
-            return  # a dev run has no log folder to export to unless --export names one
-        directory = export or log_dir(self.trainer) / "model"
-        run_config = self.parser.dump(self.config)
-        self.model.export(directory, provenance={"run_config": run_config})
-        print(f"exported the averaged model to {directory}")
-
-    def _config(self):
-        return self.config[self.subcommand] if self.subcommand else self.config
-
-
-def main(args: list[str] | None = None) -> CLIPSonicCLI:
-    return CLIPSonicCLI(
-        CLIPSonicSystem,
-        ShardDataModule,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+def main(args: list[str] | None = None) -> TrainingCLI:
+    return TrainingCLI(CLIPSonicSystem, ShardDataModule, export_folder="model", seed_everything_default=0, args=args)
 
 
 if __name__ == "__main__":

@@ -17,37 +17,12 @@ it with ``clipcore.prior.DiffusionPrior.load``.
 
 from __future__ import annotations
 
-
 from clipcore.prior_system import PriorDataModule, PriorSystem
-from clipcore.training import TrainingCLI, run_recipe, log_dir
+from clipcore.training import TrainingCLI, run_recipe
 
 
-class PriorCLI(TrainingCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--export", type=str | None, default=None,
-                            help="Folder for the trained prior (default: <log_dir>/prior).")
-
-    def after_fit(self) -> None:
-        export = self._config().get("export")
-        if not self.trainer.is_global_zero or (export is None and self.trainer.fast_dev_run):
-            return  # a dev run has no log folder to export to unless --export names one
-        directory = export or log_dir(self.trainer) / "prior"
-        run_config = self.parser.dump(self.config, skip_none=False)
-        self.model.export(directory, provenance={"run_config": run_config})
-        print(f"exported the prior to {directory}")
-
-    def _config(self):
-        return self.config[self.subcommand] if self.subcommand else self.config
-
-
-def main(args: list[str] | None = None) -> PriorCLI:
-    return PriorCLI(
-        PriorSystem,
-        PriorDataModule,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+def main(args: list[str] | None = None) -> TrainingCLI:
+    return TrainingCLI(PriorSystem, PriorDataModule, export_folder="prior", seed_everything_default=0, args=args)
 
 
 if __name__ == "__main__":

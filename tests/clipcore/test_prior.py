@@ -47,13 +47,13 @@ def test_guidance_uses_the_learned_null_condition():
     plain, guided = _sample(prior, text, guidance=1.0), _sample(prior, text, guidance=3.0)
     assert not torch.allclose(plain, guided, atol=1e-3)
     with torch.no_grad():  # a null condition equal to the text makes guidance a no-op
-        prior.null_embedding.copy_(prior.normalise_text(text[:1]))
+        prior.null_embedding.copy_(prior.normalize_text(text[:1]))
     assert torch.allclose(_sample(prior, text[:1], guidance=1.0), _sample(prior, text[:1], guidance=3.0), atol=1e-5)
 
 
 def test_condition_dropout_replaces_rows_by_the_null_embedding():
     prior = DiffusionPrior(embed_dim=D, transformer={"num_layers": 1, "num_attention_heads": 2,
-                                                     "attention_head_dim": 16}, cond_drop_prob=0.5)
+                                                     "attention_head_dim": 16}, condition_dropout=0.5)
     condition = _unit(1000, seed=2)
     dropped = prior.drop_condition(condition, generator=torch.Generator().manual_seed(0))
     is_null = (dropped == prior.null_embedding).all(-1)
@@ -131,8 +131,7 @@ def _rotated_pairs(rows, seed=0, noise=0.05):
 def test_a_trained_tiny_prior_maps_text_embeddings_close_to_image_embeddings(tmp_path):
     text, image = _rotated_pairs(4096, seed=0)
     save_pairs(tmp_path / "pairs.npz", text, image)
-    system = PriorSystem(embed_dim=D, transformer={"num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 16},
-                         lr=2e-3, warmup_steps=20, weight_decay=0.0)
+    system = PriorSystem(embed_dim=D, preset="tiny", learning_rate=2e-3, warmup_steps=20, weight_decay=0.0)
     data = PriorDataModule(pairs=[str(tmp_path / "pairs.npz")], val_fraction=0.0, batch_size=256)
     trainer = L.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
@@ -145,7 +144,7 @@ def test_a_trained_tiny_prior_maps_text_embeddings_close_to_image_embeddings(tmp
     cosine_text = (held_text * held_image).sum(-1).mean().item()
     assert cosine_prior > 0.8
     assert cosine_prior > cosine_text + 0.6, (cosine_prior, cosine_text)
-    assert prior.provenance["steps"] == 150 and "git_commit" in prior.provenance
+    assert prior.provenance["global_step"] == 150 and "git_commit" in prior.provenance
 
 
 def test_pairs_files_round_trip_and_bad_files_are_refused(tmp_path):
@@ -216,3 +215,13 @@ def test_image_caption_webdataset_pairs_skip_bad_samples_with_a_warning(tmp_path
     assert torch.allclose(text, encoder.encode_text(["a red square", "un carr\u00e9 vert"], templates="{}"), atol=1e-5)
     red = torch.tensor([200, 20, 20], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 30, 40)
     assert (image[0] * encoder.encode_image(red)[0]).sum() > 0.99
+
+
+def test_a_checkpoint_with_the_former_argument_name_still_loads(tmp_path):
+    DiffusionPrior.tiny(embed_dim=D).save_pretrained(tmp_path / "prior")
+    config_file = tmp_path / "prior" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["arguments"]["cond_drop_prob"] = config["arguments"].pop("condition_dropout")
+    config["arguments"]["cond_drop_prob"] = 0.25
+    config_file.write_text(json.dumps(config))
+    assert DiffusionPrior.load(tmp_path / "prior", embed_dim=D).condition_dropout == 0.25

@@ -12,14 +12,9 @@ import torch
 from PIL import Image
 
 from clipcore import synthetic
-from clipcore.shards import (
-    CorruptSampleWarning,
-    MixBatch,
-    ShardDataModule,
-    ShardError,
-    ShardStream,
-    expand_shards,
-)
+from clipcore.datamodule import ShardDataModule
+from clipcore.shard_stream import CorruptSampleWarning, MixBatch, ShardStream
+from clipcore.shards import ShardError, expand_shards
 
 RATE = 16000
 SEGMENT = 8000
@@ -215,7 +210,7 @@ def test_corrupt_members_and_shards_are_skipped_counted_and_warned(shards, tmp_p
 
 def test_a_systematic_failure_stops_the_stream_with_a_reason(shards, monkeypatch):
     root, _ = shards
-    monkeypatch.setattr("clipcore.shards.MAX_FAILURES_IN_A_ROW", 20)
+    monkeypatch.setattr("clipcore.shard_stream.MAX_FAILURES_IN_A_ROW", 20)
     stream = _stream(str(root), encoder="another-encoder", epoch_length=2)
     with pytest.warns(CorruptSampleWarning), pytest.raises(ShardError, match="20 samples in a row.*another-encoder.npy"):
         list(stream)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clipcore.query import QueryEncoder
-from clipcore.shards import MixBatch
+from clipcore.shard_stream import MixBatch
 from clipcore.synthetic import make_clip, write_toy_shards
 from clipsep.metrics import separation_scores
 from clipsep.separate import Separator

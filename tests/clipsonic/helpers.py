@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from clipcore import synthetic
-from clipcore.shards import MixBatch
+from clipcore.shard_stream import MixBatch
 
 
 def unit_vectors(count: int, dim: int = 32, seed: int = 0) -> torch.Tensor:

@@ -84,3 +84,12 @@ def test_tiny_attends_only_at_the_lowest_level():
     assert tiny.padded_frames(101) == 104
     with pytest.raises(ValueError, match="prediction_type"):
         CLIPSonic.tiny(prediction_type="sample")
+
+
+def test_presets_are_seeded_without_touching_the_global_random_state():
+    state = torch.random.get_rng_state()
+    first, second = CLIPSonic.tiny(seed=3), CLIPSonic.tiny(seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert not torch.equal(first.null_embedding, CLIPSonic.tiny(seed=4).null_embedding)
+    assert CLIPSonic.from_preset("paper", cond_tokens=2).init_args["block_out_channels"] == [128, 256, 384, 512]

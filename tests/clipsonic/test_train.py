@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from clipcore import synthetic
 from clipcore.query import QueryEncoder
-from clipsonic.pipeline import Generator, sample_mels
+from clipsonic.generate import Generator, sample_mels
 from clipsonic.system import CLIPSonicSystem
 from recipes.train_clipsonic import main
 from tests.clipsonic.helpers import instrument_clips, one_source_batch, unit_vectors

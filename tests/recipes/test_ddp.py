@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clipcore.shards import ShardStream
+from clipcore.shard_stream import ShardStream
 from tests.recipes.scaleout_helpers import SEGMENT, clipsep_args, read_records, run_recipe, toy_shards
 
 

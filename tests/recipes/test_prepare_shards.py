@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from clipcore import synthetic
-from clipcore.shards import ShardStream
+from clipcore.shard_stream import ShardStream
 from clipcore.video import read_clip
 from recipes.prepare_shards import main, plan_clips, read_entries
 

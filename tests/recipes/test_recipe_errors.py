@@ -15,6 +15,6 @@ def test_missing_shards_give_one_line_and_a_failing_status(tmp_path):
          "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"],
         capture_output=True, text=True, cwd=tmp_path,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input: clipcore.errors.EXIT_BAD_INPUT
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"train_clipsep: error: no shards match {tmp_path}/none-*.tar."

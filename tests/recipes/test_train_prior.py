@@ -39,7 +39,7 @@ def test_fit_from_precomputed_pairs_exports_a_prior_with_provenance(tmp_path):
     _pairs(tmp_path / "pairs.npz")
     cli = _recipe().main([
         "fit", "--config", str(TOY), "--data.shards", "null", "--data.encoder", "null", "--data.cache", "null",
-        "--data.toy_captions", "false", "--data.pairs", f"[{tmp_path / 'pairs.npz'}]", "--data.val_fraction", "0.1",
+        "--data.captions", "null", "--data.pairs", f"[{tmp_path / 'pairs.npz'}]", "--data.val_fraction", "0.1",
         "--data.batch_size", "64", "--trainer.max_steps", "12", "--trainer.val_check_interval", "6",
         "--trainer.default_root_dir", str(tmp_path / "runs"), *QUIET,
     ])
@@ -47,8 +47,8 @@ def test_fit_from_precomputed_pairs_exports_a_prior_with_provenance(tmp_path):
     config = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert config["model"]["embed_dim"] == 32 and config["seed_everything"] == 0
     prior = DiffusionPrior.load(log_dir / "prior", embed_dim=32)
-    assert prior.provenance["steps"] == 12 and "git_commit" in prior.provenance
-    assert yaml.safe_load(prior.provenance["run_config"])["fit"]["data"]["batch_size"] == 64
+    assert prior.provenance["global_step"] == 12 and "git_commit" in prior.provenance
+    assert prior.provenance["run_config"]["data"]["batch_size"] == 64
     assert {"val/loss", "val/cosine_prior", "val/cosine_text"} <= set(cli.trainer.callback_metrics)
     # The data statistics were measured, not left at their initial values.
     assert not torch.equal(prior.text_std, torch.ones_like(prior.text_std))
@@ -69,10 +69,10 @@ def test_fit_from_toy_shards_computes_and_caches_pairs(tmp_path):
     captions = len(synthetic.captions("cello"))
     assert text.shape == (4 * 2 * captions, 32)  # clips x frames x toy captions
     assert torch.allclose(text[0], encoder.encode_text([synthetic.captions("cello")[0]], templates="{}")[0], atol=1e-5)
-    assert DiffusionPrior.load(tmp_path / "prior", embed_dim=encoder.embed_dim).provenance["steps"] == 3
+    assert DiffusionPrior.load(tmp_path / "prior", embed_dim=encoder.embed_dim).provenance["global_step"] == 3
 
 
-def test_bad_input_exits_with_one_line(tmp_path, monkeypatch):
+def test_bad_input_exits_with_one_line(tmp_path, monkeypatch, capsys):
     _pairs(tmp_path / "pairs.npz", dim=16)
     for bad, named in ((tmp_path / "missing.npz", "missing.npz"), (tmp_path / "pairs.npz", "16-d")):
         monkeypatch.setattr(sys, "argv", [
@@ -82,6 +82,8 @@ def test_bad_input_exits_with_one_line(tmp_path, monkeypatch):
         ])
         with pytest.raises(SystemExit) as exit_info:  # as `python recipes/train_prior.py ...` runs it
             runpy.run_path(str(RECIPE), run_name="__main__")
-        message = exit_info.value.code
-        assert isinstance(message, str) and "\n" not in message and named in message
+        stderr = capsys.readouterr().err
+        message = stderr.strip().splitlines()[-1]
+        assert exit_info.value.code == 2 and "Traceback" not in stderr
+        assert message.startswith("train_prior: error: ") and named in message
         assert not (tmp_path / "prior").exists()

@@ -3,7 +3,7 @@
 One worker per device: ``cuda:0`` ... ``cuda:N-1`` with ``--device cuda``, or N CPU
 processes, each with an equal share of the CPU threads. Every worker loads its own
 separator and takes the next file from one queue, so a long file does not hold back the
-rest. Each file goes through :func:`clipsep.separate_cli.process_file`, exactly as with
+rest. Each file goes through :func:`clipsep.batch.process_file`, exactly as with
 one process, with the query embeddings computed once by the main process; the workers
 report progress and results to the main process, which keeps the one progress bar and
 prints the one summary. A worker that dies fails only the file it was working on.
@@ -11,7 +11,6 @@ prints the one summary. A worker that dies fails only the file it was working on
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import queue
 import signal
@@ -20,7 +19,7 @@ from typing import Sequence
 import torch
 
 from clipcore.cli import UsageError
-from clipsep.separate_cli import FileJob, FileResult, OutputOptions, load_separator, process_file
+from clipsep.batch import FileJob, FileResult, OutputOptions, SeparatorSpec, process_file
 
 __all__ = ["worker_devices", "run_workers"]
 
@@ -43,14 +42,14 @@ def worker_devices(device: str, count: int) -> list[str]:
     return [device] * count
 
 
-def _worker(index: int, device: str, threads: int | None, args: argparse.Namespace, jobs: list[FileJob],
+def _worker(index: int, device: str, threads: int | None, spec: SeparatorSpec, jobs: list[FileJob],
             embeddings: torch.Tensor, options: OutputOptions, tasks, events) -> None:
     """Take file numbers from ``tasks`` until ``None``; report on ``events``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     if threads:
         torch.set_num_threads(threads)
     try:
-        separator = load_separator(args, device)
+        separator = spec.load(device)
     except Exception as error:  # noqa: BLE001 - reported as this worker's one-line reason
         events.put(("fatal", index, " ".join(str(error).split()) or type(error).__name__))
         return
@@ -64,14 +63,14 @@ def _worker(index: int, device: str, threads: int | None, args: argparse.Namespa
         events.put(("done", index, (task, result)))
 
 
-def run_workers(jobs: Sequence[FileJob], durations: Sequence[float], args: argparse.Namespace,
+def run_workers(jobs: Sequence[FileJob], durations: Sequence[float], spec: SeparatorSpec,
                 embeddings: torch.Tensor, options: OutputOptions, devices: Sequence[str], bar) -> list[FileResult]:
     """Process ``jobs`` on one worker process per entry of ``devices``.
 
     Args:
         jobs: the planned files.
         durations: seconds of each file (the bar's share of it).
-        args: the command's arguments (each worker loads its separator from them).
+        spec: the separator (each worker loads its own from it).
         embeddings: ``[K, D]`` query embeddings, computed once.
         options: output options.
         devices: one device per worker.
@@ -93,7 +92,7 @@ def run_workers(jobs: Sequence[FileJob], durations: Sequence[float], args: argpa
         torch.cuda.empty_cache()  # the caller's separator is gone: leave its memory to worker 0
     workers = [
         context.Process(target=_worker, daemon=True,
-                        args=(index, device, threads, args, list(jobs), embeddings, options, tasks, events))
+                        args=(index, device, threads, spec, list(jobs), embeddings, options, tasks, events))
         for index, device in enumerate(devices)
     ]
     for worker in workers:

@@ -6,7 +6,7 @@ from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
 from clipcore.synthetic import render_frame
 from clipsonic.model import CLIPSonic
-from clipsonic.pipeline import GenerationError, Generator
+from clipsonic.generate import GenerationError, Generator
 from tests.clipsonic.helpers import unit_vectors
 
 

@@ -5,179 +5,28 @@
     clipsep separate --checkpoint CKPT --query "playing violin" mix.wav stems/ "takes/*.flac"
 
 writes ``separated/<input name>/<query slug>.wav`` (plus ``residual`` and ``noise-<j>``
-on request). The work is planned as one :class:`FileJob` per input and done by
-:func:`process_file`, which returns a :class:`FileResult`; the jobs are independent, so
-they can be shared out across processes.
+on request). The command checks its arguments and turns them into the plain descriptions
+of :mod:`clipsep.batch` (a :class:`~clipsep.batch.SeparatorSpec`, one
+:class:`~clipsep.batch.FileJob` per input), done in this process or, with ``--devices``,
+by the worker processes of :mod:`clipsep.batch_workers`.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from clipcore.audio import AUDIO_EXTENSIONS, load_audio, save_audio
-from clipcore.cli import EXPECTED_ERRORS, UsageError, add_audio_output_arguments, check_audio_output
+from clipcore.cli import UsageError, add_audio_output_arguments, check_audio_output
 from clipcore.files import ImageError, load_image
-from clipcore.naming import safe_filename, slugify, unique_names
+from clipsep.batch import FileResult, OutputOptions, SeparatorSpec, discover, plan, process_file, stem_names
+from clipsep.batch_workers import run_workers, worker_devices
 
-if TYPE_CHECKING:
-    from clipsep.separate import Separator
-
-__all__ = [
-    "add_separate_command",
-    "FileJob",
-    "FileResult",
-    "OutputOptions",
-    "discover",
-    "plan",
-    "load_separator",
-    "process_file",
-]
-
-RESIDUAL = "residual"
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """How outputs are written (``format``: wav or flac; ``bit_depth``: 16, 24 or 32f;
-    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`)."""
-
-    format: str = "wav"
-    bit_depth: str = "16"
-    clip: str = "rescale"
-    residual: bool = False
-    noise: bool = False
-    mono: bool = False
-    overwrite: bool = False
-
-
-@dataclass(frozen=True)
-class FileJob:
-    """One input file and the files it becomes (stem name -> path, in writing order)."""
-
-    source: Path
-    outputs: dict[str, Path]
-
-
-@dataclass
-class FileResult:
-    """What became of one input: the files written, or why it failed."""
-
-    source: Path
-    written: list[Path] = field(default_factory=list)
-    error: str | None = None
-
-
-def discover(specs: list[str], exclude: Path | None = None) -> tuple[list[Path], list[FileResult]]:
-    """Input files from files, folders (searched recursively) and glob patterns.
-
-    Folders and globs yield audio files (:data:`clipcore.audio.AUDIO_EXTENSIONS`), hidden
-    files and anything under ``exclude`` (the output folder) left out; a file named
-    explicitly is taken whatever its extension. Duplicates are dropped.
-
-    Returns:
-        ``(files, failures)``: failures name inputs that gave nothing.
-    """
-    files: dict[Path, Path] = {}
-    failures = []
-    exclude = exclude.resolve() if exclude is not None else None
-    for spec in specs:
-        path = Path(spec)
-        if path.is_file():
-            found = [path]
-        elif path.is_dir() or re.search(r"[*?[]", spec):
-            roots = [path] if path.is_dir() else [Path(p) for p in sorted(glob.glob(spec, recursive=True))]
-            found = [f for root in roots for f in _audio_files(root, exclude)]
-            if not found:
-                kind = "folder" if path.is_dir() else "pattern"
-                failures.append(FileResult(path, error=f"the {kind} holds no audio files ({', '.join(AUDIO_EXTENSIONS)})."))
-        else:
-            failures.append(FileResult(path, error="no such file or folder."))
-            continue
-        for file in found:
-            files.setdefault(file.resolve(), file)
-    return list(files.values()), failures
-
-
-def _audio_files(root: Path, exclude: Path | None) -> list[Path]:
-    if root.is_file():
-        return [root] if root.suffix.lower() in AUDIO_EXTENSIONS else []
-    found = []
-    for file in sorted(root.rglob("*")):
-        relative = file.relative_to(root).parts
-        if file.suffix.lower() not in AUDIO_EXTENSIONS or any(part.startswith(".") for part in relative):
-            continue
-        if exclude is not None and file.resolve().is_relative_to(exclude):
-            continue
-        if file.is_file():
-            found.append(file)
-    return found
-
-
-def stem_names(queries: list[tuple[str, str]], noise_heads: int) -> list[str]:
-    """Output names of the query stems: the text's slug, or ``image-<file slug>``; names
-    that clash (``Violin``/``violin``, ``residual``) get a hash of their query."""
-    names = [slugify(value) if kind == "text" else f"image-{slugify(Path(value).stem, fallback='image')}"
-             for kind, value in queries]
-    keys = [f"{kind}:{value}" for kind, value in queries]
-    reserved = [RESIDUAL] + [f"noise-{j + 1}" for j in range(noise_heads)]
-    return unique_names(names, keys, reserved)
-
-
-def plan(sources: list[Path], out: Path, stems: list[str], options: OutputOptions, noise_heads: int) -> list[FileJob]:
-    """One :class:`FileJob` per source: ``out/<input name>/<stem>.<format>``. Input names
-    are the file names without extension, made safe; sources sharing one get a hash of
-    their path."""
-    names = unique_names([safe_filename(s.stem) for s in sources], [str(s.resolve()) for s in sources])
-    extra = ([RESIDUAL] if options.residual else []) + [f"noise-{j + 1}" for j in range(noise_heads if options.noise else 0)]
-    return [
-        FileJob(source, {stem: out / name / f"{stem}.{options.format}" for stem in stems + extra})
-        for source, name in zip(sources, names)
-    ]
-
-
-def process_file(
-    job: FileJob,
-    separator: Separator,
-    embeddings: torch.Tensor,
-    options: OutputOptions,
-    progress: Callable[[float], None] | None = None,
-) -> FileResult:
-    """Separate one file and write its stems; every expected failure becomes the result's
-    one-sentence ``error`` (nothing is raised, the input is only read)."""
-    result = FileResult(job.source)
-    try:
-        source = job.source.resolve()
-        for path in job.outputs.values():
-            if path.resolve() == source:
-                raise UsageError(f"output {path} would overwrite the input.")
-            if path.exists() and not options.overwrite:
-                raise UsageError(f"{path} already exists (pass --overwrite to replace it).")
-        wave, rate = load_audio(job.source, mono=options.mono)
-        separation = separator.separate(
-            wave, rate, embeddings, residual=options.residual, noise=options.noise, progress=progress
-        )
-        waves = list(separation.stems)
-        if options.residual:
-            waves.append(separation.residual)
-        if options.noise:
-            waves.extend(separation.noise)
-        for path, stem in zip(job.outputs.values(), waves):
-            save_audio(path, stem, rate, bit_depth=options.bit_depth, format=options.format, clip=options.clip)
-            result.written.append(path)
-    except (*EXPECTED_ERRORS, OSError, RuntimeError, MemoryError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        result.error = message.removeprefix(f"{job.source}: ")
-    return result
+__all__ = ["add_separate_command", "run_separate", "summarize"]
 
 
 def _duration(path: Path) -> float:
@@ -214,14 +63,11 @@ def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
     return queries
 
 
-def load_separator(args: argparse.Namespace, device: str) -> "Separator":
-    """The separator the arguments describe, on ``device`` (one per worker process)."""
-    from clipsep.separate import Separator  # here: open_clip is slow to import for --help
-
-    return Separator.load(
-        args.checkpoint, args.query_encoder, device=device, segment=args.segment,
-        overlap=args.overlap, batch_size=args.batch_size, binary=args.binary, templates=args.template,
-    )
+def _separator_spec(args: argparse.Namespace) -> SeparatorSpec:
+    """The separator the arguments describe (picklable: each worker loads its own)."""
+    templates = tuple(args.template) if args.template is not None else None
+    return SeparatorSpec(args.checkpoint, args.query_encoder, args.segment, args.overlap, args.batch_size,
+                         args.binary, templates)
 
 
 def _check_values(args: argparse.Namespace) -> None:
@@ -247,11 +93,11 @@ def run_separate(args: argparse.Namespace) -> int:
     sources, failures = discover(args.inputs, exclude=out)
     if not sources:
         return summarize([], failures, out)
-    from clipsep.separate import QueryError
-    from clipsep.separate_workers import run_workers, worker_devices
+    from clipsep.separate import QueryError  # here: open_clip is slow to import for --help
 
     devices = worker_devices(_device(args.device), args.devices)
-    separator = load_separator(args, devices[0])
+    spec = _separator_spec(args)
+    separator = spec.load(devices[0])
     try:
         embeddings = separator.encode_queries([value if kind == "text" else Path(value) for kind, value in queries])
     except QueryError as error:
@@ -264,7 +110,7 @@ def run_separate(args: argparse.Namespace) -> int:
               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
         if len(devices) > 1:
             del separator  # each worker loads its own
-            results = run_workers(jobs, durations, args, embeddings, options, devices, bar)
+            results = run_workers(jobs, durations, spec, embeddings, options, devices, bar)
         else:
             for job, duration in zip(jobs, durations):
                 done = [0.0]

@@ -34,6 +34,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from tqdm.auto import tqdm
 
+from clipcore.errors import ClipAudioError
 from clipsonic.model import CLIPSonic
 from clipsonic.vocoder import load_vocoder
 
@@ -55,7 +56,7 @@ MAX_DURATION = 600.0
 """Longest duration (seconds) one generated clip may have."""
 
 
-class GenerationError(ValueError):
+class GenerationError(ClipAudioError):
     """A generation request that cannot be served, described in one sentence."""
 
 
@@ -199,7 +200,7 @@ class Generator:
 
     @torch.no_grad()
     def embed(self, text=None, image=None, mode: str | None = None, seed: int = 0, templates=None) -> torch.Tensor:
-        """Conditions for the queries: ``[Q, D]`` normalised CLIP (image-space) embeddings.
+        """Conditions for the queries: ``[Q, D]`` normalized CLIP (image-space) embeddings.
 
         Args:
             text: a prompt or a list of prompts (modes ``"zs"``, ``"pd"``).

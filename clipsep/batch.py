@@ -1,0 +1,214 @@
+"""Batch separation: audio files planned as picklable jobs and separated one by one.
+
+Argparse-free, so that the ``clipsep separate`` command, its worker processes
+(:mod:`clipsep.batch_workers`) and a distributed launcher all take the same plain
+descriptions::
+
+    spec = SeparatorSpec("runs/x/pretrained/best")
+    separator = spec.load("cuda")
+    sources, failures = discover(["mixes/"], exclude=Path("separated"))
+    jobs = plan(sources, Path("separated"), ["violin"], OutputOptions(), noise_heads=0)
+    results = [process_file(job, separator, separator.encode_queries(["violin"]), OutputOptions())
+               for job in jobs]
+
+Each input becomes one :class:`FileJob` (``OUT/<input name>/<stem>.<format>``), done by
+:func:`process_file`, which returns a :class:`FileResult`; the jobs are independent, so
+they can be shared out across processes.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from clipcore.audio import AUDIO_EXTENSIONS, load_audio, save_audio
+from clipcore.errors import ClipAudioError, UsageError
+from clipcore.naming import safe_filename, slugify, unique_names
+
+if TYPE_CHECKING:
+    from clipsep.separate import Separator
+
+__all__ = [
+    "SeparatorSpec",
+    "OutputOptions",
+    "FileJob",
+    "FileResult",
+    "discover",
+    "stem_names",
+    "plan",
+    "process_file",
+]
+
+RESIDUAL = "residual"
+
+
+@dataclass(frozen=True)
+class SeparatorSpec:
+    """Everything needed to load the same separator in any process (picklable).
+
+    Attributes:
+        checkpoint: a project checkpoint folder or the official CLIPSep checkpoint file.
+        query_encoder: query encoder spec, or None for the checkpoint's own.
+        segment: segment length in seconds, or None for the model's training segment.
+        overlap: overlap of consecutive segments, 0 to 0.5.
+        batch_size: segments per network pass.
+        binary: binary masks instead of soft masks.
+        templates: text prompt templates with ``{}``, or None for the default.
+    """
+
+    checkpoint: str
+    query_encoder: str | None = None
+    segment: float | None = None
+    overlap: float = 0.25
+    batch_size: int = 4
+    binary: bool = False
+    templates: tuple[str, ...] | None = None
+
+    def load(self, device: str) -> "Separator":
+        """The separator this spec describes, on ``device``."""
+        from clipsep.separate import Separator  # here: open_clip is slow to import for --help
+
+        return Separator.load(
+            self.checkpoint, self.query_encoder, device=device, segment=self.segment, overlap=self.overlap,
+            batch_size=self.batch_size, binary=self.binary,
+            templates=list(self.templates) if self.templates is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How outputs are written (``format``: wav or flac; ``bit_depth``: 16, 24 or 32f;
+    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`)."""
+
+    format: str = "wav"
+    bit_depth: str = "16"
+    clip: str = "rescale"
+    residual: bool = False
+    noise: bool = False
+    mono: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One input file and the files it becomes (stem name -> path, in writing order)."""
+
+    source: Path
+    outputs: dict[str, Path]
+
+
+@dataclass
+class FileResult:
+    """What became of one input: the files written, or why it failed."""
+
+    source: Path
+    written: list[Path] = field(default_factory=list)
+    error: str | None = None
+
+
+def discover(specs: list[str], exclude: Path | None = None) -> tuple[list[Path], list[FileResult]]:
+    """Input files from files, folders (searched recursively) and glob patterns.
+
+    Folders and globs yield audio files (:data:`clipcore.audio.AUDIO_EXTENSIONS`), hidden
+    files and anything under ``exclude`` (the output folder) left out; a file named
+    explicitly is taken whatever its extension. Duplicates are dropped.
+
+    Returns:
+        ``(files, failures)``: failures name inputs that gave nothing.
+    """
+    files: dict[Path, Path] = {}
+    failures = []
+    exclude = exclude.resolve() if exclude is not None else None
+    for spec in specs:
+        path = Path(spec)
+        if path.is_file():
+            found = [path]
+        elif path.is_dir() or re.search(r"[*?[]", spec):
+            roots = [path] if path.is_dir() else [Path(p) for p in sorted(glob.glob(spec, recursive=True))]
+            found = [f for root in roots for f in _audio_files(root, exclude)]
+            if not found:
+                kind = "folder" if path.is_dir() else "pattern"
+                failures.append(FileResult(path, error=f"the {kind} holds no audio files ({', '.join(AUDIO_EXTENSIONS)})."))
+        else:
+            failures.append(FileResult(path, error="no such file or folder."))
+            continue
+        for file in found:
+            files.setdefault(file.resolve(), file)
+    return list(files.values()), failures
+
+
+def _audio_files(root: Path, exclude: Path | None) -> list[Path]:
+    if root.is_file():
+        return [root] if root.suffix.lower() in AUDIO_EXTENSIONS else []
+    found = []
+    for file in sorted(root.rglob("*")):
+        relative = file.relative_to(root).parts
+        if file.suffix.lower() not in AUDIO_EXTENSIONS or any(part.startswith(".") for part in relative):
+            continue
+        if exclude is not None and file.resolve().is_relative_to(exclude):
+            continue
+        if file.is_file():
+            found.append(file)
+    return found
+
+
+def stem_names(queries: list[tuple[str, str]], noise_heads: int) -> list[str]:
+    """Output names of the query stems: the text's slug, or ``image-<file slug>``; names
+    that clash (``Violin``/``violin``, ``residual``) get a hash of their query."""
+    names = [slugify(value) if kind == "text" else f"image-{slugify(Path(value).stem, fallback='image')}"
+             for kind, value in queries]
+    keys = [f"{kind}:{value}" for kind, value in queries]
+    reserved = [RESIDUAL] + [f"noise-{j + 1}" for j in range(noise_heads)]
+    return unique_names(names, keys, reserved)
+
+
+def plan(sources: list[Path], out: Path, stems: list[str], options: OutputOptions, noise_heads: int) -> list[FileJob]:
+    """One :class:`FileJob` per source: ``out/<input name>/<stem>.<format>``. Input names
+    are the file names without extension, made safe; sources sharing one get a hash of
+    their path."""
+    names = unique_names([safe_filename(s.stem) for s in sources], [str(s.resolve()) for s in sources])
+    extra = ([RESIDUAL] if options.residual else []) + [f"noise-{j + 1}" for j in range(noise_heads if options.noise else 0)]
+    return [
+        FileJob(source, {stem: out / name / f"{stem}.{options.format}" for stem in stems + extra})
+        for source, name in zip(sources, names)
+    ]
+
+
+def process_file(
+    job: FileJob,
+    separator: Separator,
+    embeddings: torch.Tensor,
+    options: OutputOptions,
+    progress: Callable[[float], None] | None = None,
+) -> FileResult:
+    """Separate one file and write its stems; every expected failure becomes the result's
+    one-sentence ``error`` (nothing is raised, the input is only read)."""
+    result = FileResult(job.source)
+    try:
+        source = job.source.resolve()
+        for path in job.outputs.values():
+            if path.resolve() == source:
+                raise UsageError(f"output {path} would overwrite the input.")
+            if path.exists() and not options.overwrite:
+                raise UsageError(f"{path} already exists (pass --overwrite to replace it).")
+        wave, rate = load_audio(job.source, mono=options.mono)
+        separation = separator.separate(
+            wave, rate, embeddings, residual=options.residual, noise=options.noise, progress=progress
+        )
+        waves = list(separation.stems)
+        if options.residual:
+            waves.append(separation.residual)
+        if options.noise:
+            waves.extend(separation.noise)
+        for path, stem in zip(job.outputs.values(), waves):
+            save_audio(path, stem, rate, bit_depth=options.bit_depth, format=options.format, clip=options.clip)
+            result.written.append(path)
+    except (ClipAudioError, OSError, RuntimeError, MemoryError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        result.error = message.removeprefix(f"{job.source}: ")
+    return result
