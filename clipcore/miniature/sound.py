@@ -192,14 +192,20 @@ def render(program: int, notes: list[Note], total: int, sample_rate: int = 16000
     return stereo.mean(1).astype(np.float64)
 
 
-def play(name: str, duration: float, sample_rate: int = 16000, seed: int | np.random.Generator = 0) -> np.ndarray:
+def play(name: str, duration: float, sample_rate: int = 16000, seed: int | np.random.Generator = 0,
+         transpose: int = 0) -> np.ndarray:
     """A random melody (:func:`melody`) rendered on an instrument, unnormalised.
+
+    Args:
+        transpose: semitones added to every key (out of the instrument's range if need be:
+            a test of pitch invariance).
 
     Returns:
         float64 ``[round(duration * sample_rate)]``.
     """
     total = round(duration * sample_rate)
-    return render(voice(name).program, melody(name, duration, seed), total, sample_rate)
+    notes = [Note(n.onset, n.length, n.key + transpose, n.velocity) for n in melody(name, duration, seed)]
+    return render(voice(name).program, notes, total, sample_rate)
 
 
 def _drum_pattern(rng: np.random.Generator, duration: float) -> list[Note]:

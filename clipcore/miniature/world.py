@@ -84,6 +84,7 @@ def make_clip(
     frame_size: int = 224,
     offscreen: float = 0.0,
     instrument: str | None = None,
+    transpose: int = 0,
 ) -> synthetic.ToyClip:
     """Clip ``index`` of a split.
 
@@ -97,6 +98,7 @@ def make_clip(
         offscreen: level of off-screen sound relative to the instrument (RMS ratio, scaled
             by a random factor in 0.5-1.5 per clip; 0 = none).
         instrument: force an instrument.
+        transpose: semitones added to every note (see :func:`clipcore.miniature.sound.play`).
 
     Returns:
         A :class:`clipcore.synthetic.ToyClip`: ``audio`` (with off-screen sound) and
@@ -107,7 +109,7 @@ def make_clip(
     name = instrument or INSTRUMENTS[index % len(INSTRUMENTS)]
     _check(name)
     rng = np.random.default_rng([split_seed(split), index])
-    clean, _ = sound.normalise(sound.play(name, duration, sample_rate, rng), rng)
+    clean, _ = sound.normalise(sound.play(name, duration, sample_rate, rng, transpose), rng)
     audio = clean
     if offscreen > 0:
         extra, _ = sound.offscreen_sound(rng, len(clean), sample_rate, exclude=name)
