@@ -165,10 +165,11 @@ class InstrumentClassifier(nn.Module):
     """Names the instrument of a clip by its timbre: an ensemble of small perceptrons
     (averaged log-probabilities) on cepstral statistics.
 
-    The features are the mean and spread over time of mel-frequency cepstral coefficients
-    1 to ``n_mfcc`` (the spectral envelope; coefficient 0, the loudness, is left out),
-    counted only in frames within 52 dB of the clip's loudest, and the spread of their
-    frame-to-frame changes (attack, vibrato, decay). A change of pitch moves the harmonics
+    The features are the mean over time of mel-frequency cepstral coefficients 1 to
+    ``n_mfcc`` (the spectral envelope; coefficient 0, the loudness, is left out), their
+    spread and that of coefficient 0 (how loudness comes and goes), counted only in frames
+    within 52 dB of the clip's loudest, and the spread of all their frame-to-frame changes
+    (attack, vibrato, decay). A change of pitch moves the harmonics
     under the envelope but hardly the envelope, so the verdict holds across registers,
     unlike per-band energies, which name a register rather than an instrument.
 
@@ -183,9 +184,9 @@ class InstrumentClassifier(nn.Module):
         super().__init__()
         self.labels = list(labels)
         self.mel = MelSpectrogram(mel)
-        dct = torchaudio.functional.create_dct(n_mfcc + 1, mel.n_mels, norm="ortho")[:, 1:]  # [n_mels, n_mfcc]
-        self.register_buffer("dct", dct.T.contiguous())  # [n_mfcc, n_mels]
-        features = 3 * n_mfcc
+        dct = torchaudio.functional.create_dct(n_mfcc + 1, mel.n_mels, norm="ortho")  # [n_mels, 1 + n_mfcc]
+        self.register_buffer("dct", dct.T.contiguous())  # [1 + n_mfcc, n_mels]
+        features = 3 * n_mfcc + 2
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("std", torch.ones(features))
         self.nets = nn.ModuleList(
@@ -193,17 +194,17 @@ class InstrumentClassifier(nn.Module):
         )
 
     def features(self, wave: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-        """``[B, S]`` waveforms -> ``[B, 3 * n_mfcc]`` (computed ``chunk`` waveforms at a time)."""
+        """``[B, S]`` waveforms -> ``[B, 3 * n_mfcc + 2]`` (computed ``chunk`` waveforms at a time)."""
         rows = []
         for part in wave.split(chunk):
             log_mel = self.mel(part)  # [b, n_mels, T]
-            cepstra = torch.einsum("cm,bmt->bct", self.dct, log_mel)  # [b, n_mfcc, T]
+            cepstra = torch.einsum("cm,bmt->bct", self.dct, log_mel)  # [b, 1 + n_mfcc, T]
             energy = log_mel.logsumexp(1)  # [b, T], natural log
             weight = (energy > energy.amax(-1, keepdim=True) - 6.0).float()[:, None]  # e^6 in magnitude: 52 dB
             count = weight.sum(-1)
             mean = (cepstra * weight).sum(-1) / count
             spread = (((cepstra - mean[..., None]) ** 2 * weight).sum(-1) / count).sqrt()
-            rows.append(torch.cat([mean, spread, cepstra.diff(dim=-1).std(-1)], -1))
+            rows.append(torch.cat([mean[:, 1:], spread, cepstra.diff(dim=-1).std(-1)], -1))
         return torch.cat(rows)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -259,7 +260,7 @@ def train_judge(instruments: list[str], train_shards: str, heldout_shards: str, 
     accuracy on crops of real held-out audio."""
     samples = round(seconds * sample_rate)
     classifier = InstrumentClassifier(instruments)
-    classifier.fit(*_crops(read_clips(train_shards), samples, per_clip=2, seed=0))
+    classifier.fit(*_crops(read_clips(train_shards), samples, per_clip=6, seed=0))
     real, labels = _crops(read_clips(heldout_shards), samples, per_clip=2, seed=1)
     return classifier, _accuracy(classifier.predict(real), labels)
 
