@@ -184,9 +184,8 @@ def _tuba(pen: _Pen) -> None:
 def _xylophone(pen: _Pen) -> None:
     pen.polygon([(-0.9, -0.1), (0.9, 0.05), (0.9, 0.3), (-0.9, 0.55)], "keys")
     for i, x in enumerate(np.linspace(-0.8, 0.8, 9)):
-        half = 0.42 - 0.026 * i
-        centre = 0.22 - 0.0 * i
-        pen.rect(x - 0.075, centre - half, x + 0.075, centre + half, "body")
+        half = 0.42 - 0.026 * i  # bars shorten towards the treble
+        pen.rect(x - 0.075, 0.22 - half, x + 0.075, 0.22 + half, "body")
     for x0, x1 in ((-0.4, -0.1), (0.2, 0.5)):
         pen.line([(x0, -0.9), (x1, -0.35)], "keys", 0.025)
         pen.ellipse(x1, -0.33, 0.07, 0.07, "trim")
