@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -37,6 +37,8 @@ __all__ = [
     "toy_clips",
     "write_toy_videos",
     "write_toy_shards",
+    "write_videos",
+    "write_shards",
 ]
 
 
@@ -388,10 +390,16 @@ def write_toy_videos(
     Returns:
         The written paths.
     """
+    return write_videos(toy_clips(n_clips, seed, **kwargs), out_dir, container)
+
+
+def write_videos(clips: Iterable[ToyClip], out_dir: str | os.PathLike, container: str = "mp4") -> list[Path]:
+    """Write any world's clips as video files (``<label>/<video_id>.<container>``); see
+    :func:`write_toy_videos`."""
     from clipcore.video import write_video
 
     paths = []
-    for clip in toy_clips(n_clips, seed, **kwargs):
+    for clip in clips:
         path = Path(out_dir) / clip.label / f"{clip.video_id}.{container}"
         write_video(path, clip.frames, clip.fps, clip.audio, clip.sample_rate)
         paths.append(path)
@@ -422,10 +430,17 @@ def write_toy_shards(
     Returns:
         The shard paths.
     """
+    return write_shards(toy_clips(n_clips, seed, **kwargs), out_dir, shard_size, encoder, dataset)
+
+
+def write_shards(
+    clips: Iterable[ToyClip], out_dir: str | os.PathLike, shard_size: int = 32, encoder=None, dataset: str = "toy"
+) -> list[Path]:
+    """Write any world's clips into webdataset shards; see :func:`write_toy_shards`."""
     from clipcore.shards import ShardSample, frame_embeddings, write_shard
 
     paths, batch = [], []
-    for clip in toy_clips(n_clips, seed, **kwargs):
+    for clip in clips:
         embeddings = {} if encoder is None else {encoder.name: frame_embeddings(encoder, clip.frames)}
         batch.append(
             ShardSample(dataset, clip.video_id, 0.0, clip.audio, clip.sample_rate, clip.frames, clip.fps, clip.label, embeddings)

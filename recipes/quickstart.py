@@ -204,7 +204,9 @@ def run(out: Path, profile: Profile) -> dict:
     with runner.step("1. data: the toy world as videos (beside it, 2. a tiny CLIP aligned on toy captions)"):
         runner.lanes(
             [("videos_train", _videos_code(videos / "train", p.train_clips, 0, p.noise, p.clip_seconds))],
-            [("align_clip", _recipe("align_toy_clip.py") + [str(encoder), "--steps", str(p.align_steps)]),
+            [("align_clip", _recipe("align_toy_clip.py") + [str(encoder), "--steps", str(p.align_steps), "--world",
+                                                             "shapes", "--gap-weight", "0", "--images", "64",
+                                                             "--groups", "8"]),
              ("videos_heldout", _videos_code(videos / "heldout", p.heldout_clips, 1, 0.0, p.clip_seconds))],
         )
     with runner.step("1. data: shards, with the aligned CLIP's frame embeddings precomputed"):
