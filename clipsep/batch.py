@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -29,6 +30,7 @@ import torch
 from clipcore.audio import AUDIO_EXTENSIONS, load_audio, save_audio
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.naming import safe_filename, slugify, unique_names
+from clipsep.separation_record import write_record
 
 if TYPE_CHECKING:
     from clipsep.separate import Separator
@@ -83,7 +85,9 @@ class SeparatorSpec:
 @dataclass(frozen=True)
 class OutputOptions:
     """How outputs are written (``format``: wav or flac; ``bit_depth``: 16, 24 or 32f;
-    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`)."""
+    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`; ``provenance``: the run's part of
+    ``separation.json`` (:func:`clipsep.separation_record.run_record`), written beside each
+    input's stems; None writes none)."""
 
     format: str = "wav"
     bit_depth: str = "16"
@@ -92,6 +96,7 @@ class OutputOptions:
     noise: bool = False
     mono: bool = False
     overwrite: bool = False
+    provenance: dict | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,7 @@ def process_file(
                 raise UsageError(f"output {path} would overwrite the input.")
             if path.exists() and not options.overwrite:
                 raise UsageError(f"{path} already exists (pass --overwrite to replace it).")
+        started = time.perf_counter()
         wave, rate = load_audio(job.source, mono=options.mono)
         separation = separator.separate(
             wave, rate, embeddings, residual=options.residual, noise=options.noise, progress=progress
@@ -208,6 +214,10 @@ def process_file(
         for path, stem in zip(job.outputs.values(), waves):
             save_audio(path, stem, rate, bit_depth=options.bit_depth, format=options.format, clip=options.clip)
             result.written.append(path)
+        if options.provenance is not None:
+            run = options.provenance
+            run = {**run, "settings": {**run["settings"], "device": str(separator.device)}}
+            write_record(job, wave, rate, waves, time.perf_counter() - started, run)
     except (ClipAudioError, OSError, RuntimeError, MemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         result.error = message.removeprefix(f"{job.source}: ")

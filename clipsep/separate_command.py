@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import soundfile as sf
@@ -25,6 +26,7 @@ from clipcore.cli import UsageError, add_audio_output_arguments, check_audio_out
 from clipcore.files import ImageError, load_image
 from clipsep.batch import FileResult, OutputOptions, SeparatorSpec, discover, plan, process_file, stem_names
 from clipsep.batch_workers import run_workers, worker_devices
+from clipsep.separation_record import run_record
 
 __all__ = ["add_separate_command", "run_separate", "summarize"]
 
@@ -103,6 +105,7 @@ def run_separate(args: argparse.Namespace) -> int:
     except QueryError as error:
         raise UsageError(str(error)) from None
     heads = separator.model.num_noise_heads
+    options = replace(options, provenance=run_record(spec, queries, separator, options))
     jobs = plan(sources, out, stem_names(queries, heads), options, heads)
     results = []
     durations = [_duration(job.source) for job in jobs]

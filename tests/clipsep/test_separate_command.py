@@ -60,7 +60,7 @@ def test_folder_with_good_and_bad_files(checkpoint, tmp_path, capsys):
     take_dirs = sorted({w.split("/")[0] for w in written if w.lower().startswith("take 1")})
     assert len(take_dirs) == 2 and take_dirs[0].lower() != take_dirs[1].lower()  # no clash, in any case
     assert "bass/playing-violin.flac" in written and "bass/residual.flac" in written
-    assert len(written) == 6
+    assert len(written) == 9  # 3 inputs x (2 stems + separation.json)
     info = sf.info(out / "bass" / "playing-violin.flac")
     assert (info.samplerate, info.frames, info.channels, info.subtype) == (16000, 20000, 1, "PCM_24")
     stereo = next(out / d / "playing-violin.flac" for d in take_dirs if sf.info(out / d / "playing-violin.flac").channels == 2)
@@ -109,7 +109,7 @@ def test_query_names_stay_inside_and_distinct(checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     assert _run(checkpoint, *args, "--query-image", red, "--residual", "-o", out, tmp_path / "mix.wav") == 0
     files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) == len(queries) + 2  # + image query + residual
+    assert len(files) == len(queries) + 3  # + image query + residual + separation.json
     assert {p.parent for p in files} == {out / "mix"}
     assert all(len(p.name) < 100 for p in files)
     assert (out / "mix" / "residual.wav").is_file() and (out / "mix" / "image-red-car.wav").is_file()

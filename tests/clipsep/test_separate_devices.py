@@ -1,6 +1,7 @@
 """``clipsep separate --devices N``: files shared out across worker processes."""
 
 import hashlib
+import json
 import re
 
 import numpy as np
@@ -25,10 +26,14 @@ def checkpoint(tmp_path_factory):
 
 def _contents(folder):
     """Each file's format and exact samples (float WAV headers hold a time stamp, so not
-    the bytes)."""
+    the bytes); each separation.json but the time it took."""
     out = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.name == "separation.json":
+            record = json.loads(path.read_text())
+            del record["seconds_taken"]
+            out[path.relative_to(folder).as_posix()] = record
+        elif path.is_file():
             data, rate = sf.read(path, dtype="float32", always_2d=True)
             out[path.relative_to(folder).as_posix()] = (rate, sf.info(path).subtype, data.shape,
                                                         hashlib.sha256(data.tobytes()).hexdigest())
@@ -57,7 +62,7 @@ def test_two_workers_write_what_one_process_writes(checkpoint, tmp_path, capsys)
         shown = [float(n) for n in re.findall(rf"\| ([0-9.]+)/{seconds:.1f} s", bar)]
         assert bar.startswith("\rseparating:") and shown == sorted(shown) and shown[-1] == round(seconds, 1)
         outputs[devices] = _contents(out)
-    assert len(outputs[1]) == 15 and outputs[2] == outputs[1]  # the same files, sample for sample
+    assert len(outputs[1]) == 20 and outputs[2] == outputs[1]  # 5 x (3 stems + record), sample for sample
 
 
 def test_devices_must_be_available(checkpoint, tmp_path, capsys):

@@ -1,0 +1,119 @@
+"""``separation.json``: which input, model, queries and settings made a folder of stems.
+
+``clipsep separate`` writes one beside the stems of every input, so that months later a
+sound designer can answer "which model and query made this stem?":
+
+- ``input``: path, sha256, sample rate, channels, seconds;
+- ``queries``: ``{"text": ...}`` or ``{"image": path, "sha256": ...}`` per query stem;
+- ``checkpoint``: path, sha256 of its weights file, and its own provenance;
+- ``settings``: segment, overlap, binary, mono, templates, prior, device, batch size and
+  the output format;
+- ``versions`` (Python and the main libraries) and ``seconds`` taken;
+- ``stems``: per stem its file, peak and RMS level (dBFS) and share of the mixture's
+  energy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from clipcore.checkpoint import WEIGHTS_NAME, library_versions
+from clipcore.files import atomic_write
+
+if TYPE_CHECKING:
+    from clipsep.batch import FileJob, OutputOptions, SeparatorSpec
+    from clipsep.separate import Separator
+
+__all__ = ["RECORD_NAME", "sha256_file", "run_record", "write_record"]
+
+RECORD_NAME = "separation.json"
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_record(spec: SeparatorSpec, queries: list[tuple[str, str]], separator: Separator,
+               options: OutputOptions) -> dict[str, Any]:
+    """The facts shared by every input of one run (queries, checkpoint, settings, versions);
+    :func:`clipsep.batch.process_file` adds the device that did each input."""
+    checkpoint = Path(spec.checkpoint).resolve()
+    weights = checkpoint / WEIGHTS_NAME if checkpoint.is_dir() else checkpoint
+    return {
+        "queries": [{"text": value} if kind == "text" else {"image": str(Path(value).resolve()),
+                                                             "sha256": sha256_file(value)}
+                    for kind, value in queries],
+        "checkpoint": {
+            "path": str(checkpoint),
+            "weights_sha256": sha256_file(weights) if weights.is_file() else None,
+            "provenance": separator.model.provenance or {},
+        },
+        "settings": {
+            "segment_seconds": round(separator.segment_samples / separator.model.sample_rate, 4),
+            "overlap": spec.overlap,
+            "binary": separator.binary,
+            "mono": options.mono,
+            "templates": list(separator.templates),
+            "prior": None,
+            "batch_size": spec.batch_size,
+            "format": options.format,
+            "bit_depth": options.bit_depth,
+            "clip_mode": options.clip,
+        },
+        "versions": library_versions(),
+    }
+
+
+def _level_db(value: float) -> float | None:
+    return round(20 * math.log10(value), 2) if value > 0 else None
+
+
+def write_record(job: FileJob, wave: torch.Tensor, rate: int, stems: list[torch.Tensor], seconds: float,
+                 run: dict[str, Any]) -> Path:
+    """Write ``separation.json`` beside the stems of one input.
+
+    Args:
+        job: the input and its stem files (in the order of ``stems``).
+        wave: the mixture as separated, ``[C, S]``.
+        rate: its sample rate.
+        stems: ``[C, S]`` per stem, as written.
+        seconds: time the input took.
+        run: :func:`run_record`.
+
+    Returns:
+        The record's path.
+    """
+    energy = float(wave.double().pow(2).sum())
+    record = {
+        "input": {
+            "path": str(job.source.resolve()),
+            "sha256": sha256_file(job.source),
+            "sample_rate": rate,
+            "channels": int(wave.shape[0]),
+            "seconds": wave.shape[-1] / rate,
+        },
+        **run,
+        "seconds_taken": round(seconds, 3),
+        "stems": {
+            name: {
+                "file": path.name,
+                "peak_dbfs": _level_db(float(stem.abs().max())),
+                "rms_dbfs": _level_db(float(stem.double().pow(2).mean().sqrt())),
+                "energy_share": round(float(stem.double().pow(2).sum()) / energy, 4) if energy > 0 else None,
+            }
+            for (name, path), stem in zip(job.outputs.items(), stems)
+        },
+    }
+    folder = next(iter(job.outputs.values())).parent
+    return atomic_write(folder / RECORD_NAME, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
