@@ -11,8 +11,8 @@ Three files land in ``DIR``:
 - ``text_tower.onnx``: ``tokens`` int64 ``[N, context_length]`` (open_clip's tokenizer)
   give ``embeddings`` float32 ``[N, D]``, CLIP's raw text embeddings.
 - ``onnx.json``: the STFT settings, ``frames_multiple``, the prompt templates, and how
-  prompts become one query (``query_normalization``: ``unit`` averages the unit-normalised
-  embeddings of the templates and normalises the mean; ``none`` averages raw embeddings).
+  prompts become one query (``query_normalization``: ``unit`` averages the unit-normalized
+  embeddings of the templates and normalizes the mean; ``none`` averages raw embeddings).
 """
 
 from __future__ import annotations

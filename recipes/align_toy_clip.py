@@ -60,10 +60,10 @@ from webdataset.tariterators import tarfile_samples
 
 from clipcore import synthetic
 from clipcore.checkpoint import git_commit
-from clipcore.cli import EXPECTED_ERRORS, UsageError
+from clipcore.errors import UsageError, report_errors
 from clipcore.miniature import drawings, world
 from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder, tiny_clip_config
-from clipcore.shards import ShardError, expand_shards
+from clipcore.shards import expand_shards
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def align(
         encoder: the query encoder to align (its open_clip model is unfrozen, then frozen again).
         frames: uint8 ``[N, 3, H, W]`` frames; labels: ``N`` labels.
         captions: the captions of a label.
-        steps: optimiser steps.
+        steps: optimizer steps.
         groups: contrastive groups per step, each one (frame, caption) pair per label.
         learning_rate: AdamW learning rate (cosine decay to 0).
         seed: seed of the pair sampling.
@@ -201,8 +201,8 @@ def align(
     by_label = [torch.tensor([i for i, label in enumerate(labels) if label == name]) for name in names]
     tokens = [encoder.tokenize(captions(name)) for name in names]  # [L][C, context]
     model = encoder.model.requires_grad_(True).train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     loss_fn = ClipLoss()
     diagonal = torch.eye(len(names), dtype=torch.bool)
     rng = torch.Generator().manual_seed(seed)
@@ -221,9 +221,9 @@ def align(
             cosine = torch.einsum("gid,gjd->gij", image_features, text_features)  # [G, L, L]
             loss = loss + gap_weight * ((cosine[:, diagonal].mean() - gap[0]) ** 2
                                         + (cosine[:, ~diagonal].mean() - gap[1]) ** 2)
-        optimiser.zero_grad()
+        optimizer.zero_grad()
         loss.backward()
-        optimiser.step()
+        optimizer.step()
         schedule.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)  # at most 100, as open_clip's training does
@@ -243,9 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="music (the miniature MUSIC world) or shapes (clipcore.synthetic; default: music)")
     parser.add_argument("--images", type=int, default=300, help="pictures per instrument (default: 300)")
     parser.add_argument("--val-shards", help="video shards whose frames measure frame-to-prompt retrieval")
-    parser.add_argument("--steps", type=int, default=500, help="optimiser steps (default: 500)")
+    parser.add_argument("--steps", type=int, default=500, help="optimizer steps (default: 500)")
     parser.add_argument("--groups", type=int, default=4, help="contrastive groups per step (default: 4)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default: 0.002)")
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="AdamW learning rate (default: 0.002)")
     parser.add_argument("--embed-dim", type=int, default=32, help="embedding size (default: 32)")
     parser.add_argument("--gap-weight", type=float, default=10.0,
                         help="weight of the modality-gap penalty; 0 lets the gap close (default: 10)")
@@ -259,38 +259,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if min(args.images, args.steps, args.groups, args.embed_dim) < 1:
-            raise UsageError("--images, --steps, --groups and --embed-dim must be positive.")
-        if args.gap_weight < 0 or not -1 <= args.mismatched_cosine < args.matching_cosine <= 1:
-            raise UsageError("--gap-weight must be at least 0, and -1 <= --mismatched-cosine < --matching-cosine <= 1.")
-        torch.manual_seed(args.seed)
-        start = time.perf_counter()
-        toy = WORLDS[args.world]
-        frames, labels = render_frames(toy, args.images, args.seed)
-        config = music_clip_config(args.embed_dim) if args.world == "music" else tiny_clip_config(args.embed_dim)
-        encoder = QueryEncoder(config, name=args.name, seed=args.seed)
-        history = align(encoder, frames, labels, lambda label: prompts(toy, label), args.steps, args.groups, args.lr,
-                        args.seed, args.gap_weight, (args.matching_cosine, args.mismatched_cosine))
-        names = list(toy.instruments)
-        test_frames, test_labels = render_frames(toy, max(10, args.images // 10), args.seed + 1000)
-        facts = {"final_loss": float(np.mean(history[-20:])), "seconds": round(time.perf_counter() - start, 1),
-                 "retrieval_accuracy_rendered": retrieval_accuracy(encoder, test_frames, test_labels, names),
-                 "chance": 1 / len(names),
-                 **gap_facts(encoder, test_frames, test_labels, names, world.HELDOUT_TEMPLATES)}
-        if args.val_shards:
-            val_frames, val_labels = read_frames(args.val_shards)
-            if not set(val_labels) <= set(names):
-                raise UsageError(f"{args.val_shards}: has labels that are not instruments of the {args.world} world.")
-            facts["retrieval_accuracy_shards"] = retrieval_accuracy(encoder, val_frames, val_labels, names)
-        encoder.save_pretrained(args.out_dir, provenance={
-            "git_commit": git_commit(), "recipe": "recipes/align_toy_clip.py", "settings": vars(args), **facts,
-        })
-        print(json.dumps(facts))
-        return 0
-    except (*EXPECTED_ERRORS, ShardError) as error:
-        print(f"align_toy_clip: error: {error}", file=sys.stderr)
-        return 2
+    return report_errors("align_toy_clip", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if min(args.images, args.steps, args.groups, args.embed_dim) < 1:
+        raise UsageError("--images, --steps, --groups and --embed-dim must be positive.")
+    if args.gap_weight < 0 or not -1 <= args.mismatched_cosine < args.matching_cosine <= 1:
+        raise UsageError("--gap-weight must be at least 0, and -1 <= --mismatched-cosine < --matching-cosine <= 1.")
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    toy = WORLDS[args.world]
+    frames, labels = render_frames(toy, args.images, args.seed)
+    config = music_clip_config(args.embed_dim) if args.world == "music" else tiny_clip_config(args.embed_dim)
+    encoder = QueryEncoder(config, name=args.name, seed=args.seed)
+    history = align(encoder, frames, labels, lambda label: prompts(toy, label), args.steps, args.groups, args.learning_rate,
+                    args.seed, args.gap_weight, (args.matching_cosine, args.mismatched_cosine))
+    names = list(toy.instruments)
+    test_frames, test_labels = render_frames(toy, max(10, args.images // 10), args.seed + 1000)
+    facts = {"final_loss": float(np.mean(history[-20:])), "seconds": round(time.perf_counter() - start, 1),
+             "retrieval_accuracy_rendered": retrieval_accuracy(encoder, test_frames, test_labels, names),
+             "chance": 1 / len(names),
+             **gap_facts(encoder, test_frames, test_labels, names, world.HELDOUT_TEMPLATES)}
+    if args.val_shards:
+        val_frames, val_labels = read_frames(args.val_shards)
+        if not set(val_labels) <= set(names):
+            raise UsageError(f"{args.val_shards}: has labels that are not instruments of the {args.world} world.")
+        facts["retrieval_accuracy_shards"] = retrieval_accuracy(encoder, val_frames, val_labels, names)
+    encoder.save_pretrained(args.out_dir, provenance={
+        "git_commit": git_commit(), "recipe": "recipes/align_toy_clip.py", "settings": vars(args), **facts,
+    })
+    print(json.dumps(facts))
+    return 0
 
 
 if __name__ == "__main__":

@@ -232,12 +232,12 @@ class InstrumentClassifier(nn.Module):
                 for layer in net:
                     if isinstance(layer, nn.Linear):
                         layer.reset_parameters()
-            optimiser = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
+            optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
             for _ in range(epochs):
                 loss = nn.functional.cross_entropy(net(inputs), targets)
-                optimiser.zero_grad()
+                optimizer.zero_grad()
                 loss.backward()
-                optimiser.step()
+                optimizer.step()
         return self.eval()
 
 

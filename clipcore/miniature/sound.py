@@ -23,7 +23,7 @@ from importlib import resources
 import numpy as np
 
 __all__ = ["Voice", "VOICES", "INSTRUMENTS", "OFFSCREEN_PROGRAMS", "Note", "midi_to_hz", "melody", "render",
-           "play", "offscreen_sound", "normalise"]
+           "play", "offscreen_sound", "normalize"]
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def render(program: int, notes: list[Note], total: int, sample_rate: int = 16000
 
 def play(name: str, duration: float, sample_rate: int = 16000, seed: int | np.random.Generator = 0,
          transpose: int = 0) -> np.ndarray:
-    """A random melody (:func:`melody`) rendered on an instrument, unnormalised.
+    """A random melody (:func:`melody`) rendered on an instrument, unnormalized.
 
     Args:
         transpose: semitones added to every key (out of the instrument's range if need be:
@@ -262,7 +262,7 @@ def offscreen_sound(rng: np.random.Generator, total: int, sample_rate: int = 160
     return (wave / rms if rms > 1e-6 else wave), kind
 
 
-def normalise(wave: np.ndarray, rng: np.random.Generator, level: float = 0.1) -> tuple[np.ndarray, float]:
+def normalize(wave: np.ndarray, rng: np.random.Generator, level: float = 0.1) -> tuple[np.ndarray, float]:
     """Scale to RMS ``level`` within +-3 dB (random) with peak at most 0.89.
 
     Returns:

@@ -109,7 +109,7 @@ def make_clip(
     name = instrument or INSTRUMENTS[index % len(INSTRUMENTS)]
     _check(name)
     rng = np.random.default_rng([split_seed(split), index])
-    clean, _ = sound.normalise(sound.play(name, duration, sample_rate, rng, transpose), rng)
+    clean, _ = sound.normalize(sound.play(name, duration, sample_rate, rng, transpose), rng)
     audio = clean
     if offscreen > 0:
         extra, _ = sound.offscreen_sound(rng, len(clean), sample_rate, exclude=name)

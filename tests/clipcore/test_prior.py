@@ -28,7 +28,7 @@ def _sample(prior, text, seed=0, **kwargs):
     return prior.sample(text, steps=5, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
-def test_samples_are_normalised_and_deterministic():
+def test_samples_are_normalized_and_deterministic():
     prior = DiffusionPrior.tiny(embed_dim=D, seed=0)
     text = _unit(3, seed=1)
     first = _sample(prior, text)
@@ -120,7 +120,7 @@ def test_folders_that_are_no_prior_are_refused(tmp_path):
 
 
 def _rotated_pairs(rows, seed=0, noise=0.05):
-    """Image embedding = a fixed random rotation of the text embedding plus noise, renormalised."""
+    """Image embedding = a fixed random rotation of the text embedding plus noise, renormalized."""
     generator = torch.Generator().manual_seed(seed)
     rotation, _ = torch.linalg.qr(torch.randn(D, D, generator=torch.Generator().manual_seed(123)))
     text = F.normalize(torch.randn(rows, D, generator=generator), dim=-1)

@@ -1,4 +1,4 @@
-"""QueryEncoder: normalised, deterministic, frozen embeddings; prompts; loading and saving."""
+"""QueryEncoder: normalized, deterministic, frozen embeddings; prompts; loading and saving."""
 
 import json
 
@@ -28,7 +28,7 @@ def _images(batch=3, height=40, width=56, seed=1):
     return torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=generator)
 
 
-def test_embeddings_are_normalised_float32_and_frozen(encoder):
+def test_embeddings_are_normalized_float32_and_frozen(encoder):
     images = encoder.encode_image(_images())
     texts = encoder.encode_text(["violin", "dog barking"])
     for embedding, rows in ((images, 3), (texts, 2)):
@@ -47,7 +47,7 @@ def test_embeddings_are_deterministic_per_seed():
     assert first.name != other.name
 
 
-def test_preprocessing_resizes_crops_and_normalises(encoder):
+def test_preprocessing_resizes_crops_and_normalizes(encoder):
     colour = torch.tensor([200, 30, 90], dtype=torch.uint8).view(1, 3, 1, 1)
     for height, width in ((17, 90), (300, 64), (32, 32)):
         pixels = encoder.preprocess(colour.expand(2, 3, height, width).contiguous())
@@ -83,7 +83,7 @@ def test_frames_of_a_clip_are_averaged(encoder):
     assert torch.allclose(mean_embedding(per_frame), expected, atol=1e-6)
 
 
-def test_template_ensemble_is_the_normalised_mean_of_single_templates(encoder):
+def test_template_ensemble_is_the_normalized_mean_of_single_templates(encoder):
     queries = ["violin", "acoustic guitar", "dog"]
     singles = torch.stack([encoder.encode_text(queries, templates=t) for t in CLIPSEP_EVAL_TEMPLATES])
     ensemble = encoder.encode_text(queries, templates=CLIPSEP_EVAL_TEMPLATES)

@@ -69,7 +69,7 @@ def test_loading_another_class_is_a_clear_error(tmp_path):
         CLIPSonic.from_pretrained(tmp_path / "qe")
 
 
-def test_normalisation_round_trips_and_mel_is_the_project_convention(model):
+def test_normalization_round_trips_and_mel_is_the_project_convention(model):
     wave = torch.randn(2, 3200) * 0.1
     mel = model.log_mel(wave)
     assert mel.shape == (2, 64, 21)

@@ -69,7 +69,7 @@ def read_records(folder: Path) -> list[dict]:
 
 class Record(Callback):
     """Append one JSON line per training batch (rank, step, sample keys, loss, a random
-    draw) and one at the start of training (step, scheduler position, optimiser steps)
+    draw) and one at the start of training (step, scheduler position, optimizer steps)
     to ``<folder>/rank<r>.jsonl``."""
 
     def __init__(self, folder: str) -> None:

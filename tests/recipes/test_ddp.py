@@ -52,7 +52,7 @@ def test_two_process_ddp_fit_ranks_see_disjoint_samples(shards, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     batches = [r for r in read_records(records) if r["event"] == "batch"]
     by_rank = {rank: [r for r in batches if r["rank"] == rank] for rank in (0, 1)}
-    # 4 optimiser steps x 2 accumulated batches on each of 2 ranks, in bf16 autocast
+    # 4 optimizer steps x 2 accumulated batches on each of 2 ranks, in bf16 autocast
     assert [len(by_rank[0]), len(by_rank[1])] == [8, 8]
     assert {r["world"] for r in batches} == {2} and {r["precision"] for r in batches} == {"bf16-mixed"}
     assert [r["step"] for r in by_rank[0]] == [0, 1, 1, 2, 2, 3, 3, 4]

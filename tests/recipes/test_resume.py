@@ -38,7 +38,7 @@ def test_killed_and_preempted_runs_resume_from_their_last_checkpoint(tmp_path):
     process.communicate(timeout=120)
     preempted = read_records(records)[len(killed):]
     start, batches = preempted[0], preempted[1:]
-    assert start["event"] == "start" and start["step"] == 3  # step, optimiser and schedule from step 3
+    assert start["event"] == "start" and start["step"] == 3  # step, optimizer and schedule from step 3
     assert start["scheduler_steps"] == 3 and start["optimizer_steps"] == 3
     assert math.isclose(start["lr"], 1e-3 * lr_multiplier(3, 2, 6, 0.1))
     # the data continue mid-epoch: the last batch of epoch 0, then epoch 1
