@@ -23,6 +23,7 @@ import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import PriorTransformer
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from clipcore.checkpoint import CONFIG_NAME, CheckpointError, Pretrained
@@ -233,7 +234,7 @@ class DiffusionPrior(Pretrained, nn.Module):
         text_embeddings: torch.Tensor,
         steps: int = 25,
         guidance: float = 2.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """Sample image embeddings for text embeddings.
 
@@ -241,7 +242,9 @@ class DiffusionPrior(Pretrained, nn.Module):
             text_embeddings: ``[B, D]`` CLIP text embeddings (L2-normalised).
             steps: denoising steps.
             guidance: classifier-free guidance scale (1 = conditional model only).
-            generator: random generator for the initial noise (on the prior's device).
+            generator: random generator for the noise, or a list of ``B`` generators, one
+                per row, so that row ``i`` depends only on its own text and ``generator[i]``
+                (not on the other rows of the batch).
 
         Returns:
             float32 ``[B, D]`` L2-normalised image embeddings on the prior's device.
@@ -257,9 +260,11 @@ class DiffusionPrior(Pretrained, nn.Module):
         scheduler.set_timesteps(steps, device=device)
         condition = self.normalise_text(text_embeddings.to(device=device, dtype=self.text_mean.dtype)).to(dtype)
         batch = condition.shape[0]
+        if isinstance(generator, list) and len(generator) != batch:
+            raise PriorError(f"got {len(generator)} random generators for {batch} text embeddings; give one per row.")
         if guidance != 1.0:
             condition = torch.cat([condition, self.null_embedding.to(dtype).expand(batch, -1)])
-        latents = torch.randn(batch, self.embed_dim, device=device, dtype=dtype, generator=generator)
+        latents = randn_tensor((batch, self.embed_dim), generator=generator, device=device, dtype=dtype)
         latents = latents * scheduler.init_noise_sigma
         for timestep in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, timestep)
