@@ -129,7 +129,7 @@ class DiffusionPrior(Pretrained, nn.Module):
             map_location: device of the weights.
 
         Raises:
-            PriorError: not a prior folder, or sizes that disagree.
+            PriorError: not a prior folder, a config that is not valid JSON, or sizes that disagree.
         """
         folder = Path(path)
         config = _read_json(folder / CONFIG_NAME)
@@ -278,9 +278,18 @@ class DiffusionPrior(Pretrained, nn.Module):
 
 
 def _read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, or None when the file is missing or not JSON."""
+    """The JSON object in ``path``, or None when there is no such file.
+
+    Raises:
+        PriorError: the file exists but does not hold a JSON object.
+    """
+    if not path.is_file():
+        return None
     try:
         value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise PriorError(f"{path}: cannot be read as JSON ({type(error).__name__}: {reason}).") from None
+    if not isinstance(value, dict):
+        raise PriorError(f"{path}: holds JSON but not an object of settings.")
+    return value

@@ -16,6 +16,7 @@ import argparse
 import glob
 import re
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -44,12 +45,15 @@ __all__ = [
 ]
 
 RESIDUAL = "residual"
+ERROR_LOG = "clipsep-errors.log"
+"""Under the output folder: the tracebacks of internal errors (written only when one happens)."""
 
 
 @dataclass(frozen=True)
 class OutputOptions:
     """How outputs are written (``format``: wav or flac; ``bit_depth``: 16, 24 or 32f;
-    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`)."""
+    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`; ``error_log``: where the
+    tracebacks of internal errors go)."""
 
     format: str = "wav"
     bit_depth: str = "16"
@@ -58,6 +62,7 @@ class OutputOptions:
     noise: bool = False
     mono: bool = False
     overwrite: bool = False
+    error_log: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -152,8 +157,10 @@ def process_file(
     options: OutputOptions,
     progress: Callable[[float], None] | None = None,
 ) -> FileResult:
-    """Separate one file and write its stems; every expected failure becomes the result's
-    one-sentence ``error`` (nothing is raised, the input is only read)."""
+    """Separate one file and write its stems; every failure becomes the result's
+    one-sentence ``error`` (nothing is raised, the input is only read). Failures that are
+    not the input's (a bug) are reported as internal errors, with the traceback appended
+    to ``options.error_log``."""
     result = FileResult(job.source)
     try:
         source = job.source.resolve()
@@ -174,10 +181,27 @@ def process_file(
         for path, stem in zip(job.outputs.values(), waves):
             save_audio(path, stem, rate, bit_depth=options.bit_depth, format=options.format, clip=options.clip)
             result.written.append(path)
-    except (*EXPECTED_ERRORS, OSError, RuntimeError, MemoryError) as error:
+    except (*EXPECTED_ERRORS, OSError, MemoryError, torch.OutOfMemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         result.error = message.removeprefix(f"{job.source}: ")
+    except Exception as error:  # noqa: BLE001 - a bug fails this file, not the run, and is logged
+        result.error = internal_error(error, job.source, options.error_log)
     return result
+
+
+def internal_error(error: Exception, source: Path, log: Path | None) -> str:
+    """The one-line reason of an unforeseen failure on ``source``; its traceback (of the
+    exception being handled) is appended to ``log``, which the reason names."""
+    reason = f"internal error, not a problem of this input ({type(error).__name__}: {' '.join(str(error).split())})"
+    if log is None:
+        return reason + "."
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as handle:
+            handle.write(f"--- {source}\n{traceback.format_exc()}\n")
+    except OSError as write_error:
+        return f"{reason}; its traceback could not be written to {log} ({write_error.strerror})."
+    return f"{reason}; traceback in {log}."
 
 
 def _duration(path: Path) -> float:
@@ -241,9 +265,9 @@ def run_separate(args: argparse.Namespace) -> int:
     """Run ``clipsep separate``; returns 0, or 1 if any input failed."""
     queries = _queries(args)
     _check_values(args)
-    options = OutputOptions(args.format, args.bit_depth, args.clip_mode, args.residual, args.noise_stems, args.mono,
-                            args.overwrite)
     out = Path(args.out)
+    options = OutputOptions(args.format, args.bit_depth, args.clip_mode, args.residual, args.noise_stems, args.mono,
+                            args.overwrite, error_log=out / ERROR_LOG)
     sources, failures = discover(args.inputs, exclude=out)
     if not sources:
         return summarize([], failures, out)
@@ -257,6 +281,9 @@ def run_separate(args: argparse.Namespace) -> int:
     except QueryError as error:
         raise UsageError(str(error)) from None
     heads = separator.model.num_noise_heads
+    if args.noise_stems and heads == 0:
+        raise UsageError(f"--noise-stems: the model of {args.checkpoint} has no noise heads "
+                         "(it was trained without noise-invariant training).")
     jobs = plan(sources, out, stem_names(queries, heads), options, heads)
     results = []
     durations = [_duration(job.source) for job in jobs]

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from clipcore.cli import UsageError
-from clipsep.separate_cli import FileJob, FileResult, OutputOptions, load_separator, process_file
+from clipsep.separate_cli import FileJob, FileResult, OutputOptions, internal_error, load_separator, process_file
 
 __all__ = ["worker_devices", "run_workers"]
 
@@ -60,7 +60,7 @@ def _worker(index: int, device: str, threads: int | None, args: argparse.Namespa
             result = process_file(jobs[task], separator, embeddings, options,
                                   lambda seconds: events.put(("progress", index, seconds)))
         except Exception as error:  # noqa: BLE001 - an unforeseen failure fails this file, not the run
-            result = FileResult(jobs[task].source, error=f"{type(error).__name__}: {' '.join(str(error).split())}")
+            result = FileResult(jobs[task].source, error=internal_error(error, jobs[task].source, options.error_log))
         events.put(("done", index, (task, result)))
 
 

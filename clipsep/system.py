@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from clipcore.checkpoint import git_commit
@@ -268,7 +269,11 @@ class ExportPretrained(Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         provenance = {"val_metrics": metrics, "run_config": _run_config(trainer)}
         pl_module.export(root / "last", provenance)
-        value = metrics.get(self.monitor, math.nan)
+        if self.monitor not in metrics:
+            rank_zero_warn(f"ExportPretrained: validation logged no {self.monitor!r} (it logged "
+                           f"{', '.join(sorted(metrics)) or 'nothing'}), so best/ is not exported.", category=UserWarning)
+            return
+        value = metrics[self.monitor]
         if value < self.best:
             self.best = value
             pl_module.export(root / "best", provenance)
