@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test test-fast demo install clean
 
 install: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# The inner loop: every test but those marked slow (CI runs `make test`, all of them).
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow"
 
 # The quick start: toy videos -> shards -> CLIPSep, prior, CLIPSonic -> report (runs/quickstart/).
 demo: $(STAMP)
