@@ -35,6 +35,7 @@ def _contents(folder):
     return out
 
 
+@pytest.mark.slow
 def test_two_workers_write_what_one_process_writes(checkpoint, tmp_path, capsys):
     stems = tmp_path / "stems"
     rng = np.random.default_rng(0)
