@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # imported for live playback), which has no Linux wheel and does not build without PortAudio.
 NO_DEPS := tinysoundfont==0.3.7
 
-.PHONY: test demo install clean
+.PHONY: test test-fast demo install clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# The inner loop: every test but those marked slow (CI runs `make test`, all of them).
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow"
 
 # The quick start: toy videos -> shards -> CLIPSep, prior, CLIPSonic -> report (runs/quickstart/).
 demo: $(STAMP)

@@ -23,6 +23,7 @@ import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import PriorTransformer
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from clipcore.checkpoint import CONFIG_NAME, CheckpointError, Pretrained
@@ -139,7 +140,7 @@ class DiffusionPrior(Pretrained, nn.Module):
             map_location: device of the weights.
 
         Raises:
-            PriorError: not a prior folder, or sizes that disagree.
+            PriorError: not a prior folder, a config that is not valid JSON, or sizes that disagree.
         """
         folder = Path(path)
         config = _read_json(folder / CONFIG_NAME)
@@ -244,7 +245,7 @@ class DiffusionPrior(Pretrained, nn.Module):
         text_embeddings: torch.Tensor,
         steps: int = 25,
         guidance: float = 2.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """Sample image embeddings for text embeddings.
 
@@ -252,7 +253,9 @@ class DiffusionPrior(Pretrained, nn.Module):
             text_embeddings: ``[B, D]`` CLIP text embeddings (L2-normalized).
             steps: denoising steps.
             guidance: classifier-free guidance scale (1 = conditional model only).
-            generator: random generator for the initial noise (on the prior's device).
+            generator: random generator for the noise, or a list of ``B`` generators, one
+                per row, so that row ``i`` depends only on its own text and ``generator[i]``
+                (not on the other rows of the batch).
 
         Returns:
             float32 ``[B, D]`` L2-normalized image embeddings on the prior's device.
@@ -268,9 +271,11 @@ class DiffusionPrior(Pretrained, nn.Module):
         scheduler.set_timesteps(steps, device=device)
         condition = self.normalize_text(text_embeddings.to(device=device, dtype=self.text_mean.dtype)).to(dtype)
         batch = condition.shape[0]
+        if isinstance(generator, list) and len(generator) != batch:
+            raise PriorError(f"got {len(generator)} random generators for {batch} text embeddings; give one per row.")
         if guidance != 1.0:
             condition = torch.cat([condition, self.null_embedding.to(dtype).expand(batch, -1)])
-        latents = torch.randn(batch, self.embed_dim, device=device, dtype=dtype, generator=generator)
+        latents = randn_tensor((batch, self.embed_dim), generator=generator, device=device, dtype=dtype)
         latents = latents * scheduler.init_noise_sigma
         for timestep in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, timestep)
@@ -284,9 +289,18 @@ class DiffusionPrior(Pretrained, nn.Module):
 
 
 def _read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, or None when the file is missing or not JSON."""
+    """The JSON object in ``path``, or None when there is no such file.
+
+    Raises:
+        PriorError: the file exists but does not hold a JSON object.
+    """
+    if not path.is_file():
+        return None
     try:
         value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise PriorError(f"{path}: cannot be read as JSON ({type(error).__name__}: {reason}).") from None
+    if not isinstance(value, dict):
+        raise PriorError(f"{path}: holds JSON but not an object of settings.")
+    return value

@@ -242,10 +242,12 @@ class QueryEncoder(Pretrained, nn.Module):
         try:
             weights = weights or download_pretrained(tag_config, cache_dir=cache_dir)
         except Exception as error:  # network, hub and file-system failures alike
+            reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+            hint = ("without internet, copy the weights file from a machine that has it and pass "
+                    if _is_network_failure(error) else "or pass a local copy of the weights as ")
             raise QueryEncoderError(
-                f"could not download the open_clip weights {arch}/{tag} ({type(error).__name__}); "
-                f"without internet, copy the weights file from a machine that has it and pass "
-                f"'{arch}/{tag}=/path/to/open_clip_pytorch_model.bin' as the query encoder instead."
+                f"could not download the open_clip weights {arch}/{tag} ({reason}); "
+                f"{hint}'{arch}/{tag}=/path/to/open_clip_pytorch_model.bin' as the query encoder instead."
             ) from None
         if tag_config.get("quick_gelu"):
             model_config["quick_gelu"] = True
@@ -421,3 +423,20 @@ def _as_tensor(image: Any) -> torch.Tensor:
     if hasattr(image, "convert"):
         return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
     raise ValueError(f"images must be uint8 tensors or PIL images, got {type(image).__name__}.")
+
+
+_NETWORK_ERRORS = ("ConnectionError", "Timeout", "URLError", "gaierror", "OfflineModeIsEnabled",
+                   "LocalEntryNotFoundError", "MaxRetryError", "NewConnectionError")
+
+
+def _is_network_failure(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is a failure to reach the network."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (ConnectionError, TimeoutError)) or any(
+            name in cls.__name__ for cls in type(error).__mro__ for name in _NETWORK_ERRORS
+        ):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -49,6 +49,7 @@ import yaml
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from clipcore.checkpoint import QUERY_ENCODER_DIR, Pretrained, git_commit
 from clipcore.errors import report_errors
@@ -163,7 +164,11 @@ class ExportPretrained(Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         pl_module.export(root / "last", {"val_metrics": metrics})
-        value = metrics.get(self.monitor, math.nan)
+        if self.monitor not in metrics:
+            rank_zero_warn(f"ExportPretrained: validation logged no {self.monitor!r} (it logged "
+                           f"{', '.join(sorted(metrics)) or 'nothing'}), so best/ is not exported.", category=UserWarning)
+            return
+        value = metrics[self.monitor]
         if value < self.best:
             self.best = value
             pl_module.export(root / "best", {"val_metrics": metrics})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import re
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -44,9 +45,13 @@ __all__ = [
     "stem_names",
     "plan",
     "process_file",
+    "internal_error",
+    "ERROR_LOG",
 ]
 
 RESIDUAL = "residual"
+ERROR_LOG = "clipsep-errors.log"
+"""Under the output folder: the tracebacks of internal errors (written only when one happens)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,10 @@ class SeparatorSpec:
 @dataclass(frozen=True)
 class OutputOptions:
     """How outputs are written (``format``: wav or flac; ``bit_depth``: 16, 24 or 32f;
-    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`; ``provenance``: the run's part of
-    ``separation.json`` (:func:`clipsep.separation_record.run_record`), written beside each
-    input's stems; None writes none)."""
+    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`; ``error_log``: where the
+    tracebacks of internal errors go; ``provenance``: the run's part of ``separation.json``
+    (:func:`clipsep.separation_record.run_record`), written beside each input's stems; None
+    writes none)."""
 
     format: str = "wav"
     bit_depth: str = "16"
@@ -96,6 +102,7 @@ class OutputOptions:
     noise: bool = False
     mono: bool = False
     overwrite: bool = False
+    error_log: Path | None = None
     provenance: dict | None = field(default=None, compare=False)
 
 
@@ -191,8 +198,10 @@ def process_file(
     options: OutputOptions,
     progress: Callable[[float], None] | None = None,
 ) -> FileResult:
-    """Separate one file and write its stems; every expected failure becomes the result's
-    one-sentence ``error`` (nothing is raised, the input is only read)."""
+    """Separate one file and write its stems; every failure becomes the result's
+    one-sentence ``error`` (nothing is raised, the input is only read). Failures that are
+    not the input's (a bug) are reported as internal errors, with the traceback appended
+    to ``options.error_log``."""
     result = FileResult(job.source)
     try:
         source = job.source.resolve()
@@ -218,7 +227,24 @@ def process_file(
             run = options.provenance
             run = {**run, "settings": {**run["settings"], "device": str(separator.device)}}
             write_record(job, wave, rate, waves, time.perf_counter() - started, run)
-    except (ClipAudioError, OSError, RuntimeError, MemoryError) as error:
+    except (ClipAudioError, OSError, MemoryError, torch.OutOfMemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         result.error = message.removeprefix(f"{job.source}: ")
+    except Exception as error:  # noqa: BLE001 - a bug fails this file, not the run, and is logged
+        result.error = internal_error(error, job.source, options.error_log)
     return result
+
+
+def internal_error(error: Exception, source: Path, log: Path | None) -> str:
+    """The one-line reason of an unforeseen failure on ``source``; its traceback (of the
+    exception being handled) is appended to ``log``, which the reason names."""
+    reason = f"internal error, not a problem of this input ({type(error).__name__}: {' '.join(str(error).split())})"
+    if log is None:
+        return reason + "."
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as handle:
+            handle.write(f"--- {source}\n{traceback.format_exc()}\n")
+    except OSError as write_error:
+        return f"{reason}; its traceback could not be written to {log} ({write_error.strerror})."
+    return f"{reason}; traceback in {log}."

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from clipcore.cli import UsageError
-from clipsep.batch import FileJob, FileResult, OutputOptions, SeparatorSpec, process_file
+from clipsep.batch import FileJob, FileResult, OutputOptions, SeparatorSpec, internal_error, process_file
 
 __all__ = ["worker_devices", "run_workers"]
 
@@ -59,7 +59,7 @@ def _worker(index: int, device: str, threads: int | None, spec: SeparatorSpec, j
             result = process_file(jobs[task], separator, embeddings, options,
                                   lambda seconds: events.put(("progress", index, seconds)))
         except Exception as error:  # noqa: BLE001 - an unforeseen failure fails this file, not the run
-            result = FileResult(jobs[task].source, error=f"{type(error).__name__}: {' '.join(str(error).split())}")
+            result = FileResult(jobs[task].source, error=internal_error(error, jobs[task].source, options.error_log))
         events.put(("done", index, (task, result)))
 
 

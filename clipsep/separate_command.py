@@ -24,11 +24,26 @@ from tqdm import tqdm
 
 from clipcore.cli import UsageError, add_audio_output_arguments, check_audio_output
 from clipcore.files import ImageError, load_image
-from clipsep.batch import FileResult, OutputOptions, SeparatorSpec, discover, plan, process_file, stem_names
+from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, plan, process_file, stem_names
 from clipsep.batch_workers import run_workers, worker_devices
 from clipsep.separation_record import run_record
 
 __all__ = ["add_separate_command", "run_separate", "summarize"]
+
+
+def internal_error(error: Exception, source: Path, log: Path | None) -> str:
+    """The one-line reason of an unforeseen failure on ``source``; its traceback (of the
+    exception being handled) is appended to ``log``, which the reason names."""
+    reason = f"internal error, not a problem of this input ({type(error).__name__}: {' '.join(str(error).split())})"
+    if log is None:
+        return reason + "."
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as handle:
+            handle.write(f"--- {source}\n{traceback.format_exc()}\n")
+    except OSError as write_error:
+        return f"{reason}; its traceback could not be written to {log} ({write_error.strerror})."
+    return f"{reason}; traceback in {log}."
 
 
 def _duration(path: Path) -> float:
@@ -89,9 +104,9 @@ def run_separate(args: argparse.Namespace) -> int:
     """Run ``clipsep separate``; returns 0, or 1 if any input failed."""
     queries = _queries(args)
     _check_values(args)
-    options = OutputOptions(args.format, args.bit_depth, args.clip_mode, args.residual, args.noise_stems, args.mono,
-                            args.overwrite)
     out = Path(args.out)
+    options = OutputOptions(args.format, args.bit_depth, args.clip_mode, args.residual, args.noise_stems, args.mono,
+                            args.overwrite, error_log=out / ERROR_LOG)
     sources, failures = discover(args.inputs, exclude=out)
     if not sources:
         return summarize([], failures, out)
@@ -105,6 +120,9 @@ def run_separate(args: argparse.Namespace) -> int:
     except QueryError as error:
         raise UsageError(str(error)) from None
     heads = separator.model.num_noise_heads
+    if args.noise_stems and heads == 0:
+        raise UsageError(f"--noise-stems: the model of {args.checkpoint} has no noise heads "
+                         "(it was trained without noise-invariant training).")
     options = replace(options, provenance=run_record(spec, queries, separator, options))
     jobs = plan(sources, out, stem_names(queries, heads), options, heads)
     results = []

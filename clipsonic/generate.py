@@ -207,7 +207,9 @@ class Generator:
             image: a PIL image, a list of them, or uint8 ``[Q, 3, H, W]`` (mode ``"image"``).
             mode: ``"image"``, ``"zs"`` or ``"pd"``; by default ``"image"`` for images,
                 ``"pd"`` for text when a prior is available, else ``"zs"``.
-            seed: seed of the prior's sampling (with the prior's default steps and guidance).
+            seed: seed of the prior's sampling (with the prior's default steps and guidance);
+                every prompt's noise comes from this seed alone, so its condition is the
+                same whatever the other prompts of the call.
             templates: prompt template with ``{}`` or a list of them (averaged); default
                 the query encoder's ``"a photo of {}"``.
         """
@@ -233,8 +235,10 @@ class Generator:
         except ValueError as error:  # a template without {}
             raise GenerationError(str(error)) from None
         if mode == "pd":
-            generator = torch.Generator(self.device).manual_seed(seed)
-            embeddings = self.prior().sample(embeddings, generator=generator)
+            # One noise stream per prompt, each from the seed: a prompt's condition does not
+            # depend on the other prompts of the call.
+            generators = [torch.Generator(self.device).manual_seed(seed) for _ in texts]
+            embeddings = self.prior().sample(embeddings, generator=generators)
         return embeddings
 
     @torch.no_grad()

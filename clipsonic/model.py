@@ -41,6 +41,9 @@ __all__ = ["CLIPSonic", "PREDICTION_TYPES"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
+PLACEHOLDER_MEL_MEAN, PLACEHOLDER_MEL_STD = -5.0, 2.5
+"""Mel normalization of a model whose statistics were never set from data."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "embed_dim": 32,
@@ -144,8 +147,8 @@ class CLIPSonic(Pretrained, nn.Module):
         self.to_tokens = nn.Linear(embed_dim, cond_tokens * cross_dim)
         self.null_embedding = nn.Parameter(torch.randn(embed_dim))  # in standardised space
         n_mels = self.mel_config.n_mels
-        self.register_buffer("mel_mean", torch.full((n_mels,), -5.0))
-        self.register_buffer("mel_std", torch.full((n_mels,), 2.5))
+        self.register_buffer("mel_mean", torch.full((n_mels,), PLACEHOLDER_MEL_MEAN))
+        self.register_buffer("mel_std", torch.full((n_mels,), PLACEHOLDER_MEL_STD))
         # Condition standardisation: CLIP embeddings of one domain share a large common
         # component (random frames of the toy world have cosine 0.98), so the mean is removed
         # and one scalar scale (the RMS deviation) keeps the geometry; per-dimension scales
@@ -194,6 +197,11 @@ class CLIPSonic(Pretrained, nn.Module):
                 buffer = getattr(self, name)
                 value = torch.as_tensor(value, dtype=buffer.dtype, device=buffer.device).reshape(buffer.shape)
                 buffer.copy_(value.clamp(min=1e-6) if name.endswith("std") else value)
+
+    @property
+    def has_placeholder_statistics(self) -> bool:
+        """Whether the mel normalisation is still the placeholder (never set from data)."""
+        return bool((self.mel_mean == PLACEHOLDER_MEL_MEAN).all() and (self.mel_std == PLACEHOLDER_MEL_STD).all())
 
     def set_mel_statistics(self, log_mels: torch.Tensor) -> None:
         """Set the per-row mel normalization from ``[B, n_mels, T]`` training log-mels."""

@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 
 from clipcore.media import log_media, scaled_image
 from clipcore.training import export_pretrained
-from clipsonic.model import CLIPSonic
 from clipsonic.generate import MEL_CEILING, sample_mels
+from clipsonic.model import PLACEHOLDER_MEL_MEAN, PLACEHOLDER_MEL_STD, CLIPSonic
 from clipsonic.vocoder import GriffinLim
 
 __all__ = ["CLIPSonicSystem", "mel_image"]
@@ -51,7 +52,8 @@ class CLIPSonicSystem(LightningModule):
         warmup_steps: linear warm-up steps.
         ema_decay: decay of the weight average (with the usual ``(1+n)/(10+n)`` warm-up).
         mel_stats_batches: training batches read before training to set the per-row mel
-            normalization and the condition standardisation (0: keep the model's).
+            normalization and the condition standardisation (0: keep the model's
+            placeholders, with a warning).
         val_sampler, val_steps, val_guidance: sampling settings of validation examples.
         val_examples: clips generated and logged at each validation.
     """
@@ -146,8 +148,17 @@ class CLIPSonicSystem(LightningModule):
         rate = getattr(datamodule, "hparams", {}).get("sample_rate") if datamodule is not None else None
         if rate is not None and rate != self.model.mel_config.sample_rate:
             raise ValueError(f"the data are at {rate} Hz but the model's mels at {self.model.mel_config.sample_rate} Hz.")
-        if not bool(self.stats_ready) and self.hparams.mel_stats_batches > 0 and datamodule is not None:
+        if bool(self.stats_ready):
+            return
+        if self.hparams.mel_stats_batches > 0 and datamodule is not None:
             self._set_statistics(datamodule.train_dataloader())
+        if not bool(self.stats_ready) and self.model.has_placeholder_statistics:
+            reason = ("model.mel_stats_batches is 0" if self.hparams.mel_stats_batches <= 0 else
+                      "the trainer has no datamodule to read them from" if datamodule is None else
+                      f"the first {self.hparams.mel_stats_batches} training batches held fewer than 2 clips")
+            rank_zero_warn(f"CLIPSonic trains on placeholder mel statistics (mean {PLACEHOLDER_MEL_MEAN}, std "
+                           f"{PLACEHOLDER_MEL_STD} in every row), not ones measured on its data: {reason}.",
+                           category=UserWarning)
 
     @torch.no_grad()
     def _set_statistics(self, loader) -> None:

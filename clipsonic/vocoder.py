@@ -169,7 +169,15 @@ class HiFiGAN(Pretrained, nn.Module):
             raise CheckpointError(f"{path}: holds HiFi-GAN settings that do not build ({error}).") from None
         state = _official_to_local(_read_weights(directory))
         expected = set(model.state_dict())
-        missing = sorted(expected - set(state) - {"mean", "scale"})
+        # mean and scale are only read with normalize_before; without them such a model would
+        # silently normalise with 0 and 1.
+        optional = set() if model.normalize_before else {"mean", "scale"}
+        missing = sorted(expected - set(state) - optional)
+        if model.normalize_before and {"mean", "scale"} & set(missing):
+            raise CheckpointError(
+                f"{directory}: the config sets normalize_before but the weights lack the mel "
+                f"{' and '.join(name for name in ('mean', 'scale') if name in missing)} it normalises with."
+            )
         unexpected = sorted(set(state) - expected)
         if missing or unexpected:
             first = (missing or unexpected)[0]

@@ -128,6 +128,7 @@ def _rotated_pairs(rows, seed=0, noise=0.05):
     return text, image
 
 
+@pytest.mark.slow
 def test_a_trained_tiny_prior_maps_text_embeddings_close_to_image_embeddings(tmp_path):
     text, image = _rotated_pairs(4096, seed=0)
     save_pairs(tmp_path / "pairs.npz", text, image)

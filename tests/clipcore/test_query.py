@@ -169,7 +169,8 @@ def test_weights_files_are_never_unpickled(tmp_path, encoder):
 
 def test_load_errors_are_one_clear_sentence(tmp_path):
     with pytest.raises(QueryEncoderError, match="pass 'ViT-B-32/openai=/path/to/"):
-        QueryEncoder.load("ViT-B-32/openai")  # no network in tests: says how to pass a local file
+        # No network in tests, and an empty cache whatever this machine has cached: says how to pass a local file.
+        QueryEncoder.load("ViT-B-32/openai", cache_dir=str(tmp_path / "empty-cache"))
     with pytest.raises(QueryEncoderError, match="no pretrained tag 'nonsense'"):
         QueryEncoder.load("ViT-B-32/nonsense")
     (tmp_path / "weights.bin").write_bytes(b"")

@@ -45,6 +45,7 @@ def _sdri(system: CLIPSepSystem, batch: MixBatch) -> float:
     return float(np.nanmean(scores["sdri"]))
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_toy_mixtures():
     # 100 Adam steps (lr 3e-3, clipping 1.0) of plain tiny CLIPSep on 4 mixtures of 8 toy
     # instruments: about 15 s on one CPU thread. Measured: mean SDRi 0.0 dB before,

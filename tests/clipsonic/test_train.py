@@ -78,6 +78,7 @@ class _TwoInstruments(IterableDataset):
             yield one_source_batch(audio, self.conditions[pick], [self.names[p] for p in pick])
 
 
+@pytest.mark.slow
 def test_overfits_two_instruments_each_with_its_own_condition():
     """After a short training on cello and shaker clips, generated mels are closer to their
     own instrument than to the other. Distance: Euclidean distance between the mean log-mel

@@ -35,6 +35,7 @@ def test_resampled_consumers_read_disjoint_samples(shards, layout):
             assert not keys & other
 
 
+@pytest.mark.slow
 def test_two_process_ddp_fit_ranks_see_disjoint_samples(shards, tmp_path):
     root, encoder = shards
     run, records = tmp_path / "run", tmp_path / "records"

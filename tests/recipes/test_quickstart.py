@@ -20,6 +20,8 @@ from clipcore import synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # the whole quick start in one subprocess: minutes
+
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):

@@ -4,6 +4,7 @@ stopped with SIGTERM (a preemption) saves a checkpoint first and resumes from th
 import math
 import signal
 
+import pytest
 import torch
 
 from clipsep.system import lr_multiplier
@@ -15,6 +16,7 @@ def _checkpoints(run):
     return sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_killed_and_preempted_runs_resume_from_their_last_checkpoint(tmp_path):
     encoder = toy_shards(tmp_path / "shards", clips=8, shard_size=8)
     run, records = tmp_path / "run", tmp_path / "records"
