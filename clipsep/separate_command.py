@@ -31,21 +31,6 @@ from clipsep.separation_record import run_record
 __all__ = ["add_separate_command", "run_separate", "summarize"]
 
 
-def internal_error(error: Exception, source: Path, log: Path | None) -> str:
-    """The one-line reason of an unforeseen failure on ``source``; its traceback (of the
-    exception being handled) is appended to ``log``, which the reason names."""
-    reason = f"internal error, not a problem of this input ({type(error).__name__}: {' '.join(str(error).split())})"
-    if log is None:
-        return reason + "."
-    try:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as handle:
-            handle.write(f"--- {source}\n{traceback.format_exc()}\n")
-    except OSError as write_error:
-        return f"{reason}; its traceback could not be written to {log} ({write_error.strerror})."
-    return f"{reason}; traceback in {log}."
-
-
 def _duration(path: Path) -> float:
     try:
         return sf.info(str(path)).duration
