@@ -90,21 +90,23 @@ class Pretrained:
     """Constructor arguments of the model's named sizes (``tiny``, ``paper``)."""
     RENAMED_ARGUMENTS: ClassVar[dict[str, str]] = {}
     """Former constructor argument names -> current ones, so that older checkpoints load."""
+    RETIRED_ARGUMENTS: ClassVar[frozenset[str]] = frozenset()
+    """Former constructor arguments that older checkpoints hold and loading now ignores."""
 
     @classmethod
-    def from_preset(cls: type[T], name: str, seed: int | None = 0, **overrides: Any) -> T:
-        """The model of a named preset: ``PRESETS[name]`` with ``overrides``.
+    def from_preset(cls: type[T], preset: str, seed: int | None = 0, **overrides: Any) -> T:
+        """The model of a named preset: ``PRESETS[preset]`` with ``overrides``.
 
         Args:
-            name: a key of :attr:`PRESETS`.
+            preset: a key of :attr:`PRESETS`.
             seed: seed of the weight initialisation, drawn from a forked generator so that
                 the global random state is left as it was; None draws from the global
                 generator (a training run seeded by ``seed_everything``, say).
             **overrides: constructor arguments over the preset's.
         """
-        if name not in cls.PRESETS:
-            raise ValueError(f"preset must be one of {', '.join(cls.PRESETS)}, not {name!r}.")
-        arguments = {**cls.PRESETS[name], **overrides}
+        if preset not in cls.PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(cls.PRESETS)}, not {preset!r}.")
+        arguments = {**cls.PRESETS[preset], **overrides}
         if seed is None:
             return cls(**arguments)
         with torch.random.fork_rng(devices=[]):
@@ -190,7 +192,8 @@ class Pretrained:
             raise CheckpointError(
                 f"{directory} holds a {config['class']} checkpoint, not a {expected}."
             )
-        model = cls(**{cls.RENAMED_ARGUMENTS.get(name, name): value for name, value in config["arguments"].items()})
+        arguments = {name: value for name, value in config["arguments"].items() if name not in cls.RETIRED_ARGUMENTS}
+        model = cls(**{cls.RENAMED_ARGUMENTS.get(name, name): value for name, value in arguments.items()})
         model.provenance = config.get("provenance") or None
         _load_weights(model, directory, map_location)
         return model

@@ -60,10 +60,13 @@ class DiffusionPrior(Pretrained, nn.Module):
             ``DPMSolverMultistepScheduler``).
         condition_dropout: probability that training replaces the text condition by the
             learned null condition (classifier-free guidance).
-        seed: seed of the random initialisation.
+
+    The weights are drawn from the global random state (a training run seeds it from its
+    config); :meth:`tiny` and :meth:`paper` take a ``seed`` and leave that state alone.
     """
 
     RENAMED_ARGUMENTS = {"cond_drop_prob": "condition_dropout"}
+    RETIRED_ARGUMENTS = frozenset({"seed"})
     PRESETS = {
         "paper": {},  # the constructor's defaults: DALL-E 2's prior size
         "tiny": {"transformer": {"num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 16}},
@@ -76,7 +79,6 @@ class DiffusionPrior(Pretrained, nn.Module):
         scheduler: dict | None = None,
         sampler: str = "DDIMScheduler",
         condition_dropout: float = 0.1,
-        seed: int = 0,
     ) -> None:
         super().__init__()
         transformer = {
@@ -90,10 +92,8 @@ class DiffusionPrior(Pretrained, nn.Module):
         if not 0.0 <= condition_dropout < 1.0:
             raise PriorError(f"condition_dropout must be in [0, 1), got {condition_dropout}.")
         self.condition_dropout = condition_dropout
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.transformer = PriorTransformer(**transformer)
-            self.null_embedding = nn.Parameter(torch.zeros(1, embed_dim))
+        self.transformer = PriorTransformer(**transformer)
+        self.null_embedding = nn.Parameter(torch.zeros(1, embed_dim))
         self.embed_dim = embed_dim
         in_dim = transformer.get("embedding_proj_dim") or transformer["embedding_dim"]
         out_dim = transformer.get("clip_embed_dim") or transformer["embedding_dim"]
@@ -115,12 +115,12 @@ class DiffusionPrior(Pretrained, nn.Module):
     def tiny(cls, embed_dim: int = 32, seed: int = 0, **overrides: Any) -> "DiffusionPrior":
         """A small prior (2 layers, 4 heads of 16) for tests and the toy world; ``seed``
         initialises it without touching the global random state."""
-        return cls(**{**cls.PRESETS["tiny"], "embed_dim": embed_dim, "seed": seed, **overrides})
+        return cls.from_preset("tiny", seed, embed_dim=embed_dim, **overrides)
 
     @classmethod
     def paper(cls, embed_dim: int = 768, seed: int = 0, **overrides: Any) -> "DiffusionPrior":
         """The DALL-E 2 size (20 layers, 32 heads of 64), ViT-L/14 embeddings by default."""
-        return cls(**{**cls.PRESETS["paper"], "embed_dim": embed_dim, "seed": seed, **overrides})
+        return cls.from_preset("paper", seed, embed_dim=embed_dim, **overrides)
 
     # ------------------------------------------------------------------ loading
     @classmethod

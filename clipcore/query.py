@@ -116,8 +116,14 @@ class QueryEncoder(Pretrained, nn.Module):
         preprocess: ``size`` (int or [H, W]), ``mean``, ``std``, ``interpolation``
             (``bicubic``/``bilinear``), ``resize_mode`` (``shortest``: resize the short side
             and centre-crop; ``squash``); missing keys take CLIP's values.
-        seed: seed of the random initialisation (weights loaded later replace it).
+
+    The random initialisation (which loaded weights replace) draws from a copy of the
+    global random state and leaves the state as it was, so loading an encoder never moves
+    a training run's random stream; :meth:`tiny` takes a ``seed``.
     """
+
+    RETIRED_ARGUMENTS = frozenset({"seed"})
+    PRESETS = {"tiny": {"name": "clip-tiny"}}  # a real CLIP comes by name through load()
 
     def __init__(
         self,
@@ -125,12 +131,10 @@ class QueryEncoder(Pretrained, nn.Module):
         name: str = "clip-tiny",
         architecture: str | None = None,
         preprocess: dict | None = None,
-        seed: int = 0,
     ) -> None:
         super().__init__()
         model_config = model_config if model_config is not None else tiny_clip_config()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
             self.model = _build_clip(model_config)
         self.model.requires_grad_(False).eval()
         self.name = name
@@ -163,7 +167,8 @@ class QueryEncoder(Pretrained, nn.Module):
     @classmethod
     def tiny(cls, seed: int = 0, embed_dim: int = 32) -> "QueryEncoder":
         """A small randomly initialised CLIP (32-px images), for tests and the toy world."""
-        return cls(tiny_clip_config(embed_dim), name=f"clip-tiny-d{embed_dim}-s{seed}", seed=seed)
+        return cls.from_preset("tiny", seed, model_config=tiny_clip_config(embed_dim),
+                               name=f"clip-tiny-d{embed_dim}-s{seed}")
 
     @classmethod
     def load(

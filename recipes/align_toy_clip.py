@@ -272,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
     toy = WORLDS[args.world]
     frames, labels = render_frames(toy, args.images, args.seed)
     config = music_clip_config(args.embed_dim) if args.world == "music" else tiny_clip_config(args.embed_dim)
-    encoder = QueryEncoder(config, name=args.name, seed=args.seed)
+    encoder = QueryEncoder(config, name=args.name)  # drawn after torch.manual_seed(args.seed)
     history = align(encoder, frames, labels, lambda label: prompts(toy, label), args.steps, args.groups, args.learning_rate,
                     args.seed, args.gap_weight, (args.matching_cosine, args.mismatched_cosine))
     names = list(toy.instruments)

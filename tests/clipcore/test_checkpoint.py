@@ -110,3 +110,25 @@ def test_unstorable_argument_is_refused():
 
     with pytest.raises(TypeError, match="Bad.thing"):
         Bad(thing=object())
+
+
+def test_presets_leave_the_global_random_state_and_retired_seed_arguments_still_load(tmp_path):
+    from clipcore.prior import DiffusionPrior
+    from clipcore.query import QueryEncoder
+
+    state = torch.random.get_rng_state()
+    first, again, other = QueryEncoder.tiny(seed=3), QueryEncoder.tiny(seed=3), QueryEncoder.tiny(seed=4)
+    prior = DiffusionPrior.tiny(seed=3)
+    assert torch.equal(state, torch.random.get_rng_state())
+    weights = lambda module: torch.cat([p.flatten() for p in module.parameters()])  # noqa: E731
+    assert torch.equal(weights(first), weights(again)) and not torch.equal(weights(first), weights(other))
+    for model, kind in ((first, QueryEncoder), (prior, DiffusionPrior)):
+        folder = model.save_pretrained(tmp_path / kind.__name__)
+        config = json.loads((folder / "config.json").read_text())
+        assert "seed" not in config["arguments"]
+        config["arguments"]["seed"] = 3  # as checkpoints written before presets held it
+        (folder / "config.json").write_text(json.dumps(config))
+        assert torch.equal(weights(kind.from_pretrained(folder)), weights(model))
+    state = torch.random.get_rng_state()
+    QueryEncoder.from_pretrained(tmp_path / "QueryEncoder")
+    assert torch.equal(state, torch.random.get_rng_state())
