@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing: clipcor
 
 import torch  # noqa: E402
 
+from clipcore.errors import EXIT_PARTIAL, UsageError, report_errors  # noqa: E402
 from clipcore.files import atomic_write  # noqa: E402
 from recipes.toy_judges import (  # noqa: E402
     evaluate_generation,
@@ -327,12 +328,15 @@ MARKER = ".quickstart"
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return report_errors("quickstart", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The quick start; 0, or 1 (:data:`EXIT_PARTIAL`) when a step failed (named, with its log)."""
     out = args.out.resolve()
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists():
-            print(f"quickstart: error: {args.out} is not empty and not a quick start folder; choose another --out.",
-                  file=sys.stderr)
-            return 2
+            raise UsageError(f"{args.out} is not empty and not a quick start folder; choose another --out.")
         print(f"quickstart: replacing the previous run in {args.out}", flush=True)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -341,10 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         run(out, PROFILES[args.profile])
     except StepFailed as error:
         print(f"quickstart: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("quickstart: interrupted.", file=sys.stderr)
-        return 130
+        return EXIT_PARTIAL
     return 0
 
 
