@@ -226,7 +226,7 @@ def process_file(
         if options.provenance is not None:
             run = options.provenance
             run = {**run, "settings": {**run["settings"], "device": str(separator.device)}}
-            write_record(job, wave, rate, waves, time.perf_counter() - started, run)
+            write_record(job.source, job.outputs, wave, rate, waves, time.perf_counter() - started, run)
     except (ClipAudioError, OSError, MemoryError, torch.OutOfMemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         result.error = message.removeprefix(f"{job.source}: ")

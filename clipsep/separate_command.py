@@ -108,7 +108,9 @@ def run_separate(args: argparse.Namespace) -> int:
     if args.noise_stems and heads == 0:
         raise UsageError(f"--noise-stems: the model of {args.checkpoint} has no noise heads "
                          "(it was trained without noise-invariant training).")
-    options = replace(options, provenance=run_record(spec, queries, separator, options))
+    settings = {"overlap": spec.overlap, "mono": options.mono, "batch_size": spec.batch_size,
+                "format": options.format, "bit_depth": options.bit_depth, "clip_mode": options.clip}
+    options = replace(options, provenance=run_record(queries, separator, spec.checkpoint, settings))
     jobs = plan(sources, out, stem_names(queries, heads), options, heads)
     results = []
     durations = [_duration(job.source) for job in jobs]

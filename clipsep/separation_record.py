@@ -27,7 +27,6 @@ from clipcore.checkpoint import WEIGHTS_NAME, library_versions
 from clipcore.files import atomic_write
 
 if TYPE_CHECKING:
-    from clipsep.batch import FileJob, OutputOptions, SeparatorSpec
     from clipsep.separate import Separator
 
 __all__ = ["RECORD_NAME", "sha256_file", "run_record", "write_record"]
@@ -44,11 +43,19 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def run_record(spec: SeparatorSpec, queries: list[tuple[str, str]], separator: Separator,
-               options: OutputOptions) -> dict[str, Any]:
-    """The facts shared by every input of one run (queries, checkpoint, settings, versions);
-    :func:`clipsep.batch.process_file` adds the device that did each input."""
-    checkpoint = Path(spec.checkpoint).resolve()
+def run_record(queries: list[tuple[str, str]], separator: Separator, checkpoint: str | Path,
+               settings: dict[str, Any]) -> dict[str, Any]:
+    """The facts shared by every input of one run; :func:`clipsep.batch.process_file` adds
+    the device that did each input.
+
+    Args:
+        queries: ``(kind, value)`` per query stem: ``("text", "violin")`` or
+            ``("image", "cello.jpg")``.
+        separator: the separator of the run.
+        checkpoint: where its model came from.
+        settings: the run's other settings (overlap, batch size, output format, ...).
+    """
+    checkpoint = Path(checkpoint).resolve()
     weights = checkpoint / WEIGHTS_NAME if checkpoint.is_dir() else checkpoint
     return {
         "queries": [{"text": value} if kind == "text" else {"image": str(Path(value).resolve()),
@@ -61,15 +68,10 @@ def run_record(spec: SeparatorSpec, queries: list[tuple[str, str]], separator: S
         },
         "settings": {
             "segment_seconds": round(separator.segment_samples / separator.model.sample_rate, 4),
-            "overlap": spec.overlap,
             "binary": separator.binary,
-            "mono": options.mono,
             "templates": list(separator.templates),
             "prior": None,
-            "batch_size": spec.batch_size,
-            "format": options.format,
-            "bit_depth": options.bit_depth,
-            "clip_mode": options.clip,
+            **settings,
         },
         "versions": library_versions(),
     }
@@ -79,12 +81,13 @@ def _level_db(value: float) -> float | None:
     return round(20 * math.log10(value), 2) if value > 0 else None
 
 
-def write_record(job: FileJob, wave: torch.Tensor, rate: int, stems: list[torch.Tensor], seconds: float,
-                 run: dict[str, Any]) -> Path:
+def write_record(source: Path, outputs: dict[str, Path], wave: torch.Tensor, rate: int, stems: list[torch.Tensor],
+                 seconds: float, run: dict[str, Any]) -> Path:
     """Write ``separation.json`` beside the stems of one input.
 
     Args:
-        job: the input and its stem files (in the order of ``stems``).
+        source: the input file.
+        outputs: stem name -> file written, in the order of ``stems``.
         wave: the mixture as separated, ``[C, S]``.
         rate: its sample rate.
         stems: ``[C, S]`` per stem, as written.
@@ -97,8 +100,8 @@ def write_record(job: FileJob, wave: torch.Tensor, rate: int, stems: list[torch.
     energy = float(wave.double().pow(2).sum())
     record = {
         "input": {
-            "path": str(job.source.resolve()),
-            "sha256": sha256_file(job.source),
+            "path": str(source.resolve()),
+            "sha256": sha256_file(source),
             "sample_rate": rate,
             "channels": int(wave.shape[0]),
             "seconds": wave.shape[-1] / rate,
@@ -112,8 +115,8 @@ def write_record(job: FileJob, wave: torch.Tensor, rate: int, stems: list[torch.
                 "rms_dbfs": _level_db(float(stem.double().pow(2).mean().sqrt())),
                 "energy_share": round(float(stem.double().pow(2).sum()) / energy, 4) if energy > 0 else None,
             }
-            for (name, path), stem in zip(job.outputs.items(), stems)
+            for (name, path), stem in zip(outputs.items(), stems)
         },
     }
-    folder = next(iter(job.outputs.values())).parent
+    folder = next(iter(outputs.values())).parent
     return atomic_write(folder / RECORD_NAME, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
