@@ -35,7 +35,8 @@ def test_noise_stems_of_a_model_without_noise_heads_is_refused(checkpoints, tmp_
     assert "--noise-stems" in err and "no noise heads" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
     assert main([*args[:1], "--checkpoint", str(checkpoints / "nit"), *args[1:]]) == 0
-    assert sorted(p.name for p in (tmp_path / "out" / "mix").iterdir()) == ["noise-1.wav", "noise-2.wav", "violin.wav"]
+    assert sorted(p.name for p in (tmp_path / "out" / "mix").iterdir()) == ["noise-1.wav", "noise-2.wav", "separation.json",
+                                                                      "violin.wav"]
 
 
 def test_a_bug_fails_only_its_file_and_leaves_its_traceback_in_a_log(checkpoints, tmp_path, capsys, monkeypatch):
