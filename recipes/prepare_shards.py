@@ -326,6 +326,7 @@ def prepare(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace, pool: SupervisedPool, dataset: str, encoder_name: str | None,
              skipped: list[tuple[str, str]], entries: list[Entry]) -> int:
+    """Probe the entries, plan the clips, then cut and write the shards not yet written."""
     jobs: list[ClipJob] = []
     failures: list[str] = []
     plan = functools.partial(plan_clips, clip_seconds=args.clip_seconds, min_seconds=args.min_seconds)
