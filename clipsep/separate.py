@@ -372,7 +372,11 @@ class Separator:
 
         Raises:
             AudioError: an empty or non-finite waveform. QueryError: bad queries.
+            ClipAudioError: ``noise=True`` with a model that has no noise heads.
         """
+        if noise and self.model.num_noise_heads == 0:
+            raise ClipAudioError("noise=True: the separation model has no noise heads (it was trained without "
+                                 "noise-invariant training), so it has no noise stems to return.")
         if wave.dim() == 1:
             wave = wave[None]
         if wave.dim() != 2 or wave.shape[-1] == 0:
