@@ -217,6 +217,39 @@ def test_a_systematic_failure_stops_the_stream_with_a_reason(shards, monkeypatch
     assert stream.skipped == 20
 
 
+def _shard_with_a_corrupt_run(path, good, corrupt):
+    """A shard of ``good[0]``, ``corrupt`` samples in a row whose audio is garbage, then
+    ``good[1:]`` (each sample a dict of member suffix -> bytes)."""
+    garbage = {"flac": b"garbage" * 20, "json": good[0]["json"]}
+    samples = [("good0", good[0]), *[(f"bad{i:04d}", garbage) for i in range(corrupt)],
+               *[(f"good{i}", sample) for i, sample in enumerate(good[1:], start=1)]]
+    with tarfile.open(path, "w") as tar:
+        for key, sample in samples:
+            for suffix, data in sample.items():
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def test_199_corrupt_samples_in_a_row_are_skipped_and_200_stop_the_stream(shards, tmp_path):
+    _, paths = shards
+    members = _members(paths[:1])
+    good = [members[key] for key in sorted(members)[:3]]
+    settings = dict(num_sources=1, batch_size=1, query_frames=1, train=False)
+    tolerated = _stream(_shard_with_a_corrupt_run(tmp_path / "199.tar", good, 199), **settings)
+    with pytest.warns(CorruptSampleWarning):
+        batches = list(tolerated)
+    assert [batch.keys for batch in batches] == [[["good0"]], [["good1"]], [["good2"]]]
+    assert [batch.skipped for batch in batches] == [0, 199, 0] and tolerated.skipped == 199
+    stopped = _stream(_shard_with_a_corrupt_run(tmp_path / "200.tar", good, 200), **settings)
+    delivered = []
+    with pytest.warns(CorruptSampleWarning), pytest.raises(ShardError, match=r"^200 samples in a row .*bad0199"):
+        for batch in stopped:
+            delivered.append(batch.keys)
+    assert delivered == [[["good0"]]] and stopped.skipped == 200
+
+
 def test_shard_specs(shards, tmp_path):
     root, paths = shards
     assert expand_shards(str(root)) == [str(p) for p in paths]
