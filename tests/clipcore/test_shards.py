@@ -4,6 +4,7 @@ import io
 import multiprocessing
 import socket
 import tarfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -268,6 +269,21 @@ def test_batch_moves_to_a_device():
     moved = batch.to(torch.device("meta"))
     assert moved.mixture.device.type == "meta" and moved.frames.dtype == torch.uint8 and moved.labels == [["a"]]
     assert batch.mixture.device.type == "cpu"
+
+
+def test_training_on_several_devices_needs_an_epoch_length(shards):
+    root, _ = shards
+    settings = dict(train_shards=str(root), batch_size=2, num_workers=0, segment_samples=SEGMENT, query_frames=1,
+                    shuffle_buffer=4, frame_size=48)
+    one_pass = ShardDataModule(**settings)
+    one_pass.trainer = SimpleNamespace(world_size=2)  # what the check reads from a DDP trainer
+    with pytest.raises(ShardError, match=r"several devices needs data\.epoch_length"):
+        one_pass.train_dataloader()
+    one_pass.trainer = SimpleNamespace(world_size=1)
+    assert sum(len(batch) for batch in one_pass.train_dataloader()) == 6  # 12 clips, 2 per mixture, read once
+    resampled = ShardDataModule(epoch_length=3, **settings)
+    resampled.trainer = SimpleNamespace(world_size=2)
+    assert len(list(resampled.train_dataloader())) == 3
 
 
 def _rank(rank: int, port: int, shard: str, results) -> None:
