@@ -251,6 +251,19 @@ def test_199_corrupt_samples_in_a_row_are_skipped_and_200_stop_the_stream(shards
     assert delivered == [[["good0"]]] and stopped.skipped == 200
 
 
+def test_200_corrupt_samples_stop_training_with_one_sentence_from_a_loader_worker(shards, tmp_path):
+    _, paths = shards
+    members = _members(paths[:1])
+    good = [members[key] for key in sorted(members)[:2]]
+    data = ShardDataModule(train_shards=_shard_with_a_corrupt_run(tmp_path / "200.tar", good, 200), num_sources=1,
+                           batch_size=1, num_workers=1, epoch_length=4, query_frames=1, segment_samples=SEGMENT,
+                           shuffle_buffer=1, frame_size=48)
+    with pytest.raises(ShardError) as caught:
+        list(data.train_dataloader())
+    assert str(caught.value).startswith("200 samples in a row could not be used; the last: bad0199 in ")
+    assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
 def test_shard_specs(shards, tmp_path):
     root, paths = shards
     assert expand_shards(str(root)) == [str(p) for p in paths]
