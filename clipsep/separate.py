@@ -37,6 +37,14 @@ spec such as ``ViT-B-32/openai`` or ``ViT-B-32=/path/weights.bin``); otherwise t
 :meth:`Separator.save_pretrained` writes); otherwise the spec recorded in the model's
 provenance (``clipsep convert`` records ``ViT-B-32/openai``).
 
+Text through the diffusion prior (``prior``): CLIPSep learns from image embeddings only,
+and CLIP's text embeddings lie apart from them (the modality gap), so a text query is an
+input the network never saw. With a prior (CLIPSonic's text-to-image-embedding model,
+:class:`clipcore.prior.DiffusionPrior`) each text query is first mapped to an image
+embedding, as CLIPSonic's "pd" mode does; query ``k`` samples from its own noise stream,
+seeded by ``prior_seed``, so its embedding does not depend on the other queries. Image
+queries are unchanged.
+
 Query scale: this project trains on unit-norm CLIP embeddings; the official release was
 trained on raw CLIP outputs, so a model converted from it (``from_official``, or a
 folder whose provenance says ``query_normalization: none``) is fed raw embeddings.
@@ -62,6 +70,8 @@ from clipsep.model import CLIPSep
 
 if TYPE_CHECKING:
     import PIL.Image
+
+    from clipcore.prior import DiffusionPrior
 
 __all__ = [
     "Separator",
@@ -143,6 +153,9 @@ class Separator:
             training) or raw ones (the official release; a template ensemble then averages
             raw embeddings, as the official evaluation does). Default: raw when the model's
             provenance says ``query_normalization: none`` (set by ``clipsep convert``).
+        prior: a :class:`clipcore.prior.DiffusionPrior` (or its folder) that maps text
+            queries to image embeddings first; None: text embeddings as they are.
+        prior_seed: seed of the prior's sampling (each text query gets its own stream).
     """
 
     def __init__(
@@ -156,6 +169,8 @@ class Separator:
         binary: bool = False,
         templates: str | Sequence[str] | None = None,
         normalize_queries: bool | None = None,
+        prior: DiffusionPrior | str | os.PathLike | None = None,
+        prior_seed: int = 0,
     ):
         if query_encoder.embed_dim != model.query_dim:
             raise CheckpointError(
@@ -186,6 +201,11 @@ class Separator:
         if normalize_queries is None:
             normalize_queries = (model.provenance or {}).get("query_normalization") != "none"
         self.normalize_queries = normalize_queries
+        self.prior = None if prior is None else _load_prior(prior, model.query_dim, self.device)
+        if self.prior is not None and not normalize_queries:
+            raise QueryError("a diffusion prior gives unit-norm CLIP embeddings, but this model reads raw ones "
+                             "(an official checkpoint); use the prior with a model trained on unit-norm queries.")
+        self.prior_seed = prior_seed
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -315,7 +335,8 @@ class Separator:
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
-        """Text queries at the scale the model reads (see ``normalize_queries``).
+        """Text queries at the scale the model reads (see ``normalize_queries``), through
+        the diffusion prior when the separator has one.
 
         Args:
             texts: K query texts.
@@ -328,7 +349,11 @@ class Separator:
         encoder = self.query_encoder
         templates = self.templates if templates is None else [templates] if isinstance(templates, str) else list(templates)
         if self.normalize_queries:
-            return encoder.encode_text(list(texts), templates=templates)
+            embeddings = encoder.encode_text(list(texts), templates=templates)
+            if self.prior is None:
+                return embeddings
+            generators = [torch.Generator(self.device).manual_seed(self.prior_seed) for _ in texts]
+            return self.prior.sample(embeddings.to(self.device), generator=generators)
         raw = [encoder.model.encode_text(encoder.tokenize([t.format(x) for x in texts])).float() for t in templates]
         return torch.stack(raw).mean(0)
 
@@ -462,6 +487,17 @@ def _fit(wave: torch.Tensor, length: int) -> torch.Tensor:
     if wave.shape[-1] >= length:
         return wave[..., :length].contiguous()
     return torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
+
+
+def _load_prior(prior: DiffusionPrior | str | os.PathLike, embed_dim: int, device: torch.device) -> DiffusionPrior:
+    from clipcore.prior import DiffusionPrior
+
+    if not isinstance(prior, DiffusionPrior):
+        return DiffusionPrior.load(prior, embed_dim=embed_dim, map_location=device).eval()
+    if prior.embed_dim != embed_dim:
+        raise CheckpointError(f"the diffusion prior gives {prior.embed_dim}-d embeddings but the separation model "
+                              f"expects {embed_dim}-d queries.")
+    return prior.to(device).eval()
 
 
 def _load_encoder(spec: QueryEncoder | str | os.PathLike) -> QueryEncoder:
