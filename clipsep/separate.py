@@ -69,6 +69,8 @@ from clipcore.spectral import istft, stft, unwarp_to_linear
 from clipsep.model import CLIPSep
 
 if TYPE_CHECKING:
+    import PIL.Image
+
     from clipcore.prior import DiffusionPrior
 
 __all__ = [
@@ -79,7 +81,7 @@ __all__ = [
     "segment_starts",
 ]
 
-Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]  # noqa: F821
+Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]
 
 
 class QueryError(ClipAudioError):
@@ -223,11 +225,12 @@ class Separator:
         """
         directory = Path(directory)
         model = load_pretrained(directory, map_location="cpu", expected=CLIPSep)
+        recorded = (model.provenance or {}).get("query_encoder")
         if query_encoder is None:
             if (directory / QUERY_ENCODER_DIR).is_dir():
                 query_encoder = directory / QUERY_ENCODER_DIR
-            elif (model.provenance or {}).get("query_encoder"):
-                query_encoder = model.provenance["query_encoder"]
+            elif recorded:
+                query_encoder = recorded
             else:
                 raise CheckpointError(
                     f"{directory}: has no {QUERY_ENCODER_DIR}/ folder and names no query encoder; "
@@ -305,7 +308,10 @@ class Separator:
             return queries.to(self.device, torch.float32)
         if isinstance(queries, (str, os.PathLike)) or not len(queries):
             raise QueryError("give a list of one or more queries.")
-        texts, images, rows = [], [], []
+        texts: list[str] = []
+        images: list = []  # PIL images
+        tensors: list[torch.Tensor] = []
+        rows: list[tuple[str, int]] = []  # (kind, index among the queries of that kind)
         for query in queries:
             if isinstance(query, str):
                 if not query.strip():
@@ -313,19 +319,19 @@ class Separator:
                 rows.append(("text", len(texts)))
                 texts.append(query.strip())
             elif isinstance(query, torch.Tensor):
-                rows.append(("tensor", query))
+                rows.append(("tensor", len(tensors)))
+                tensors.append(query)
             else:
                 rows.append(("image", len(images)))
                 images.append(load_image(query) if isinstance(query, os.PathLike) else query)
-        text_emb = self.embed_text(texts) if texts else None
-        image_emb = self.embed_images(images) if images else None
-        out = []
-        for kind, item in rows:
-            if kind == "tensor":
-                out.append(self.encode_queries(item.reshape(1, -1))[0])
-            else:
-                out.append((text_emb if kind == "text" else image_emb)[item])
-        return torch.stack(out).to(self.device, torch.float32)
+        embedded: dict[str, torch.Tensor] = {}
+        if texts:
+            embedded["text"] = self.embed_text(texts)
+        if images:
+            embedded["image"] = self.embed_images(images)
+        if tensors:
+            embedded["tensor"] = torch.cat([self.encode_queries(tensor.reshape(1, -1)) for tensor in tensors])
+        return torch.stack([embedded[kind][index] for kind, index in rows]).to(self.device, torch.float32)
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
@@ -398,7 +404,11 @@ class Separator:
 
         Raises:
             AudioError: an empty or non-finite waveform. QueryError: bad queries.
+            ClipAudioError: ``noise=True`` with a model that has no noise heads.
         """
+        if noise and self.model.num_noise_heads == 0:
+            raise ClipAudioError("noise=True: the separation model has no noise heads (it was trained without "
+                                 "noise-invariant training), so it has no noise stems to return.")
         if wave.dim() == 1:
             wave = wave[None]
         if wave.dim() != 2 or wave.shape[-1] == 0:
