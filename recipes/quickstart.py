@@ -169,9 +169,12 @@ def generate(out: Path, p: Profile, queries, folder: Path, mode: str, guidance: 
 
 
 def choose_guidance(runner: Runner, out: Path, p: Profile, shards: dict[str, str], judge) -> dict:
-    """Step 4: CLIPSonic's guidance per mode, chosen on the validation split."""
+    """Step 4: CLIPSonic's guidance per mode, chosen on the validation split (nothing to
+    choose, and nothing run, when the profile offers one value)."""
     from recipes.miniature_eval import evaluate_generation, read_clips, write_queries
 
+    if len(p.guidance_choices) == 1:
+        return {"chosen": {mode: p.guidance_choices[0] for mode in MODES}, "recognition": {}}
     queries = write_queries(read_clips(shards["validation"]), out / "validation", list(world.INSTRUMENTS))
     with runner.step("4. validation: CLIPSonic's guidance scale per query mode"):
         lanes: list[list] = [[], []]
