@@ -253,5 +253,6 @@ def validation_figure(waves: dict[str, torch.Tensor], config: STFTConfig, sample
     """
     db = {name: 20 * torch.log10(stft(w.detach().float().cpu(), config).abs().clamp_min(1e-8)) for name, w in waves.items()}
     top = max(float(values.max()) for values in db.values())
-    return spectrogram_figure([list(db.items())], config.hop_length / sample_rate, linear_bins(config.n_freqs, sample_rate),
-                              (top + floor_db, top), "dB (0 = loudest bin)", title=title)
+    panels = [(name, values - top) for name, values in db.items()]
+    return spectrogram_figure([panels], config.hop_length / sample_rate, linear_bins(config.n_freqs, sample_rate),
+                              (floor_db, 0.0), "dB (0 = loudest bin)", title=title)

@@ -63,7 +63,8 @@ def test_clipsep_validation_figure_has_titled_panels_axes_and_a_colour_map():
     target = np.asarray(panels[2].images[0].get_array())
     assert abs(target.max(axis=1).argmax() - 440 / 8000 * 512) <= 1
     # One colour scale: the quieter estimate is darker than the target.
-    assert panels[1].images[0].get_clim() == panels[2].images[0].get_clim()
+    assert panels[1].images[0].get_clim() == panels[2].images[0].get_clim() == (-80, 0)
+    assert max(np.asarray(ax.images[0].get_array()).max() for ax in panels) == pytest.approx(0, abs=1e-4)
     assert np.asarray(panels[1].images[0].get_array()).max() == pytest.approx(target.max() - 20 * math.log10(2), abs=0.1)
     assert not readable_image_problems(figure_pixels(figure))
 
