@@ -1,9 +1,8 @@
 """Figures people can read: titled spectrogram panels for the training logger, and the
 results page's per-instrument SDRi bar chart and mel-spectrogram grid.
 
-matplotlib is imported inside the functions (and drives the Agg canvas directly, without
-pyplot), so importing this module, the training systems or the models stays light and
-never opens a display.
+matplotlib is imported inside the functions and drives the Agg canvas directly, without
+pyplot: importing this module stays light, and no figure ever needs a display.
 
 Example::
 
