@@ -14,6 +14,8 @@ All masks live on the 256 log-frequency rows. With ``N`` sources in a mixture:
   loss (the noise head alone must not explain the source as well as both together), and
   the *activation* term ``relu(mean(sum_j sigmoid(n_j)) - threshold)`` over the batch
   (the published CLIPSep-NIT: weight 0.1, threshold 0.25).
+- permutation-invariant training (the paper's PIT baseline, no query): the N output
+  masks are matched to the N targets by the permutation of lowest plain loss, per mixture.
 
 Cross-entropies are PyTorch's ``binary_cross_entropy`` on probabilities, as in the
 official code (log terms clamped at -100), run in float32 outside autocast.
@@ -37,6 +39,7 @@ __all__ = [
     "mask_loss",
     "noise_invariant_loss",
     "noise_activation_penalty",
+    "best_permutation",
 ]
 
 
@@ -145,3 +148,24 @@ def noise_activation_penalty(noise_logits: torch.Tensor, threshold: float) -> to
     """``relu(mean over batch, rows and frames of sum_j sigmoid(n_j) - threshold)`` (scalar)."""
     activation = torch.sigmoid(noise_logits.float()).sum(dim=1).mean()
     return torch.relu(activation - threshold)
+
+
+def best_permutation(mask_logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The permutation-invariant assignment of query-free output masks to sources.
+
+    Args:
+        mask_logits: ``[B, N, H, T]`` logits of N outputs.
+        targets: ``[B, N, H, T]`` binary masks of the N sources.
+        weight: ``[B, 1, H, T]``.
+
+    Returns:
+        ``[B, N]``: for each source, the output whose plain loss
+        (:func:`mask_loss` after reordering) is lowest over all N! permutations;
+        ``mask_logits.gather(1, ...)`` with it aligns outputs with sources.
+    """
+    n = mask_logits.shape[1]
+    table = assignments(n, n, mask_logits.device)  # [P, N]
+    with torch.no_grad():
+        pair = weighted_bce(torch.sigmoid(mask_logits.float())[:, None], targets[:, :, None], weight[:, :, None])  # [B, N src, N out]
+        per_permutation = pair[:, torch.arange(n, device=pair.device)[None, :], table].mean(dim=-1)  # [B, P]
+    return table[per_permutation.argmin(dim=1)]

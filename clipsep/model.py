@@ -7,6 +7,11 @@ them as the mask logits of the sound it describes::
     q = sigmoid(query_proj(query))                        # [C]
     mask_logits = sum_c q_c * scale_c * U_c + bias        # [256, T]
 
+The paper's baselines replace the CLIP query by learned vectors (``learned_queries``
+rows of an embedding table read through the same ``query_proj``): LabelSep has one row
+per instrument label (a supervised reference), PIT one row per output of a query-free
+network trained with permutation-invariant training.
+
 Noise heads (noise-invariant training, CLIPSep-NIT) use the same sum with
 ``p_j = sigmoid(noise_proj[j](mean_k query_proj(query_k)))``: query-free masks that
 absorb off-screen sound during training.
@@ -102,6 +107,9 @@ class CLIPSep(Pretrained, nn.Module):
         segment_samples: training segment length (65535 samples = 256 STFT frames).
         n_fft: STFT size (window length equals it).
         hop_length: STFT hop.
+        learned_queries: rows of the learned query table ``learned_query`` (0 = none;
+            LabelSep: one per label, PIT: one per output mask); its rows are queries like
+            CLIP embeddings.
     """
 
     PRESETS = PRESETS
@@ -117,6 +125,7 @@ class CLIPSep(Pretrained, nn.Module):
         segment_samples: int = 65535,
         n_fft: int = 1024,
         hop_length: int = 256,
+        learned_queries: int = 0,
     ):
         super().__init__()
         if layers < 2:
@@ -155,6 +164,8 @@ class CLIPSep(Pretrained, nn.Module):
         self.mask_scale = nn.Parameter(torch.ones(mask_channels))
         self.mask_bias = nn.Parameter(torch.zeros(1))
         self.apply(_official_init)
+        # After the official initialisation: the rows keep PyTorch's N(0, 1), as the official nn.Embedding does.
+        self.learned_query = nn.Embedding(learned_queries, query_dim) if learned_queries else None
 
     @classmethod
     def paper(cls, seed: int | None = 0, **overrides) -> "CLIPSep":

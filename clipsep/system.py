@@ -15,12 +15,20 @@ evaluation), and a few examples as audio and spectrogram images. The best (lowes
 model are exported with ``save_pretrained`` to ``<log_dir>/pretrained/{best,last}``, with
 the git commit, step, metrics and the run's resolved config as provenance, ready for
 ``clipsep.separate.Separator.from_pretrained``.
+
+The paper's baselines are query modes of the same system (``query_mode``): ``"label"``
+(LabelSep) reads each source's query from a learned table with one row per label
+(``batch.labels``), a supervised reference; ``"pit"`` has no query: N learned rows give N
+masks, matched to the N sources by the best permutation in the loss
+(:func:`clipsep.losses.best_permutation`) and in validation and test, where that
+assignment is the oracle. The table is the model's ``learned_query``; the export records
+``query_mode`` and ``labels`` (row order) in its provenance.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +39,8 @@ from clipcore.media import log_media
 from clipcore.plots import figure_pixels, linear_bins, spectrogram_figure
 from clipcore.spectral import STFTConfig, istft, stft, unwarp_to_linear
 from clipcore.training import ExportPretrained, export_pretrained
-from clipsep.losses import mask_loss, noise_activation_penalty, noise_invariant_loss, separation_targets
+from clipsep.losses import (best_permutation, mask_loss, noise_activation_penalty, noise_invariant_loss,
+                            separation_targets)
 from clipsep.metrics import separation_scores
 from clipsep.model import CLIPSep
 
@@ -72,6 +81,10 @@ class CLIPSepSystem(LightningModule):
         activation_threshold: its threshold (``reg2_epsilon``, 0.25).
         val_examples: separated examples logged at each validation.
         export_dir: where best/last models go (default ``<log_dir>/pretrained``).
+        query_mode: ``"clip"`` (CLIP embeddings, CLIPSep), ``"label"`` (LabelSep) or
+            ``"pit"`` (no query, permutation-invariant training).
+        labels: the labels of ``query_mode="label"``, one learned query each.
+        pit_outputs: masks of ``query_mode="pit"``: the number of sources per mixture.
     """
 
     def __init__(
@@ -90,10 +103,23 @@ class CLIPSepSystem(LightningModule):
         activation_threshold: float = 0.25,
         val_examples: int = 2,
         export_dir: str | None = None,
+        query_mode: Literal["clip", "label", "pit"] = "clip",
+        labels: list[str] | None = None,
+        pit_outputs: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = CLIPSep.from_preset(preset, seed=None, **(model_args or {}))  # seed_everything's stream
+        rows = {"clip": 0, "label": len(labels or []), "pit": pit_outputs}.get(query_mode)
+        if rows is None:
+            raise ValueError(f"query_mode must be clip, label or pit, got {query_mode!r}.")
+        if (query_mode == "label") != bool(labels) or len(set(labels or [])) != len(labels or []):
+            raise ValueError(f"labels must be distinct names, given exactly when query_mode is label; got {labels!r} "
+                             f"with query_mode {query_mode!r}.")
+        if query_mode == "pit" and pit_outputs < 1:
+            raise ValueError(f"pit_outputs must be at least 1, got {pit_outputs}.")
+        self.label_index = {name: i for i, name in enumerate(labels or [])}
+        args = {**(model_args or {}), **({"learned_queries": rows} if rows else {})}
+        self.model = CLIPSep.from_preset(preset, seed=None, **args)  # seed_everything's stream
         object.__setattr__(self, "encoder", None)  # frozen, loaded when needed, not checkpointed
         # Mean SDR / SDRi of the non-silent estimates (the official evaluation's rule).
         self.scores = torch.nn.ModuleDict(
@@ -123,7 +149,21 @@ class CLIPSepSystem(LightningModule):
         return self.encoder.to(self.device)
 
     def queries(self, batch) -> torch.Tensor:
-        """``[B, N, D]`` L2-normalized query of each source of a ``MixBatch``."""
+        """``[B, N, D]`` query of each source of a ``MixBatch``: its L2-normalized CLIP
+        embedding, its label's learned row (``"label"``), or the N learned rows (``"pit"``)."""
+        mode, table = self.hparams.query_mode, self.model.learned_query
+        if mode == "label":
+            unknown = sorted({str(name) for row in batch.labels for name in row if name not in self.label_index})
+            if unknown:
+                raise ValueError(f"LabelSep has no query for the labels {unknown}; it knows {list(self.label_index)}.")
+            index = torch.tensor([[self.label_index[name] for name in row] for row in batch.labels], device=self.device)
+            return table(index)
+        if mode == "pit":
+            count = batch.sources.shape[1]
+            if count != table.num_embeddings:
+                raise ValueError(f"PIT has {table.num_embeddings} outputs but the mixtures have {count} sources; "
+                                 f"set pit_outputs to {count}.")
+            return table.weight[None].expand(len(batch.sources), -1, -1)
         if batch.embeddings is not None:
             return F.normalize(batch.embeddings.float(), dim=-1)
         frames = batch.frames  # [B, N, F, 3, H, W]
@@ -145,6 +185,9 @@ class CLIPSepSystem(LightningModule):
             )
         mask_logits, noise_logits = self.model(mag_mix, self.queries(batch))
         targets, weight = separation_targets(mag_mix, stft(batch.sources, self.model.stft).abs())
+        if self.hparams.query_mode == "pit":  # output k -> source: the best permutation (the oracle in evaluation)
+            order = best_permutation(mask_logits, targets, weight)  # [B, N]
+            mask_logits = mask_logits.gather(1, order[:, :, None, None].expand_as(mask_logits))
         return {"spec_mix": spec_mix, "mask": mask_logits, "noise": noise_logits, "targets": targets, "weight": weight}
 
     def loss_terms(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -230,8 +273,10 @@ class CLIPSepSystem(LightningModule):
     def export(self, directory: str | Path, provenance: dict[str, Any] | None = None) -> Path:
         """Save the network for ``Separator.from_pretrained`` (a query encoder given as a
         local folder is copied to ``directory/query_encoder``)."""
-        spec = self.hparams.query_encoder
+        spec, mode = self.hparams.query_encoder, self.hparams.query_mode
         facts = {"query_encoder": spec} if spec is not None else {}
+        if mode != "clip":
+            facts.update(query_mode=mode, labels=list(self.label_index))
         encoder = self._encoder() if spec is not None and Path(spec).is_dir() else None
         return export_pretrained(self, self.model, directory, {**facts, **(provenance or {})}, encoder)
 
