@@ -33,7 +33,7 @@ from clipcore.shards import expand_shards
 from clipsep.metrics import separation_scores, summarize
 from recipes.toy_judges import InstrumentClassifier, proportion
 
-__all__ = ["Clip", "Queries", "read_clips", "write_queries", "evaluate_separation", "evaluate_generation"]
+__all__ = ["Clip", "Queries", "read_clips", "write_queries", "stem_scores", "evaluate_separation", "evaluate_generation"]
 
 
 @dataclass
@@ -112,8 +112,11 @@ def write_queries(clips: list[Clip], folder: Path, instruments: list[str]) -> Qu
     return queries
 
 
-def _stems(separated: Path, queries: Queries, stem_of: dict[str, str]) -> tuple[dict, list[float]]:
-    """SDR scores of the stems under ``separated`` (``stem_of``: instrument -> stem name)."""
+def stem_scores(separated: Path, queries: Queries, stem_of: dict[str, str]) -> tuple[dict, list[float]]:
+    """Scores of the stems under ``separated/<mixture>/<stem>.wav`` (``stem_of``:
+    instrument -> stem name): ``labels`` and the ``separation_scores`` arrays, one entry per
+    (mixture, source) in the order of ``queries.mixtures``, and the energy (dB re the
+    mixture) of each stem written for an instrument absent from its mixture."""
     labels, targets, others, estimates, mixtures, absent = [], [], [], [], [], []
     for path, sources in queries.mixtures:
         mixture = sources[0][1] + sources[1][1]
@@ -129,6 +132,8 @@ def _stems(separated: Path, queries: Queries, stem_of: dict[str, str]) -> tuple[
             estimates.append(stem(label))
             mixtures.append(mixture)
         for label in sorted(set(queries.instruments) - {label for label, _ in sources}):
+            if not (separated / path.stem / f"{stem_of.get(label)}.wav").exists():
+                continue  # a query-free system (PIT) writes stems of the sources only
             energy = (stem(label) ** 2).sum() / max((mixture**2).sum(), 1e-12)
             absent.append(float(10 * np.log10(energy + 1e-12)))
     scores = separation_scores(*(np.stack(x) for x in (targets, others, estimates, mixtures)))
@@ -152,7 +157,7 @@ def evaluate_separation(queries: Queries, runs: dict[str, tuple[Path, dict[str, 
     result: dict = {"mixtures": len(queries.mixtures)}
     sdri = {}
     for kind, (folder, stem_of) in runs.items():
-        scores, absent = _stems(folder, queries, stem_of)
+        scores, absent = stem_scores(folder, queries, stem_of)
         labels = np.array(scores["labels"])
         sdri[kind] = scores["sdri"]
         by_instrument = {name: summarize(scores["sdri"][labels == name]) for name in queries.instruments}

@@ -1,0 +1,240 @@
+"""The papers' comparisons on the miniature MUSIC world, with seeds, written up as a results page.
+
+    python recipes/experiments/papers_in_miniature.py                    # the full recipe
+    python recipes/experiments/papers_in_miniature.py --profile tiny --out /tmp/pim --docs /tmp/pim/docs
+
+Data and the toy CLIP come from the quick start's first two steps (``recipes/quickstart.py``
+``prepare``: train with off-screen sound, validation and test splits, each its own seed).
+Then, for every seed, the project's own recipes train (``--seed_everything SEED``):
+
+- separation: CLIPSep and CLIPSep-NIT (image queries, CLIP embeddings), LabelSep (learned
+  label queries, a supervised reference) and PIT (no query) — ``recipes/train_clipsep.py``
+  with ``--model.query_mode`` — each keeping the checkpoint of lowest validation loss;
+- generation: the diffusion prior and CLIPSonic; CLIPSonic's guidance per mode is chosen
+  on the validation split (the quick start's ``choose_guidance``).
+
+On the test split only: ``clipsep separate`` with image and text queries (prompts never
+seen in alignment) for CLIPSep and CLIPSep-NIT; LabelSep queried with its label rows and
+PIT's two outputs assigned to the sources by the best permutation (the oracle), through
+:class:`clipsep.separate.Separator`; ``clipsonic generate`` in image, zero-shot and prior
+modes with DDIM at ``ddim_steps`` and DPM-Solver++ at ``dpm_steps``. Scores: SDR improvement
+(stems of all seeds pooled, 95% intervals, paired differences stem by stem), recognition by
+the timbre judge and FAD (mel statistics against real test clips; one value per seed, the
+interval over seeds). :mod:`recipes.experiments.results_page` writes the page and checks
+each paper's finding against the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from clipcore.errors import EXIT_PARTIAL, UsageError, report_errors  # noqa: E402
+from clipcore.miniature import world  # noqa: E402
+from recipes import quickstart  # noqa: E402
+from recipes.command_runner import Runner, StepFailed, recipe, tool  # noqa: E402
+
+SEPARATORS = ("clipsep", "nit", "label", "pit")
+MARKER = ".papers_in_miniature"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes: the world and generation settings (a quick start profile), seeds and steps."""
+
+    world: quickstart.Profile
+    seeds: tuple[int, ...]
+    ddim_steps: int = 200
+    dpm_steps: int = 25
+
+
+PROFILES = {
+    "full": Profile(quickstart.PROFILES["demo"], seeds=(1, 2, 3)),
+    "tiny": Profile(quickstart.Profile(train_clips=22, validation_clips=11, test_clips=22, align_steps=20,
+                                       align_images=22, clipsep_steps=8, prior_steps=8, clipsonic_steps=8,
+                                       gen_samples=1, gen_steps=2, judge_clips=22, guidance_choices=(2.0,),
+                                       clip_seconds=2.0),
+                    seeds=(1, 2), ddim_steps=3, dpm_steps=2),
+}
+
+
+def _model_args(noise_heads: int) -> str:
+    config = yaml.safe_load((ROOT / "recipes/configs/clipsep/toy.yaml").read_text())
+    return json.dumps({**config["model"]["model_args"], "noise_heads": noise_heads})
+
+
+def train_commands(out: Path, seed_dir: Path, p: quickstart.Profile, shards: dict[str, str], seed: int) -> dict:
+    """The training commands of one seed: name -> args (CLIPSep variants, prior, CLIPSonic)."""
+    encoder, steps = str(out / "query_encoder"), p.clipsep_steps
+    data = ["--data.train_shards", shards["train"], "--data.val_shards", shards["validation"],
+            "--data.encoder", quickstart.ENCODER_NAME]
+    variants = {
+        "clipsep": ["--model.model_args", _model_args(0)],
+        "nit": ["--model.model_args", _model_args(2), "--model.nit_warmup_steps", str(steps // 2)],
+        "label": ["--model.model_args", _model_args(0), "--model.query_mode", "label",
+                  "--model.labels", json.dumps(list(world.INSTRUMENTS))],
+        "pit": ["--model.model_args", _model_args(0), "--model.query_mode", "pit", "--model.pit_outputs", "2"],
+    }
+    commands = {name: recipe("train_clipsep.py") + [
+        "fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), "--seed_everything", str(seed), *data,
+        "--model.query_encoder", encoder, "--model.export_dir", str(seed_dir / name),
+        "--trainer.default_root_dir", str(seed_dir / name), "--trainer.max_steps", str(steps),
+        "--model.decay_steps", str(steps), "--trainer.val_check_interval", str(max(1, steps // 4)),
+        "--data.epoch_length", str(max(1, steps // 4)), *args] for name, args in variants.items()}
+    commands["prior"] = recipe("train_prior.py") + [
+        "fit", "--config", str(ROOT / "recipes/configs/prior/toy.yaml"), "--seed_everything", str(seed),
+        "--data.shards", shards["train"], "--data.encoder", encoder, "--data.cache", str(out / "prior_pairs.npz"),
+        "--trainer.max_steps", str(p.prior_steps), "--trainer.val_check_interval", str(p.prior_steps),
+        "--trainer.default_root_dir", str(seed_dir / "prior"), "--export", str(seed_dir / "prior")]
+    commands["clipsonic"] = recipe("train_clipsonic.py") + [
+        "fit", "--config", str(ROOT / "recipes/configs/clipsonic/toy.yaml"), "--seed_everything", str(seed), *data,
+        "--model.query_encoder", encoder, "--trainer.max_steps", str(p.clipsonic_steps),
+        "--trainer.val_check_interval", str(p.clipsonic_steps), "--data.epoch_length", str(p.clipsonic_steps),
+        "--trainer.default_root_dir", str(seed_dir / "clipsonic"), "--export", str(seed_dir / "clipsonic")]
+    return commands
+
+
+def separate_with_tables(checkpoint: Path, encoder: Path, queries, folder: Path) -> dict[str, str]:
+    """LabelSep and PIT on the test mixtures, stems written as ``clipsep separate`` does.
+
+    LabelSep: each instrument's stem from its label's learned query. PIT: its outputs are
+    assigned to the two sources by the permutation of highest mean SDR (the oracle).
+
+    Returns:
+        instrument -> stem name (the files are ``folder/<mixture>/<stem>.wav``).
+    """
+    from clipcore.audio import load_audio, save_audio
+    from clipsep.metrics import separation_scores
+    from clipsep.separate import Separator
+
+    separator = Separator.from_pretrained(checkpoint, query_encoder=encoder)
+    provenance = separator.model.provenance or {}
+    table = separator.model.learned_query.weight.detach()
+    names = [name.replace(" ", "-") for name in queries.instruments]
+    for path, sources in queries.mixtures:
+        wave, rate = load_audio(path, mono=True)
+        if provenance.get("query_mode") == "label":
+            rows = [provenance["labels"].index(name) for name in queries.instruments]
+            stems = dict(zip(names, separator.separate(wave, rate, table[rows]).stems[:, 0]))
+        else:
+            outputs = separator.separate(wave, rate, table).stems[:, 0, : len(sources[0][1])]
+            targets = np.stack([s for _, s in sources])
+            mix = np.broadcast_to(targets.sum(0), targets.shape)
+            orders = [[0, 1], [1, 0]]
+            means = [np.nanmean(separation_scores(targets, mix - targets, outputs[o].numpy(), mix)["sdr"])
+                     for o in orders]
+            best = orders[int(np.nanargmax(means))]
+            stems = {label.replace(" ", "-"): outputs[k] for (label, _), k in zip(sources, best)}
+        for name, stem in stems.items():
+            save_audio(folder / path.stem / f"{name}.wav", stem[None].float(), rate, bit_depth="32f")
+    return dict(zip(queries.instruments, names))
+
+
+def run_seed(runner: Runner, out: Path, p: Profile, shards: dict[str, str], seed: int, queries, judge) -> dict:
+    """Train, choose on validation and test one seed; returns where its outputs are."""
+    from clipsep.batch import stem_names
+
+    seed_dir = out / f"seed{seed}"
+    commands = train_commands(out, seed_dir, p.world, shards, seed)
+    with runner.step(f"seed {seed}: training CLIPSep, CLIPSep-NIT, LabelSep, PIT, the prior and CLIPSonic"):
+        runner.lanes([(f"seed{seed}_{n}", commands[n]) for n in ("clipsep", "nit", "label")],
+                     [(f"seed{seed}_{n}", commands[n]) for n in ("pit", "prior", "clipsonic")])
+    guidance = quickstart.choose_guidance(runner, seed_dir, p.world, shards, judge)["chosen"]
+    mixtures = str(out / "test" / "mixtures")
+    kinds = {"image": ([("image", str(queries.images[n])) for n in queries.instruments],
+                       [a for n in queries.instruments for a in ("--query-image", str(queries.images[n]))]),
+             "text": ([("text", n) for n in queries.instruments],
+                      [a for n in queries.instruments for a in ("--query", n)]
+                      + [a for t in world.HELDOUT_TEMPLATES for a in ("--template", t)])}
+    separated, lanes = {}, [[], []]
+    for model in ("clipsep", "nit"):
+        for kind, (rows, args) in kinds.items():
+            folder = seed_dir / "separated" / f"{model}_{kind}"
+            separated[f"{model}_{kind}"] = (folder, dict(zip(queries.instruments, stem_names(rows, 0))))
+            lanes[0].append((f"seed{seed}_separate_{model}_{kind}", tool("clipsep") + [
+                "separate", "--checkpoint", str(seed_dir / model / "best"), "--overwrite", "--format", "wav",
+                "--bit-depth", "32f", "-o", str(folder), *args, mixtures]))
+    generated = {}
+    for sampler, steps in (("ddim", p.ddim_steps), ("dpm++", p.dpm_steps)):
+        world_p = replace(p.world, gen_steps=steps)
+        for mode in quickstart.MODES:
+            folder = seed_dir / "generated" / f"{sampler}_{mode}"
+            command, generated[(sampler, mode)] = quickstart.generate(seed_dir, world_p, queries, folder, mode,
+                                                                      guidance[mode])
+            lanes[1].append((f"seed{seed}_generate_{sampler}_{mode}", command + ["--sampler", sampler]))
+    for model in ("label", "pit"):
+        folder = seed_dir / "separated" / model
+        lanes[0].append((f"seed{seed}_separate_{model}", lambda m=model, f=folder: separated.__setitem__(
+            m, (f, separate_with_tables(seed_dir / m / "best", out / "query_encoder", queries, f)))))
+    with runner.step(f"seed {seed}: test separation and generation"):
+        runner.lanes(*lanes)
+    return {"separated": separated, "generated": generated, "guidance": guidance}
+
+
+def run(out: Path, name: str, docs: Path) -> dict:
+    """Everything, with the profile ``name``; returns the results (also ``out/results.json``)
+    and writes the page into ``docs``."""
+    profile = PROFILES[name]
+    from recipes.experiments.results_page import score, write_page
+    from recipes.miniature_eval import read_clips, write_queries
+    from recipes.toy_judges import judge_from_renders
+
+    runner = Runner(out)
+    start = time.perf_counter()
+    torch.set_num_threads(1)
+    shards = quickstart.prepare(runner, out, profile.world)
+    judge = runner.call("train_judge", lambda: judge_from_renders(profile.world.judge_clips, profile.world.gen_seconds))
+    test_clips = read_clips(shards["test"])
+    queries = write_queries(test_clips, out / "test", list(world.INSTRUMENTS))
+    seeds = {seed: run_seed(runner, out, profile, shards, seed, queries, judge) for seed in profile.seeds}
+    results = runner.call("score", lambda: score(seeds, queries, judge, test_clips, profile.world.gen_seconds))
+    runner.seconds["total"] = round(time.perf_counter() - start, 1)
+    results["run"] = {"name": name, "profile": asdict(profile), "seconds": runner.seconds}
+    page = write_page(results, seeds, docs)  # adds the findings
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nresults page: {page}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="papers_in_miniature",
+        description="The CLIPSep and CLIPSonic papers' comparisons on the miniature MUSIC world, with seeds and 95% "
+                    "intervals; writes docs/results.md (full profile: about 2 hours on 2 CPU cores).")
+    parser.add_argument("--profile", choices=list(PROFILES), default="full", help="full or tiny (default: full)")
+    parser.add_argument("--out", type=Path, default=Path("runs/papers_in_miniature"), help="run folder")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md and its images go")
+    args = parser.parse_args(argv)
+    return report_errors("papers_in_miniature", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = args.out.resolve()
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise UsageError(f"{args.out} is not empty and not a papers_in_miniature folder; choose another --out.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("An output folder of recipes/experiments/papers_in_miniature.py (replaced when run again).\n")
+    try:
+        run(out, args.profile, args.docs.resolve())
+    except StepFailed as error:
+        print(f"papers_in_miniature: error: {error}", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Scores of ``papers_in_miniature`` and its results page, with each paper's finding checked.
+
+Intervals are 95%: separation pools the stems of every seed (Student's t over stems, the
+per-seed means beside it), comparisons are paired stem by stem (or clip by clip for
+recognition: the same instrument, sample and seed in both arms), and FAD gets one value per
+seed (t interval over seeds). A finding holds when its interval lies on the paper's side of
+zero; anything else is stated as not reproduced, with the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipcore.audio import load_audio
+from clipcore.files import atomic_write
+from clipcore.plots import mel_grid, sdri_bars
+from clipsep.metrics import summarize
+from clipsonic.metrics import MelStatistics, embed_audio, frechet_distance
+
+__all__ = ["score", "findings", "write_page"]
+
+SEPARATION = {"clipsep_image": "CLIPSep, image query", "clipsep_text": "CLIPSep, text query",
+              "nit_image": "CLIPSep-NIT, image query", "nit_text": "CLIPSep-NIT, text query",
+              "label": "LabelSep (learned label query)", "pit": "PIT (oracle assignment)"}
+PAIRS = [("nit_text", "clipsep_text"), ("nit_image", "clipsep_image"), ("clipsep_text", "clipsep_image"),
+         ("label", "clipsep_image"), ("pit", "clipsep_image")]
+MODES = ("image", "zs", "pd")
+SAMPLERS = ("ddim", "dpm++")
+
+
+def _waves(paths: list[Path], samples: int) -> torch.Tensor:
+    waves = [load_audio(path, sample_rate=16000, mono=True)[0][0] for path in paths]
+    return torch.stack([torch.nn.functional.pad(w, (0, max(0, samples - len(w))))[:samples] for w in waves])
+
+
+def _fad(paths: list[Path], reference: torch.Tensor, samples: int) -> float:
+    embedding = MelStatistics()
+    generated = embed_audio(embedding, _waves(paths, samples), 16000)
+    real = embed_audio(embedding, reference, 16000)
+    return frechet_distance(generated.flatten(0, 1), real.flatten(0, 1))
+
+
+def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict:
+    """Separation and generation scores of every seed (see the module doc).
+
+    Args:
+        seeds: seed -> ``run_seed``'s outputs (``separated``: kind -> (folder, stem names);
+            ``generated``: (sampler, mode) -> instrument -> files).
+        queries: the test evaluation set; judge: the timbre judge; test_clips: the test
+            split's clips (FAD's reference); seconds: generated clip length.
+    """
+    from recipes.miniature_eval import stem_scores
+    from recipes.toy_judges import proportion
+
+    separation, sdri = {}, {}
+    for kind in SEPARATION:
+        per_seed = [stem_scores(outputs["separated"][kind][0], queries, outputs["separated"][kind][1])[0]
+                    for outputs in seeds.values()]
+        sdri[kind] = np.concatenate([s["sdri"] for s in per_seed])
+        labels = np.concatenate([s["labels"] for s in per_seed])
+        separation[kind] = {"sdri": summarize(sdri[kind]),
+                            "seed_means": summarize([np.nanmean(s["sdri"]) for s in per_seed]),
+                            "by_instrument": {name: summarize(sdri[kind][labels == name]) for name in queries.instruments}}
+    paired = {f"{a}_minus_{b}": summarize(sdri[a] - sdri[b]) for a, b in PAIRS}
+
+    samples = round(seconds * 16000)
+    reference = torch.stack(
+        [torch.nn.functional.pad(torch.from_numpy(c.audio), (0, max(0, samples - len(c.audio))))[:samples]
+         for c in test_clips])
+    generation, hits, fad = {}, {}, {}
+    for sampler in SAMPLERS:
+        for mode in MODES:
+            key = f"{sampler}_{mode}"
+            hits[key], fad[key] = [], []
+            for outputs in seeds.values():
+                files = outputs["generated"][(sampler, mode)]
+                paths = [path for name in files for path in files[name]]
+                truth = [name for name in files for _ in files[name]]
+                hits[key] += [p == t for p, t in zip(judge.predict(_waves(paths, samples)), truth)]
+                fad[key].append(_fad(paths, reference, samples))
+            generation[key] = {"recognition": proportion(hits[key]), "fad": summarize(fad[key]), "fad_per_seed": fad[key]}
+    differences = {
+        "recognition_pd_minus_zs": summarize(np.subtract(hits["ddim_pd"], hits["ddim_zs"], dtype=float)),
+        "recognition_image_minus_zs": summarize(np.subtract(hits["ddim_image"], hits["ddim_zs"], dtype=float)),
+        "fad_zs_minus_pd": summarize(np.subtract(fad["ddim_zs"], fad["ddim_pd"])),
+        "recognition_dpm_minus_ddim": summarize(np.concatenate(
+            [np.subtract(hits[f"dpm++_{m}"], hits[f"ddim_{m}"], dtype=float) for m in MODES])),
+    }
+    return {"instruments": list(queries.instruments), "seeds": list(seeds), "separation": separation,
+            "paired": paired, "generation": generation, "generation_paired": differences}
+
+
+def _interval(summary: dict, unit: str = "", scale: float = 1.0) -> str:
+    mean, low, high = (summary[k] * scale for k in ("mean", "low", "high"))
+    if not math.isfinite(low):
+        return f"{mean:.2f}{unit} (interval undefined, n = {summary['count']})"
+    return f"{mean:.2f}{unit} [{low:.2f}, {high:.2f}]"
+
+
+def findings(results: dict) -> list[dict]:
+    """Each paper's finding, what was measured, and whether it holds here (from the numbers)."""
+    paired, gen = results["paired"], results["generation_paired"]
+    checks = [
+        ("CLIPSep paper: noise-invariant training helps text queries when the training videos carry off-screen "
+         "sound (CLIPSep-NIT above CLIPSep).", "SDRi, NIT minus CLIPSep, text queries", paired["nit_text_minus_clipsep_text"],
+         " dB", "above"),
+        ("CLIPSep paper: noise-invariant training also helps image queries.", "SDRi, NIT minus CLIPSep, image queries",
+         paired["nit_image_minus_clipsep_image"], " dB", "above"),
+        ("CLIPSonic paper: the diffusion prior closes the modality gap (prior mode recognised more often than "
+         "zero-shot text).", "recognition, prior minus zero-shot (DDIM)", gen["recognition_pd_minus_zs"], "", "above"),
+        ("CLIPSonic paper: zero-shot text falls short of image queries (the modality gap).",
+         "recognition, image minus zero-shot (DDIM)", gen["recognition_image_minus_zs"], "", "above"),
+        ("CLIPSonic paper: the prior lowers FAD against zero-shot text.", "FAD, zero-shot minus prior (DDIM)",
+         gen["fad_zs_minus_pd"], "", "above"),
+        ("DPM-Solver++ at 25 steps is no worse than DDIM at 200 steps.",
+         "recognition, DPM-Solver++ minus DDIM, all modes", gen["recognition_dpm_minus_ddim"], "", "not below"),
+    ]
+    out = []
+    for finding, measured, summary, unit, side in checks:
+        low, high = summary["low"], summary["high"]
+        decided = math.isfinite(low) and math.isfinite(high)
+        holds = decided and (low > 0 if side == "above" else high >= 0)
+        if holds:
+            verdict = f"Reproduces: the 95% interval of the {measured} lies {side} zero."
+        elif not decided:
+            verdict = f"Does not reproduce here: the {measured} has no interval with {summary['count']} values."
+        else:
+            verdict = f"Does not reproduce here: the 95% interval of the {measured} does not lie {side} zero."
+        out.append({"finding": finding, "measured": f"{measured}: {_interval(summary, unit)}", "holds": holds,
+                    "statement": verdict})
+    return out
+
+
+def _mels(seeds: dict, instruments: list[str], seconds: float) -> dict[str, torch.Tensor]:
+    from clipcore.spectral import MelConfig, MelSpectrogram
+
+    mel = MelSpectrogram(MelConfig())
+    first = next(iter(seeds.values()))["generated"]
+    samples = round(seconds * 16000)
+    return {mode: mel(_waves([first[("ddim", mode)][name][0] for name in instruments], samples)) for mode in MODES}
+
+
+def write_page(results: dict, seeds: dict, docs: Path) -> Path:
+    """``docs/results.md`` and its PNGs under ``docs/images/results/``; returns the page."""
+    images = docs / "images" / "results"
+    instruments = results["instruments"]
+    sdri_bars({SEPARATION[k]: v["by_instrument"] for k, v in results["separation"].items()},
+              images / "sdri_by_instrument.png", title="Test SDR improvement per instrument, all seeds pooled")
+    shown = instruments[:4]
+    seconds = results["run"]["profile"]["world"]["gen_seconds"]
+    mel_grid(_mels(seeds, shown, seconds), images / "generated_mels.png", labels=shown,
+             title=f"CLIPSonic, generated clips per query mode (seed {results['seeds'][0]}, DDIM)")
+    checked = findings(results)
+    results["findings"] = checked
+    seeds_text = ", ".join(str(s) for s in results["seeds"])
+    lines = [
+        "# The papers in miniature: results", "",
+        "Made by `python recipes/experiments/papers_in_miniature.py` "
+        f"(profile `{results['run']['name']}`, seeds {seeds_text}, "
+        f"{results['run']['seconds'].get('total', 0) / 60:.0f} minutes). Every choice (checkpoints by validation "
+        "loss, CLIPSonic's guidance by validation recognition) was made on the validation split; every figure "
+        "below is on the test split. Brackets are 95% intervals.", "",
+        "## Findings", "",
+        *[f"- **{'Holds' if f['holds'] else 'Does not reproduce'}.** {f['finding']} {f['statement']} "
+          f"({f['measured']})" for f in checked], "",
+        "## Separation (SDR improvement, dB)", "",
+        "| system | SDRi, stems of all seeds | mean over seeds | stems |", "|---|---|---|---|",
+        *[f"| {SEPARATION[k]} | {_interval(v['sdri'])} | {_interval(v['seed_means'])} | {v['sdri']['count']} |"
+          for k, v in results["separation"].items()], "",
+        "| paired difference (stem by stem) | dB |", "|---|---|",
+        *[f"| {name.replace('_minus_', ' minus ')} | {_interval(v)} |" for name, v in results["paired"].items()], "",
+        "![SDR improvement per instrument](images/results/sdri_by_instrument.png)", "",
+        "| instrument | " + " | ".join(SEPARATION[k] for k in results["separation"]) + " |",
+        "|---|" + "---|" * len(results["separation"]),
+        *[f"| {name} | " + " | ".join(_interval(v["by_instrument"][name]) for v in results["separation"].values()) + " |"
+          for name in instruments], "",
+        "## Generation (CLIPSonic)", "",
+        "| sampler, mode | recognition | FAD (mel statistics) |", "|---|---|---|",
+        *[f"| {key.replace('_', ', ')} | {_interval(v['recognition'], '%', 100)} | {_interval(v['fad'])} |"
+          for key, v in results["generation"].items()], "",
+        "| paired difference | value |", "|---|---|",
+        *[f"| {name.replace('_', ' ')} | {_interval(v)} |" for name, v in results["generation_paired"].items()], "",
+        "![Generated clips per mode](images/results/generated_mels.png)", "",
+    ]
+    return atomic_write(docs / "results.md", lambda tmp: tmp.write_text("\n".join(lines)))
