@@ -90,7 +90,8 @@ def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict
         "recognition_dpm_minus_ddim": summarize(np.concatenate(
             [np.subtract(hits[f"dpm++_{m}"], hits[f"ddim_{m}"], dtype=float) for m in MODES])),
     }
-    return {"instruments": list(queries.instruments), "seeds": list(seeds), "separation": separation,
+    return {"instruments": list(queries.instruments), "seeds": list(seeds), "mixtures": len(queries.mixtures),
+            "separation": separation,
             "paired": paired, "generation": generation, "generation_paired": differences}
 
 

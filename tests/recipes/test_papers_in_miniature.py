@@ -1,0 +1,68 @@
+"""The papers' comparisons recipe: findings are derived from the numbers, and the tiny
+profile runs end to end (slow) writing the page, its PNGs and results.json."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from recipes.experiments.results_page import findings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _summary(mean: float, low: float, high: float, count: int = 30) -> dict:
+    return {"mean": mean, "low": low, "high": high, "sem": 1.0, "median": mean, "count": count}
+
+
+def _results(sign: float) -> dict:
+    """Every compared difference at ``sign`` x 2 with an interval of +-1."""
+    value = _summary(2 * sign, 2 * sign - 1, 2 * sign + 1)
+    paired = {name: value for name in ("nit_text_minus_clipsep_text", "nit_image_minus_clipsep_image")}
+    generation = {name: value for name in ("recognition_pd_minus_zs", "recognition_image_minus_zs", "fad_zs_minus_pd",
+                                           "recognition_dpm_minus_ddim")}
+    return {"paired": paired, "generation_paired": generation}
+
+
+def test_findings_follow_the_numbers():
+    good, bad = findings(_results(+1)), findings(_results(-1))
+    assert len(good) == 6 and all(f["holds"] for f in good)
+    assert not any(f["holds"] for f in bad)
+    assert all(f["statement"].startswith("Does not reproduce here") for f in bad)
+    # An interval that straddles zero: "above zero" findings fail, "not below" holds.
+    straddle = _results(0)
+    verdicts = [f["holds"] for f in findings(straddle)]
+    assert verdicts == [False, False, False, False, False, True]
+    undefined = _results(1)
+    undefined["paired"]["nit_text_minus_clipsep_text"] = _summary(3.0, float("nan"), float("nan"), count=1)
+    first = findings(undefined)[0]
+    assert not first["holds"] and "no interval with 1 values" in first["statement"]
+
+
+@pytest.mark.slow
+def test_tiny_profile_writes_the_results_page(tmp_path):
+    # The whole recipe at toy size (2 seeds, a few optimizer steps per model): minutes.
+    out, docs = tmp_path / "run", tmp_path / "docs"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes/experiments/papers_in_miniature.py"), "--profile", "tiny",
+         "--out", str(out), "--docs", str(docs)], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+    page = (docs / "results.md").read_text()
+    for name in ("sdri_by_instrument.png", "generated_mels.png"):
+        with Image.open(docs / "images" / "results" / name) as image:
+            assert image.size[0] >= 800 and image.size[1] >= 300
+        assert f"images/results/{name}" in page
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [1, 2]
+    for kind in ("clipsep_image", "clipsep_text", "nit_image", "nit_text", "label", "pit"):
+        assert 0 < results["separation"][kind]["sdri"]["count"] <= 2 * 2 * results["mixtures"]  # seeds x sources
+        assert results["separation"][kind]["seed_means"]["count"] == 2
+    for key in ("ddim_image", "ddim_zs", "ddim_pd", "dpm++_image", "dpm++_zs", "dpm++_pd"):
+        assert len(results["generation"][key]["fad_per_seed"]) == 2
+    # Each finding on the page is the one its numbers give.
+    assert [f["holds"] for f in results["findings"]] == [f["holds"] for f in findings(results)]
+    for finding in results["findings"]:
+        assert f"**{'Holds' if finding['holds'] else 'Does not reproduce'}.** {finding['finding']}" in page
