@@ -52,12 +52,14 @@ MARKER = ".papers_in_miniature"
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes: the world and generation settings (a quick start profile), seeds and steps."""
+    """Sizes: the world and generation settings (a quick start profile), seeds, sampler steps
+    and validations per separation training (the checkpoint of lowest validation loss is kept)."""
 
     world: quickstart.Profile
     seeds: tuple[int, ...]
     ddim_steps: int = 200
     dpm_steps: int = 25
+    validations: int = 4
 
 
 PROFILES = {
@@ -66,7 +68,7 @@ PROFILES = {
                                        align_images=22, clipsep_steps=8, prior_steps=8, clipsonic_steps=8,
                                        gen_samples=1, gen_steps=2, judge_clips=22, guidance_choices=(2.0,),
                                        clip_seconds=2.0),
-                    seeds=(1, 2), ddim_steps=3, dpm_steps=2),
+                    seeds=(1, 2), ddim_steps=3, dpm_steps=2, validations=1),
 }
 
 
@@ -75,9 +77,10 @@ def _model_args(noise_heads: int) -> str:
     return json.dumps({**config["model"]["model_args"], "noise_heads": noise_heads})
 
 
-def train_commands(out: Path, seed_dir: Path, p: quickstart.Profile, shards: dict[str, str], seed: int) -> dict:
+def train_commands(out: Path, seed_dir: Path, profile: Profile, shards: dict[str, str], seed: int) -> dict:
     """The training commands of one seed: name -> args (CLIPSep variants, prior, CLIPSonic)."""
-    encoder, steps = str(out / "query_encoder"), p.clipsep_steps
+    p, encoder, steps = profile.world, str(out / "query_encoder"), profile.world.clipsep_steps
+    every = str(max(1, steps // profile.validations))
     data = ["--data.train_shards", shards["train"], "--data.val_shards", shards["validation"],
             "--data.encoder", quickstart.ENCODER_NAME]
     variants = {
@@ -91,8 +94,8 @@ def train_commands(out: Path, seed_dir: Path, p: quickstart.Profile, shards: dic
         "fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), "--seed_everything", str(seed), *data,
         "--model.query_encoder", encoder, "--model.export_dir", str(seed_dir / name),
         "--trainer.default_root_dir", str(seed_dir / name), "--trainer.max_steps", str(steps),
-        "--model.decay_steps", str(steps), "--trainer.val_check_interval", str(max(1, steps // 4)),
-        "--data.epoch_length", str(max(1, steps // 4)), *args] for name, args in variants.items()}
+        "--model.decay_steps", str(steps), "--trainer.val_check_interval", every,
+        "--data.epoch_length", every, *args] for name, args in variants.items()}
     commands["prior"] = recipe("train_prior.py") + [
         "fit", "--config", str(ROOT / "recipes/configs/prior/toy.yaml"), "--seed_everything", str(seed),
         "--data.shards", shards["train"], "--data.encoder", encoder, "--data.cache", str(out / "prior_pairs.npz"),
@@ -147,7 +150,7 @@ def run_seed(runner: Runner, out: Path, p: Profile, shards: dict[str, str], seed
     from clipsep.batch import stem_names
 
     seed_dir = out / f"seed{seed}"
-    commands = train_commands(out, seed_dir, p.world, shards, seed)
+    commands = train_commands(out, seed_dir, p, shards, seed)
     with runner.step(f"seed {seed}: training CLIPSep, CLIPSep-NIT, LabelSep, PIT, the prior and CLIPSonic"):
         runner.lanes([(f"seed{seed}_{n}", commands[n]) for n in ("clipsep", "nit", "label")],
                      [(f"seed{seed}_{n}", commands[n]) for n in ("pit", "prior", "clipsonic")])
