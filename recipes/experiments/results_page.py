@@ -122,6 +122,7 @@ def findings(results: dict) -> list[dict]:
     ]
     out = []
     for finding, measured, summary, unit, side in checks:
+        scale, unit = (100.0, " points") if measured.startswith("recognition") else (1.0, unit)
         low, high = summary["low"], summary["high"]
         decided = math.isfinite(low) and math.isfinite(high)
         holds = decided and (low > 0 if side == "above" else high >= 0)
@@ -131,7 +132,7 @@ def findings(results: dict) -> list[dict]:
             verdict = f"Does not reproduce here: the {measured} has no interval with {summary['count']} values."
         else:
             verdict = f"Does not reproduce here: the 95% interval of the {measured} does not lie {side} zero."
-        out.append({"finding": finding, "measured": f"{measured}: {_interval(summary, unit)}", "holds": holds,
+        out.append({"finding": finding, "measured": f"{measured}: {_interval(summary, unit, scale)}", "holds": holds,
                     "statement": verdict})
     return out
 
@@ -184,7 +185,8 @@ def write_page(results: dict, seeds: dict, docs: Path) -> Path:
         *[f"| {key.replace('_', ', ')} | {_interval(v['recognition'], '%', 100)} | {_interval(v['fad'])} |"
           for key, v in results["generation"].items()], "",
         "| paired difference | value |", "|---|---|",
-        *[f"| {name.replace('_', ' ')} | {_interval(v)} |" for name, v in results["generation_paired"].items()], "",
+        *[f"| {name.replace('_', ' ')} | {_interval(v, *(' points', 100) if name.startswith('recognition') else ())} |"
+          for name, v in results["generation_paired"].items()], "",
         "![Generated clips per mode](images/results/generated_mels.png)", "",
     ]
     return atomic_write(docs / "results.md", lambda tmp: tmp.write_text("\n".join(lines)))
