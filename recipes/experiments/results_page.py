@@ -126,12 +126,13 @@ def findings(results: dict) -> list[dict]:
         low, high = summary["low"], summary["high"]
         decided = math.isfinite(low) and math.isfinite(high)
         holds = decided and (low > 0 if side == "above" else high >= 0)
+        where = "lies above zero" if side == "above" else "reaches zero or above"
         if holds:
-            verdict = f"Reproduces: the 95% interval of the {measured} lies {side} zero."
+            verdict = f"Reproduces: the 95% interval of the {measured} {where}."
         elif not decided:
             verdict = f"Does not reproduce here: the {measured} has no interval with {summary['count']} values."
         else:
-            verdict = f"Does not reproduce here: the 95% interval of the {measured} does not lie {side} zero."
+            verdict = f"Does not reproduce here: the 95% interval of the {measured} {where.replace('lies', 'does not lie').replace('reaches', 'does not reach')}."
         out.append({"finding": finding, "measured": f"{measured}: {_interval(summary, unit, scale)}", "holds": holds,
                     "statement": verdict})
     return out
