@@ -39,8 +39,13 @@ from clipcore.media import log_media
 from clipcore.plots import figure_pixels, linear_bins, spectrogram_figure
 from clipcore.spectral import STFTConfig, istft, stft, unwarp_to_linear
 from clipcore.training import ExportPretrained, export_pretrained
-from clipsep.losses import (best_permutation, mask_loss, noise_activation_penalty, noise_invariant_loss,
-                            separation_targets)
+from clipsep.losses import (
+    best_permutation,
+    mask_loss,
+    noise_activation_penalty,
+    noise_invariant_loss,
+    separation_targets,
+)
 from clipsep.metrics import separation_scores
 from clipsep.model import CLIPSep
 
