@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from clipcore.audio import AUDIO_EXTENSIONS, load_audio, save_audio
+from clipcore.audio import AUDIO_EXTENSIONS
 from clipcore.errors import ClipAudioError, UsageError
-from clipcore.naming import safe_filename, slugify, unique_names
+from clipcore.naming import safe_filename, unique_names
 from clipsep.separation_record import write_record
+from clipsep.stem_files import output_files, separate_to_files
 
 if TYPE_CHECKING:
     from clipsep.separate import Separator
@@ -42,14 +43,12 @@ __all__ = [
     "FileJob",
     "FileResult",
     "discover",
-    "stem_names",
     "plan",
     "process_file",
     "internal_error",
     "ERROR_LOG",
 ]
 
-RESIDUAL = "residual"
 ERROR_LOG = "clipsep-errors.log"
 """Under the output folder: the tracebacks of internal errors (written only when one happens)."""
 
@@ -169,26 +168,14 @@ def _audio_files(root: Path, exclude: Path | None) -> list[Path]:
     return found
 
 
-def stem_names(queries: list[tuple[str, str]], noise_heads: int) -> list[str]:
-    """Output names of the query stems: the text's slug, or ``image-<file slug>``; names
-    that clash (``Violin``/``violin``, ``residual``) get a hash of their query."""
-    names = [slugify(value) if kind == "text" else f"image-{slugify(Path(value).stem, fallback='image')}"
-             for kind, value in queries]
-    keys = [f"{kind}:{value}" for kind, value in queries]
-    reserved = [RESIDUAL] + [f"noise-{j + 1}" for j in range(noise_heads)]
-    return unique_names(names, keys, reserved)
-
-
 def plan(sources: list[Path], out: Path, stems: list[str], options: OutputOptions, noise_heads: int) -> list[FileJob]:
     """One :class:`FileJob` per source: ``out/<input name>/<stem>.<format>``. Input names
     are the file names without extension, made safe; sources sharing one get a hash of
     their path."""
     names = unique_names([safe_filename(s.stem) for s in sources], [str(s.resolve()) for s in sources])
-    extra = ([RESIDUAL] if options.residual else []) + [f"noise-{j + 1}" for j in range(noise_heads if options.noise else 0)]
-    return [
-        FileJob(source, {stem: out / name / f"{stem}.{options.format}" for stem in stems + extra})
-        for source, name in zip(sources, names)
-    ]
+    noise = noise_heads if options.noise else 0
+    return [FileJob(source, output_files(out / name, stems, options.format, options.residual, noise))
+            for source, name in zip(sources, names)]
 
 
 def process_file(
@@ -211,22 +198,14 @@ def process_file(
             if path.exists() and not options.overwrite:
                 raise UsageError(f"{path} already exists (pass --overwrite to replace it).")
         started = time.perf_counter()
-        wave, rate = load_audio(job.source, mono=options.mono)
-        separation = separator.separate(
-            wave, rate, embeddings, residual=options.residual, noise=options.noise, progress=progress
-        )
-        waves = list(separation.stems)
-        if options.residual:
-            waves.append(separation.residual)
-        if options.noise:
-            waves.extend(separation.noise)
-        for path, stem in zip(job.outputs.values(), waves):
-            save_audio(path, stem, rate, bit_depth=options.bit_depth, format=options.format, clip=options.clip)
-            result.written.append(path)
+        levels = separate_to_files(separator, job.source, job.outputs, embeddings, residual=options.residual,
+                                   noise=options.noise, mono=options.mono, format=options.format,
+                                   bit_depth=options.bit_depth, clip=options.clip, progress=progress)
+        result.written = list(job.outputs.values())
         if options.provenance is not None:
             run = options.provenance
             run = {**run, "settings": {**run["settings"], "device": str(separator.device)}}
-            write_record(job.source, job.outputs, wave, rate, waves, time.perf_counter() - started, run)
+            write_record(job.source, job.outputs, levels, time.perf_counter() - started, run)
     except (ClipAudioError, OSError, MemoryError, torch.OutOfMemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         result.error = message.removeprefix(f"{job.source}: ")

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from clipcore.cli import UsageError, add_audio_output_arguments, check_audio_output
 from clipcore.files import ImageError, load_image
-from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, plan, process_file, stem_names
+from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, plan, process_file
+from clipsep.stem_files import stem_names
 from clipsep.batch_workers import run_workers, worker_devices
 from clipsep.separation_record import run_record
 

@@ -121,7 +121,7 @@ def _stem(folder: Path, mixture: Path, name: str) -> np.ndarray:
 
 def evaluate_separation(queries: Queries, separated: Path) -> dict:
     """Score the stems ``clipsep separate`` wrote under ``separated`` (see the module doc)."""
-    from clipsep.batch import stem_names  # the CLI's own output names
+    from clipsep.stem_files import stem_names  # the CLI's own output names
 
     kinds = [("text", queries.text[name]) for name in queries.instruments]
     kinds += [("image", str(queries.images[name])) for name in queries.instruments]
