@@ -13,7 +13,10 @@ descriptions::
 
 Each input becomes one :class:`FileJob` (``OUT/<input name>/<stem>.<format>``), done by
 :func:`process_file`, which returns a :class:`FileResult`; the jobs are independent, so
-they can be shared out across processes.
+they can be shared out across processes. :func:`run_jobs` is the loop every process of a
+run goes through (one process, ``--devices N`` local workers, the ranks of ``torchrun``
+or ``srun``): it skips finished inputs and takes the others one claim at a time
+(:mod:`clipsep.claims`).
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ import glob
 import re
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from clipcore.audio import AUDIO_EXTENSIONS
+from clipcore.audio_blocks import SPOOL_SUFFIX
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.naming import safe_filename, unique_names
-from clipsep.separation_record import write_record
+from clipsep.claims import STALE_SECONDS, claim
+from clipsep.separation_record import RECORD_NAME, write_record
 from clipsep.stem_files import output_files, separate_to_files
 
 if TYPE_CHECKING:
@@ -45,6 +50,7 @@ __all__ = [
     "discover",
     "plan",
     "process_file",
+    "run_jobs",
     "internal_error",
     "ERROR_LOG",
 ]
@@ -89,8 +95,12 @@ class SeparatorSpec:
 @dataclass(frozen=True)
 class OutputOptions:
     """How outputs are written (``format``: wav or flac; ``bit_depth``: 16, 24 or 32f;
-    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`; ``error_log``: where the
-    tracebacks of internal errors go; ``provenance``: the run's part of ``separation.json``
+    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`; ``overwrite``: redo finished
+    inputs and replace existing files; ``claim_timeout``: seconds after which a claim
+    that is not renewed is taken over; ``started``: when the run started (``time.time()``;
+    None: when :func:`run_jobs` starts), failures recorded before it are retried;
+    ``error_log``: where the tracebacks of internal
+    errors go; ``provenance``: the run's part of ``separation.json``
     (:func:`clipsep.separation_record.run_record`), written beside each input's stems; None
     writes none)."""
 
@@ -101,6 +111,8 @@ class OutputOptions:
     noise: bool = False
     mono: bool = False
     overwrite: bool = False
+    claim_timeout: float = STALE_SECONDS
+    started: float | None = None
     error_log: Path | None = None
     provenance: dict | None = field(default=None, compare=False)
 
@@ -112,14 +124,25 @@ class FileJob:
     source: Path
     outputs: dict[str, Path]
 
+    @property
+    def folder(self) -> Path:
+        """The folder of the input's outputs (``OUT/<input name>``)."""
+        return next(iter(self.outputs.values())).parent
+
+    def finished(self) -> bool:
+        """All outputs and ``separation.json`` are there (written last, so the input is done)."""
+        return (self.folder / RECORD_NAME).is_file() and all(path.is_file() for path in self.outputs.values())
+
 
 @dataclass
 class FileResult:
-    """What became of one input: the files written, or why it failed."""
+    """What became of one input: the files written, or why it failed; ``skipped``: it was
+    finished by an earlier run."""
 
     source: Path
     written: list[Path] = field(default_factory=list)
     error: str | None = None
+    skipped: bool = False
 
 
 def discover(specs: list[str], exclude: Path | None = None) -> tuple[list[Path], list[FileResult]]:
@@ -227,3 +250,54 @@ def internal_error(error: Exception, source: Path, log: Path | None) -> str:
     except OSError as write_error:
         return f"{reason}; its traceback could not be written to {log} ({write_error.strerror})."
     return f"{reason}; traceback in {log}."
+
+
+def run_jobs(
+    jobs: list[FileJob],
+    separator: Separator,
+    embeddings: torch.Tensor,
+    options: OutputOptions,
+    report: Callable[[str, int, object], None],
+) -> None:
+    """Go through ``jobs`` as one process of a run: skip finished inputs (unless
+    ``options.overwrite``), claim each other one, separate it and release the claim.
+
+    Args:
+        jobs: the planned files, the same list in every process of the run.
+        separator: this process's separator.
+        embeddings: ``[K, D]`` query embeddings.
+        options: output options.
+        report: called as ``report(kind, index, payload)`` with ``index`` into ``jobs``:
+            ``("skip", i, "finished" | "elsewhere")``, ``("start", i, None)``,
+            ``("progress", i, seconds)`` and ``("done", i, FileResult)``.
+    """
+    started = options.started if options.started is not None else time.time()
+    for index, job in enumerate(jobs):
+        if not options.overwrite and job.finished():
+            report("skip", index, "finished")
+            continue
+        held = claim(job.folder.parent, job.folder.name, started, options.claim_timeout)
+        if held is None:
+            report("skip", index, "elsewhere")
+            continue
+        job_options = options
+        if held.taken_over:  # an interrupted holder may have left stems and temporary files
+            for spool in job.folder.glob(f".*{SPOOL_SUFFIX}"):
+                spool.unlink(missing_ok=True)
+            job_options = replace(options, overwrite=True)
+        report("start", index, None)
+
+        def progress(seconds: float, index: int = index) -> None:
+            held.refresh()
+            report("progress", index, seconds)
+
+        try:
+            result = process_file(job, separator, embeddings, job_options, progress)
+        except BaseException:  # Ctrl-C or SIGTERM: a rerun takes the input again
+            held.release()
+            raise
+        if result.error:
+            held.fail(result.error)
+        else:
+            held.release()
+        report("done", index, result)
