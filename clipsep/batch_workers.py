@@ -73,8 +73,9 @@ def launcher_process(environ: dict[str, str] | None = None) -> LauncherProcess:
 
 
 def worker_devices(device: str, count: int, local_rank: int = 0) -> list[str]:
-    """The device of each of ``count`` workers (``device``: ``cpu`` or ``cuda``); under a
-    launcher, one process's CUDA device is ``cuda:<local rank>``.
+    """The device of each of ``count`` workers (``device``: ``cpu`` or ``cuda``). A
+    launcher's process (``local_rank``, with ``count`` 1) takes ``cuda:<local rank>``, or
+    ``cuda:<local rank mod devices seen>`` when it sees fewer (``--gpus-per-task 1``).
 
     Raises:
         UsageError: ``count`` below 1, or more than the CUDA devices available.
@@ -83,9 +84,11 @@ def worker_devices(device: str, count: int, local_rank: int = 0) -> list[str]:
         raise UsageError(f"--devices must be at least 1, got {count}.")
     if device.startswith("cuda") and (count > 1 or local_rank > 0):
         available = torch.cuda.device_count()
-        if local_rank + count > available:
+        if count > available:
             raise UsageError(f"--devices {count}: only {available} CUDA device(s) are available.")
-        return [f"cuda:{local_rank + index}" for index in range(count)]
+        if count == 1:
+            return [f"cuda:{local_rank % available}"]
+        return [f"cuda:{index}" for index in range(count)]
     return [device] * count
 
 
