@@ -268,13 +268,15 @@ def run_jobs(
         embeddings: ``[K, D]`` query embeddings.
         options: output options.
         report: called as ``report(kind, index, payload)`` with ``index`` into ``jobs``:
-            ``("skip", i, "finished" | "elsewhere")``, ``("start", i, None)``,
+            ``("skip", i, "finished" | "elsewhere")`` (finished by an earlier run; taken
+            by another process of this run), ``("start", i, None)``,
             ``("progress", i, seconds)`` and ``("done", i, FileResult)``.
     """
     started = options.started if options.started is not None else time.time()
     for index, job in enumerate(jobs):
-        if not options.overwrite and job.finished():
-            report("skip", index, "finished")
+        if not options.overwrite and job.finished():  # by an earlier run, or by another process of this one
+            earlier = (job.folder / RECORD_NAME).stat().st_mtime < started
+            report("skip", index, "finished" if earlier else "elsewhere")
             continue
         held = claim(job.folder.parent, job.folder.name, started, options.claim_timeout)
         if held is None:

@@ -128,7 +128,7 @@ class Tally:
         elif kind == "done":
             self.results[index] = payload
             self._advance(index, self.durations[index])
-        elif kind == "skip" and payload == "finished":
+        elif kind == "skip" and payload == "finished" and index not in self.results:
             self.results[index] = FileResult(self.jobs[index].source, skipped=True)
             self._advance(index, self.durations[index])
 
@@ -207,13 +207,14 @@ def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.
     for worker in workers:
         worker.start()
     current: dict[int, int] = {}  # worker -> file it works on
+    elsewhere: set[int] = set()  # files a worker saw taken (by a sibling, or another process of the run)
     reasons: list[str] = []
     try:
         while True:
             try:
                 kind, index, payload = events.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                if _check_workers(workers, devices, jobs, current, reasons, tally):
+                if _check_workers(workers, devices, jobs, current, reasons, elsewhere, tally):
                     break
                 continue
             if kind == "fatal":
@@ -222,6 +223,8 @@ def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.
             task, value = payload
             if kind == "start":
                 current[index] = task
+            elif kind == "skip" and value == "elsewhere":
+                elsewhere.add(task)
             elif kind == "done":
                 current.pop(index, None)
             tally(kind, task, value)
@@ -236,10 +239,11 @@ def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.
                 worker.terminate()
 
 
-def _check_workers(workers, devices, jobs, current, reasons, tally) -> bool:
+def _check_workers(workers, devices, jobs, current, reasons, elsewhere, tally) -> bool:
     """After a quiet spell: fail the file of each worker that died; once no worker is
-    alive (all their messages read by then), fail every file no process took if no worker
-    could start, and say that all is done (True)."""
+    alive (all their messages read by then), fail every file that no worker took and none
+    saw taken by another process of the run (the workers could not start or died), and
+    say that all is done (True)."""
     for index, worker in enumerate(workers):
         if not worker.is_alive() and index in current:
             task = current.pop(index)
@@ -247,8 +251,9 @@ def _check_workers(workers, devices, jobs, current, reasons, tally) -> bool:
                                                                    f"(exit code {worker.exitcode}) while on this file."))
     if any(worker.is_alive() for worker in workers):
         return False
-    if len(reasons) == len(workers):
-        for task in range(len(jobs)):
-            if task not in tally.results:
-                tally("done", task, FileResult(jobs[task].source, error="; ".join(reasons)))
+    reason = "; ".join(reasons) or "the worker processes ended (exit codes " + ", ".join(
+        str(worker.exitcode) for worker in workers) + ") before taking this file."
+    for task in range(len(jobs)):
+        if task not in tally.results and task not in elsewhere:
+            tally("done", task, FileResult(jobs[task].source, error=reason))
     return True
