@@ -35,7 +35,7 @@ from clipcore.audio import AUDIO_EXTENSIONS
 from clipcore.audio_blocks import SPOOL_SUFFIX
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.naming import safe_filename, unique_names
-from clipsep.claims import STALE_SECONDS, claim
+from clipsep.claims import STALE_SECONDS, claim, tidy
 from clipsep.separation_record import RECORD_NAME, write_record
 from clipsep.stem_files import output_files, separate_to_files
 
@@ -303,3 +303,5 @@ def run_jobs(
         else:
             held.release()
         report("done", index, result)
+    for folder in {job.folder.parent for job in jobs}:
+        tidy(folder)

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CLAIMS_DIR", "STALE_SECONDS", "Claim", "claim"]
+__all__ = ["CLAIMS_DIR", "STALE_SECONDS", "Claim", "claim", "tidy"]
 
 CLAIMS_DIR = ".claims"
 STALE_SECONDS = 900.0
@@ -127,11 +127,13 @@ def claim(folder: Path, name: str, run_started: float, stale_after: float = STAL
         The claim, or None if another process holds it (or it failed in this run).
     """
     marker = folder / CLAIMS_DIR / f"{name}.claim"
-    marker.parent.mkdir(parents=True, exist_ok=True)
     taken_over = False
-    for _ in range(2):
+    for _ in range(3):
         try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
             handle = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileNotFoundError:  # another process removed the empty folder meanwhile
+            continue
         except FileExistsError:
             holder = _holder(marker)
             if holder is None:  # released meanwhile: try again
@@ -163,3 +165,11 @@ def _take_over(marker: Path, holder: dict) -> bool:
         return False
     aside.unlink(missing_ok=True)
     return True
+
+
+def tidy(folder: Path) -> None:
+    """Remove the claims folder of ``folder`` if it is empty (no claim held or failed)."""
+    try:
+        (folder / CLAIMS_DIR).rmdir()
+    except OSError:
+        pass
