@@ -139,3 +139,25 @@ def test_a_killed_run_resumes_without_redoing_finished_files(checkpoint, tmp_pat
         assert sorted(p.name for p in (out / name).iterdir()) == ["separation.json", "violin.wav"]  # no .part left
     assert sf.info(out / "take2" / "violin.wav").frames == 600 * 16000
     assert not (out / CLAIMS_DIR).exists()  # every claim released, their folder removed
+
+
+@pytest.mark.slow
+def test_sigterm_removes_temporary_files_and_releases_the_claim(checkpoint, tmp_path):
+    # What srun and torchrun send on preemption or scancel.
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    _inputs(inputs, [600])
+    process = subprocess.Popen(_command(checkpoint, out, inputs), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=_env(RANK="0", WORLD_SIZE="1"))
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / "take0").is_dir() and any(p.name.endswith(".part") for p in (out / "take0").iterdir())):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode not in (0, None) and "Traceback" not in err and "interrupted" in err
+    assert list((out / "take0").iterdir()) == []  # no stem, no temporary file
+    assert not (out / CLAIMS_DIR / "take0.claim").exists()
