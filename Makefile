@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # imported for live playback), which has no Linux wheel and does not build without PortAudio.
 NO_DEPS := tinysoundfont==0.3.7
 
-.PHONY: test test-fast demo install clean
+.PHONY: test test-fast typecheck demo install clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ test: $(STAMP)
 # The inner loop: every test but those marked slow (CI runs `make test`, all of them).
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not slow"
+
+# mypy on the public inference APIs (the files and settings are in pyproject.toml, [tool.mypy]).
+typecheck: $(STAMP)
+	$(VENV)/bin/python -m mypy
 
 # The quick start: toy videos -> shards -> CLIPSep, prior, CLIPSonic -> report (runs/quickstart/).
 demo: $(STAMP)

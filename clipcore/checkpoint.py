@@ -23,7 +23,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, overload
 
 import torch
 from safetensors import SafetensorError
@@ -146,7 +146,7 @@ class Pretrained:
                 {name: _to_json(value, f"{cls.__name__}.{name}") for name, value in recorded.items()},
             )
 
-        cls.__init__ = __init__
+        cls.__init__ = __init__  # type: ignore[method-assign]  # the recording wrapper
 
     def save_pretrained(self, directory: str | os.PathLike, provenance: dict | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically).
@@ -195,6 +195,7 @@ class Pretrained:
         arguments = {name: value for name, value in config["arguments"].items() if name not in cls.RETIRED_ARGUMENTS}
         model = cls(**{cls.RENAMED_ARGUMENTS.get(name, name): value for name, value in arguments.items()})
         model.provenance = config.get("provenance") or None
+        assert isinstance(model, torch.nn.Module), "Pretrained is a mixin for nn.Module"
         _load_weights(model, directory, map_location)
         return model
 
@@ -234,6 +235,16 @@ def _load_weights(model: torch.nn.Module, directory: Path, map_location) -> None
     except RuntimeError as error:
         reason = " ".join(str(error).split())[:300]
         raise CheckpointError(f"{path}: does not fit {type(model).__name__} ({reason}).") from None
+
+
+@overload
+def load_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    expected: None = None) -> Pretrained: ...
+
+
+@overload
+def load_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    expected: type[T]) -> T: ...
 
 
 def load_pretrained(

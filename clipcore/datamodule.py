@@ -18,10 +18,25 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from clipcore.errors import ClipAudioError
 from clipcore.shard_stream import ShardStream
 from clipcore.shards import ShardError
 
 __all__ = ["ShardDataModule"]
+
+
+def _worker_reason(error: Exception) -> str:
+    """The one-sentence message of an error a ``DataLoader`` worker raised.
+
+    Torch re-raises it in the main process with the worker's traceback as its message
+    (``Caught ShardError in DataLoader worker process 0.`` ... ``clipcore.shards.ShardError:
+    <message>``); this is the ``<message>`` (an error from the main process is returned as is).
+    """
+    message = str(error)
+    if not message.startswith(f"Caught {type(error).__name__} in DataLoader worker"):
+        return message
+    _, _, reason = message.rpartition(f"{type(error).__module__}.{type(error).__qualname__}: ")
+    return reason.strip()
 
 
 class _EpochLoader(DataLoader):
@@ -44,9 +59,12 @@ class _EpochLoader(DataLoader):
         return self._count(super().__iter__())
 
     def _count(self, batches):
-        for batch in batches:
-            self._taken += 1
-            yield batch
+        try:
+            for batch in batches:
+                self._taken += 1
+                yield batch
+        except ClipAudioError as error:  # from a loader worker, torch puts the worker's traceback in the message
+            raise type(error)(_worker_reason(error)) from None
 
     def state_dict(self) -> dict[str, int]:
         """``{"epoch": current epoch, "batches": batches taken from it so far}``."""

@@ -22,7 +22,7 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Write a file atomically.
 
     ``write(tmp_path)`` fills a temporary file in the target folder, which is then renamed

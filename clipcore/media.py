@@ -1,4 +1,5 @@
-"""Spectrogram images and audio for the training logger, shared by the training systems.
+"""Images (figures from :mod:`clipcore.plots`) and audio for the training logger, shared by
+the training systems.
 
 TensorBoard-style loggers get ``add_image`` / ``add_audio``, W&B gets ``log_image`` /
 ``log_audio``; loggers without media support (CSV) get PNG and WAV files under
@@ -14,17 +15,11 @@ import torch
 from PIL import Image
 
 from clipcore.audio import save_audio
+from clipcore.files import atomic_write
 from clipcore.naming import slugify
 from clipcore.training import log_dir
 
-__all__ = ["scaled_image", "log_media"]
-
-
-def scaled_image(values: torch.Tensor, low: float, high: float) -> np.ndarray:
-    """``[F, T]`` values -> ``[F, T]`` uint8 grey image, ``low`` black and ``high`` white,
-    low frequencies (row 0) at the bottom."""
-    scaled = ((values.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
-    return (scaled.flip(0).numpy() * 255).astype(np.uint8)
+__all__ = ["log_media"]
 
 
 def log_media(
@@ -36,7 +31,7 @@ def log_media(
     sample_rate: int,
     caption: str | None = None,
 ) -> None:
-    """Log named grey images (``[H, W]`` uint8) and named waveforms (``[S]``) of one example.
+    """Log named RGB images (``[H, W, 3]`` uint8) and named waveforms (``[S]``) of one example.
 
     Args:
         trainer: the Lightning trainer whose loggers receive the media.
@@ -54,7 +49,7 @@ def log_media(
         experiment = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_audio") and hasattr(experiment, "add_image"):
             for name, image in images.items():
-                experiment.add_image(f"{tag}/{name}", image[None], step, dataformats="CHW")
+                experiment.add_image(f"{tag}/{name}", image, step, dataformats="HWC")
             for name, wave in waves.items():
                 experiment.add_audio(f"{tag}/{name}", wave[None], step, sample_rate=sample_rate)
         elif hasattr(logger, "log_image") and hasattr(logger, "log_audio"):
@@ -68,6 +63,6 @@ def log_media(
             root.mkdir(parents=True, exist_ok=True)
             stem = f"{tag.replace('/', '-')}-step{step:07d}" + (f"-{slugify(caption)}" if caption else "")
             for name, image in images.items():
-                Image.fromarray(image).save(root / f"{stem}-{name}.png")
+                atomic_write(root / f"{stem}-{name}.png", lambda tmp, image=image: Image.fromarray(image).save(tmp, "PNG"))
             for name, wave in waves.items():
                 save_audio(root / f"{stem}-{name}.wav", wave[None], sample_rate)

@@ -89,7 +89,7 @@ def mean_embedding(embeddings: torch.Tensor, dim: int = -2) -> torch.Tensor:
     return F.normalize(embeddings.mean(dim=dim), dim=-1)
 
 
-def _build_clip(model_config: dict[str, Any]) -> nn.Module:
+def _build_clip(model_config: dict[str, Any]) -> open_clip.CLIP | open_clip.CustomTextCLIP | open_clip.CoCa:
     """Instantiate the open_clip model class a config describes, with random weights."""
     config = json.loads(json.dumps(model_config))  # deep copy
     config.pop("preprocess_cfg", None)
@@ -124,6 +124,8 @@ class QueryEncoder(Pretrained, nn.Module):
 
     RETIRED_ARGUMENTS = frozenset({"seed"})
     PRESETS = {"tiny": {"name": "clip-tiny"}}  # a real CLIP comes by name through load()
+    pixel_mean: torch.Tensor  # buffers [1, 3, 1, 1]
+    pixel_std: torch.Tensor
 
     def __init__(
         self,
@@ -213,7 +215,8 @@ class QueryEncoder(Pretrained, nn.Module):
             if not Path(weights).is_file():
                 raise QueryEncoderError(f"{weights}: no such open_clip weights file.")
             if "/" in arch and not arch.endswith(".json"):
-                encoder = cls._from_tag(*arch.split("/", 1), name, cache_dir, weights=weights)
+                arch, tag = arch.split("/", 1)
+                encoder = cls._from_tag(arch, tag, name, cache_dir, weights=weights)
             else:
                 encoder = cls._from_weights(arch, weights, name)
         else:
@@ -434,7 +437,7 @@ _NETWORK_ERRORS = ("ConnectionError", "Timeout", "URLError", "gaierror", "Offlin
                    "LocalEntryNotFoundError", "MaxRetryError", "NewConnectionError")
 
 
-def _is_network_failure(error: BaseException) -> bool:
+def _is_network_failure(error: BaseException | None) -> bool:
     """Whether ``error`` (or an error it was raised from) is a failure to reach the network."""
     seen = set()
     while error is not None and id(error) not in seen:

@@ -71,6 +71,8 @@ class SeparatorSpec:
         batch_size: segments per network pass.
         binary: binary masks instead of soft masks.
         templates: text prompt templates with ``{}``, or None for the default.
+        prior: a diffusion prior folder that maps text queries to image embeddings, or None.
+        prior_seed: seed of the prior's sampling.
     """
 
     checkpoint: str
@@ -80,6 +82,8 @@ class SeparatorSpec:
     batch_size: int = 4
     binary: bool = False
     templates: tuple[str, ...] | None = None
+    prior: str | None = None
+    prior_seed: int = 0
 
     def load(self, device: str) -> "Separator":
         """The separator this spec describes, on ``device``."""
@@ -88,7 +92,8 @@ class SeparatorSpec:
         return Separator.load(
             self.checkpoint, self.query_encoder, device=device, segment=self.segment, overlap=self.overlap,
             batch_size=self.batch_size, binary=self.binary,
-            templates=list(self.templates) if self.templates is not None else None,
+            templates=list(self.templates) if self.templates is not None else None, prior=self.prior,
+            prior_seed=self.prior_seed,
         )
 
 

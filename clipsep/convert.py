@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import pickle
 import re
 from pathlib import Path
@@ -114,7 +115,7 @@ def from_official(state_dict: dict[str, torch.Tensor]) -> CLIPSep:
     return model.eval()
 
 
-def load_official(path: str | Path) -> dict[str, torch.Tensor]:
+def load_official(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read an official checkpoint file safely (``torch.load(weights_only=True)``).
 
     A dict that wraps the weights under ``state_dict`` or ``model`` is unwrapped.

@@ -113,10 +113,16 @@ def separation_scores(target, interference, estimate, mixture) -> dict[str, np.n
 
 
 def summarize(values) -> dict[str, float | int]:
-    """Mean, standard error of the mean, median and count of the finite values."""
+    """Mean, standard error of the mean, 95% interval of the mean (Student's t: ``low``,
+    ``high``), median and count of the finite values."""
+    from scipy.stats import t
+
     x = _array(values).ravel()
     x = x[np.isfinite(x)]
     if len(x) == 0:
-        return {"mean": math.nan, "sem": math.nan, "median": math.nan, "count": 0}
+        return {"mean": math.nan, "sem": math.nan, "low": math.nan, "high": math.nan, "median": math.nan, "count": 0}
+    mean = float(x.mean())
     sem = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
-    return {"mean": float(x.mean()), "sem": sem, "median": float(np.median(x)), "count": int(len(x))}
+    half = float(t.ppf(0.975, len(x) - 1) * sem) if len(x) > 1 else math.nan
+    return {"mean": mean, "sem": sem, "low": mean - half, "high": mean + half, "median": float(np.median(x)),
+            "count": int(len(x))}

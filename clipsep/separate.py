@@ -38,6 +38,14 @@ spec such as ``ViT-B-32/openai`` or ``ViT-B-32=/path/weights.bin``); otherwise t
 :meth:`Separator.save_pretrained` writes); otherwise the spec recorded in the model's
 provenance (``clipsep convert`` records ``ViT-B-32/openai``).
 
+Text through the diffusion prior (``prior``): CLIPSep learns from image embeddings only,
+and CLIP's text embeddings lie apart from them (the modality gap), so a text query is an
+input the network never saw. With a prior (CLIPSonic's text-to-image-embedding model,
+:class:`clipcore.prior.DiffusionPrior`) each text query is first mapped to an image
+embedding, as CLIPSonic's "pd" mode does; query ``k`` samples from its own noise stream,
+seeded by ``prior_seed``, so its embedding does not depend on the other queries. Image
+queries are unchanged.
+
 Query scale: this project trains on unit-norm CLIP embeddings; the official release was
 trained on raw CLIP outputs, so a model converted from it (``from_official``, or a
 folder whose provenance says ``query_normalization: none``) is fed raw embeddings.
@@ -48,7 +56,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
 
 import torch
 
@@ -62,6 +70,11 @@ from clipsep.model import CLIPSep
 from clipsep.stem_files import BLOCK_SECONDS, output_files, query_keys, separate_to_files, stem_names
 from clipsep.streaming import OverlapAdd, crossfade_window, segment_starts, stream_separation
 
+if TYPE_CHECKING:
+    import PIL.Image
+
+    from clipcore.prior import DiffusionPrior
+
 __all__ = [
     "Separator",
     "Separation",
@@ -70,7 +83,7 @@ __all__ = [
     "segment_starts",
 ]
 
-Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]  # noqa: F821
+Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]
 
 
 class QueryError(ClipAudioError):
@@ -113,6 +126,9 @@ class Separator:
             training) or raw ones (the official release; a template ensemble then averages
             raw embeddings, as the official evaluation does). Default: raw when the model's
             provenance says ``query_normalization: none`` (set by ``clipsep convert``).
+        prior: a :class:`clipcore.prior.DiffusionPrior` (or its folder) that maps text
+            queries to image embeddings first; None: text embeddings as they are.
+        prior_seed: seed of the prior's sampling (each text query gets its own stream).
     """
 
     def __init__(
@@ -126,6 +142,8 @@ class Separator:
         binary: bool = False,
         templates: str | Sequence[str] | None = None,
         normalize_queries: bool | None = None,
+        prior: DiffusionPrior | str | os.PathLike | None = None,
+        prior_seed: int = 0,
     ):
         if query_encoder.embed_dim != model.query_dim:
             raise CheckpointError(
@@ -156,6 +174,11 @@ class Separator:
         if normalize_queries is None:
             normalize_queries = (model.provenance or {}).get("query_normalization") != "none"
         self.normalize_queries = normalize_queries
+        self.prior = None if prior is None else _load_prior(prior, model.query_dim, self.device)
+        if self.prior is not None and not normalize_queries:
+            raise QueryError("a diffusion prior gives unit-norm CLIP embeddings, but this model reads raw ones "
+                             "(an official checkpoint); use the prior with a model trained on unit-norm queries.")
+        self.prior_seed = prior_seed
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -175,11 +198,12 @@ class Separator:
         """
         directory = Path(directory)
         model = load_pretrained(directory, map_location="cpu", expected=CLIPSep)
+        recorded = (model.provenance or {}).get("query_encoder")
         if query_encoder is None:
             if (directory / QUERY_ENCODER_DIR).is_dir():
                 query_encoder = directory / QUERY_ENCODER_DIR
-            elif (model.provenance or {}).get("query_encoder"):
-                query_encoder = model.provenance["query_encoder"]
+            elif recorded:
+                query_encoder = recorded
             else:
                 raise CheckpointError(
                     f"{directory}: has no {QUERY_ENCODER_DIR}/ folder and names no query encoder; "
@@ -257,7 +281,10 @@ class Separator:
             return queries.to(self.device, torch.float32)
         if isinstance(queries, (str, os.PathLike)) or not len(queries):
             raise QueryError("give a list of one or more queries.")
-        texts, images, rows = [], [], []
+        texts: list[str] = []
+        images: list = []  # PIL images
+        tensors: list[torch.Tensor] = []
+        rows: list[tuple[str, int]] = []  # (kind, index among the queries of that kind)
         for query in queries:
             if isinstance(query, str):
                 if not query.strip():
@@ -265,23 +292,24 @@ class Separator:
                 rows.append(("text", len(texts)))
                 texts.append(query.strip())
             elif isinstance(query, torch.Tensor):
-                rows.append(("tensor", query))
+                rows.append(("tensor", len(tensors)))
+                tensors.append(query)
             else:
                 rows.append(("image", len(images)))
                 images.append(load_image(query) if isinstance(query, os.PathLike) else query)
-        text_emb = self.embed_text(texts) if texts else None
-        image_emb = self.embed_images(images) if images else None
-        out = []
-        for kind, item in rows:
-            if kind == "tensor":
-                out.append(self.encode_queries(item.reshape(1, -1))[0])
-            else:
-                out.append((text_emb if kind == "text" else image_emb)[item])
-        return torch.stack(out).to(self.device, torch.float32)
+        embedded: dict[str, torch.Tensor] = {}
+        if texts:
+            embedded["text"] = self.embed_text(texts)
+        if images:
+            embedded["image"] = self.embed_images(images)
+        if tensors:
+            embedded["tensor"] = torch.cat([self.encode_queries(tensor.reshape(1, -1)) for tensor in tensors])
+        return torch.stack([embedded[kind][index] for kind, index in rows]).to(self.device, torch.float32)
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
-        """Text queries at the scale the model reads (see ``normalize_queries``).
+        """Text queries at the scale the model reads (see ``normalize_queries``), through
+        the diffusion prior when the separator has one.
 
         Args:
             texts: K query texts.
@@ -294,7 +322,11 @@ class Separator:
         encoder = self.query_encoder
         templates = self.templates if templates is None else [templates] if isinstance(templates, str) else list(templates)
         if self.normalize_queries:
-            return encoder.encode_text(list(texts), templates=templates)
+            embeddings = encoder.encode_text(list(texts), templates=templates)
+            if self.prior is None:
+                return embeddings
+            generators = [torch.Generator(self.device).manual_seed(self.prior_seed) for _ in texts]
+            return self.prior.sample(embeddings.to(self.device), generator=generators)
         raw = [encoder.model.encode_text(encoder.tokenize([t.format(x) for x in texts])).float() for t in templates]
         return torch.stack(raw).mean(0)
 
@@ -345,7 +377,9 @@ class Separator:
 
         Raises:
             AudioError: an empty or non-finite waveform. QueryError: bad queries.
+            ClipAudioError: ``noise=True`` with a model that has no noise heads.
         """
+        num_noise = self._noise_heads(noise)
         if wave.dim() == 1:
             wave = wave[None]
         if wave.dim() != 2 or wave.shape[-1] == 0:
@@ -357,7 +391,7 @@ class Separator:
             mixture = mixture.mean(0, keepdim=True)
         embeddings = self.encode_queries(queries)
         num_queries = len(embeddings)
-        outputs = torch.empty(num_queries + (self.model.num_noise_heads if noise else 0), *mixture.shape)
+        outputs = torch.empty(num_queries + num_noise, *mixture.shape)
         done = 0
         for mix, separated in self.stream([mixture], sample_rate, embeddings, noise=noise):
             outputs[..., done:done + mix.shape[-1]] = separated
@@ -395,9 +429,10 @@ class Separator:
 
         Raises:
             AudioError: an empty, misshapen or non-finite block. QueryError: bad queries.
+            ClipAudioError: ``noise=True`` with a model that has no noise heads.
         """
+        num_noise = self._noise_heads(noise)
         embeddings = self.encode_queries(queries)
-        num_noise = self.model.num_noise_heads if noise else 0
 
         def segments(batch: torch.Tensor) -> torch.Tensor:
             return self._separate_segments(batch.to(self.device), embeddings, num_noise)
@@ -456,6 +491,13 @@ class Separator:
                           progress=progress)
         return outputs
 
+    def _noise_heads(self, noise: bool) -> int:
+        """The noise stems to return (M): the model's noise heads with ``noise``, else 0."""
+        if noise and self.model.num_noise_heads == 0:
+            raise ClipAudioError("noise=True: the separation model has no noise heads (it was trained without "
+                                 "noise-invariant training), so it has no noise stems to return.")
+        return self.model.num_noise_heads if noise else 0
+
     def _separate_segments(self, batch: torch.Tensor, embeddings: torch.Tensor, num_noise: int) -> torch.Tensor:
         """``[B, C, L]`` segments -> ``[B, K + M, C, L]`` separated segments."""
         cfg = self.model.stft
@@ -482,6 +524,17 @@ def _checked(blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
             raise AudioError("the mixture contains non-finite samples (NaN or infinity).")
         channels = block.shape[0]
         yield block.detach().to("cpu", torch.float32)
+
+
+def _load_prior(prior: DiffusionPrior | str | os.PathLike, embed_dim: int, device: torch.device) -> DiffusionPrior:
+    from clipcore.prior import DiffusionPrior
+
+    if not isinstance(prior, DiffusionPrior):
+        return DiffusionPrior.load(prior, embed_dim=embed_dim, map_location=device).eval()
+    if prior.embed_dim != embed_dim:
+        raise CheckpointError(f"the diffusion prior gives {prior.embed_dim}-d embeddings but the separation model "
+                              f"expects {embed_dim}-d queries.")
+    return prior.to(device).eval()
 
 
 def _load_encoder(spec: QueryEncoder | str | os.PathLike) -> QueryEncoder:

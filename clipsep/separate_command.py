@@ -77,7 +77,7 @@ def _separator_spec(args: argparse.Namespace) -> SeparatorSpec:
     """The separator the arguments describe (picklable: each worker loads its own)."""
     templates = tuple(args.template) if args.template is not None else None
     return SeparatorSpec(args.checkpoint, args.query_encoder, args.segment, args.overlap, args.batch_size,
-                         args.binary, templates)
+                         args.binary, templates, args.prior, args.prior_seed)
 
 
 def _check_values(args: argparse.Namespace) -> None:
@@ -125,7 +125,9 @@ def run_separate(args: argparse.Namespace) -> int:
         raise UsageError(f"--noise-stems: the model of {args.checkpoint} has no noise heads "
                          "(it was trained without noise-invariant training).")
     settings = {"overlap": spec.overlap, "mono": options.mono, "batch_size": spec.batch_size,
-                "format": options.format, "bit_depth": options.bit_depth, "clip_mode": options.clip}
+                "format": options.format, "bit_depth": options.bit_depth, "clip_mode": options.clip,
+                "prior": None if spec.prior is None else {"path": str(Path(spec.prior).resolve()),
+                                                          "seed": spec.prior_seed}}
     options = replace(options, provenance=run_record(queries, separator, spec.checkpoint, settings))
     jobs = plan(sources, out, stem_names(queries, heads), options, heads)
     durations = [_duration(job.source) for job in jobs]
@@ -211,6 +213,10 @@ def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:
                                                            "separated with the same masks)")
     parser.add_argument("--template", action="append", default=None, metavar="TEMPLATE",
                         help='text prompt template with {} (default "a photo of {}"; repeat to average several)')
+    parser.add_argument("--prior", default=None, metavar="DIR",
+                        help="a diffusion prior folder (recipes/train_prior.py): text queries are first mapped to "
+                             "CLIP image embeddings, the kind CLIPSep was trained on (default: none)")
+    parser.add_argument("--prior-seed", type=int, default=0, help="seed of the prior's sampling (default: 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="worker processes sharing the files: one per GPU (cuda:0 to cuda:N-1) on CUDA, "

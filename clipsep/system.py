@@ -22,20 +22,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
-from clipcore.media import log_media, scaled_image
-from clipcore.spectral import istft, stft, unwarp_to_linear
+from clipcore.media import log_media
+from clipcore.plots import figure_pixels, linear_bins, spectrogram_figure
+from clipcore.spectral import STFTConfig, istft, stft, unwarp_to_linear
 from clipcore.training import ExportPretrained, export_pretrained
 from clipsep.losses import mask_loss, noise_activation_penalty, noise_invariant_loss, separation_targets
 from clipsep.metrics import separation_scores
 from clipsep.model import CLIPSep
 
-__all__ = ["CLIPSepSystem", "lr_multiplier", "spectrogram_image"]
+__all__ = ["CLIPSepSystem", "lr_multiplier", "validation_figure"]
 
 
 def lr_multiplier(step: int, warmup_steps: int, decay_steps: int, decay_multiplier: float) -> float:
@@ -217,11 +217,11 @@ class CLIPSepSystem(LightningModule):
     @torch.no_grad()
     def _log_examples(self, batch, estimates: torch.Tensor) -> None:
         count = min(self.hparams.val_examples, len(batch))
-        cfg = self.model.stft
         for i in range(count):
             label = (batch.labels[i][0] or "source0") if batch.labels else "source0"
-            waves = {"mixture": batch.mixture[i], "target": batch.sources[i, 0], "estimate": estimates[i, 0]}
-            image = np.concatenate([spectrogram_image(stft(w.float(), cfg).abs()) for w in waves.values()], axis=0)
+            waves = {"mixture": batch.mixture[i], "estimate": estimates[i, 0], "target": batch.sources[i, 0]}
+            title = f"validation example {i}, query: {label}, step {self.global_step}"
+            image = figure_pixels(validation_figure(waves, self.model.stft, self.model.sample_rate, title))
             log_media(self.trainer, f"val/example{i}", self.global_step, {"spectrograms": image}, waves,
                       self.model.sample_rate, caption=label)
 
@@ -236,9 +236,23 @@ class CLIPSepSystem(LightningModule):
         return export_pretrained(self, self.model, directory, {**facts, **(provenance or {})}, encoder)
 
 
-def spectrogram_image(magnitude: torch.Tensor, floor_db: float = -80.0) -> np.ndarray:
-    """``[F, T]`` magnitude -> ``[F, T]`` uint8 image (dB relative to the maximum, low
-    frequencies at the bottom)."""
-    db = 20 * torch.log10(magnitude.float().clamp_min(1e-8))
-    top = float(db.max())
-    return scaled_image(db, top + floor_db, top)
+def validation_figure(waves: dict[str, torch.Tensor], config: STFTConfig, sample_rate: int, title: str,
+                      floor_db: float = -80.0):
+    """Spectrograms of named waveforms side by side, in dB relative to the loudest bin of
+    them all (so that an estimate quieter than its mixture looks quieter).
+
+    Args:
+        waves: panel title (e.g. ``"mixture"``, ``"estimate"``, ``"target"``) -> ``[S]`` waveform.
+        config: the model's STFT settings.
+        sample_rate: of the waveforms.
+        title: above the figure.
+        floor_db: the bottom of the colour map, relative to the loudest bin.
+
+    Returns:
+        a :func:`clipcore.plots.spectrogram_figure` with one row of ``len(waves)`` panels.
+    """
+    db = {name: 20 * torch.log10(stft(w.detach().float().cpu(), config).abs().clamp_min(1e-8)) for name, w in waves.items()}
+    top = max(float(values.max()) for values in db.values())
+    panels = [(name, values - top) for name, values in db.items()]
+    return spectrogram_figure([panels], config.hop_length / sample_rate, linear_bins(config.n_freqs, sample_rate),
+                              (floor_db, 0.0), "dB (0 = loudest bin)", title=title)

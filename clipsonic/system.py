@@ -15,20 +15,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 
-from clipcore.media import log_media, scaled_image
+from clipcore.media import log_media
+from clipcore.plots import figure_pixels, mel_figure
 from clipcore.training import export_pretrained
 from clipsonic.generate import MEL_CEILING, sample_mels
 from clipsonic.model import PLACEHOLDER_MEL_MEAN, PLACEHOLDER_MEL_STD, CLIPSonic
 from clipsonic.vocoder import GriffinLim
 
-__all__ = ["CLIPSonicSystem", "mel_image"]
+__all__ = ["CLIPSonicSystem"]
 
 class CLIPSonicSystem(LightningModule):
     """Mel diffusion trained on (frame, audio) pairs of video clips.
@@ -230,10 +230,12 @@ class CLIPSonicSystem(LightningModule):
         )
         vocoder = GriffinLim(mel=self.model.init_args.get("mel")).to(self.device)
         audio = vocoder(fake)
-        images = [np.concatenate([mel_image(r), np.zeros((r.shape[0], 2), np.uint8), mel_image(f)], axis=1)
-                  for r, f in zip(real, fake)]
-        for i, (image, wave) in enumerate(zip(images, audio)):
+        for i, (r, f, wave) in enumerate(zip(real, fake, audio)):
             label = batch.labels[i][0] if batch.labels else None
+            title = f"validation example {i}" + (f" ({label})" if label else "") + f", step {self.global_step}"
+            panels = [[("real", r), ("generated (image query)", f)]]
+            scale = (math.log(vocoder.mel.config.log_floor), MEL_CEILING)  # fixed: figures of all steps compare
+            image = figure_pixels(mel_figure(panels, scale, vocoder.mel.config, title))
             log_media(self.trainer, f"val/generated{i}", self.global_step, {"real-vs-generated": image},
                       {"generated": wave}, vocoder.sample_rate, caption=label)
 
@@ -248,9 +250,3 @@ class CLIPSonicSystem(LightningModule):
         spec = self.hparams.query_encoder
         encoder = self.encoder if self.encoder is not None and spec is not None and Path(spec).is_dir() else None
         return export_pretrained(self, self.ema, directory, provenance, encoder)
-
-
-def mel_image(log_mel: torch.Tensor, floor: float = math.log(1e-5), ceiling: float = MEL_CEILING) -> np.ndarray:
-    """``[n_mels, T]`` log-mel -> ``[n_mels, T]`` uint8 image, low frequencies at the bottom,
-    on a fixed scale so that images of different steps compare."""
-    return scaled_image(log_mel, floor, ceiling)

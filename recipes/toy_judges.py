@@ -1,161 +1,26 @@
-"""How the quick start scores its outputs on held-out toy clips.
+"""The timbre judge of the miniature MUSIC world: which instrument does a clip sound like?
 
-- Separation: held-out clips of two different instruments are mixed (each at half
-  level) and written as WAV files; for each mixture and each instrument in it, the stems
-  that ``clipsep separate`` wrote for the text query ``"playing the <instrument>"`` and
-  for the image query (a held-out frame of that instrument) are scored by BSS-Eval SDR
-  improvement over the mixture (``clipsep.metrics.separation_scores``). Stems of queries
-  for instruments absent from a mixture should be near silence: their energy relative
-  to the mixture is reported too.
-- Generation: a small timbre classifier trained on real toy audio (cepstral statistics,
-  an ensemble of two-layer perceptrons; :class:`InstrumentClassifier`) names the
-  instrument of each clip ``clipsonic generate`` wrote; recognition is the fraction named
-  as the queried instrument. Its accuracy on real held-out audio is reported beside it.
+A small classifier (:class:`InstrumentClassifier`) trained on clean renders of the
+training split only (:func:`judge_from_renders`); the quick start and the experiments use
+it to name the instrument of generated clips (``recipes.miniature_eval``). Run as a
+script, it reports its accuracy on clean test renders and on test renders moved out of
+register::
+
+    python recipes/toy_judges.py --transpose 7
 """
 
 from __future__ import annotations
 
-import io
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
 from torch import nn
-from webdataset.tariterators import tarfile_samples
 
-from clipcore import synthetic
-from clipcore.audio import load_audio, save_audio
-from clipcore.shards import expand_shards
 from clipcore.spectral import MelConfig, MelSpectrogram
-from clipsep.metrics import separation_scores, summarize
 
-__all__ = ["Clip", "Queries", "read_clips", "write_queries", "evaluate_separation", "InstrumentClassifier",
-           "train_judge", "render_crops", "judge_from_renders", "proportion", "judge_report", "evaluate_generation"]
-
-TEXT_QUERY = "playing the {}"
-
-
-@dataclass
-class Clip:
-    """A clip read from shards: its label, mono audio ``[S]`` and middle frame (JPEG bytes)."""
-
-    key: str
-    label: str
-    audio: np.ndarray
-    sample_rate: int
-    frame_jpeg: bytes
-
-
-@dataclass
-class Queries:
-    """The held-out evaluation set as written to disk.
-
-    Attributes:
-        instruments: the instruments queried, in the toy world's order.
-        text: text query per instrument; images: query image file per instrument.
-        mixtures: ``(mixture file, [(label, source [S]) x 2])`` per mixture; the file holds
-            the sum of the two sources.
-        sample_rate: the rate of mixtures and sources.
-    """
-
-    instruments: list[str]
-    text: dict[str, str]
-    images: dict[str, Path]
-    mixtures: list[tuple[Path, list[tuple[str, np.ndarray]]]] = field(default_factory=list)
-    sample_rate: int = 16000
-
-
-def read_clips(shards: str) -> list[Clip]:
-    """Every labelled clip of the shards, ordered by key (the toy world's clip order)."""
-    clips = []
-    for sample in tarfile_samples([{"url": url} for url in expand_shards(shards)]):
-        meta = json.loads(sample["json"])
-        frames = sorted((k for k in sample if k.endswith(".jpg") and k[:-4].isdigit()), key=lambda k: int(k[:-4]))
-        audio, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
-        if meta.get("label") and frames:
-            clips.append(Clip(sample["__key__"], meta["label"], audio, rate, sample[frames[len(frames) // 2]]))
-    return sorted(clips, key=lambda clip: clip.key)
-
-
-def write_queries(clips: list[Clip], folder: Path) -> Queries:
-    """Write the query images and the mixtures of the evaluation set into ``folder``.
-
-    The first clip of each instrument gives its query image; the others, in a fixed
-    random order, are each paired with the next clip of another instrument to make mixtures.
-    """
-    instruments = [name for name in synthetic.INSTRUMENTS if any(c.label == name for c in clips)]
-    images, rest = {}, []
-    for clip in clips:
-        if clip.label not in images:
-            images[clip.label] = folder / "queries" / f"{clip.label}.jpg"
-            images[clip.label].parent.mkdir(parents=True, exist_ok=True)
-            images[clip.label].write_bytes(clip.frame_jpeg)
-        else:
-            rest.append(clip)
-    rest = [rest[i] for i in np.random.default_rng(0).permutation(len(rest))]
-    queries = Queries(instruments, {name: TEXT_QUERY.format(name) for name in instruments}, images,
-                      sample_rate=clips[0].sample_rate)
-    while len(rest) >= 2:
-        first = rest.pop(0)
-        partner = next((c for c in rest if c.label != first.label), None)
-        if partner is None:
-            break
-        rest.remove(partner)
-        length = min(len(first.audio), len(partner.audio))
-        sources = [(c.label, 0.5 * c.audio[:length]) for c in (first, partner)]
-        path = folder / "mixtures" / f"mix{len(queries.mixtures):03d}-{first.label}-{partner.label}.wav"
-        mixture = torch.from_numpy(sources[0][1] + sources[1][1])[None]
-        save_audio(path, mixture, queries.sample_rate, bit_depth="32f")
-        queries.mixtures.append((path, sources))
-    return queries
-
-
-def _stem(folder: Path, mixture: Path, name: str) -> np.ndarray:
-    wave, _ = load_audio(folder / mixture.stem / f"{name}.wav", mono=True)
-    return wave[0].numpy()
-
-
-def evaluate_separation(queries: Queries, separated: Path) -> dict:
-    """Score the stems ``clipsep separate`` wrote under ``separated`` (see the module doc)."""
-    from clipsep.stem_files import stem_names  # the CLI's own output names
-
-    kinds = [("text", queries.text[name]) for name in queries.instruments]
-    kinds += [("image", str(queries.images[name])) for name in queries.instruments]
-    names = dict(zip(kinds, stem_names(kinds, 0)))
-
-    def stem(path: Path, kind: str, label: str) -> np.ndarray:
-        query = (kind, queries.text[label] if kind == "text" else str(queries.images[label]))
-        return _stem(separated, path, names[query])
-
-    result = {}
-    absent = []
-    for kind in ("text", "image"):
-        labels, targets, others, estimates, mixtures = [], [], [], [], []
-        for path, sources in queries.mixtures:
-            mixture = sources[0][1] + sources[1][1]
-            for index, (label, target) in enumerate(sources):
-                labels.append(label)
-                targets.append(target)
-                others.append(sources[1 - index][1])
-                estimates.append(stem(path, kind, label)[: len(mixture)])
-                mixtures.append(mixture)
-            for label in sorted(set(queries.instruments) - {label for label, _ in sources}):
-                energy = (stem(path, kind, label) ** 2).sum() / max((mixture**2).sum(), 1e-12)
-                absent.append(10 * np.log10(energy + 1e-12))
-        scores = separation_scores(*(np.stack(x) for x in (targets, others, estimates, mixtures)))
-        result[f"sdri_{kind}_db"] = summarize(scores["sdri"])["mean"]
-        result[f"sdri_{kind}"] = summarize(scores["sdri"])
-        result[f"sdr_{kind}"] = summarize(scores["sdr"])
-        result[f"sdri_{kind}_by_instrument"] = {
-            name: summarize(scores["sdri"][[label == name for label in labels]])["mean"] for name in queries.instruments
-        }
-    result["absent_query_energy_db"] = summarize(absent)
-    result["mixtures"] = len(queries.mixtures)
-    return result
+__all__ = ["InstrumentClassifier", "render_crops", "judge_from_renders", "proportion", "judge_report"]
 
 
 # ----------------------------------------------------------------------------- the classifier
@@ -254,17 +119,6 @@ def _crops(clips: list, samples: int, per_clip: int, seed: int) -> tuple[torch.T
     return torch.from_numpy(np.stack(waves)), labels
 
 
-def train_judge(instruments: list[str], train_shards: str, heldout_shards: str, seconds: float,
-                sample_rate: int = 16000) -> tuple[InstrumentClassifier, float]:
-    """The classifier, trained on crops of ``seconds`` of real training audio, and its
-    accuracy on crops of real held-out audio."""
-    samples = round(seconds * sample_rate)
-    classifier = InstrumentClassifier(instruments)
-    classifier.fit(*_crops(read_clips(train_shards), samples, per_clip=6, seed=0))
-    real, labels = _crops(read_clips(heldout_shards), samples, per_clip=2, seed=1)
-    return classifier, _accuracy(classifier.predict(real), labels)
-
-
 def render_crops(split: str, n_clips: int, seconds: float, per_clip: int = 3, seed: int = 0,
                  transpose: int = 0) -> tuple[torch.Tensor, list[str]]:
     """Crops of clean renders of the miniature MUSIC world (no off-screen sound).
@@ -309,37 +163,6 @@ def judge_report(judge: InstrumentClassifier, waves: torch.Tensor, labels: list[
     return {"accuracy": proportion(hits),
             "by_instrument": {name: proportion([h for h, t in zip(hits, labels) if t == name])["mean"]
                               for name in judge.labels if name in labels}}
-
-
-def evaluate_generation(classifier: InstrumentClassifier, queries: Queries, generated: Path, seconds: float) -> dict:
-    """Recognition of the queried instrument in what ``clipsonic generate`` wrote under
-    ``generated/{image,zs,pd}`` (see the module doc)."""
-    from clipsonic.generate_command import output_paths  # the CLI's own output names
-
-    samples = round(seconds * queries.sample_rate)
-    result = {}
-    for mode in ("image", "zs", "pd"):
-        folder = generated / mode
-        per_query = max(1, len(list(folder.glob("*.wav"))) // len(queries.instruments))
-        if mode == "image":
-            paths = output_paths([], [str(queries.images[name]) for name in queries.instruments], per_query, folder, "wav")
-        else:
-            paths = output_paths(queries.instruments, [], per_query, folder, "wav")
-        waves, truth = [], []
-        for name, row in zip(queries.instruments, paths):
-            for path in row:
-                wave, _ = load_audio(path, sample_rate=queries.sample_rate, mono=True)
-                waves.append(torch.nn.functional.pad(wave[0], (0, max(0, samples - wave.shape[-1])))[:samples])
-                truth.append(name)
-        predicted = classifier.predict(torch.stack(waves))
-        result[f"recognition_{mode}"] = _accuracy(predicted, truth)
-        result[f"predicted_{mode}"] = {name: [p for p, t in zip(predicted, truth) if t == name]
-                                       for name in queries.instruments}
-    return result
-
-
-def _accuracy(predicted: list[str], truth: list[str]) -> float:
-    return float(np.mean([p == t for p, t in zip(predicted, truth)]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ import io
 import multiprocessing
 import socket
 import tarfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -217,6 +218,52 @@ def test_a_systematic_failure_stops_the_stream_with_a_reason(shards, monkeypatch
     assert stream.skipped == 20
 
 
+def _shard_with_a_corrupt_run(path, good, corrupt):
+    """A shard of ``good[0]``, ``corrupt`` samples in a row whose audio is garbage, then
+    ``good[1:]`` (each sample a dict of member suffix -> bytes)."""
+    garbage = {"flac": b"garbage" * 20, "json": good[0]["json"]}
+    samples = [("good0", good[0]), *[(f"bad{i:04d}", garbage) for i in range(corrupt)],
+               *[(f"good{i}", sample) for i, sample in enumerate(good[1:], start=1)]]
+    with tarfile.open(path, "w") as tar:
+        for key, sample in samples:
+            for suffix, data in sample.items():
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def test_199_corrupt_samples_in_a_row_are_skipped_and_200_stop_the_stream(shards, tmp_path):
+    _, paths = shards
+    members = _members(paths[:1])
+    good = [members[key] for key in sorted(members)[:3]]
+    settings = dict(num_sources=1, batch_size=1, query_frames=1, train=False)
+    tolerated = _stream(_shard_with_a_corrupt_run(tmp_path / "199.tar", good, 199), **settings)
+    with pytest.warns(CorruptSampleWarning):
+        batches = list(tolerated)
+    assert [batch.keys for batch in batches] == [[["good0"]], [["good1"]], [["good2"]]]
+    assert [batch.skipped for batch in batches] == [0, 199, 0] and tolerated.skipped == 199
+    stopped = _stream(_shard_with_a_corrupt_run(tmp_path / "200.tar", good, 200), **settings)
+    delivered = []
+    with pytest.warns(CorruptSampleWarning), pytest.raises(ShardError, match=r"^200 samples in a row .*bad0199"):
+        for batch in stopped:
+            delivered.append(batch.keys)
+    assert delivered == [[["good0"]]] and stopped.skipped == 200
+
+
+def test_200_corrupt_samples_stop_training_with_one_sentence_from_a_loader_worker(shards, tmp_path):
+    _, paths = shards
+    members = _members(paths[:1])
+    good = [members[key] for key in sorted(members)[:2]]
+    data = ShardDataModule(train_shards=_shard_with_a_corrupt_run(tmp_path / "200.tar", good, 200), num_sources=1,
+                           batch_size=1, num_workers=1, epoch_length=4, query_frames=1, segment_samples=SEGMENT,
+                           shuffle_buffer=1, frame_size=48)
+    with pytest.raises(ShardError) as caught:
+        list(data.train_dataloader())
+    assert str(caught.value).startswith("200 samples in a row could not be used; the last: bad0199 in ")
+    assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
 def test_shard_specs(shards, tmp_path):
     root, paths = shards
     assert expand_shards(str(root)) == [str(p) for p in paths]
@@ -235,6 +282,21 @@ def test_batch_moves_to_a_device():
     moved = batch.to(torch.device("meta"))
     assert moved.mixture.device.type == "meta" and moved.frames.dtype == torch.uint8 and moved.labels == [["a"]]
     assert batch.mixture.device.type == "cpu"
+
+
+def test_training_on_several_devices_needs_an_epoch_length(shards):
+    root, _ = shards
+    settings = dict(train_shards=str(root), batch_size=2, num_workers=0, segment_samples=SEGMENT, query_frames=1,
+                    shuffle_buffer=4, frame_size=48)
+    one_pass = ShardDataModule(**settings)
+    one_pass.trainer = SimpleNamespace(world_size=2)  # what the check reads from a DDP trainer
+    with pytest.raises(ShardError, match=r"several devices needs data\.epoch_length"):
+        one_pass.train_dataloader()
+    one_pass.trainer = SimpleNamespace(world_size=1)
+    assert sum(len(batch) for batch in one_pass.train_dataloader()) == 6  # 12 clips, 2 per mixture, read once
+    resampled = ShardDataModule(epoch_length=3, **settings)
+    resampled.trainer = SimpleNamespace(world_size=2)
+    assert len(list(resampled.train_dataloader())) == 3
 
 
 def _rank(rank: int, port: int, shard: str, results) -> None:

@@ -65,4 +65,7 @@ def test_summarize():
     summary = summarize([1.0, 2.0, 3.0, np.nan, 10.0])
     assert summary["count"] == 4 and summary["median"] == 2.5 and summary["mean"] == 4.0
     assert summary["sem"] == pytest.approx(np.std([1, 2, 3, 10], ddof=1) / 2)
+    # 95% t interval with 3 degrees of freedom: t = 3.182446
+    assert summary["high"] - summary["mean"] == pytest.approx(3.182446 * summary["sem"], rel=1e-6)
+    assert summary["mean"] - summary["low"] == pytest.approx(summary["high"] - summary["mean"])
     assert summarize([])["count"] == 0

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from clipcore.audio import save_audio
+from clipcore.errors import ClipAudioError
 from clipcore.query import QueryEncoder
 from clipsep.cli import main
 from clipsep.model import CLIPSep
@@ -38,6 +39,16 @@ def test_noise_stems_of_a_model_without_noise_heads_is_refused(checkpoints, tmp_
     assert main([*args[:1], "--checkpoint", str(checkpoints / "nit"), *args[1:]]) == 0
     assert sorted(p.name for p in (tmp_path / "out" / "mix").iterdir()) == ["noise-1.wav", "noise-2.wav", "separation.json",
                                                                       "violin.wav"]
+
+
+def test_noise_stems_through_the_api_name_the_missing_heads(checkpoints):
+    wave = _noise(8000)
+    plain = Separator.from_pretrained(checkpoints / "plain")
+    with pytest.raises(ClipAudioError, match="noise=True: the separation model has no noise heads"):
+        plain.separate(wave, 16000, ["violin"], noise=True)
+    assert plain.separate(wave, 16000, ["violin"]).noise is None
+    noise = Separator.from_pretrained(checkpoints / "nit").separate(wave, 16000, ["violin"], noise=True).noise
+    assert noise.shape == (2, 1, 8000) and noise.abs().amax() > 0
 
 
 def test_a_bug_fails_only_its_file_and_leaves_its_traceback_in_a_log(checkpoints, tmp_path, capsys, monkeypatch):

@@ -1,8 +1,14 @@
 """``clipsep separate --devices N``: files shared out across worker processes."""
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +16,13 @@ import soundfile as sf
 import torch
 
 from clipcore.audio import save_audio
+from clipcore.errors import EXIT_PARTIAL
 from clipcore.query import QueryEncoder
 from clipsep.cli import main
 from clipsep.model import CLIPSep
 from clipsep.separate import Separator
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +90,54 @@ def test_devices_must_be_available(checkpoint, tmp_path, capsys, monkeypatch):
         assert status != 0 and "Traceback" not in err
         assert ("--devices must be at least 1" if count == 0 else "--devices 2: only 1 CUDA device(s)") in err
     assert not (tmp_path / "out").exists()
+
+
+# Installed as sitecustomize.py in the command's processes: any process but the first
+# (a worker, however the pool starts it) is killed outright when it opens this file.
+_KILLER = '''
+import os
+import signal
+
+import soundfile
+
+FIRST = int(os.environ.setdefault("CLIPAUDIO_TEST_FIRST_PID", str(os.getpid())))
+
+
+class _SoundFileThatKills(soundfile.SoundFile):
+    def __init__(self, file, *args, **kwargs):
+        named = isinstance(file, (str, os.PathLike)) and os.path.basename(os.fspath(file)) == "kills-its-worker.wav"
+        if named and os.getpid() != FIRST:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().__init__(file, *args, **kwargs)
+
+
+soundfile.SoundFile = _SoundFileThatKills
+'''
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_only_its_file(checkpoint, tmp_path):
+    names = ["a", "kills-its-worker", "c", "d"]
+    for index, name in enumerate(names):
+        wave = torch.from_numpy(np.random.default_rng(index).normal(0, 0.1, (1, 8000)).astype("float32"))
+        save_audio(tmp_path / "in" / f"{name}.wav", wave, 16000)
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(_KILLER)
+    env = {key: value for key, value in os.environ.items() if key != "CLIPAUDIO_TEST_FIRST_PID"}
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "inject"), str(ROOT)]), OMP_NUM_THREADS="1")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "clipsep.cli", "separate", "--checkpoint", str(checkpoint), "-q", "violin",
+               "--device", "cpu", "--devices", "2", "-o", str(out), str(tmp_path / "in")]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        _, err = process.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # no worker outlives the test
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == EXIT_PARTIAL, err[-3000:]
+    for name in ("a", "c", "d"):
+        assert sf.info(str(out / name / "violin.wav")).frames == 8000
+    assert not (out / "kills-its-worker" / "violin.wav").exists()
+    (line,) = [line for line in err.splitlines() if "kills-its-worker.wav" in line]
+    assert re.search(r"died|killed|signal|ended", line) and "Traceback" not in err

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from clipcore.query import QueryEncoder
 from clipcore.shard_stream import MixBatch
@@ -14,6 +15,7 @@ from clipsep.metrics import separation_scores
 from clipsep.separate import Separator
 from clipsep.system import CLIPSepSystem, lr_multiplier
 from recipes.train_clipsep import main as train_main
+from tests.clipcore.test_plots import readable_image_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 SEGMENT = 16383  # 64 STFT frames: two 32-frame blocks of a 5-level U-Net
@@ -120,7 +122,8 @@ def test_recipe_saves_config_and_exports_best_and_last(toy_shards, tmp_path):
         assert "val/loss" in provenance["val_metrics"]
         assert (log_dir / "pretrained" / name / "query_encoder" / "config.json").is_file()
     assert list((log_dir / "media").glob("val-example0-*-estimate.wav"))
-    assert list((log_dir / "media").glob("val-example0-*.png"))
+    pngs = list((log_dir / "media").glob("val-example0-*.png"))
+    assert pngs and not readable_image_problems(np.asarray(Image.open(pngs[0]).convert("RGB")))
 
     # `test` reads test_shards with the saved config and the last checkpoint.
     (last,) = tmp_path.glob("**/last.ckpt")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -110,3 +111,26 @@ def test_existing_outputs_are_kept_without_overwrite(folders, tmp_path, capsys):
     assert (out / "rain.wav").read_bytes() == b"keep me"
     assert main(args + ["--overwrite"]) == 0
     assert sf.info(str(out / "rain.wav")).frames == 3200
+
+
+@pytest.mark.slow  # seven generations: about a minute on 2 busy cores
+def test_sampling_options_change_what_is_written_and_a_seed_repeats_it(folders, tmp_path):
+    runs = iter(range(100))
+
+    def generate(*options):
+        out = tmp_path / str(next(runs))
+        code = main(["generate", "--checkpoint", str(folders / "full"), "rain", "--duration", "0.3", "--bit-depth", "32f",
+                     "--clip-mode", "none", "-o", str(out), "--mode", "zs", "--steps", "1", "--guidance", "3",
+                     "--seed", "0", *options])  # later options win
+        assert code == 0
+        return {path.name: sf.read(str(path), dtype="float32")[0] for path in sorted(out.iterdir())}
+
+    # -n: sample k uses seed + k, whatever the batch size; the same options give the same samples
+    two = generate("-n", "2")
+    assert sorted(two) == ["rain-1.wav", "rain-2.wav"]
+    base = two["rain-1.wav"]
+    assert all(np.array_equal(wave, two[name]) for name, wave in generate("-n", "2", "--batch-size", "1").items())
+    assert np.array_equal(generate("--seed", "1")["rain.wav"], two["rain-2.wav"])
+    for options in (["--seed", "1"], ["--steps", "2"], ["--guidance", "1"], ["--mode", "pd"], ["--sampler", "euler"]):
+        wave = two["rain-2.wav"] if options[0] == "--seed" else generate(*options)["rain.wav"]
+        assert wave.shape == base.shape and np.abs(wave - base).max() > 1e-3 * np.abs(base).max(), options

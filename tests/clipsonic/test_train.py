@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from clipcore import synthetic
@@ -12,6 +14,7 @@ from clipcore.query import QueryEncoder
 from clipsonic.generate import Generator, sample_mels
 from clipsonic.system import CLIPSonicSystem
 from recipes.train_clipsonic import main
+from tests.clipcore.test_plots import readable_image_problems
 from tests.clipsonic.helpers import instrument_clips, one_source_batch, unit_vectors
 
 TOY_CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "clipsonic" / "toy.yaml"
@@ -55,6 +58,8 @@ def test_recipe_run_from_frames_logs_media_saves_config_and_exports(toy, tmp_pat
     assert "seed_everything: 0" in (run / "config.yaml").read_text()
     media = sorted(p.suffix for p in (run / "media").iterdir())
     assert media.count(".png") >= 2 and media.count(".wav") >= 2
+    for png in (run / "media").glob("*.png"):
+        assert not readable_image_problems(np.asarray(Image.open(png).convert("RGB"))), png.name
     generator = Generator.from_pretrained(run / "model")
     provenance = generator.model.provenance
     assert provenance["global_step"] == 2 and "seed_everything" in provenance["run_config"]

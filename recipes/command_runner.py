@@ -1,0 +1,129 @@
+"""Run the commands of a recipe as a user would type them: printed, logged, timed, in lanes.
+
+The quick start and the experiments are sequences of the project's own commands
+(``recipes/*.py``, ``clipsep``, ``clipsonic``). :class:`Runner` prints each one as
+``$ ...``, writes its output to ``OUT/logs/<name>.log``, times it, and runs independent
+commands side by side (one lane per core).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = ["StepFailed", "Runner", "tool", "recipe"]
+
+
+class StepFailed(RuntimeError):
+    """A command of the quick start failed; the message names it and its log."""
+
+
+class Runner:
+    """Runs commands, prints them, logs their output, and times the steps."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.logs = out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.seconds: dict[str, float] = {}
+
+    def command(self, name: str, args: list[str], threads: int = 1) -> None:
+        """Run one command to completion (output in ``logs/<name>.log``)."""
+        shown = " ".join(_quote(_show(a)) for a in args)
+        print(f"  $ {shown}", flush=True)
+        log = self.logs / f"{name}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": _pythonpath(),
+               "TQDM_MININTERVAL": "5"}  # progress bars in log files: a line every 5 s
+        start = time.perf_counter()
+        with open(log, "w") as handle:
+            handle.write(f"$ {shown}\n")
+            handle.flush()
+            status = subprocess.run(args, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        if status != 0:
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+            raise StepFailed(f"{name} failed (exit status {status}); the end of {log}:\n{tail}")
+        print(f"    {name}: done in {self.seconds[name]:.0f} s", flush=True)
+
+    def call(self, name: str, function: Callable[[], Any]) -> Any:
+        """Run a function of this process, timed."""
+        print(f"  > {name}", flush=True)
+        start = time.perf_counter()
+        value = function()
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        print(f"    {name}: done in {self.seconds[name]:.0f} s", flush=True)
+        return value
+
+    def lanes(self, *lanes: list[tuple]) -> None:
+        """Run lanes side by side. Each lane is a list of ``(name, args)`` commands and
+        ``(name, function)`` calls of this process, run in order."""
+
+        def run(lane):
+            for name, work in lane:
+                if callable(work):
+                    self.call(name, work)
+                else:
+                    self.command(name, work, threads=1 if len(lanes) > 1 else 2)
+
+        with ThreadPoolExecutor(len(lanes)) as pool:
+            for future in [pool.submit(run, lane) for lane in lanes]:
+                future.result()
+
+    def step(self, title: str):
+        """A context that prints the step's title and records its wall time."""
+        return _Step(self, title)
+
+
+class _Step:
+    def __init__(self, runner: Runner, title: str) -> None:
+        self.runner, self.title = runner, title
+
+    def __enter__(self):
+        print(f"\n== {self.title}", flush=True)
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        seconds = round(time.perf_counter() - self.start, 1)
+        self.runner.seconds[f"step: {self.title}"] = seconds
+        if exc[0] is None:
+            print(f"   ({seconds:.0f} s)", flush=True)
+
+
+def _show(arg: str) -> str:
+    """An argument as a user would type it: ``python``, tool names, relative paths."""
+    if arg == sys.executable:
+        return "python"
+    if Path(arg).parent == Path(sys.executable).parent:
+        return Path(arg).name
+    path = Path(arg)
+    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else arg
+
+
+def _quote(arg: str) -> str:
+    """Shell quoting that reads well: double quotes where they are enough."""
+    if shlex.quote(arg) == arg or any(c in arg for c in '"$`\\!'):
+        return shlex.quote(arg)
+    return f'"{arg}"'
+
+
+def _pythonpath() -> str:
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def tool(name: str) -> list[str]:
+    """The console script of a project CLI (``clipsep``, ``clipsonic``)."""
+    script = Path(sys.executable).with_name(name)
+    return [str(script)] if script.exists() else [sys.executable, "-m", f"{name}.cli"]
+
+
+def recipe(name: str) -> list[str]:
+    """The command that runs ``recipes/<name>`` with this interpreter."""
+    return [sys.executable, str(ROOT / "recipes" / name)]

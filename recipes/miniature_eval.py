@@ -1,0 +1,199 @@
+"""How the quick start and the experiments score their outputs on clips of one split.
+
+- Separation: clips of two different instruments are mixed (each at half level) and
+  written as WAV files; for each mixture and each instrument in it, the stems that
+  ``clipsep separate`` wrote for each kind of query (an image: a frame of another clip of
+  that instrument; text: the instrument's name in prompts never seen in alignment; text
+  through the diffusion prior) are scored by BSS-Eval SDR improvement over the mixture
+  (``clipsep.metrics.separation_scores``). Every mean carries its 95% interval
+  (Student's t), every kind a per-instrument table, and kinds are compared stem by stem
+  (the paired difference, with its interval). Stems of queries for instruments absent
+  from a mixture should be near silence: their energy relative to the mixture is
+  reported too.
+- Generation: the timbre judge (:class:`recipes.toy_judges.InstrumentClassifier`, trained
+  on training renders only) names the instrument of each clip ``clipsonic generate``
+  wrote; recognition is the fraction named as the queried instrument, with its 95% Wilson
+  interval, overall and per instrument.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from webdataset.tariterators import tarfile_samples
+
+from clipcore.audio import load_audio, save_audio
+from clipcore.shards import expand_shards
+from clipsep.metrics import separation_scores, summarize
+from recipes.toy_judges import InstrumentClassifier, proportion
+
+__all__ = ["Clip", "Queries", "read_clips", "write_queries", "evaluate_separation", "evaluate_generation"]
+
+
+@dataclass
+class Clip:
+    """A clip read from shards: its label, mono audio ``[S]`` and middle frame (JPEG bytes)."""
+
+    key: str
+    label: str
+    audio: np.ndarray
+    sample_rate: int
+    frame_jpeg: bytes
+
+
+@dataclass
+class Queries:
+    """An evaluation set as written to disk.
+
+    Attributes:
+        instruments: the instruments queried, in the world's order.
+        images: query image file per instrument (a frame of a clip used in no mixture).
+        mixtures: ``(mixture file, [(label, source [S]) x 2])`` per mixture; the file holds
+            the sum of the two sources.
+        sample_rate: the rate of mixtures and sources.
+    """
+
+    instruments: list[str]
+    images: dict[str, Path]
+    mixtures: list[tuple[Path, list[tuple[str, np.ndarray]]]] = field(default_factory=list)
+    sample_rate: int = 16000
+
+
+def read_clips(shards: str) -> list[Clip]:
+    """Every labelled clip of the shards, ordered by key (the world's clip order)."""
+    clips = []
+    for sample in tarfile_samples([{"url": url} for url in expand_shards(shards)]):
+        meta = json.loads(sample["json"])
+        frames = sorted((k for k in sample if k.endswith(".jpg") and k[:-4].isdigit()), key=lambda k: int(k[:-4]))
+        audio, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
+        if meta.get("label") and frames:
+            clips.append(Clip(sample["__key__"], meta["label"], audio, rate, sample[frames[len(frames) // 2]]))
+    return sorted(clips, key=lambda clip: clip.key)
+
+
+def write_queries(clips: list[Clip], folder: Path, instruments: list[str]) -> Queries:
+    """Write the query images and the mixtures of an evaluation set into ``folder``.
+
+    The first clip of each instrument gives its query image; the others, in a fixed
+    random order, are each paired with the next clip of another instrument to make mixtures.
+
+    Args:
+        clips: the split's clips; instruments: the world's instruments, in order.
+    """
+    present = [name for name in instruments if any(c.label == name for c in clips)]
+    images, rest = {}, []
+    for clip in clips:
+        if clip.label not in images:
+            images[clip.label] = folder / "queries" / f"{clip.label.replace(' ', '-')}.jpg"
+            images[clip.label].parent.mkdir(parents=True, exist_ok=True)
+            images[clip.label].write_bytes(clip.frame_jpeg)
+        else:
+            rest.append(clip)
+    rest = [rest[i] for i in np.random.default_rng(0).permutation(len(rest))]
+    queries = Queries(present, images, sample_rate=clips[0].sample_rate)
+    while len(rest) >= 2:
+        first = rest.pop(0)
+        partner = next((c for c in rest if c.label != first.label), None)
+        if partner is None:
+            break
+        rest.remove(partner)
+        length = min(len(first.audio), len(partner.audio))
+        sources = [(c.label, 0.5 * c.audio[:length]) for c in (first, partner)]
+        names = "-".join(c.label.replace(" ", "-") for c in (first, partner))
+        path = folder / "mixtures" / f"mix{len(queries.mixtures):03d}-{names}.wav"
+        save_audio(path, torch.from_numpy(sources[0][1] + sources[1][1])[None], queries.sample_rate, bit_depth="32f")
+        queries.mixtures.append((path, sources))
+    return queries
+
+
+def _stems(separated: Path, queries: Queries, stem_of: dict[str, str]) -> tuple[dict, list[float]]:
+    """SDR scores of the stems under ``separated`` (``stem_of``: instrument -> stem name)."""
+    labels, targets, others, estimates, mixtures, absent = [], [], [], [], [], []
+    for path, sources in queries.mixtures:
+        mixture = sources[0][1] + sources[1][1]
+
+        def stem(label: str) -> np.ndarray:
+            wave, _ = load_audio(separated / path.stem / f"{stem_of[label]}.wav", mono=True)
+            return wave[0].numpy()[: len(mixture)]
+
+        for index, (label, target) in enumerate(sources):
+            labels.append(label)
+            targets.append(target)
+            others.append(sources[1 - index][1])
+            estimates.append(stem(label))
+            mixtures.append(mixture)
+        for label in sorted(set(queries.instruments) - {label for label, _ in sources}):
+            energy = (stem(label) ** 2).sum() / max((mixture**2).sum(), 1e-12)
+            absent.append(float(10 * np.log10(energy + 1e-12)))
+    scores = separation_scores(*(np.stack(x) for x in (targets, others, estimates, mixtures)))
+    return {"labels": labels, **scores}, absent
+
+
+def evaluate_separation(queries: Queries, runs: dict[str, tuple[Path, dict[str, str]]]) -> dict:
+    """Score several kinds of query (see the module doc).
+
+    Args:
+        queries: the evaluation set.
+        runs: kind (``"image"``, ``"text"``, ...) -> (the folder ``clipsep separate`` wrote,
+            instrument -> stem name in it).
+
+    Returns:
+        Per kind: ``sdri`` and ``sdr`` summaries (mean, 95% interval, median, count),
+        ``sdri_by_instrument`` (a summary per instrument), ``min_instrument`` and
+        ``absent_query_energy_db``; ``paired``: ``"<a>_minus_<b>"`` summaries of the
+        stem-by-stem SDRi differences between kinds; ``mixtures``.
+    """
+    result: dict = {"mixtures": len(queries.mixtures)}
+    sdri = {}
+    for kind, (folder, stem_of) in runs.items():
+        scores, absent = _stems(folder, queries, stem_of)
+        labels = np.array(scores["labels"])
+        sdri[kind] = scores["sdri"]
+        by_instrument = {name: summarize(scores["sdri"][labels == name]) for name in queries.instruments}
+        worst = min(by_instrument, key=lambda name: by_instrument[name]["mean"])
+        result[kind] = {"sdri": summarize(scores["sdri"]), "sdr": summarize(scores["sdr"]),
+                        "sdri_by_instrument": by_instrument,
+                        "min_instrument": {"instrument": worst, **by_instrument[worst]},
+                        "absent_query_energy_db": summarize(absent)}
+    kinds = list(runs)
+    result["paired"] = {f"{a}_minus_{b}": summarize(sdri[a] - sdri[b])
+                        for i, a in enumerate(kinds) for b in kinds[:i]}
+    return result
+
+
+def evaluate_generation(judge: InstrumentClassifier, generated: dict[str, dict[str, list[Path]]], seconds: float,
+                        sample_rate: int = 16000) -> dict:
+    """Recognition of the queried instrument in generated clips.
+
+    Args:
+        judge: the timbre judge.
+        generated: mode -> instrument -> the files generated for it.
+        seconds: the length judged (clips are cut or padded to it).
+
+    Returns:
+        Per mode: ``recognition`` (mean, 95% Wilson interval, count), ``by_instrument``
+        (recognition per instrument) and ``predicted`` (the judge's verdicts per instrument).
+    """
+    samples = round(seconds * sample_rate)
+    result = {}
+    for mode, files in generated.items():
+        waves, truth = [], []
+        for name, paths in files.items():
+            for path in paths:
+                wave, _ = load_audio(path, sample_rate=sample_rate, mono=True)
+                waves.append(torch.nn.functional.pad(wave[0], (0, max(0, samples - wave.shape[-1])))[:samples])
+                truth.append(name)
+        predicted = judge.predict(torch.stack(waves))
+        hits = [p == t for p, t in zip(predicted, truth)]
+        result[mode] = {
+            "recognition": proportion(hits),
+            "by_instrument": {name: proportion([h for h, t in zip(hits, truth) if t == name]) for name in files},
+            "predicted": {name: [p for p, t in zip(predicted, truth) if t == name] for name in files},
+        }
+    return result
