@@ -14,7 +14,9 @@ stems and ``separation.json`` are written; after a failure it records the reason
 
 A rerun (after preemption, a crash or Ctrl-C) takes over a claim that is stale:
 
-- its holder is a process of this host that no longer exists;
+- its holder is a process of this host, from an earlier run, that no longer exists (a
+  process of this run that died on an input, maybe because of it, is reported as failed
+  by its parent and not retried before the next run);
 - or it has not been renewed for ``stale_after`` seconds (a holder on another host that
   died, or a node that was preempted);
 - or it records a failure from before the run started (a new run retries failures).
@@ -104,7 +106,8 @@ def _alive(pid: int) -> bool:
 def _stale(marker: Path, holder: dict, stale_after: float, run_started: float) -> bool:
     if "failed" in holder:
         return float(holder.get("time", 0)) < run_started
-    if holder.get("host") == HOST and isinstance(holder.get("pid"), int) and holder["pid"] != os.getpid():
+    earlier = float(holder.get("time", 0)) < run_started
+    if earlier and holder.get("host") == HOST and isinstance(holder.get("pid"), int) and holder["pid"] != os.getpid():
         if not _alive(holder["pid"]):
             return True
     try:
