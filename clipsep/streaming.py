@@ -165,12 +165,20 @@ def stream_separation(
         ``(mixture, separated)``: ``[C, m]`` input samples and ``[N, C, m]`` their
         separated outputs, in order; together exactly the input's samples.
     """
+    blocks = iter(blocks)
+    first = next(blocks, None)
+    if first is None:
+        return
+    channels = first.shape[0]
+    engine = overlap_add(channels)
+    down = Resampler(sample_rate, model_rate, channels)
+    up = Resampler(model_rate, sample_rate, channels * outputs)  # all outputs' channels in one stream
     inputs: deque[torch.Tensor] = deque()  # input samples whose output has not come yet
-    state: dict = {}
 
-    def aligned(out: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Pair output with the input samples it belongs to (any output past the input's
-        end, from the resamplers' rounding, is dropped)."""
+    def aligned(flat: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Pair ``[N * C, m]`` output with the input samples it belongs to (any output past
+        the input's end, from the resamplers' rounding, is dropped)."""
+        out = flat.reshape(outputs, channels, flat.shape[-1])
         while out.shape[-1] and inputs:
             mix = inputs.popleft()
             if mix.shape[-1] > out.shape[-1]:
@@ -179,27 +187,16 @@ def stream_separation(
             yield mix, out[..., : mix.shape[-1]]
             out = out[..., mix.shape[-1]:]
 
-    def back(pieces: Iterator[torch.Tensor], last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for piece in pieces:
-            flat = state["up"](piece.reshape(-1, piece.shape[-1]))
-            yield from aligned(flat.reshape(outputs, state["channels"], flat.shape[-1]))
+    def back(pieces: Iterable[torch.Tensor], last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for piece in pieces:  # [N, C, m] at the model's rate
+            yield from aligned(up(piece.reshape(-1, piece.shape[-1])))
         if last:
-            flat = state["up"](torch.zeros(state["channels"] * outputs, 0), last=True)
-            yield from aligned(flat.reshape(outputs, state["channels"], flat.shape[-1]))
+            yield from aligned(up(torch.zeros(channels * outputs, 0), last=True))
 
-    for block in blocks:
-        if not state:
-            channels = block.shape[0]
-            state.update(channels=channels, engine=overlap_add(channels),
-                         down=Resampler(sample_rate, model_rate, channels),
-                         up=Resampler(model_rate, sample_rate, channels * outputs))
+    for block in itertools.chain([first], blocks):
         inputs.append(block)
-        yield from back(state["engine"].push(state["down"](block)), last=False)
-    if not state:
-        return
-    tail = state["down"](torch.zeros(state["channels"], 0), last=True)
-    engine = state["engine"]
+        yield from back(engine.push(down(block)))
+    tail = down(torch.zeros(channels, 0), last=True)
     yield from back(itertools.chain(engine.push(tail), engine.finish()), last=True)
     for mix in inputs:  # the resamplers' rounding left the end short: zeros
         yield mix, torch.zeros(outputs, *mix.shape)
-
