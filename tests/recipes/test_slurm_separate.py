@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from clipcore.query import QueryEncoder
 from clipsep.model import CLIPSep
