@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-
 from clipcore.audio_blocks import AudioReader, StemSpool
 from clipcore.naming import slugify, unique_names
 
