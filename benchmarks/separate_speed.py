@@ -156,7 +156,8 @@ def main() -> None:
     result["rtf_30min_stereo48k"] = round(wall / args.stereo_long_seconds, 4)
     result.update(
         speed_ratio_4q=round(result["rtf_4q_one_call"] / result["rtf_1q"], 3),
-        input="16 kHz mono (peak_mb_*_stereo48k: stereo 48 kHz, 4 queries, 24-bit, clipsep separate)", model="CLIPSep.paper (30.3 M)", device="cpu",
+        input="16 kHz mono (peak_mb_*_stereo48k: stereo 48 kHz, 4 queries, 24-bit, clipsep separate)",
+        model="CLIPSep.paper (30.3 M)", device="cpu",
         threads=torch.get_num_threads(), segment_samples=65535, overlap=0.25, batch_size=4,
     )
     print(json.dumps(result))

@@ -32,7 +32,14 @@ import soundfile as sf
 import torch
 
 from clipcore.audio import (
-    BIT_DEPTHS, FORMATS, MAX_CHANNELS, AudioError, _reason, check_finite, output_format, output_gain,
+    BIT_DEPTHS,
+    FORMATS,
+    MAX_CHANNELS,
+    AudioError,
+    _reason,
+    check_finite,
+    output_format,
+    output_gain,
     scale_for_output,
 )
 from clipcore.files import atomic_write

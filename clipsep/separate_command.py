@@ -31,10 +31,10 @@ from tqdm import tqdm
 from clipcore.cli import UsageError, add_audio_output_arguments, check_audio_output
 from clipcore.files import ImageError, load_image
 from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, plan
-from clipsep.stem_files import stem_names
 from clipsep.batch_workers import Tally, launcher_process, run_here, run_workers, stop_on_sigterm, worker_devices
 from clipsep.claims import STALE_SECONDS
 from clipsep.separation_record import run_record
+from clipsep.stem_files import stem_names
 
 __all__ = ["add_separate_command", "run_separate", "summarize"]
 

@@ -10,11 +10,11 @@ import torch
 from clipcore.audio import save_audio
 from clipcore.errors import ClipAudioError
 from clipcore.query import QueryEncoder
+from clipcore.training import ExportPretrained
+from clipsep.batch import ERROR_LOG
 from clipsep.cli import main
 from clipsep.model import CLIPSep
 from clipsep.separate import Separator
-from clipsep.batch import ERROR_LOG
-from clipcore.training import ExportPretrained
 
 
 @pytest.fixture(scope="module")
