@@ -192,7 +192,7 @@ def choose_guidance(runner: Runner, out: Path, p: Profile, shards: dict[str, str
 
 def test(runner: Runner, out: Path, p: Profile, shards: dict[str, str], judge, guidance: dict) -> dict:
     """Step 5: separation and generation on the test split, scored."""
-    from clipsep.batch import stem_names
+    from clipsep.stem_files import stem_names
     from recipes.miniature_eval import evaluate_generation, evaluate_separation, read_clips, write_queries
 
     queries = write_queries(read_clips(shards["test"]), out / "test", list(world.INSTRUMENTS))

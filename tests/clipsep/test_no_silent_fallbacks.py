@@ -1,5 +1,6 @@
 """Fallbacks that used to hide a problem now say what was missing (CLIPSep side)."""
 
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,11 +10,11 @@ import torch
 from clipcore.audio import save_audio
 from clipcore.errors import ClipAudioError
 from clipcore.query import QueryEncoder
+from clipcore.training import ExportPretrained
+from clipsep.batch import ERROR_LOG
 from clipsep.cli import main
 from clipsep.model import CLIPSep
 from clipsep.separate import Separator
-from clipsep.batch import ERROR_LOG
-from clipcore.training import ExportPretrained
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +52,16 @@ def test_noise_stems_through_the_api_name_the_missing_heads(checkpoints):
 
 
 def test_a_bug_fails_only_its_file_and_leaves_its_traceback_in_a_log(checkpoints, tmp_path, capsys, monkeypatch):
-    separate = Separator.separate
+    stream = Separator.stream
 
-    def buggy(self, wave, *args, **kwargs):  # a programming error on one file only
-        if wave.shape[-1] == 4321:
+    def buggy(self, blocks, *args, **kwargs):  # a programming error on one file only
+        blocks = iter(blocks)
+        first = next(blocks)  # the whole of these short files
+        if first.shape[-1] == 4321:
             return {}["missing key"]
-        return separate(self, wave, *args, **kwargs)
+        return stream(self, itertools.chain([first], blocks), *args, **kwargs)
 
-    monkeypatch.setattr(Separator, "separate", buggy)
+    monkeypatch.setattr(Separator, "stream", buggy)
     save_audio(tmp_path / "in" / "a.wav", _noise(8000), 16000)
     save_audio(tmp_path / "in" / "b.wav", _noise(4321, seed=1), 16000)
     (tmp_path / "in" / "c.wav").write_bytes(b"RIFF but not really a wave file")
