@@ -102,3 +102,19 @@ def test_best_export_without_the_monitored_metric_warns(tmp_path):
     callback.on_validation_end(_trainer(tmp_path, {"val/loss": 2.0}), module)
     callback.on_validation_end(_trainer(tmp_path, {"val/loss": 3.0}), module)  # not better: no best/
     assert module.exports == ["last", "last", "best", "last"]
+
+
+def test_best_export_by_highest_sdri_skips_nan_and_lower_values(tmp_path):
+    callback, module = ExportPretrained(str(tmp_path / "pretrained"), best_and_last=True, monitor="val/sdri",
+                                        mode="max"), _Module()
+    for sdri in (float("nan"), -3.0, -0.8, -2.0, 1.5):
+        callback.on_validation_end(_trainer(tmp_path, {"val/sdri": sdri, "val/loss": 0.1}), module)
+    assert module.exports == ["last", "last", "best", "last", "best", "last", "last", "best"]
+    assert callback.best == -1.5  # stored with the sign that makes lower better
+
+
+def test_clipsep_keeps_the_checkpoint_of_highest_validation_sdri():
+    from clipsep.system import CLIPSepSystem
+
+    (callback,) = CLIPSepSystem(preset="tiny").configure_callbacks()
+    assert (callback.monitor, callback.sign) == ("val/sdri", -1.0)
