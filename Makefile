@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # imported for live playback), which has no Linux wheel and does not build without PortAudio.
 NO_DEPS := tinysoundfont==0.3.7
 
-.PHONY: test test-fast typecheck demo install clean
+.PHONY: test test-fast typecheck lint demo install clean
 
 install: $(STAMP)
 
@@ -29,7 +29,11 @@ test-fast: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/python -m mypy
 
-# The quick start: toy videos -> shards -> CLIPSep, prior, CLIPSonic -> report (runs/quickstart/).
+# Lint and import order (ruff, configured in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/python -m ruff check .
+
+# The quick start: miniature MUSIC videos -> shards -> CLIPSep, prior, CLIPSonic -> report (runs/quickstart/).
 demo: $(STAMP)
 	$(VENV)/bin/python recipes/quickstart.py
 

@@ -26,6 +26,9 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "load_audio",
     "save_audio",
+    "output_format",
+    "output_gain",
+    "scale_for_output",
     "resample",
     "to_mono",
     "check_finite",
@@ -126,6 +129,41 @@ def check_finite(wave: torch.Tensor, name: str) -> None:
         raise AudioError(f"{name}: refusing to write non-finite samples (NaN or infinity).")
 
 
+def output_format(path: Path, format: str | None, bit_depth: str, clip: str) -> str:
+    """The format (``wav`` or ``flac``) of an output file, its options checked.
+
+    Raises:
+        AudioError: an unsupported format, bit depth or clip mode, naming ``path``.
+    """
+    fmt = (format or path.suffix.lstrip(".") or "wav").lower()
+    if fmt not in FORMATS:
+        raise AudioError(f"{path}: unsupported output format {fmt!r}; use wav or flac.")
+    if bit_depth not in BIT_DEPTHS:
+        raise AudioError(f"{path}: unsupported bit depth {bit_depth!r}; use 16, 24 or 32f.")
+    if fmt == "flac" and bit_depth == "32f":
+        raise AudioError(f"{path}: FLAC stores 16 or 24 bits, not 32-bit float.")
+    if clip not in CLIP_MODES:
+        raise AudioError(f"{path}: unknown clip mode {clip!r}; use {', '.join(CLIP_MODES)}.")
+    return fmt
+
+
+def output_gain(peak: float, clip: str) -> float:
+    """The gain of a waveform whose peak is ``peak``: ``clip="rescale"`` scales it to a
+    peak of 1/1.01 when it exceeds 1; otherwise 1."""
+    return 1.0 / max(1.01 * peak, 1.0) if clip == "rescale" else 1.0
+
+
+def scale_for_output(wave: torch.Tensor, gain: float, clip: str, bit_depth: str) -> np.ndarray:
+    """``[C, S]`` float32 -> ``[S, C]`` samples to write: times ``gain``, clipped at full
+    scale for ``clip="clamp"`` and integer bit depths."""
+    if gain != 1.0:
+        wave = wave * gain
+    if clip == "clamp" or bit_depth != "32f":
+        # Clip instead of letting the integer conversion wrap around.
+        wave = wave.clamp(-1.0, 1.0)
+    return np.ascontiguousarray(wave.numpy().T)
+
+
 def save_audio(
     path: str | os.PathLike,
     wave: torch.Tensor,
@@ -152,15 +190,7 @@ def save_audio(
             format or bit depth. Nothing is written in that case.
     """
     path = Path(path)
-    fmt = (format or path.suffix.lstrip(".") or "wav").lower()
-    if fmt not in FORMATS:
-        raise AudioError(f"{path}: unsupported output format {fmt!r}; use wav or flac.")
-    if bit_depth not in BIT_DEPTHS:
-        raise AudioError(f"{path}: unsupported bit depth {bit_depth!r}; use 16, 24 or 32f.")
-    if fmt == "flac" and bit_depth == "32f":
-        raise AudioError(f"{path}: FLAC stores 16 or 24 bits, not 32-bit float.")
-    if clip not in CLIP_MODES:
-        raise AudioError(f"{path}: unknown clip mode {clip!r}; use {', '.join(CLIP_MODES)}.")
+    fmt = output_format(path, format, bit_depth, clip)
     wave = wave.detach().to("cpu", torch.float32)
     if wave.dim() == 1:
         wave = wave[None]
@@ -172,12 +202,7 @@ def save_audio(
     if wave.shape[1] == 0:
         raise AudioError(f"{path}: refusing to write zero samples.")
     check_finite(wave, str(path))
-    if clip == "rescale":
-        wave = wave / max(1.01 * wave.abs().max().item(), 1.0)
-    if clip == "clamp" or bit_depth != "32f":
-        # Clip instead of letting the integer conversion wrap around.
-        wave = wave.clamp(-1.0, 1.0)
-    data = np.ascontiguousarray(wave.numpy().T)
+    data = scale_for_output(wave, output_gain(wave.abs().max().item(), clip), clip, bit_depth)
 
     def write(tmp: Path) -> None:
         sf.write(str(tmp), data, int(sample_rate), subtype=BIT_DEPTHS[bit_depth], format=FORMATS[fmt])

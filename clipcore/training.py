@@ -41,7 +41,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -131,7 +131,8 @@ class ExportPretrained(Callback):
     """Export the system (its ``export(directory, provenance)``) on global rank 0.
 
     With ``best_and_last``, after each validation (not the sanity check) to
-    ``dirpath/last`` and, when ``monitor`` is the lowest so far, to ``dirpath/best``;
+    ``dirpath/last`` and, when ``monitor`` is the best so far (the lowest, or with
+    ``mode="max"`` the highest; a NaN is never best), to ``dirpath/best``;
     otherwise once, when training ends, to ``dirpath``. A dev run (``fast_dev_run``) has
     no log folder, so it exports only when ``dirpath`` names one.
 
@@ -139,13 +140,17 @@ class ExportPretrained(Callback):
         dirpath: the export folder; None: ``<log_dir>/<folder>``.
         folder: name of the default folder inside the run's log folder.
         best_and_last: export best and last after every validation, not once at the end.
-        monitor: the validation metric that decides "best" (lower is better).
+        monitor: the validation metric that decides "best".
+        mode: ``"min"`` (lower is better) or ``"max"``.
     """
 
     def __init__(self, dirpath: str | None = None, folder: str = "pretrained", best_and_last: bool = False,
-                 monitor: str = "val/loss") -> None:
+                 monitor: str = "val/loss", mode: Literal["min", "max"] = "min") -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
         self.dirpath, self.folder, self.best_and_last, self.monitor = dirpath, folder, best_and_last, monitor
-        self.best = math.inf
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.best = math.inf  # of sign * monitor
 
     def state_dict(self) -> dict[str, float]:
         return {"best": self.best}
@@ -168,8 +173,8 @@ class ExportPretrained(Callback):
             rank_zero_warn(f"ExportPretrained: validation logged no {self.monitor!r} (it logged "
                            f"{', '.join(sorted(metrics)) or 'nothing'}), so best/ is not exported.", category=UserWarning)
             return
-        value = metrics[self.monitor]
-        if value < self.best:
+        value = self.sign * metrics[self.monitor]
+        if value < self.best:  # False for NaN
             self.best = value
             pl_module.export(root / "best", {"val_metrics": metrics})
 

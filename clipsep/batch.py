@@ -13,7 +13,10 @@ descriptions::
 
 Each input becomes one :class:`FileJob` (``OUT/<input name>/<stem>.<format>``), done by
 :func:`process_file`, which returns a :class:`FileResult`; the jobs are independent, so
-they can be shared out across processes.
+they can be shared out across processes. :func:`run_jobs` is the loop every process of a
+run goes through (one process, ``--devices N`` local workers, the ranks of ``torchrun``
+or ``srun``): it skips finished inputs and takes the others one claim at a time
+(:mod:`clipsep.claims`).
 """
 
 from __future__ import annotations
@@ -22,16 +25,19 @@ import glob
 import re
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from clipcore.audio import AUDIO_EXTENSIONS, load_audio, save_audio
+from clipcore.audio import AUDIO_EXTENSIONS
+from clipcore.audio_blocks import SPOOL_SUFFIX
 from clipcore.errors import ClipAudioError, UsageError
-from clipcore.naming import safe_filename, slugify, unique_names
-from clipsep.separation_record import write_record
+from clipcore.naming import safe_filename, unique_names
+from clipsep.claims import STALE_SECONDS, claim, tidy
+from clipsep.separation_record import RECORD_NAME, write_record
+from clipsep.stem_files import output_files, separate_to_files
 
 if TYPE_CHECKING:
     from clipsep.separate import Separator
@@ -42,14 +48,13 @@ __all__ = [
     "FileJob",
     "FileResult",
     "discover",
-    "stem_names",
     "plan",
     "process_file",
+    "run_jobs",
     "internal_error",
     "ERROR_LOG",
 ]
 
-RESIDUAL = "residual"
 ERROR_LOG = "clipsep-errors.log"
 """Under the output folder: the tracebacks of internal errors (written only when one happens)."""
 
@@ -95,8 +100,12 @@ class SeparatorSpec:
 @dataclass(frozen=True)
 class OutputOptions:
     """How outputs are written (``format``: wav or flac; ``bit_depth``: 16, 24 or 32f;
-    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`; ``error_log``: where the
-    tracebacks of internal errors go; ``provenance``: the run's part of ``separation.json``
+    ``clip``: a mode of :data:`clipcore.audio.CLIP_MODES`; ``overwrite``: redo finished
+    inputs and replace existing files; ``claim_timeout``: seconds after which a claim
+    that is not renewed is taken over; ``started``: when the run started (``time.time()``;
+    None: when :func:`run_jobs` starts), failures recorded before it are retried;
+    ``error_log``: where the tracebacks of internal
+    errors go; ``provenance``: the run's part of ``separation.json``
     (:func:`clipsep.separation_record.run_record`), written beside each input's stems; None
     writes none)."""
 
@@ -107,6 +116,8 @@ class OutputOptions:
     noise: bool = False
     mono: bool = False
     overwrite: bool = False
+    claim_timeout: float = STALE_SECONDS
+    started: float | None = None
     error_log: Path | None = None
     provenance: dict | None = field(default=None, compare=False)
 
@@ -118,14 +129,25 @@ class FileJob:
     source: Path
     outputs: dict[str, Path]
 
+    @property
+    def folder(self) -> Path:
+        """The folder of the input's outputs (``OUT/<input name>``)."""
+        return next(iter(self.outputs.values())).parent
+
+    def finished(self) -> bool:
+        """All outputs and ``separation.json`` are there (written last, so the input is done)."""
+        return (self.folder / RECORD_NAME).is_file() and all(path.is_file() for path in self.outputs.values())
+
 
 @dataclass
 class FileResult:
-    """What became of one input: the files written, or why it failed."""
+    """What became of one input: the files written, or why it failed; ``skipped``: it was
+    finished by an earlier run."""
 
     source: Path
     written: list[Path] = field(default_factory=list)
     error: str | None = None
+    skipped: bool = False
 
 
 def discover(specs: list[str], exclude: Path | None = None) -> tuple[list[Path], list[FileResult]]:
@@ -174,26 +196,14 @@ def _audio_files(root: Path, exclude: Path | None) -> list[Path]:
     return found
 
 
-def stem_names(queries: list[tuple[str, str]], noise_heads: int) -> list[str]:
-    """Output names of the query stems: the text's slug, or ``image-<file slug>``; names
-    that clash (``Violin``/``violin``, ``residual``) get a hash of their query."""
-    names = [slugify(value) if kind == "text" else f"image-{slugify(Path(value).stem, fallback='image')}"
-             for kind, value in queries]
-    keys = [f"{kind}:{value}" for kind, value in queries]
-    reserved = [RESIDUAL] + [f"noise-{j + 1}" for j in range(noise_heads)]
-    return unique_names(names, keys, reserved)
-
-
 def plan(sources: list[Path], out: Path, stems: list[str], options: OutputOptions, noise_heads: int) -> list[FileJob]:
     """One :class:`FileJob` per source: ``out/<input name>/<stem>.<format>``. Input names
     are the file names without extension, made safe; sources sharing one get a hash of
     their path."""
     names = unique_names([safe_filename(s.stem) for s in sources], [str(s.resolve()) for s in sources])
-    extra = ([RESIDUAL] if options.residual else []) + [f"noise-{j + 1}" for j in range(noise_heads if options.noise else 0)]
-    return [
-        FileJob(source, {stem: out / name / f"{stem}.{options.format}" for stem in stems + extra})
-        for source, name in zip(sources, names)
-    ]
+    noise = noise_heads if options.noise else 0
+    return [FileJob(source, output_files(out / name, stems, options.format, options.residual, noise))
+            for source, name in zip(sources, names)]
 
 
 def process_file(
@@ -216,22 +226,14 @@ def process_file(
             if path.exists() and not options.overwrite:
                 raise UsageError(f"{path} already exists (pass --overwrite to replace it).")
         started = time.perf_counter()
-        wave, rate = load_audio(job.source, mono=options.mono)
-        separation = separator.separate(
-            wave, rate, embeddings, residual=options.residual, noise=options.noise, progress=progress
-        )
-        waves = list(separation.stems)
-        if options.residual:
-            waves.append(separation.residual)
-        if options.noise:
-            waves.extend(separation.noise)
-        for path, stem in zip(job.outputs.values(), waves):
-            save_audio(path, stem, rate, bit_depth=options.bit_depth, format=options.format, clip=options.clip)
-            result.written.append(path)
+        levels = separate_to_files(separator, job.source, job.outputs, embeddings, residual=options.residual,
+                                   noise=options.noise, mono=options.mono, format=options.format,
+                                   bit_depth=options.bit_depth, clip=options.clip, progress=progress)
+        result.written = list(job.outputs.values())
         if options.provenance is not None:
             run = options.provenance
             run = {**run, "settings": {**run["settings"], "device": str(separator.device)}}
-            write_record(job.source, job.outputs, wave, rate, waves, time.perf_counter() - started, run)
+            write_record(job.source, job.outputs, levels, time.perf_counter() - started, run)
     except (ClipAudioError, OSError, MemoryError, torch.OutOfMemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         result.error = message.removeprefix(f"{job.source}: ")
@@ -253,3 +255,58 @@ def internal_error(error: Exception, source: Path, log: Path | None) -> str:
     except OSError as write_error:
         return f"{reason}; its traceback could not be written to {log} ({write_error.strerror})."
     return f"{reason}; traceback in {log}."
+
+
+def run_jobs(
+    jobs: list[FileJob],
+    separator: Separator,
+    embeddings: torch.Tensor,
+    options: OutputOptions,
+    report: Callable[[str, int, object], None],
+) -> None:
+    """Go through ``jobs`` as one process of a run: skip finished inputs (unless
+    ``options.overwrite``), claim each other one, separate it and release the claim.
+
+    Args:
+        jobs: the planned files, the same list in every process of the run.
+        separator: this process's separator.
+        embeddings: ``[K, D]`` query embeddings.
+        options: output options.
+        report: called as ``report(kind, index, payload)`` with ``index`` into ``jobs``:
+            ``("skip", i, "finished" | "elsewhere")`` (finished by an earlier run; taken
+            by another process of this run), ``("start", i, None)``,
+            ``("progress", i, seconds)`` and ``("done", i, FileResult)``.
+    """
+    started = options.started if options.started is not None else time.time()
+    for index, job in enumerate(jobs):
+        if not options.overwrite and job.finished():  # by an earlier run, or by another process of this one
+            earlier = (job.folder / RECORD_NAME).stat().st_mtime < started
+            report("skip", index, "finished" if earlier else "elsewhere")
+            continue
+        held = claim(job.folder.parent, job.folder.name, started, options.claim_timeout)
+        if held is None:
+            report("skip", index, "elsewhere")
+            continue
+        job_options = options
+        if held.taken_over:  # an interrupted holder may have left stems and temporary files
+            for spool in job.folder.glob(f".*{SPOOL_SUFFIX}"):
+                spool.unlink(missing_ok=True)
+            job_options = replace(options, overwrite=True)
+        report("start", index, None)
+
+        def progress(seconds: float, index: int = index) -> None:
+            held.refresh()
+            report("progress", index, seconds)
+
+        try:
+            result = process_file(job, separator, embeddings, job_options, progress)
+        except BaseException:  # Ctrl-C or SIGTERM: a rerun takes the input again
+            held.release()
+            raise
+        if result.error:
+            held.fail(result.error)
+        else:
+            held.release()
+        report("done", index, result)
+    for folder in {job.folder.parent for job in jobs}:
+        tidy(folder)

@@ -1,51 +1,161 @@
-"""``clipsep separate --devices N``: the input files shared out across N worker processes.
+"""The processes of ``clipsep separate``: this one, ``--devices N`` local workers, or the
+ranks of a distributed launcher, all sharing the files through claims.
 
-One worker per device: ``cuda:0`` ... ``cuda:N-1`` with ``--device cuda``, or N CPU
-processes, each with an equal share of the CPU threads. Every worker loads its own
-separator and takes the next file from one queue, so a long file does not hold back the
-rest. Each file goes through :func:`clipsep.batch.process_file`, exactly as with
-one process, with the query embeddings computed once by the main process; the workers
-report progress and results to the main process, which keeps the one progress bar and
-prints the one summary. A worker that dies fails only the file it was working on.
+Every process runs :func:`clipsep.batch.run_jobs` over the same list of inputs and takes
+them one claim at a time (:mod:`clipsep.claims`), so there is one code path:
+
+- one process: :func:`run_here`;
+- ``--devices N``: :func:`run_workers` starts N worker processes (``cuda:0`` ...
+  ``cuda:N-1``, or N CPU processes with an equal share of the threads); each loads its
+  own separator and runs the same loop; this process keeps the one progress bar and the
+  one summary. A worker that dies fails only the file it was on (its claim is taken over
+  by a rerun);
+- ``torchrun`` or ``srun``: every rank runs the command as one process (or with
+  ``--devices``) and prints its own summary; :func:`launcher_process` reads which rank
+  it is (for its device and its share of the CPU) from the launcher's environment.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import signal
+import threading
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from clipcore.cli import UsageError
-from clipsep.batch import FileJob, FileResult, OutputOptions, SeparatorSpec, internal_error, process_file
+from clipsep.batch import FileJob, FileResult, OutputOptions, SeparatorSpec, internal_error, run_jobs
 
-__all__ = ["worker_devices", "run_workers"]
+__all__ = ["LauncherProcess", "launcher_process", "worker_devices", "Tally", "run_here", "run_workers",
+           "stop_on_sigterm"]
 
 POLL_SECONDS = 1.0
 
 
-def worker_devices(device: str, count: int) -> list[str]:
-    """The device of each of ``count`` workers (``device``: ``cpu`` or ``cuda``).
+@dataclass(frozen=True)
+class LauncherProcess:
+    """Where this process stands in a distributed launch (0, 1, 0, 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} of {self.world_size}"
+
+
+def launcher_process(environ: dict[str, str] | None = None) -> LauncherProcess:
+    """This process's rank from ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``LOCAL_WORLD_SIZE``) or ``srun`` (``SLURM_PROCID``, ``SLURM_NTASKS``,
+    ``SLURM_LOCALID``, ``SLURM_NTASKS_PER_NODE``), else a single process.
+
+    Raises:
+        UsageError: values that are not whole numbers.
+    """
+    env = os.environ if environ is None else environ
+    names = (("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE") if "WORLD_SIZE" in env else
+             ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE") if "SLURM_NTASKS" in env
+             else None)
+    if names is None:
+        return LauncherProcess()
+    values = []
+    for name, default in zip(names, ("0", "1", "0", "1")):
+        text = env.get(name, default).split("(")[0].split(",")[0]  # SLURM writes "4(x2)" for 2 nodes of 4 tasks
+        if not text.isdigit():
+            raise UsageError(f"the launcher's {name}={env.get(name)!r} is not a whole number.")
+        values.append(int(text))
+    return LauncherProcess(*values)
+
+
+def worker_devices(device: str, count: int, local_rank: int = 0) -> list[str]:
+    """The device of each of ``count`` workers (``device``: ``cpu`` or ``cuda``). A
+    launcher's process (``local_rank``, with ``count`` 1) takes ``cuda:<local rank>``, or
+    ``cuda:<local rank mod devices seen>`` when it sees fewer (``--gpus-per-task 1``).
 
     Raises:
         UsageError: ``count`` below 1, or more than the CUDA devices available.
     """
     if count < 1:
         raise UsageError(f"--devices must be at least 1, got {count}.")
-    if device.startswith("cuda") and count > 1:
+    if device.startswith("cuda") and (count > 1 or local_rank > 0):
         available = torch.cuda.device_count()
         if count > available:
             raise UsageError(f"--devices {count}: only {available} CUDA device(s) are available.")
+        if count == 1:
+            return [f"cuda:{local_rank % available}"]
         return [f"cuda:{index}" for index in range(count)]
     return [device] * count
 
 
+def stop_on_sigterm():
+    """Turn SIGTERM (preemption, ``scancel``, a parent stopping its workers) into
+    KeyboardInterrupt, so that temporary files are removed and claims released.
+
+    Returns:
+        The previous handler (None outside the main thread, where nothing is changed).
+    """
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+class Tally:
+    """What the processes of this run report (the ``report`` of
+    :func:`clipsep.batch.run_jobs`): results, skipped inputs, and the progress bar.
+
+    Args:
+        jobs: the planned files.
+        durations: seconds of each (the bar's share of it).
+        bar: a tqdm bar over the seconds of all files.
+    """
+
+    def __init__(self, jobs: Sequence[FileJob], durations: Sequence[float], bar):
+        self.jobs, self.durations, self.bar = jobs, durations, bar
+        self.results: dict[int, FileResult] = {}
+        self.shown = [0.0] * len(jobs)
+
+    def __call__(self, kind: str, index: int, payload) -> None:
+        if kind == "progress":
+            self._advance(index, payload)
+        elif kind == "done":
+            self.results[index] = payload
+            self._advance(index, self.durations[index])
+        elif kind == "skip" and payload == "finished" and index not in self.results:
+            self.results[index] = FileResult(self.jobs[index].source, skipped=True)
+            self._advance(index, self.durations[index])
+
+    def _advance(self, index: int, seconds: float) -> None:
+        step = max(0.0, min(seconds, self.durations[index] - self.shown[index]))  # model-rate rounding
+        self.shown[index] += step
+        self.bar.update(max(0.0, min(step, self.bar.total - self.bar.n)))  # never past the total
+
+    def finish(self) -> tuple[list[FileResult], int]:
+        """The results in the order of the jobs, and how many inputs other processes did."""
+        elsewhere = [index for index in range(len(self.jobs)) if index not in self.results]
+        for index in elsewhere:
+            self._advance(index, self.durations[index])
+        return [self.results[index] for index in sorted(self.results)], len(elsewhere)
+
+
+def run_here(jobs: Sequence[FileJob], separator, embeddings: torch.Tensor, options: OutputOptions,
+             tally: Tally) -> None:
+    """Do the jobs in this process."""
+    run_jobs(list(jobs), separator, embeddings, options, tally)
+
+
 def _worker(index: int, device: str, threads: int | None, spec: SeparatorSpec, jobs: list[FileJob],
-            embeddings: torch.Tensor, options: OutputOptions, tasks, events) -> None:
-    """Take file numbers from ``tasks`` until ``None``; report on ``events``."""
+            embeddings: torch.Tensor, options: OutputOptions, events) -> None:
+    """Run the claim loop; report on ``events``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    stop_on_sigterm()
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -53,38 +163,37 @@ def _worker(index: int, device: str, threads: int | None, spec: SeparatorSpec, j
     except Exception as error:  # noqa: BLE001 - reported as this worker's one-line reason
         events.put(("fatal", index, " ".join(str(error).split()) or type(error).__name__))
         return
-    while (task := tasks.get()) is not None:
-        events.put(("start", index, task))
-        try:
-            result = process_file(jobs[task], separator, embeddings, options,
-                                  lambda seconds: events.put(("progress", index, seconds)))
-        except Exception as error:  # noqa: BLE001 - an unforeseen failure fails this file, not the run
-            result = FileResult(jobs[task].source, error=internal_error(error, jobs[task].source, options.error_log))
-        events.put(("done", index, (task, result)))
+    current = None
+
+    def report(kind: str, task: int, payload) -> None:
+        nonlocal current
+        current = task if kind == "start" else None if kind == "done" else current
+        events.put((kind, index, (task, payload)))
+
+    try:
+        run_jobs(jobs, separator, embeddings, options, report)
+    except KeyboardInterrupt:
+        return
+    except Exception as error:  # noqa: BLE001 - an unforeseen failure fails this file, not the run
+        if current is not None:
+            reason = internal_error(error, jobs[current].source, options.error_log)
+            events.put(("done", index, (current, FileResult(jobs[current].source, error=reason))))
 
 
-def run_workers(jobs: Sequence[FileJob], durations: Sequence[float], spec: SeparatorSpec,
-                embeddings: torch.Tensor, options: OutputOptions, devices: Sequence[str], bar) -> list[FileResult]:
-    """Process ``jobs`` on one worker process per entry of ``devices``.
+def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.Tensor, options: OutputOptions,
+                devices: Sequence[str], tally: Tally) -> None:
+    """Do the jobs on one worker process per entry of ``devices``.
 
     Args:
         jobs: the planned files.
-        durations: seconds of each file (the bar's share of it).
         spec: the separator (each worker loads its own from it).
         embeddings: ``[K, D]`` query embeddings, computed once.
         options: output options.
         devices: one device per worker.
-        bar: the tqdm progress bar, advanced in seconds of audio.
-
-    Returns:
-        One :class:`FileResult` per job, in the order of ``jobs``.
+        tally: receives the workers' reports.
     """
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
-    tasks, events = context.Queue(), context.Queue()
-    for task in range(len(jobs)):
-        tasks.put(task)
-    for _ in devices:
-        tasks.put(None)
+    events = context.Queue()
     cpu = all(device == "cpu" for device in devices)
     threads = max(1, torch.get_num_threads() // len(devices)) if cpu else None
     embeddings = embeddings.detach().cpu()
@@ -92,42 +201,33 @@ def run_workers(jobs: Sequence[FileJob], durations: Sequence[float], spec: Separ
         torch.cuda.empty_cache()  # the caller's separator is gone: leave its memory to worker 0
     workers = [
         context.Process(target=_worker, daemon=True,
-                        args=(index, device, threads, spec, list(jobs), embeddings, options, tasks, events))
+                        args=(index, device, threads, spec, list(jobs), embeddings, options, events))
         for index, device in enumerate(devices)
     ]
     for worker in workers:
         worker.start()
-    results: dict[int, FileResult] = {}
     current: dict[int, int] = {}  # worker -> file it works on
-    done = [0.0] * len(jobs)  # seconds shown on the bar per file
+    elsewhere: set[int] = set()  # files a worker saw taken (by a sibling, or another process of the run)
     reasons: list[str] = []
-
-    def advance(seconds: float) -> None:  # never past the total: files end out of order
-        bar.update(max(0.0, min(seconds, bar.total - bar.n)))
-
-    def finish(task: int, result: FileResult) -> None:
-        results[task] = result
-        advance(durations[task] - done[task])
-
     try:
-        while len(results) < len(jobs):
+        while True:
             try:
                 kind, index, payload = events.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                _check_workers(workers, devices, jobs, current, results, reasons, finish)
+                if _check_workers(workers, devices, jobs, current, reasons, elsewhere, tally):
+                    break
                 continue
+            if kind == "fatal":
+                reasons.append(f"worker {index} ({devices[index]}) could not start: {payload}")
+                continue
+            task, value = payload
             if kind == "start":
-                current[index] = payload
-            elif kind == "progress" and index in current:
-                task = current[index]
-                step = max(0.0, min(payload, durations[task] - done[task]))  # model-rate rounding
-                done[task] += step
-                advance(step)
+                current[index] = task
+            elif kind == "skip" and value == "elsewhere":
+                elsewhere.add(task)
             elif kind == "done":
                 current.pop(index, None)
-                finish(*payload)
-            elif kind == "fatal":
-                reasons.append(f"worker {index} ({devices[index]}) could not start: {payload}")
+            tally(kind, task, value)
     except BaseException:  # Ctrl-C or a failure here: stop the workers now
         for worker in workers:
             worker.terminate()
@@ -137,19 +237,23 @@ def run_workers(jobs: Sequence[FileJob], durations: Sequence[float], spec: Separ
             worker.join(timeout=5)
             if worker.is_alive():
                 worker.terminate()
-    return [results[task] for task in range(len(jobs))]
 
 
-def _check_workers(workers, devices, jobs, current, results, reasons, finish) -> None:
-    """After a quiet spell: fail the file of each worker that died, and every file left
-    once no worker is alive (all their messages have been read by then)."""
+def _check_workers(workers, devices, jobs, current, reasons, elsewhere, tally) -> bool:
+    """After a quiet spell: fail the file of each worker that died; once no worker is
+    alive (all their messages read by then), fail every file that no worker took and none
+    saw taken by another process of the run (the workers could not start or died), and
+    say that all is done (True)."""
     for index, worker in enumerate(workers):
         if not worker.is_alive() and index in current:
             task = current.pop(index)
-            finish(task, FileResult(jobs[task].source, error=f"worker {index} ({devices[index]}) died "
-                                                             f"(exit code {worker.exitcode}) while on this file."))
-    if not any(worker.is_alive() for worker in workers):
-        reason = "; ".join(reasons) or "all worker processes ended."
-        for task in range(len(jobs)):
-            if task not in results:
-                finish(task, FileResult(jobs[task].source, error=reason))
+            tally("done", task, FileResult(jobs[task].source, error=f"worker {index} ({devices[index]}) died "
+                                                                   f"(exit code {worker.exitcode}) while on this file."))
+    if any(worker.is_alive() for worker in workers):
+        return False
+    reason = "; ".join(reasons) or "the worker processes ended (exit codes " + ", ".join(
+        str(worker.exitcode) for worker in workers) + ") before taking this file."
+    for task in range(len(jobs)):
+        if task not in tally.results and task not in elsewhere:
+            tally("done", task, FileResult(jobs[task].source, error=reason))
+    return True

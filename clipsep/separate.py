@@ -9,7 +9,8 @@
 Per segment: STFT of the mixture (``model.stft``), magnitude, ``mask_logits`` for all K
 queries in one U-Net pass, sigmoid, log-to-linear unwarp (``clipcore.spectral``), a soft
 mask (or binary, ``> 0.5``) times the mixture's complex STFT (= mixture magnitude with
-the mixture phase), iSTFT. The input is resampled to the model's rate and back.
+the mixture phase), iSTFT. The input is resampled to the model's rate and back (soxr,
+high quality, stateful, so that block-wise input resamples exactly as the whole).
 
 Long input is cut into segments of ``segment`` seconds that overlap by ``overlap`` of a
 segment; each segment is weighted by a window that rises (sine squared) over the part it
@@ -52,21 +53,22 @@ folder whose provenance says ``query_normalization: none``) is fed raw embedding
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
 
 import torch
 
-from clipcore.audio import AudioError, resample
+from clipcore.audio import AudioError
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
 from clipcore.errors import ClipAudioError
 from clipcore.files import load_image
 from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
 from clipcore.spectral import istft, stft, unwarp_to_linear
 from clipsep.model import CLIPSep
+from clipsep.stem_files import BLOCK_SECONDS, output_files, query_keys, separate_to_files, stem_names
+from clipsep.streaming import OverlapAdd, crossfade_window, segment_starts, stream_separation
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -103,35 +105,6 @@ class Separation:
     residual: torch.Tensor | None
     noise: torch.Tensor | None
     sample_rate: int
-
-
-def segment_starts(length: int, segment: int, overlap: int) -> list[int]:
-    """Start samples of the segments covering ``length`` samples.
-
-    Consecutive segments start ``segment - overlap`` apart; the last one may reach past
-    the end (it is zero-padded). A signal no longer than one segment gets one segment.
-    """
-    if length <= segment:
-        return [0]
-    hop = segment - overlap
-    return [i * hop for i in range(math.ceil((length - segment) / hop) + 1)]
-
-
-def crossfade_window(segment: int, overlap: int, fade_in: bool, fade_out: bool) -> torch.Tensor:
-    """Weights ``[segment]`` of one segment in the overlap-add.
-
-    The first ``overlap`` samples rise as ``sin^2`` (if ``fade_in``), the last ``overlap``
-    fall as ``cos^2`` (if ``fade_out``), the rest is one; where a falling edge meets the
-    next segment's rising edge the two sum to one.
-    """
-    window = torch.ones(segment)
-    if overlap > 0:
-        rise = torch.sin(0.5 * math.pi * (torch.arange(overlap) + 0.5) / overlap) ** 2
-        if fade_in:
-            window[:overlap] = rise
-        if fade_out:
-            window[segment - overlap:] = 1.0 - rise
-    return window
 
 
 class Separator:
@@ -406,67 +379,124 @@ class Separator:
             AudioError: an empty or non-finite waveform. QueryError: bad queries.
             ClipAudioError: ``noise=True`` with a model that has no noise heads.
         """
-        if noise and self.model.num_noise_heads == 0:
-            raise ClipAudioError("noise=True: the separation model has no noise heads (it was trained without "
-                                 "noise-invariant training), so it has no noise stems to return.")
+        num_noise = self._noise_heads(noise)
         if wave.dim() == 1:
             wave = wave[None]
         if wave.dim() != 2 or wave.shape[-1] == 0:
             raise AudioError(f"the mixture must be a non-empty [channels, samples] waveform, got {list(wave.shape)}.")
         if not torch.isfinite(wave).all():
             raise AudioError("the mixture contains non-finite samples (NaN or infinity).")
-        embeddings = self.encode_queries(queries)
         mixture = wave.detach().to("cpu", torch.float32)
         if mono:
             mixture = mixture.mean(0, keepdim=True)
-        length = mixture.shape[-1]
-        model_wave = resample(mixture, sample_rate, self.sample_rate)
-        num_noise = self.model.num_noise_heads if noise else 0
-        outputs = self._overlap_add(model_wave, embeddings, num_noise, progress)
-        if sample_rate != self.sample_rate:  # one stem at a time: bounded temporaries
-            back = torch.empty(len(outputs), mixture.shape[0], length)
-            for index, output in enumerate(outputs):
-                back[index] = _fit(resample(output, self.sample_rate, sample_rate), length)
-            outputs = back
-        stems = outputs[: len(embeddings)]
+        embeddings = self.encode_queries(queries)
+        num_queries = len(embeddings)
+        outputs = torch.empty(num_queries + num_noise, *mixture.shape)
+        done = 0
+        for mix, separated in self.stream([mixture], sample_rate, embeddings, noise=noise):
+            outputs[..., done:done + mix.shape[-1]] = separated
+            done += mix.shape[-1]
+            if progress is not None:
+                progress(mix.shape[-1] / sample_rate)
+        stems = outputs[:num_queries]
         return Separation(
             stems=stems,
             residual=mixture - stems.sum(0) if residual else None,
-            noise=outputs[len(embeddings):] if noise else None,
+            noise=outputs[num_queries:] if noise else None,
             sample_rate=sample_rate,
         )
 
-    def _overlap_add(
-        self, wave: torch.Tensor, embeddings: torch.Tensor, num_noise: int,
-        progress: Callable[[float], None] | None,
-    ) -> torch.Tensor:
-        """Segment, separate in batches, crossfade: ``[C, S]`` -> ``[K + M, C, S]``."""
-        channels, length = wave.shape
-        segment, overlap = self.segment_samples, self.overlap_samples
-        starts = segment_starts(length, segment, overlap)
-        windows = {
-            (fade_in, fade_out): crossfade_window(segment, overlap, fade_in, fade_out)
-            for fade_in in (False, True) for fade_out in (False, True)
-        }
-        out = torch.zeros(len(embeddings) + num_noise, channels, length)
-        done = 0
-        for first in range(0, len(starts), self.batch_size):
-            batch_starts = starts[first:first + self.batch_size]
-            batch = torch.stack([
-                torch.nn.functional.pad(wave[:, s:s + segment], (0, max(0, s + segment - length)))
-                for s in batch_starts
-            ]).to(self.device)
-            separated = self._separate_segments(batch, embeddings, num_noise).cpu()
-            for index, start in enumerate(batch_starts, start=first):
-                window = windows[index > 0, index < len(starts) - 1]
-                valid = min(segment, length - start)
-                out[..., start:start + valid] += separated[index - first, ..., :valid] * window[:valid]
-            last = first + len(batch_starts) - 1
-            covered = length if last == len(starts) - 1 else batch_starts[-1] + segment - overlap
-            if progress is not None:
-                progress((covered - done) / self.sample_rate)
-            done = covered
-        return out
+    @torch.inference_mode()
+    def stream(
+        self,
+        blocks: Iterable[torch.Tensor],
+        sample_rate: int,
+        queries: Sequence[Query] | torch.Tensor,
+        noise: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Separate a mixture given block by block, in memory that does not grow with its
+        length (see :mod:`clipsep.streaming`); the output equals :meth:`separate`'s.
+
+        Args:
+            blocks: ``[C, n]`` float32 blocks at ``sample_rate``, C the same in all.
+            sample_rate: their rate.
+            queries: K queries (see :meth:`encode_queries`) or ``[K, D]`` embeddings.
+            noise: also separate with the noise heads (M outputs after the K stems).
+
+        Yields:
+            ``(mixture, separated)``: ``[C, m]`` input samples and ``[K + M, C, m]``
+            their stems, in order; together exactly the input.
+
+        Raises:
+            AudioError: an empty, misshapen or non-finite block. QueryError: bad queries.
+            ClipAudioError: ``noise=True`` with a model that has no noise heads.
+        """
+        num_noise = self._noise_heads(noise)
+        embeddings = self.encode_queries(queries)
+
+        def segments(batch: torch.Tensor) -> torch.Tensor:
+            return self._separate_segments(batch.to(self.device), embeddings, num_noise)
+
+        def engine(channels: int) -> OverlapAdd:
+            return OverlapAdd(segments, len(embeddings) + num_noise, channels, self.segment_samples,
+                              self.overlap_samples, self.batch_size)
+
+        yield from stream_separation(_checked(blocks), sample_rate, self.sample_rate, len(embeddings) + num_noise,
+                                     engine)
+
+    def separate_file(
+        self,
+        path: str | os.PathLike,
+        queries: Sequence[Query],
+        out_dir: str | os.PathLike,
+        residual: bool = False,
+        noise: bool = False,
+        mono: bool = False,
+        format: str = "wav",
+        bit_depth: str = "16",
+        clip: str = "rescale",
+        block_seconds: float = BLOCK_SECONDS,
+        progress: Callable[[float], None] | None = None,
+    ) -> dict[str, Path]:
+        """Separate an audio file of any length into stem files, streaming: the input is
+        read, separated and written block by block, and each stem appears (renamed from a
+        hidden temporary file) only when complete (see :mod:`clipsep.stem_files`).
+
+        Args:
+            path: the input audio file.
+            queries: K queries (see :meth:`encode_queries`); the stems are named as
+                ``clipsep separate`` names them (``playing-violin``, ``image-cello``,
+                ``query-<n>`` for images and embeddings given as objects).
+            out_dir: the folder of the stems (created).
+            residual: also write ``residual``: the mixture minus all stems.
+            noise: also write the noise heads' stems (``noise-1``, ...).
+            mono: separate the channel average.
+            format: ``"wav"`` or ``"flac"``.
+            bit_depth: ``"16"``, ``"24"`` or ``"32f"``.
+            clip: a mode of :data:`clipcore.audio.CLIP_MODES`.
+            block_seconds: seconds of input read at a time.
+            progress: called with the seconds of input done.
+
+        Returns:
+            Stem name -> file written.
+
+        Raises:
+            AudioError: a bad input file or output option. QueryError: bad queries.
+        """
+        heads = self.model.num_noise_heads if noise else 0
+        names = stem_names(query_keys(queries), heads)
+        outputs = output_files(Path(out_dir), names, format, residual, heads)
+        separate_to_files(self, Path(path), outputs, queries, residual=residual, noise=noise, mono=mono,
+                          format=format, bit_depth=bit_depth, clip=clip, block_seconds=block_seconds,
+                          progress=progress)
+        return outputs
+
+    def _noise_heads(self, noise: bool) -> int:
+        """The noise stems to return (M): the model's noise heads with ``noise``, else 0."""
+        if noise and self.model.num_noise_heads == 0:
+            raise ClipAudioError("noise=True: the separation model has no noise heads (it was trained without "
+                                 "noise-invariant training), so it has no noise stems to return.")
+        return self.model.num_noise_heads if noise else 0
 
     def _separate_segments(self, batch: torch.Tensor, embeddings: torch.Tensor, num_noise: int) -> torch.Tensor:
         """``[B, C, L]`` segments -> ``[B, K + M, C, L]`` separated segments."""
@@ -482,11 +512,18 @@ class Separator:
         return istft(masks[:, :, None] * spec[:, None], batch.shape[-1], cfg)
 
 
-def _fit(wave: torch.Tensor, length: int) -> torch.Tensor:
-    """Crop or zero-pad the last axis to ``length`` (resampling may round the length)."""
-    if wave.shape[-1] >= length:
-        return wave[..., :length].contiguous()
-    return torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
+def _checked(blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The blocks as float32 on the CPU, each checked: ``[C, n]`` with ``n > 0``, C the
+    same in all, finite."""
+    channels = None
+    for block in blocks:
+        if block.dim() != 2 or block.shape[-1] == 0 or block.shape[0] != (channels or block.shape[0]):
+            raise AudioError(f"each block of the mixture must be a non-empty [channels, samples] waveform "
+                             f"with the same channels, got {list(block.shape)}.")
+        if not torch.isfinite(block).all():
+            raise AudioError("the mixture contains non-finite samples (NaN or infinity).")
+        channels = block.shape[0]
+        yield block.detach().to("cpu", torch.float32)
 
 
 def _load_prior(prior: DiffusionPrior | str | os.PathLike, embed_dim: int, device: torch.device) -> DiffusionPrior:

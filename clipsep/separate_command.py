@@ -5,16 +5,22 @@
     clipsep separate --checkpoint CKPT --query "playing violin" mix.wav stems/ "takes/*.flac"
 
 writes ``separated/<input name>/<query slug>.wav`` (plus ``residual`` and ``noise-<j>``
-on request). The command checks its arguments and turns them into the plain descriptions
-of :mod:`clipsep.batch` (a :class:`~clipsep.batch.SeparatorSpec`, one
+on request) and ``separation.json``, streaming each file (:mod:`clipsep.stem_files`).
+The command checks its arguments and turns them into the plain descriptions of
+:mod:`clipsep.batch` (a :class:`~clipsep.batch.SeparatorSpec`, one
 :class:`~clipsep.batch.FileJob` per input), done in this process or, with ``--devices``,
-by the worker processes of :mod:`clipsep.batch_workers`.
+by worker processes; under ``torchrun`` or ``srun`` every rank runs the command and the
+ranks share the files through claims in the output folder (:mod:`clipsep.batch_workers`).
+A rerun skips finished inputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,9 +30,11 @@ from tqdm import tqdm
 
 from clipcore.cli import UsageError, add_audio_output_arguments, check_audio_output
 from clipcore.files import ImageError, load_image
-from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, plan, process_file, stem_names
-from clipsep.batch_workers import run_workers, worker_devices
+from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, plan
+from clipsep.batch_workers import Tally, launcher_process, run_here, run_workers, stop_on_sigterm, worker_devices
+from clipsep.claims import STALE_SECONDS
 from clipsep.separation_record import run_record
+from clipsep.stem_files import stem_names
 
 __all__ = ["add_separate_command", "run_separate", "summarize"]
 
@@ -89,15 +97,23 @@ def run_separate(args: argparse.Namespace) -> int:
     """Run ``clipsep separate``; returns 0, or 1 if any input failed."""
     queries = _queries(args)
     _check_values(args)
+    launch = launcher_process()
+    if launch.world_size > 1 and args.devices > 1:
+        raise UsageError(f"--devices {args.devices}: under torchrun or srun ({launch}), start one process per "
+                         "device instead.")
+    if not args.claim_timeout > 0:
+        raise UsageError(f"--claim-timeout must be a positive number of seconds, got {args.claim_timeout}.")
     out = Path(args.out)
     options = OutputOptions(args.format, args.bit_depth, args.clip_mode, args.residual, args.noise_stems, args.mono,
-                            args.overwrite, error_log=out / ERROR_LOG)
+                            args.overwrite, args.claim_timeout, time.time(), error_log=out / ERROR_LOG)
     sources, failures = discover(args.inputs, exclude=out)
     if not sources:
         return summarize([], failures, out)
     from clipsep.separate import QueryError  # here: open_clip is slow to import for --help
 
-    devices = worker_devices(_device(args.device), args.devices)
+    devices = worker_devices(_device(args.device), args.devices, launch.local_rank)
+    if launch.local_world_size > 1 and devices[0] == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // launch.local_world_size))
     spec = _separator_spec(args)
     separator = spec.load(devices[0])
     try:
@@ -114,38 +130,56 @@ def run_separate(args: argparse.Namespace) -> int:
                                                           "seed": spec.prior_seed}}
     options = replace(options, provenance=run_record(queries, separator, spec.checkpoint, settings))
     jobs = plan(sources, out, stem_names(queries, heads), options, heads)
-    results = []
     durations = [_duration(job.source) for job in jobs]
-    with tqdm(total=sum(durations), unit="s", desc="separating", dynamic_ncols=True,
+    here = separator if len(devices) == 1 else None
+    del separator  # with worker processes, each loads its own
+    previous = stop_on_sigterm()
+    try:
+        return _run_jobs(jobs, durations, spec, here, embeddings, options, devices, launch, failures, out)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_jobs(jobs, durations, spec, separator, embeddings, options, devices, launch, failures, out) -> int:
+    """The jobs done here (``separator``) or by one worker per device; the summary's status."""
+    with tqdm(total=sum(durations), unit="s", desc="separating", dynamic_ncols=True, disable=launch.rank > 0,
               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
-        if len(devices) > 1:
-            del separator  # each worker loads its own
-            results = run_workers(jobs, durations, spec, embeddings, options, devices, bar)
+        tally = Tally(jobs, durations, bar)
+        if separator is None:
+            run_workers(jobs, spec, embeddings, options, devices, tally)
         else:
-            for job, duration in zip(jobs, durations):
-                done = [0.0]
-
-                def advance(seconds: float) -> None:
-                    step = max(0.0, min(seconds, duration - done[0]))  # model-rate rounding
-                    done[0] += step
-                    bar.update(step)
-
-                results.append(process_file(job, separator, embeddings, options, advance))
-                bar.update(max(0.0, duration - done[0]))
-    return summarize(results, failures, out)
+            run_here(jobs, separator, embeddings, options, tally)
+        results, elsewhere = tally.finish()
+    return summarize(results, failures, out, elsewhere, f"[{launch}] " if launch.world_size > 1 else "")
 
 
-def summarize(results: list[FileResult], failures: list[FileResult], out: Path) -> int:
-    """Print what was written (stdout) and what failed (stderr); 1 if anything failed."""
+def summarize(results: list[FileResult], failures: list[FileResult], out: Path, elsewhere: int = 0,
+              prefix: str = "") -> int:
+    """Print what was written (stdout) and what failed (stderr); 1 if anything failed.
+
+    Args:
+        results: the inputs this process (or its workers) took, and those skipped as finished.
+        failures: inputs that gave nothing.
+        out: the output folder.
+        elsewhere: inputs that other processes of the run took.
+        prefix: put before the summary line (the rank under a launcher).
+    """
     failed = failures + [r for r in results if r.error]
-    done = [r for r in results if not r.error]
+    skipped = [r for r in results if r.skipped]
+    done = [r for r in results if not r.error and not r.skipped]
     written = sum(len(r.written) for r in results)
-    print(f"Separated {len(done)} of {len(results) + len(failures)} inputs: {written} files written under {out}/.")
+    total = len(results) + len(failures) - len(skipped)
+    print(f"{prefix}Separated {len(done)} of {total} inputs: {written} files written under {out}/.")
+    if skipped:
+        print(f"{prefix}{len(skipped)} input(s) already separated in {out}/, skipped (--overwrite redoes them).")
+    if elsewhere:
+        print(f"{prefix}{elsewhere} input(s) taken by other processes of the run.")
     for result in results:
         if result.written:
             print(f"  {result.source} -> {', '.join(str(p) for p in result.written)}")
     if failed:
-        print(f"{len(failed)} input(s) failed:", file=sys.stderr)
+        print(f"{prefix}{len(failed)} input(s) failed:", file=sys.stderr)
         for result in failed:
             print(f"  {result.source}: {result.error}", file=sys.stderr)
     return 1 if failed else 0
@@ -186,12 +220,18 @@ def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="worker processes sharing the files: one per GPU (cuda:0 to cuda:N-1) on CUDA, "
-                             "else N CPU processes (default: 1)")
+                             "else N CPU processes (default: 1); under torchrun or srun, start one process "
+                             "per device instead")
+    parser.add_argument("--claim-timeout", type=float, default=STALE_SECONDS, metavar="SECONDS",
+                        help="take over an input whose claim was not renewed for this long: its process "
+                             f"on another host died (default: {STALE_SECONDS:g})")
     parser.add_argument("--batch-size", type=int, default=4, help="segments per network pass (default: 4)")
     parser.add_argument("--segment", type=float, default=None, metavar="SECONDS",
                         help="segment length, rounded to whole U-Net blocks (about 2.05 s for the "
                              "paper's model; default: the model's training segment, about 4.1 s)")
     parser.add_argument("--overlap", type=float, default=0.25, metavar="FRACTION",
                         help="overlap of consecutive segments, 0 to 0.5 (default: 0.25)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo inputs already separated and replace existing output files (default: a rerun "
+                             "skips finished inputs)")
     parser.set_defaults(run=run_separate)

@@ -21,13 +21,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from clipcore.checkpoint import WEIGHTS_NAME, library_versions
 from clipcore.files import atomic_write
 
 if TYPE_CHECKING:
     from clipsep.separate import Separator
+    from clipsep.stem_files import FileLevels
 
 __all__ = ["RECORD_NAME", "sha256_file", "run_record", "write_record"]
 
@@ -81,41 +80,39 @@ def _level_db(value: float) -> float | None:
     return round(20 * math.log10(value), 2) if value > 0 else None
 
 
-def write_record(source: Path, outputs: dict[str, Path], wave: torch.Tensor, rate: int, stems: list[torch.Tensor],
-                 seconds: float, run: dict[str, Any]) -> Path:
+def write_record(source: Path, outputs: dict[str, Path], levels: FileLevels, seconds: float,
+                 run: dict[str, Any]) -> Path:
     """Write ``separation.json`` beside the stems of one input.
 
     Args:
         source: the input file.
-        outputs: stem name -> file written, in the order of ``stems``.
-        wave: the mixture as separated, ``[C, S]``.
-        rate: its sample rate.
-        stems: ``[C, S]`` per stem, as written.
+        outputs: stem name -> file written, in the order of ``levels``.
+        levels: the mixture's and the stems' levels, summed while they were written.
         seconds: time the input took.
         run: :func:`run_record`.
 
     Returns:
         The record's path.
     """
-    energy = float(wave.double().pow(2).sum())
+    energy, samples = levels.mixture_energy, levels.channels * levels.frames
     record = {
         "input": {
             "path": str(source.resolve()),
             "sha256": sha256_file(source),
-            "sample_rate": rate,
-            "channels": int(wave.shape[0]),
-            "seconds": wave.shape[-1] / rate,
+            "sample_rate": levels.sample_rate,
+            "channels": levels.channels,
+            "seconds": levels.frames / levels.sample_rate,
         },
         **run,
         "seconds_taken": round(seconds, 3),
         "stems": {
             name: {
                 "file": path.name,
-                "peak_dbfs": _level_db(float(stem.abs().max())),
-                "rms_dbfs": _level_db(float(stem.double().pow(2).mean().sqrt())),
-                "energy_share": round(float(stem.double().pow(2).sum()) / energy, 4) if energy > 0 else None,
+                "peak_dbfs": _level_db(peak),
+                "rms_dbfs": _level_db(math.sqrt(stem_energy / samples)),
+                "energy_share": round(stem_energy / energy, 4) if energy > 0 else None,
             }
-            for (name, path), stem in zip(outputs.items(), stems)
+            for (name, path), peak, stem_energy in zip(outputs.items(), levels.peaks, levels.energies, strict=True)
         },
     }
     folder = next(iter(outputs.values())).parent

@@ -11,8 +11,9 @@ trainer's ``gradient_clip_val``).
 
 Validation (and ``test``) logs the loss and the SDR / SDR improvement of every source of
 every mixture (query mask binarised at 0.5, mixture phase, as in the official
-evaluation), and a few examples as audio and spectrogram images. The best (lowest validation loss) and the last
-model are exported with ``save_pretrained`` to ``<log_dir>/pretrained/{best,last}``, with
+evaluation), and a few examples as audio and spectrogram images. The best (highest
+validation SDR improvement: the loss is not comparable before and after the switch to
+noise-invariant training) and the last model are exported with ``save_pretrained`` to ``<log_dir>/pretrained/{best,last}``, with
 the git commit, step, metrics and the run's resolved config as provenance, ready for
 ``clipsep.separate.Separator.from_pretrained``.
 
@@ -229,7 +230,8 @@ class CLIPSepSystem(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_callbacks(self):
-        return [ExportPretrained(self.hparams.export_dir, folder="pretrained", best_and_last=True)]
+        return [ExportPretrained(self.hparams.export_dir, folder="pretrained", best_and_last=True, monitor="val/sdri",
+                                 mode="max")]
 
     # --- validation ---------------------------------------------------------------------
 

@@ -76,9 +76,9 @@ class Profile:
 PROFILES = {
     "demo": Profile(train_clips=330, validation_clips=110, test_clips=220, align_steps=500, align_images=300,
                     clipsep_steps=2400, prior_steps=600, clipsonic_steps=1000, gen_samples=4, gen_steps=15,
-                    judge_clips=220),
-    "ci": Profile(train_clips=110, validation_clips=44, test_clips=66, align_steps=150, align_images=100,
-                  clipsep_steps=500, prior_steps=200, clipsonic_steps=150, gen_samples=2, gen_steps=10,
+                    judge_clips=330),
+    "ci": Profile(train_clips=88, validation_clips=22, test_clips=44, align_steps=300, align_images=100,
+                  clipsep_steps=300, prior_steps=100, clipsonic_steps=100, gen_samples=2, gen_steps=10,
                   judge_clips=110, guidance_choices=(3.0,)),
 }
 
@@ -192,7 +192,7 @@ def choose_guidance(runner: Runner, out: Path, p: Profile, shards: dict[str, str
 
 def test(runner: Runner, out: Path, p: Profile, shards: dict[str, str], judge, guidance: dict) -> dict:
     """Step 5: separation and generation on the test split, scored."""
-    from clipsep.batch import stem_names
+    from clipsep.stem_files import stem_names
     from recipes.miniature_eval import evaluate_generation, evaluate_separation, read_clips, write_queries
 
     queries = write_queries(read_clips(shards["test"]), out / "test", list(world.INSTRUMENTS))

@@ -8,6 +8,7 @@ score intervals for proportions (accuracy, recognition). All figures are on the 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,14 @@ def judge_facts(judge, train_clips: int, seconds: float) -> dict:
             **judge_report(judge, *render_crops("test", train_clips, seconds, seed=1))}
 
 
+def _value(x: float) -> float | None:
+    """Rounded for the report; None where there is no value (an interval from one stem)."""
+    return round(x, 4) if math.isfinite(x) else None
+
+
 def _mean(summary: dict, key: str) -> dict[str, Any]:
     """``{key: mean, key_ci95: [low, high]}`` of a summary."""
-    return {key: round(summary["mean"], 4), f"{key}_ci95": [round(summary["low"], 4), round(summary["high"], 4)]}
+    return {key: _value(summary["mean"]), f"{key}_ci95": [_value(summary["low"]), _value(summary["high"])]}
 
 
 def _table(by_name: dict[str, dict]) -> dict[str, dict[str, Any]]:
@@ -52,7 +58,7 @@ def build_report(facts: dict, separation: dict, generation: dict) -> dict:
     worst = separation["text"]["min_instrument"]
     clipsep = {k: v for kind, key in sdri.items() for k, v in _mean(separation[kind]["sdri"], key).items()}
     clipsep.update({
-        "sdri_text_min_instrument_db": round(worst["mean"], 4),
+        "sdri_text_min_instrument_db": _value(worst["mean"]),
         "sdri_text_min_instrument": worst["instrument"],
         **_mean(separation["paired"]["text_minus_image"], "sdri_text_minus_image_db"),
         **_mean(separation["paired"]["text_prior_minus_text"], "sdri_text_prior_minus_text_db"),
@@ -108,10 +114,11 @@ CLIPSep, trained with image queries only, on {sep['stems_per_kind']} stems of tw
   SDR improvement, image query                     {_ci(sep, 'sdri_image_db')}   (goal >= 6 dB)
   SDR improvement, text query (zero-shot)          {_ci(sep, 'sdri_text_db')}   (goal >= 4 dB)
   SDR improvement, text query through the prior    {_ci(sep, 'sdri_text_prior_db')}
+  text minus image, stem by stem                   {_ci(sep, 'sdri_text_minus_image_db')}
   worst instrument with text: {sep['sdri_text_min_instrument']:<20} {sep['sdri_text_min_instrument_db']:6.2f} dB  \
 (goal >= 1 dB)
 CLIPSonic; a timbre judge trained on training renders (accuracy on test renders \
-{_ci(sonic, 'judge_accuracy_real', unit='')}) names the instrument of {sonic['clips_per_mode']} generated clips per mode:
+{_ci(sonic, 'judge_accuracy_real', unit='').strip()}) names the instrument of {sonic['clips_per_mode']} generated clips per mode:
   image query                                      {_ci(sonic, 'recognition_image', unit='')}   (goal >= 70%)
   text query, zero-shot                            {_ci(sonic, 'recognition_zs', unit='')}
   text query through the diffusion prior           {_ci(sonic, 'recognition_pd', unit='')}   (goal >= 50%)

@@ -1,5 +1,6 @@
 """Fallbacks that used to hide a problem now say what was missing (CLIPSep side)."""
 
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,11 +10,11 @@ import torch
 from clipcore.audio import save_audio
 from clipcore.errors import ClipAudioError
 from clipcore.query import QueryEncoder
+from clipcore.training import ExportPretrained
+from clipsep.batch import ERROR_LOG
 from clipsep.cli import main
 from clipsep.model import CLIPSep
 from clipsep.separate import Separator
-from clipsep.batch import ERROR_LOG
-from clipcore.training import ExportPretrained
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +52,16 @@ def test_noise_stems_through_the_api_name_the_missing_heads(checkpoints):
 
 
 def test_a_bug_fails_only_its_file_and_leaves_its_traceback_in_a_log(checkpoints, tmp_path, capsys, monkeypatch):
-    separate = Separator.separate
+    stream = Separator.stream
 
-    def buggy(self, wave, *args, **kwargs):  # a programming error on one file only
-        if wave.shape[-1] == 4321:
+    def buggy(self, blocks, *args, **kwargs):  # a programming error on one file only
+        blocks = iter(blocks)
+        first = next(blocks)  # the whole of these short files
+        if first.shape[-1] == 4321:
             return {}["missing key"]
-        return separate(self, wave, *args, **kwargs)
+        return stream(self, itertools.chain([first], blocks), *args, **kwargs)
 
-    monkeypatch.setattr(Separator, "separate", buggy)
+    monkeypatch.setattr(Separator, "stream", buggy)
     save_audio(tmp_path / "in" / "a.wav", _noise(8000), 16000)
     save_audio(tmp_path / "in" / "b.wav", _noise(4321, seed=1), 16000)
     (tmp_path / "in" / "c.wav").write_bytes(b"RIFF but not really a wave file")
@@ -99,3 +102,19 @@ def test_best_export_without_the_monitored_metric_warns(tmp_path):
     callback.on_validation_end(_trainer(tmp_path, {"val/loss": 2.0}), module)
     callback.on_validation_end(_trainer(tmp_path, {"val/loss": 3.0}), module)  # not better: no best/
     assert module.exports == ["last", "last", "best", "last"]
+
+
+def test_best_export_by_highest_sdri_skips_nan_and_lower_values(tmp_path):
+    callback, module = ExportPretrained(str(tmp_path / "pretrained"), best_and_last=True, monitor="val/sdri",
+                                        mode="max"), _Module()
+    for sdri in (float("nan"), -3.0, -0.8, -2.0, 1.5):
+        callback.on_validation_end(_trainer(tmp_path, {"val/sdri": sdri, "val/loss": 0.1}), module)
+    assert module.exports == ["last", "last", "best", "last", "best", "last", "last", "best"]
+    assert callback.best == -1.5  # stored with the sign that makes lower better
+
+
+def test_clipsep_keeps_the_checkpoint_of_highest_validation_sdri():
+    from clipsep.system import CLIPSepSystem
+
+    (callback,) = CLIPSepSystem(preset="tiny").configure_callbacks()
+    assert (callback.monitor, callback.sign) == ("val/sdri", -1.0)

@@ -57,6 +57,10 @@ def test_folder_with_good_and_bad_files(checkpoint, tmp_path, capsys):
     assert status == 1
     assert _digest(stems) == before  # inputs never modified
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    # The failed inputs' claims record why, so that no other process of a run retries them.
+    assert [w for w in written if w.startswith(".claims/")] == [".claims/broken.claim", ".claims/empty.claim",
+                                                                ".claims/nan.claim"]
+    written = [w for w in written if not w.startswith(".claims/")]
     take_dirs = sorted({w.split("/")[0] for w in written if w.lower().startswith("take 1")})
     assert len(take_dirs) == 2 and take_dirs[0].lower() != take_dirs[1].lower()  # no clash, in any case
     assert "bass/playing-violin.flac" in written and "bass/residual.flac" in written
@@ -82,6 +86,12 @@ def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "in" / "*.wav") == 0
     target = out / "mix" / "violin.wav"
+    # A rerun skips an input whose stems and separation.json are all there.
+    before = _digest(out)
+    assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "in" / "mix.wav") == 0
+    assert "1 input(s) already separated" in capsys.readouterr().out and _digest(out) == before
+    # A file that is not this command's (no separation.json beside it) is never replaced.
+    (out / "mix" / "separation.json").unlink()
     target.write_bytes(b"keep me")
     assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "in" / "mix.wav") == 1
     assert "already exists (pass --overwrite to replace it)" in capsys.readouterr().err

@@ -35,10 +35,13 @@ def checkpoint(tmp_path_factory):
 
 def _contents(folder):
     """Each file's format and exact samples (float WAV headers hold a time stamp, so not
-    the bytes); each separation.json but the time it took."""
+    the bytes); each separation.json but the time it took; the names of the claims left
+    (the failed inputs'; they hold a process id)."""
     out = {}
     for path in sorted(folder.rglob("*")):
-        if path.name == "separation.json":
+        if path.parent.name == ".claims":
+            out[path.relative_to(folder).as_posix()] = "claim"
+        elif path.name == "separation.json":
             record = json.loads(path.read_text())
             del record["seconds_taken"]
             out[path.relative_to(folder).as_posix()] = record
@@ -72,7 +75,7 @@ def test_two_workers_write_what_one_process_writes(checkpoint, tmp_path, capsys)
         shown = [float(n) for n in re.findall(rf"\| ([0-9.]+)/{seconds:.1f} s", bar)]
         assert bar.startswith("\rseparating:") and shown == sorted(shown) and shown[-1] == round(seconds, 1)
         outputs[devices] = _contents(out)
-    assert len(outputs[1]) == 20 and outputs[2] == outputs[1]  # 5 x (3 stems + record), sample for sample
+    assert len(outputs[1]) == 21 and outputs[2] == outputs[1]  # 5 x (3 stems + record), sample for sample
 
 
 def test_devices_must_be_available(checkpoint, tmp_path, capsys, monkeypatch):

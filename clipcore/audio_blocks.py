@@ -1,0 +1,189 @@
+"""Block-wise audio file I/O: files of any length read and written in bounded memory.
+
+::
+
+    with AudioReader("film-mix.wav") as reader:          # checks the file, reads nothing yet
+        spool = StemSpool(Path("out/violin.wav"), reader.sample_rate, reader.channels)
+        try:
+            for block in reader.blocks(480000):          # [C, n] float32, n <= 480000
+                spool.write(block)
+            spool.commit()                                # out/violin.wav appears, complete
+        finally:
+            spool.discard()                               # no-op after commit
+
+A :class:`StemSpool` writes its blocks to a hidden 32-bit float file beside the target
+(``.violin.wav.<random>.part``), keeping the peak and energy as it goes; :meth:`commit`
+converts the spool to the target's format and bit depth (with the gain that
+``clip="rescale"`` needs, known only once the peak is) through
+:func:`clipcore.files.atomic_write`, so the target appears complete or not at all.
+The same errors as :func:`clipcore.audio.load_audio` and
+:func:`clipcore.audio.save_audio`, each one sentence naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from clipcore.audio import (
+    BIT_DEPTHS,
+    FORMATS,
+    MAX_CHANNELS,
+    AudioError,
+    _reason,
+    check_finite,
+    output_format,
+    output_gain,
+    scale_for_output,
+)
+from clipcore.files import atomic_write
+
+__all__ = ["AudioReader", "StemSpool", "SPOOL_SUFFIX"]
+
+SPOOL_SUFFIX = ".part"
+"""Suffix of the temporary files beside an output (hidden: their names start with a dot)."""
+
+
+class AudioReader:
+    """An audio file opened for block-wise reading (a context manager).
+
+    Attributes:
+        path: the file.
+        sample_rate: its rate.
+        channels: its channel count (at most :data:`clipcore.audio.MAX_CHANNELS`).
+        frames: its length in samples per channel.
+
+    Raises:
+        AudioError: missing, a folder, unreadable or not audio, zero samples, or too
+            many channels (on opening); non-finite samples or a read failure (while
+            reading, naming the file).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise AudioError(f"{self.path}: no such file.")
+        if self.path.is_dir():
+            raise AudioError(f"{self.path}: is a folder, not an audio file.")
+        try:
+            self._handle = sf.SoundFile(str(self.path))
+        except (sf.LibsndfileError, RuntimeError, OSError) as error:
+            raise AudioError(f"{self.path}: cannot be read as audio ({_reason(error)}).") from None
+        self.sample_rate, self.channels, self.frames = self._handle.samplerate, self._handle.channels, self._handle.frames
+        if self.channels > MAX_CHANNELS:
+            self.close()
+            raise AudioError(f"{self.path}: has {self.channels} channels; at most {MAX_CHANNELS} are supported.")
+        if self.frames == 0:
+            self.close()
+            raise AudioError(f"{self.path}: contains zero samples.")
+
+    def blocks(self, frames: int, mono: bool = False) -> Iterator[torch.Tensor]:
+        """The file from its start in blocks of ``frames`` samples (the last may be shorter).
+
+        Yields:
+            float32 ``[C, n]`` (``C = 1`` with ``mono``: the channel average).
+        """
+        self._handle.seek(0)
+        while True:
+            try:
+                data = self._handle.read(frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, OSError) as error:
+                raise AudioError(f"{self.path}: cannot be read as audio ({_reason(error)}).") from None
+            if not len(data):
+                return
+            block = torch.from_numpy(np.ascontiguousarray(data.T))
+            if not torch.isfinite(block).all():
+                raise AudioError(f"{self.path}: contains non-finite samples (NaN or infinity).")
+            yield block.mean(0, keepdim=True) if mono else block
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "AudioReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StemSpool:
+    """One output file written block by block (see the module notes).
+
+    Args:
+        path: the target file; its folder is created.
+        sample_rate: samples per second.
+        channels: channel count of every block.
+        format: ``"wav"`` or ``"flac"`` (default: the target's extension).
+        bit_depth: ``"16"``, ``"24"`` or ``"32f"``.
+        clip: a mode of :data:`clipcore.audio.CLIP_MODES`.
+
+    Attributes:
+        committed: whether the target has been written.
+        peak: largest absolute sample written so far.
+        energy: sum of squared samples so far (float64, all channels).
+        frames: samples per channel so far.
+    """
+
+    def __init__(self, path: Path, sample_rate: int, channels: int, format: str | None = None,
+                 bit_depth: str = "16", clip: str = "none"):
+        self.path = Path(path)
+        self.format = output_format(self.path, format, bit_depth, clip)
+        self.bit_depth, self.clip, self.sample_rate = bit_depth, clip, int(sample_rate)
+        self.peak, self.energy, self.frames, self.committed = 0.0, 0.0, 0, False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=SPOOL_SUFFIX, dir=self.path.parent)
+        os.close(handle)
+        self._spool: Path | None = Path(tmp)
+        # RF64: a float spool of a long stereo film mix passes the 4 GB limit of WAV.
+        self._file = sf.SoundFile(tmp, "w", self.sample_rate, channels, subtype="FLOAT", format="RF64")
+
+    def write(self, block: torch.Tensor) -> None:
+        """Append ``[C, n]`` samples.
+
+        Raises:
+            AudioError: non-finite samples (nothing is then committed).
+        """
+        block = block.detach().to("cpu", torch.float32)
+        check_finite(block, str(self.path))
+        if block.shape[-1]:
+            self.peak = max(self.peak, block.abs().max().item())
+            self.energy += block.double().pow(2).sum().item()
+            self.frames += block.shape[-1]
+            self._file.write(np.ascontiguousarray(block.numpy().T))
+
+    def commit(self, block_frames: int = 1 << 18) -> Path:
+        """Convert the spool into the target (atomically) and remove it.
+
+        Raises:
+            AudioError: nothing was written.
+        """
+        self._file.close()
+        if self.frames == 0:
+            raise AudioError(f"{self.path}: refusing to write zero samples.")
+        gain = output_gain(self.peak, self.clip)
+
+        def convert(tmp: Path) -> None:
+            with sf.SoundFile(str(self._spool)) as spool, sf.SoundFile(
+                str(tmp), "w", self.sample_rate, spool.channels, subtype=BIT_DEPTHS[self.bit_depth],
+                format=FORMATS[self.format],
+            ) as out:
+                for data in spool.blocks(block_frames, dtype="float32", always_2d=True):
+                    out.write(scale_for_output(torch.from_numpy(data.T), gain, self.clip, self.bit_depth))
+
+        atomic_write(self.path, convert)
+        self.committed = True
+        self.discard()
+        return self.path
+
+    def discard(self) -> None:
+        """Close and remove the spool (the target, if committed, stays)."""
+        if self._spool is not None:
+            self._file.close()
+            self._spool.unlink(missing_ok=True)
+            self._spool = None
