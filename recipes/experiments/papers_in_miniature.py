@@ -9,7 +9,7 @@ Then, for every seed, the project's own recipes train (``--seed_everything SEED`
 
 - separation: CLIPSep and CLIPSep-NIT (image queries, CLIP embeddings), LabelSep (learned
   label queries, a supervised reference) and PIT (no query) — ``recipes/train_clipsep.py``
-  with ``--model.query_mode`` — each keeping the checkpoint of lowest validation loss;
+  with ``--model.query_mode`` — each keeping the checkpoint of highest validation SDR improvement;
 - generation: the diffusion prior and CLIPSonic; CLIPSonic's guidance per mode is chosen
   on the validation split (the quick start's ``choose_guidance``).
 
@@ -53,7 +53,7 @@ MARKER = ".papers_in_miniature"
 @dataclass(frozen=True)
 class Profile:
     """Sizes: the world and generation settings (a quick start profile), seeds, sampler steps
-    and validations per separation training (the checkpoint of lowest validation loss is kept)."""
+    and validations per separation training (the checkpoint of highest validation SDR improvement is kept)."""
 
     world: quickstart.Profile
     seeds: tuple[int, ...]
@@ -145,9 +145,18 @@ def separate_with_tables(checkpoint: Path, encoder: Path, queries, folder: Path)
     return dict(zip(queries.instruments, names))
 
 
+def kept_checkpoint(folder: Path) -> Path:
+    """``folder/best`` (highest validation SDR improvement), or ``folder/last`` when no
+    validation gave a finite one (a tiny run's silent estimates), said on the console."""
+    if (folder / "best").is_dir():
+        return folder / "best"
+    print(f"    {folder.name}: no validation gave a finite SDR improvement; using the last model", flush=True)
+    return folder / "last"
+
+
 def run_seed(runner: Runner, out: Path, p: Profile, shards: dict[str, str], seed: int, queries, judge) -> dict:
     """Train, choose on validation and test one seed; returns where its outputs are."""
-    from clipsep.batch import stem_names
+    from clipsep.stem_files import stem_names
 
     seed_dir = out / f"seed{seed}"
     commands = train_commands(out, seed_dir, p, shards, seed)
@@ -167,7 +176,7 @@ def run_seed(runner: Runner, out: Path, p: Profile, shards: dict[str, str], seed
             folder = seed_dir / "separated" / f"{model}_{kind}"
             separated[f"{model}_{kind}"] = (folder, dict(zip(queries.instruments, stem_names(rows, 0))))
             lanes[0].append((f"seed{seed}_separate_{model}_{kind}", tool("clipsep") + [
-                "separate", "--checkpoint", str(seed_dir / model / "best"), "--overwrite", "--format", "wav",
+                "separate", "--checkpoint", str(kept_checkpoint(seed_dir / model)), "--overwrite", "--format", "wav",
                 "--bit-depth", "32f", "-o", str(folder), *args, mixtures]))
     generated = {}
     for sampler, steps in (("ddim", p.ddim_steps), ("dpm++", p.dpm_steps)):
@@ -180,7 +189,7 @@ def run_seed(runner: Runner, out: Path, p: Profile, shards: dict[str, str], seed
     for model in ("label", "pit"):
         folder = seed_dir / "separated" / model
         lanes[0].append((f"seed{seed}_separate_{model}", lambda m=model, f=folder: separated.__setitem__(
-            m, (f, separate_with_tables(seed_dir / m / "best", out / "query_encoder", queries, f)))))
+            m, (f, separate_with_tables(kept_checkpoint(seed_dir / m), out / "query_encoder", queries, f)))))
     with runner.step(f"seed {seed}: test separation and generation"):
         runner.lanes(*lanes)
     return {"separated": separated, "generated": generated, "guidance": guidance}

@@ -165,7 +165,7 @@ def write_page(results: dict, seeds: dict, docs: Path) -> Path:
         "Made by `python recipes/experiments/papers_in_miniature.py` "
         f"(profile `{results['run']['name']}`, seeds {seeds_text}, "
         f"{results['run']['seconds'].get('total', 0) / 60:.0f} minutes). Every choice (checkpoints by validation "
-        "loss, CLIPSonic's guidance by validation recognition) was made on the validation split; every figure "
+        "SDR improvement, CLIPSonic's guidance by validation recognition) was made on the validation split; every figure "
         "below is on the test split. Brackets are 95% intervals.", "",
         "## Findings", "",
         *[f"- **{'Holds' if f['holds'] else 'Does not reproduce'}.** {f['finding']} {f['statement']} "
