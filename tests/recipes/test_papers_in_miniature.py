@@ -44,7 +44,7 @@ def test_findings_follow_the_numbers():
 
 @pytest.mark.slow
 def test_tiny_profile_writes_the_results_page(tmp_path):
-    # The whole recipe at toy size (2 seeds, 8 optimizer steps per model): 13 min measured on 2 cores under a
+    # The whole recipe at toy size (2 seeds, 8 optimizer steps per model): 9 to 13 min measured on 2 cores under a
     # load average of about 10 (19 min for the same command run directly); a quiet machine needs a fraction of it.
     out, docs = tmp_path / "run", tmp_path / "docs"
     result = subprocess.run(
