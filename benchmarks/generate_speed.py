@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from clipsonic.model import CLIPSonic
 from clipsonic.generate import SAMPLERS, Generator
+from clipsonic.model import CLIPSonic
 
 
 def _time(fn, repeats: int) -> float:

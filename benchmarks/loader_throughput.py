@@ -17,8 +17,8 @@ import time
 import torch
 
 from clipcore import synthetic
-from clipcore.query import QueryEncoder
 from clipcore.datamodule import ShardDataModule
+from clipcore.query import QueryEncoder
 
 
 def measure(shards: str, encoder: str | None, workers: int, args: argparse.Namespace) -> float:

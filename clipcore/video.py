@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -256,8 +255,9 @@ def write_video(
     Returns:
         The written path.
     """
-    import av
     from fractions import Fraction
+
+    import av
 
     path = Path(path)
     suffix = path.suffix.lower()

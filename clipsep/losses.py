@@ -166,6 +166,7 @@ def best_permutation(mask_logits: torch.Tensor, targets: torch.Tensor, weight: t
     n = mask_logits.shape[1]
     table = assignments(n, n, mask_logits.device)  # [P, N]
     with torch.no_grad():
-        pair = weighted_bce(torch.sigmoid(mask_logits.float())[:, None], targets[:, :, None], weight[:, :, None])  # [B, N src, N out]
+        # [B, N sources, N outputs]
+        pair = weighted_bce(torch.sigmoid(mask_logits.float())[:, None], targets[:, :, None], weight[:, :, None])
         per_permutation = pair[:, torch.arange(n, device=pair.device)[None, :], table].mean(dim=-1)  # [B, P]
     return table[per_permutation.argmin(dim=1)]

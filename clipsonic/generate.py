@@ -154,7 +154,8 @@ class Generator:
         self.batch_size = batch_size
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, query_encoder=None, prior=None, vocoder=None, device="cpu", **kwargs) -> "Generator":
+    def from_pretrained(cls, directory: str | os.PathLike, query_encoder=None, prior=None, vocoder=None, device="cpu",
+                        **kwargs) -> "Generator":
         """Load a checkpoint folder and find its parts (see the module doc)."""
         directory = Path(directory)
         model = CLIPSonic.from_pretrained(directory, map_location=device)
@@ -284,7 +285,8 @@ class Generator:
         with tqdm(total=len(chunks) * steps, unit="step", disable=not progress, desc="generating") as bar:
             for chunk in chunks:
                 conditions = embeddings[[q for q, _ in chunk]]
-                mel = sample_mels(self.model, conditions, frames, [seed + n for _, n in chunk], steps, guidance, sampler, bar.update)
+                seeds = [seed + n for _, n in chunk]
+                mel = sample_mels(self.model, conditions, frames, seeds, steps, guidance, sampler, bar.update)
                 mels.append(mel)
                 waves.append(self.vocoder(mel, length))
         mel = torch.cat(mels).view(queries, num_samples, *mels[0].shape[1:])

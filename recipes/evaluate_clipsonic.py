@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from clipcore.errors import UsageError, report_errors
 from clipcore.files import atomic_write
 from clipcore.shard_stream import ShardStream
-from clipsonic.metrics import embed_audio, frechet_distance, knn_accuracy, load_embedding, nearest_references, query_relevance
 from clipsonic.generate import MODES, SAMPLERS, Generator
+from clipsonic.metrics import embed_audio, frechet_distance, knn_accuracy, load_embedding, nearest_references, query_relevance
 
 
 def load_references(generator: Generator, shards: str, encoder: str | None, duration: float, limit: int):

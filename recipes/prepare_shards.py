@@ -163,7 +163,12 @@ def read_entries(args: argparse.Namespace) -> tuple[list[Entry], list[tuple[str,
         column = next((header.index(n) for n in ("path", "file", "filename", "video") if n in header), None)
         if column is None:
             raise UsageError(f"{source}: the header has no 'path' column.")
-        get = lambda row, name: row[header.index(name)].strip() if name in header and header.index(name) < len(row) and row[header.index(name)].strip() else None
+
+        def get(row: list[str], name: str) -> str | None:
+            """The row's value in column ``name``, or None where it is missing or empty."""
+            index = header.index(name) if name in header else len(row)
+            return row[index].strip() or None if index < len(row) else None
+
         for number, row in enumerate(rows[1:], 2):
             path = root / row[column].strip()
             start, end = get(row, "start"), get(row, "end")

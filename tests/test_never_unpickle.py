@@ -38,7 +38,8 @@ def test_convert_never_unpickles(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name, wrap", [("generator_v1", "generator"), ("pytorch_model.bin", None), ("g_02500000.pt", "generator")])
+@pytest.mark.parametrize("name, wrap", [("generator_v1", "generator"), ("pytorch_model.bin", None),
+                                        ("g_02500000.pt", "generator")])
 def test_vocoder_loader_never_unpickles(tmp_path, name, wrap):
     marker = tmp_path / "code-ran"
     folder = tmp_path / "vocoder"

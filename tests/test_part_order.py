@@ -15,8 +15,8 @@ from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
 from clipsep.model import CLIPSep
 from clipsep.separate import Separator
-from clipsonic.model import CLIPSonic
 from clipsonic.generate import GenerationError, Generator
+from clipsonic.model import CLIPSonic
 from clipsonic.vocoder import GriffinLim, HiFiGAN
 from tests.clipsonic.test_vocoder import SMALL
 

@@ -132,7 +132,8 @@ def findings(results: dict) -> list[dict]:
         elif not decided:
             verdict = f"Does not reproduce here: the {measured} has no interval with {summary['count']} values."
         else:
-            verdict = f"Does not reproduce here: the 95% interval of the {measured} {where.replace('lies', 'does not lie').replace('reaches', 'does not reach')}."
+            negated = where.replace("lies", "does not lie").replace("reaches", "does not reach")
+            verdict = f"Does not reproduce here: the 95% interval of the {measured} {negated}."
         out.append({"finding": finding, "measured": f"{measured}: {_interval(summary, unit, scale)}", "holds": holds,
                     "statement": verdict})
     return out

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipcore.plots import figure_pixels, linear_bins, mel_figure, mel_grid, sdri_bars, sdri_figure, spectrogram_figure
+from clipcore.plots import figure_pixels, linear_bins, mel_figure, mel_grid, sdri_bars, sdri_figure
 from clipcore.spectral import MelConfig, MelSpectrogram, STFTConfig
 from clipsep.system import validation_figure
 

@@ -8,10 +8,10 @@ from PIL import Image
 
 from clipcore.audio import AudioError
 from clipcore.checkpoint import CheckpointError
+from clipcore.files import ImageError
 from clipcore.query import QueryEncoder
 from clipsep.convert import convert_official, official_key_map
 from clipsep.model import CLIPSep
-from clipcore.files import ImageError
 from clipsep.separate import QueryError, Separator, crossfade_window, segment_starts
 
 RATE = 16000

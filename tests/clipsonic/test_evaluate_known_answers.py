@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import recipes.evaluate_clipsonic as recipe
 from clipcore import synthetic
 from clipcore.query import QueryEncoder
-from clipsonic.model import CLIPSonic
 from clipsonic.generate import Generation, Generator
+from clipsonic.model import CLIPSonic
 
 
 def test_copies_of_the_references_give_the_known_scores(tmp_path, monkeypatch):

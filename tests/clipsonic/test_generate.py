@@ -5,8 +5,8 @@ import torch
 from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
 from clipcore.synthetic import render_frame
-from clipsonic.model import CLIPSonic
 from clipsonic.generate import GenerationError, Generator
+from clipsonic.model import CLIPSonic
 from tests.clipsonic.helpers import unit_vectors
 
 

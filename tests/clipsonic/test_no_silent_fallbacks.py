@@ -6,7 +6,6 @@ import warnings
 
 import lightning as L
 import pytest
-import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 

@@ -5,8 +5,8 @@ import torch
 
 from clipcore.prior import DiffusionPrior, PriorError
 from clipcore.query import QueryEncoder
-from clipsonic.model import CLIPSonic
 from clipsonic.generate import Generator
+from clipsonic.model import CLIPSonic
 from tests.clipsonic.helpers import unit_vectors
 
 PROMPTS = ["a flute", "a drum", "a cello", "a bell"]
