@@ -28,10 +28,14 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
+from clipcore.checkpoint import QUERY_ENCODER_DIR
+from clipcore.finetune import freeze as freeze_parts
+from clipcore.finetune import hold_frozen, initial_model
 from clipcore.media import log_media, scaled_image
 from clipcore.spectral import istft, stft, unwarp_to_linear
 from clipcore.training import ExportPretrained, export_pretrained
 from clipsep.losses import mask_loss, noise_activation_penalty, noise_invariant_loss, separation_targets
+from clipsep.convert import load_official_model
 from clipsep.metrics import separation_scores
 from clipsep.model import CLIPSep
 
@@ -59,7 +63,16 @@ class CLIPSepSystem(LightningModule):
         query_encoder: spec for ``clipcore.query.QueryEncoder.load`` (open_clip name such
             as ``ViT-B-32/openai``, ``ARCH=FILE``, or a checkpoint folder). Needed when the
             batches carry frames; recorded in the export so that inference uses the same
-            CLIP space (a folder is copied into the export).
+            CLIP space (a folder is copied into the export). With ``init_from`` it defaults
+            to the checkpoint's (its ``query_encoder/`` folder, or the one it names).
+        init_from: fine-tune: a CLIPSep checkpoint folder, or the official ``best_model.pt``
+            (read with ``torch.load(weights_only=True)``); ``preset`` and ``model_args``
+            then do not apply. A checkpoint that reads raw CLIP embeddings (provenance
+            ``query_normalization: none``, as the official one) is trained on raw text
+            embeddings (audio shards) and exported with that convention.
+        freeze: parts of the network whose weights stay fixed (dotted module or parameter
+            names: ``input_norm`` and ``down`` are the U-Net encoder, ``up`` its decoder,
+            ``query_proj``, ``noise_proj``, ``mask_scale``, ``mask_bias``; ``down.0`` a level).
         learning_rate: Adam learning rate.
         warmup_steps: linear warm-up steps.
         decay_steps: step at which the linear decay reaches ``decay_multiplier``.
@@ -79,6 +92,8 @@ class CLIPSepSystem(LightningModule):
         preset: str = "paper",
         model_args: dict[str, Any] | None = None,
         query_encoder: str | None = None,
+        init_from: str | None = None,
+        freeze: list[str] | None = None,
         learning_rate: float = 1e-3,
         warmup_steps: int = 5000,
         decay_steps: int = 100000,
@@ -93,7 +108,17 @@ class CLIPSepSystem(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = CLIPSep.from_preset(preset, seed=None, **(model_args or {}))  # seed_everything's stream
+        if init_from is None:
+            self.model = CLIPSep.from_preset(preset, seed=None, **(model_args or {}))  # seed_everything's stream
+        else:
+            self.model = initial_model(init_from, CLIPSep, foreign=load_official_model)
+        self.frozen = freeze_parts(self.model, freeze or [])
+        facts = self.model.provenance or {}
+        self.raw_queries = facts.get("query_normalization") == "none"
+        if query_encoder is None and init_from is not None:
+            bundled = Path(init_from) / QUERY_ENCODER_DIR
+            query_encoder = str(bundled) if bundled.is_dir() else facts.get("query_encoder")
+        self.query_encoder = query_encoder
         object.__setattr__(self, "encoder", None)  # frozen, loaded when needed, not checkpointed
         # Mean SDR / SDRi of the non-silent estimates (the official evaluation's rule).
         self.scores = torch.nn.ModuleDict(
@@ -110,11 +135,11 @@ class CLIPSepSystem(LightningModule):
 
     def _encoder(self):
         if self.encoder is None:
-            if self.hparams.query_encoder is None:
+            if self.query_encoder is None:
                 raise ValueError("the batches carry frames but no query_encoder is configured.")
             from clipcore.query import QueryEncoder
 
-            encoder = QueryEncoder.load(self.hparams.query_encoder)
+            encoder = QueryEncoder.load(self.query_encoder)
             if encoder.embed_dim != self.model.query_dim:
                 raise ValueError(
                     f"the query encoder gives {encoder.embed_dim}-d embeddings, the model expects {self.model.query_dim}."
@@ -123,7 +148,18 @@ class CLIPSepSystem(LightningModule):
         return self.encoder.to(self.device)
 
     def queries(self, batch) -> torch.Tensor:
-        """``[B, N, D]`` L2-normalized query of each source of a ``MixBatch``."""
+        """``[B, N, D]`` query of each source of a ``MixBatch``: L2-normalized, or for a
+        model that reads raw CLIP embeddings the raw text embeddings of audio shards."""
+        if batch.embeddings is not None and batch.embeddings.shape[-1] != self.model.query_dim:
+            source = f"the model of {self.hparams.init_from}" if self.hparams.init_from else "the model"
+            raise ValueError(f"the shards hold {batch.embeddings.shape[-1]}-d embeddings but {source} reads "
+                             f"{self.model.query_dim}-d queries; prepare them with its query encoder.")
+        if self.raw_queries:
+            if batch.embeddings is None or batch.text_queries is None or not bool(batch.text_queries.all()):
+                raise ValueError(f"{self.hparams.init_from} reads raw CLIP embeddings (query_normalization: none, "
+                                 "as the official model), which only audio shards' text embeddings are; "
+                                 "fine-tune it on audio shards with data.encoder set.")
+            return batch.embeddings.float()
         if batch.embeddings is not None:
             return F.normalize(batch.embeddings.float(), dim=-1)
         frames = batch.frames  # [B, N, F, 3, H, W]
@@ -174,11 +210,17 @@ class CLIPSepSystem(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=hp.learning_rate)
+        optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=hp.learning_rate)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(step, hp.warmup_steps, hp.decay_steps, hp.decay_multiplier)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def train(self, mode: bool = True) -> "CLIPSepSystem":
+        """Training mode, with the frozen parts (and their BatchNorm statistics) held in eval mode."""
+        super().train(mode)
+        hold_frozen(self.model, self.frozen)
+        return self
 
     def configure_callbacks(self):
         return [ExportPretrained(self.hparams.export_dir, folder="pretrained", best_and_last=True)]
@@ -230,8 +272,10 @@ class CLIPSepSystem(LightningModule):
     def export(self, directory: str | Path, provenance: dict[str, Any] | None = None) -> Path:
         """Save the network for ``Separator.from_pretrained`` (a query encoder given as a
         local folder is copied to ``directory/query_encoder``)."""
-        spec = self.hparams.query_encoder
+        spec = self.query_encoder
         facts = {"query_encoder": spec} if spec is not None else {}
+        if self.hparams.init_from is not None:
+            facts["init_from"] = str(self.hparams.init_from)
         encoder = self._encoder() if spec is not None and Path(spec).is_dir() else None
         return export_pretrained(self, self.model, directory, {**facts, **(provenance or {})}, encoder)
 
