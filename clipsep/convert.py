@@ -92,7 +92,10 @@ def from_official(state_dict: dict[str, torch.Tensor]) -> CLIPSep:
     """
     state = {(key[len(_PREFIX):] if key.startswith(_PREFIX) else key): value for key, value in state_dict.items()}
     sizes = _sizes(state)
-    model = CLIPSep(**sizes)
+    try:
+        model = CLIPSep(**sizes)
+    except ValueError as error:
+        raise CheckpointError(f"the state dict does not describe a CLIPSep network ({error}).") from None
     mapping = official_key_map(sizes["layers"], sizes["noise_heads"])
     unknown = sorted(set(state) - set(mapping))
     missing = sorted(set(mapping) - set(state))
