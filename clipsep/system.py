@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
-from clipcore.checkpoint import QUERY_ENCODER_DIR
+from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError
+from clipcore.errors import ClipAudioError
 from clipcore.finetune import freeze as freeze_parts
 from clipcore.finetune import hold_frozen, initial_model
 from clipcore.media import log_media, scaled_image
@@ -129,7 +130,11 @@ class CLIPSepSystem(LightningModule):
         data = getattr(self.trainer, "datamodule", None)
         rate = getattr(getattr(data, "hparams", None), "sample_rate", None)
         if rate is not None and rate != self.model.sample_rate:
-            raise ValueError(f"the data are at {rate} Hz but the model works at {self.model.sample_rate} Hz.")
+            raise CheckpointError(f"the data are at {rate} Hz but {self._described_model()} works at "
+                                  f"{self.model.sample_rate} Hz.")
+
+    def _described_model(self) -> str:
+        return f"the model of {self.hparams.init_from}" if self.hparams.init_from else "the model"
 
     # --- queries and forward ------------------------------------------------------------
 
@@ -141,9 +146,8 @@ class CLIPSepSystem(LightningModule):
 
             encoder = QueryEncoder.load(self.query_encoder)
             if encoder.embed_dim != self.model.query_dim:
-                raise ValueError(
-                    f"the query encoder gives {encoder.embed_dim}-d embeddings, the model expects {self.model.query_dim}."
-                )
+                raise CheckpointError(f"the query encoder {self.query_encoder} gives {encoder.embed_dim}-d embeddings, "
+                                      f"{self._described_model()} expects {self.model.query_dim}.")
             object.__setattr__(self, "encoder", encoder.eval())
         return self.encoder.to(self.device)
 
@@ -151,12 +155,12 @@ class CLIPSepSystem(LightningModule):
         """``[B, N, D]`` query of each source of a ``MixBatch``: L2-normalized, or for a
         model that reads raw CLIP embeddings the raw text embeddings of audio shards."""
         if batch.embeddings is not None and batch.embeddings.shape[-1] != self.model.query_dim:
-            source = f"the model of {self.hparams.init_from}" if self.hparams.init_from else "the model"
-            raise ValueError(f"the shards hold {batch.embeddings.shape[-1]}-d embeddings but {source} reads "
-                             f"{self.model.query_dim}-d queries; prepare them with its query encoder.")
+            raise CheckpointError(f"the shards hold {batch.embeddings.shape[-1]}-d embeddings but "
+                                  f"{self._described_model()} reads {self.model.query_dim}-d queries; "
+                                  "prepare them with its query encoder.")
         if self.raw_queries:
             if batch.embeddings is None or batch.text_queries is None or not bool(batch.text_queries.all()):
-                raise ValueError(f"{self.hparams.init_from} reads raw CLIP embeddings (query_normalization: none, "
+                raise ClipAudioError(f"{self.hparams.init_from} reads raw CLIP embeddings (query_normalization: none, "
                                  "as the official model), which only audio shards' text embeddings are; "
                                  "fine-tune it on audio shards with data.encoder set.")
             return batch.embeddings.float()
