@@ -6,7 +6,10 @@ sources), ``ms_per_mixture_val`` (forward, loss, binary-mask separation and BSS-
 both sources), the batch size, the thread count and the parameter count. Random
 weights and random audio (speed does not depend on them).
 
-Usage: ``python benchmarks/clipsep_train_step.py [--batch 4] [--steps 3] [--preset paper]``.
+``--freeze input_norm,down`` times a fine-tuning step with the U-Net encoder frozen
+(``model.freeze`` of the fine-tuning recipe).
+
+Usage: ``python benchmarks/clipsep_train_step.py [--batch 4] [--steps 3] [--preset paper] [--freeze PARTS]``.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--preset", choices=["paper", "tiny"], default="paper")
+    parser.add_argument("--freeze", default="", help="comma-separated parts kept fixed (model.freeze)")
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
-    system = CLIPSepSystem(preset=args.preset)
+    system = CLIPSepSystem(preset=args.preset, freeze=[part for part in args.freeze.split(",") if part])
     batch = _batch(args.batch, system.model.query_dim, generator)
-    optimizer = torch.optim.Adam(system.model.parameters(), lr=1e-3)
+    optimizer = system.configure_optimizers()["optimizer"]
 
     def train_step() -> None:
         loss = system.loss_terms(system.outputs(batch))["loss"]
@@ -68,7 +72,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         timings[name] = float(np.median(times)) * 1000 / args.batch
     print(json.dumps({
-        "benchmark": "clipsep_train_step", "preset": args.preset, "batch": args.batch,
+        "benchmark": "clipsep_train_step", "preset": args.preset, "batch": args.batch, "freeze": args.freeze,
         "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in system.model.parameters()),
         "ms_per_mixture_train": round(timings["train"], 1), "ms_per_mixture_val": round(timings["val"], 1),
     }))
