@@ -3,7 +3,9 @@
 Prints one JSON line: ``ms_per_mixture_train`` (forward, noise-invariant loss, backward
 and Adam step, per mixture of a batch of ``--batch`` mixtures of 65,535 samples, 2
 sources), ``ms_per_mixture_val`` (forward, loss, binary-mask separation and BSS-Eval of
-both sources), the batch size, the thread count and the parameter count. Random
+both sources), the batch size, the thread count and the parameter count, and
+``cpu_ms_per_mixture_train`` (process CPU time of a training step, summed over threads)
+with the load average, since wall times on a shared machine depend on its load. Random
 weights and random audio (speed does not depend on them).
 
 ``--freeze input_norm,down`` times a fine-tuning step with the U-Net encoder frozen
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -61,20 +64,23 @@ def main() -> None:
         separation_scores(batch.sources.flatten(0, 1), (mixture - batch.sources).flatten(0, 1),
                           estimates.flatten(0, 1), mixture.flatten(0, 1))
 
-    timings = {}
+    timings, cpu = {}, {}
     for name, step, mode in (("train", train_step, True), ("val", val_step, False)):
         system.train(mode)
         step()  # warm-up
-        times = []
+        times, cpu_times = [], []
         for _ in range(args.steps):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         timings[name] = float(np.median(times)) * 1000 / args.batch
+        cpu[name] = float(np.median(cpu_times)) * 1000 / args.batch
     print(json.dumps({
         "benchmark": "clipsep_train_step", "preset": args.preset, "batch": args.batch, "freeze": args.freeze,
         "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in system.model.parameters()),
         "ms_per_mixture_train": round(timings["train"], 1), "ms_per_mixture_val": round(timings["val"], 1),
+        "cpu_ms_per_mixture_train": round(cpu["train"], 1), "load_average": round(os.getloadavg()[0], 1),
     }))
 
 
