@@ -35,8 +35,8 @@ from clipcore.finetune import hold_frozen, initial_model
 from clipcore.media import log_media, scaled_image
 from clipcore.spectral import istft, stft, unwarp_to_linear
 from clipcore.training import ExportPretrained, export_pretrained
-from clipsep.losses import mask_loss, noise_activation_penalty, noise_invariant_loss, separation_targets
 from clipsep.convert import load_official_model
+from clipsep.losses import mask_loss, noise_activation_penalty, noise_invariant_loss, separation_targets
 from clipsep.metrics import separation_scores
 from clipsep.model import CLIPSep
 
@@ -160,9 +160,9 @@ class CLIPSepSystem(LightningModule):
                                   "prepare them with its query encoder.")
         if self.raw_queries:
             if batch.embeddings is None or batch.text_queries is None or not bool(batch.text_queries.all()):
-                raise ClipAudioError(f"{self.hparams.init_from} reads raw CLIP embeddings (query_normalization: none, "
-                                 "as the official model), which only audio shards' text embeddings are; "
-                                 "fine-tune it on audio shards with data.encoder set.")
+                raise ClipAudioError(f"{self.hparams.init_from} reads raw CLIP embeddings (query_normalization: "
+                                     "none, as the official model), which only audio shards' text embeddings are; "
+                                     "fine-tune it on audio shards with data.encoder set.")
             return batch.embeddings.float()
         if batch.embeddings is not None:
             return F.normalize(batch.embeddings.float(), dim=-1)

@@ -1,7 +1,6 @@
 """Fine-tuning CLIPSep from a checkpoint: the official release's weights keep their raw
 text-query convention, frozen parts stay as they were, and bad checkpoints get one line."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -8,7 +8,6 @@ import tarfile
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from clipcore.query import CLIPSEP_EVAL_TEMPLATES, QueryEncoder
 from clipcore.shard_stream import CorruptSampleWarning, ShardStream
