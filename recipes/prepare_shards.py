@@ -357,6 +357,17 @@ class Steps:
     cut: Callable[[ClipJob], tuple | str]
     encode: Callable[..., EncodedSample]
     record: dict
+    order: Callable[[list[ClipJob]], list[ClipJob]] = list
+
+
+def interleave_labels(jobs: list[ClipJob]) -> list[ClipJob]:
+    """The clips taken in turn from each label (a library sorted by folder would otherwise
+    fill each shard with one label, and training would mostly mix a sound with its own kind)."""
+    groups: dict[str | None, list[ClipJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.label, []).append(job)
+    queues = list(groups.values())
+    return [queue[k] for k in range(max(map(len, queues), default=0)) for queue in queues if k < len(queue)]
 
 
 def _audio_steps(args: argparse.Namespace, encoder, entries: list[Entry], dataset: str) -> Steps:
@@ -371,6 +382,7 @@ def _audio_steps(args: argparse.Namespace, encoder, entries: list[Entry], datase
         functools.partial(cut_audio_clip, settings={"sample_rate": args.sample_rate}),
         functools.partial(encode_audio_sample, dataset, args.sample_rate, texts, encoder.name, templates),
         {"audio": True, "templates": templates},
+        interleave_labels,
     )
 
 
@@ -420,7 +432,7 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, datas
         jobs.extend(clips)
         if reason:
             skipped.append((path, reason))
-    jobs.sort(key=lambda job: (job.path, job.start))
+    jobs = steps.order(sorted(jobs, key=lambda job: (job.path, job.start)))
     record = {
         "dataset": dataset,
         "settings": {**settings, "clip_seconds": args.clip_seconds, "min_seconds": args.min_seconds,

@@ -13,7 +13,7 @@ from clipcore.query import CLIPSEP_EVAL_TEMPLATES, QueryEncoder
 from clipcore.shard_stream import CorruptSampleWarning, ShardStream
 from clipcore.sound_library import read_library
 from clipcore.synthetic import make_clip, write_toy_shards
-from recipes.prepare_shards import main
+from recipes.prepare_shards import ClipJob, interleave_labels, main
 
 RATE = 16000
 
@@ -96,3 +96,8 @@ def test_bad_libraries_get_one_line(tmp_path, encoder_dir, capsys, case, expecte
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("prepare_shards: error:") and expected in err[0], err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.tar"))
+
+
+def test_shards_of_a_library_take_labels_in_turn():
+    jobs = [ClipJob(f"{label}/{k}.wav", f"{label}{k}", label, 0.0, 1.0) for label in "aab" for k in range(2)]
+    assert [job.label for job in interleave_labels(sorted(set(jobs), key=lambda j: j.path))] == ["a", "b", "a", "b"]
