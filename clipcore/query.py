@@ -417,6 +417,22 @@ class QueryEncoder(Pretrained, nn.Module):
         stacked = torch.stack([self._text_cache[key] for key in keys]).view(len(templates), len(texts), -1)
         return mean_embedding(stacked, dim=0).to(self.pixel_mean.device)
 
+    @torch.no_grad()
+    def encode_text_raw(self, texts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
+        """Unnormalized CLIP text embeddings (the official CLIPSep's queries), averaged over
+        the templates.
+
+        Args:
+            texts: B queries.
+            templates: a template with ``{}`` (default ``"a photo of {}"``) or a list.
+
+        Returns:
+            float32 ``[B, D]`` on the encoder's device: the mean of the raw text-tower outputs.
+        """
+        templates = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
+        raw = [self.model.encode_text(self.tokenize([t.format(x) for x in texts])).float() for t in templates]
+        return torch.stack(raw).mean(0)
+
     def clear_cache(self) -> None:
         """Forget cached text embeddings."""
         self._text_cache.clear()

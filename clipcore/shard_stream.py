@@ -2,7 +2,9 @@
 ``IterableDataset`` of :class:`MixBatch`.
 
 Training mixes the audio of ``num_sources`` clips (mix-and-separate); each clip keeps its
-query: the embedding averaged over its query frames, or the frames themselves. The shard
+query: the embedding averaged over its query frames, or the frames themselves. A clip of
+an audio shard (labelled audio, no frames) brings its label's text embedding instead, so
+video and audio shards mix in one run when the stream reads embeddings. The shard
 format is :mod:`clipcore.shards`'s.
 
 Usage::
@@ -55,6 +57,7 @@ class _Clip:
     label: str | None
     audio: torch.Tensor  # [S]
     query: torch.Tensor  # [D] float32 or [F, 3, H, W] uint8
+    text: bool = False  # the query is a text embedding (an audio shard's)
 
 
 @dataclass
@@ -66,11 +69,14 @@ class MixBatch:
         sources: float32 ``[B, N, S]``, each scaled by a gain in 0.5-1.5 divided by N
             (no scaling when N is 1).
         embeddings: float32 ``[B, N, D]`` CLIP image embeddings (mean over the query
-            frames, not re-normalized), or None when frames are delivered.
+            frames, not re-normalized) or, for clips of audio shards, the raw text
+            embedding of their label; None when frames are delivered.
         frames: uint8 ``[B, N, F, 3, H, W]`` query frames, or None with embeddings.
         labels: ``[B][N]`` labels (None where a clip has none).
         keys: ``[B][N]`` sample keys.
         skipped: samples or shards skipped (corrupt) while this batch was assembled.
+        text_queries: bool ``[B, N]``, True where the query is a text embedding (with
+            ``embeddings``), else None.
     """
 
     mixture: torch.Tensor
@@ -80,6 +86,7 @@ class MixBatch:
     labels: list[list[str | None]]
     keys: list[list[str]]
     skipped: int = 0
+    text_queries: torch.Tensor | None = None
 
     def _apply(self, fn) -> "MixBatch":
         changes = {f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
@@ -282,14 +289,21 @@ class ShardStream(IterableDataset):
         if len(audio) == 0 or not torch.isfinite(audio).all():
             raise _CorruptSample(f"{key}: empty or non-finite audio.")
         audio = torch.nn.functional.pad(audio, (0, self.segment_samples - len(audio)))
-        fps = float(meta.get("fps", 1.0))
-        count = sum(1 for name in sample if name.endswith(".jpg") and name[:-4].isdigit())
-        indices = self._pick_frames(count, fps, offset / rate, min(want, total) / rate, rng)
+        text = meta.get("embedding") == "text"
+        if text and not self.encoder:
+            raise _CorruptSample(f"{key}: is labelled audio without frames; read its text embedding by setting "
+                                 "the encoder (the name of its .npy member).")
         try:
-            query = self._embedding(sample, indices, key) if self.encoder else self._frames(sample, indices)
+            if text:
+                query = self._embedding(sample, [0], key)
+            else:
+                fps = float(meta.get("fps", 1.0))
+                count = sum(1 for name in sample if name.endswith(".jpg") and name[:-4].isdigit())
+                indices = self._pick_frames(count, fps, offset / rate, min(want, total) / rate, rng)
+                query = self._embedding(sample, indices, key) if self.encoder else self._frames(sample, indices)
         except (KeyError, ValueError, OSError, IndexError) as error:
             raise _CorruptSample(f"{key}: unreadable query member ({error}).") from None
-        return _Clip(str(sample["__key__"]), meta.get("label"), audio, query)
+        return _Clip(str(sample["__key__"]), meta.get("label"), audio, query, text)
 
     def _pick_frames(self, count: int, fps: float, start: float, length: float, rng) -> list[int]:
         if count == 0:
@@ -348,6 +362,7 @@ class ShardStream(IterableDataset):
             labels=[[c.label for c in clips[i * n : (i + 1) * n]] for i in range(b)],
             keys=[[c.key for c in clips[i * n : (i + 1) * n]] for i in range(b)],
             skipped=skipped,
+            text_queries=torch.tensor([c.text for c in clips]).view(b, n) if self.encoder else None,
         )
 
 

@@ -5,6 +5,10 @@ A shard is a webdataset tar file with one sample per video clip, key
 ``1.jpg``, ... (frames at ``fps``; frame ``k`` shows time ``(k + 0.5) / fps``), ``json``
 (metadata) and optionally ``<encoder>.npy`` (float16 CLIP image embeddings, frames x dim).
 
+An audio shard holds labelled audio instead (a sound library): no frames, and
+``<encoder>.npy`` is ``[1, dim]``, the raw CLIP text embedding of the label averaged over
+prompt templates; its ``json`` says ``"embedding": "text"`` and lists the ``templates``.
+
 :func:`write_shard` writes :class:`ShardSample` objects; :func:`expand_shards` turns a
 shard spec into the URLs to read. Reading them into training batches is
 :mod:`clipcore.shard_stream`'s job, and :mod:`clipcore.datamodule` serves those batches
@@ -59,6 +63,8 @@ class ShardSample:
         fps: frame rate.
         label: optional label (evaluation metadata only).
         embeddings: ``{encoder name: [F, D] array}``, stored as float16 ``<name>.npy``.
+        text_templates: for labelled audio (no frames): the prompt templates whose text
+            embeddings of the label ``embeddings`` holds (``[1, D]``); None for video.
     """
 
     dataset: str
@@ -70,6 +76,7 @@ class ShardSample:
     fps: float
     label: str | None = None
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    text_templates: list[str] | None = None
 
     @property
     def key(self) -> str:
@@ -93,6 +100,8 @@ class ShardSample:
         }
         if self.label is not None:
             meta["label"] = self.label
+        if self.text_templates is not None:
+            meta["embedding"], meta["templates"] = "text", list(self.text_templates)
         out = {"flac": flac.getvalue(), "json": json.dumps(meta).encode()}
         for k, image in enumerate(self.frames):
             jpeg = io.BytesIO()

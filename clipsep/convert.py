@@ -25,7 +25,7 @@ from clipcore.checkpoint import CheckpointError
 from clipcore.cli import UsageError
 from clipsep.model import CLIPSep
 
-__all__ = ["official_key_map", "from_official", "load_official", "add_convert_command"]
+__all__ = ["official_key_map", "from_official", "load_official", "load_official_model", "add_convert_command"]
 
 _PREFIX = "module."
 # Positions inside the official blocks' nn.Sequential:
@@ -93,7 +93,10 @@ def from_official(state_dict: dict[str, torch.Tensor]) -> CLIPSep:
     """
     state = {(key[len(_PREFIX):] if key.startswith(_PREFIX) else key): value for key, value in state_dict.items()}
     sizes = _sizes(state)
-    model = CLIPSep(**sizes)
+    try:
+        model = CLIPSep(**sizes)
+    except ValueError as error:
+        raise CheckpointError(f"the state dict does not describe a CLIPSep network ({error}).") from None
     mapping = official_key_map(sizes["layers"], sizes["noise_heads"])
     unknown = sorted(set(state) - set(mapping))
     missing = sorted(set(mapping) - set(state))
@@ -139,10 +142,12 @@ def load_official(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def convert_official(path: str | Path, out: str | Path) -> Path:
-    """Convert the official checkpoint ``path`` into the project checkpoint folder ``out``.
+def load_official_model(path: str | Path) -> CLIPSep:
+    """The network of an official checkpoint file, with the official conventions as its
+    provenance (``query_encoder`` for 512-d queries, ``query_normalization: none``).
 
-    A ``train-args.json`` next to the file is recorded in the provenance.
+    Raises:
+        CheckpointError: naming ``path``, when it is not an official CLIPSep checkpoint.
     """
     path = Path(path)
     try:
@@ -150,16 +155,27 @@ def convert_official(path: str | Path, out: str | Path) -> Path:
     except CheckpointError as error:
         message = str(error)
         raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    provenance = {
+    model.provenance = {
         "source": "official CLIPSep release (github.com/sony/CLIPSep)",
         "converted_from": path.name,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
     }
     if model.query_dim == 512:
-        provenance["query_encoder"] = "ViT-B-32/openai"
+        model.provenance["query_encoder"] = "ViT-B-32/openai"
     # The official code feeds raw CLIP outputs (encode_image averaged over 3 frames in
     # training, encode_text at inference), not unit-norm embeddings.
-    provenance["query_normalization"] = "none"
+    model.provenance["query_normalization"] = "none"
+    return model
+
+
+def convert_official(path: str | Path, out: str | Path) -> Path:
+    """Convert the official checkpoint ``path`` into the project checkpoint folder ``out``.
+
+    A ``train-args.json`` next to the file is recorded in the provenance.
+    """
+    path = Path(path)
+    model = load_official_model(path)
+    provenance = {}
     args_file = path.with_name("train-args.json")
     if args_file.is_file():
         try:

@@ -221,14 +221,9 @@ class Separator:
     ) -> "Separator":
         """A separator from the checkpoint file released with the paper (``best_model.pt``),
         read without unpickling objects; the official model uses ``ViT-B-32/openai``."""
-        from clipsep.convert import from_official, load_official
+        from clipsep.convert import load_official_model
 
-        try:
-            model = from_official(load_official(path))
-        except CheckpointError as error:
-            message = str(error)
-            raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-        settings.setdefault("normalize_queries", False)  # the official code reads raw CLIP outputs
+        model = load_official_model(path)  # its provenance says query_normalization: none
         return cls(model, _load_encoder(query_encoder), device=device, **settings)
 
     @classmethod
@@ -327,8 +322,7 @@ class Separator:
                 return embeddings
             generators = [torch.Generator(self.device).manual_seed(self.prior_seed) for _ in texts]
             return self.prior.sample(embeddings.to(self.device), generator=generators)
-        raw = [encoder.model.encode_text(encoder.tokenize([t.format(x) for x in texts])).float() for t in templates]
-        return torch.stack(raw).mean(0)
+        return encoder.encode_text_raw(list(texts), templates)
 
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:

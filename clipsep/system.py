@@ -36,10 +36,15 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
+from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError
+from clipcore.errors import ClipAudioError
+from clipcore.finetune import freeze as freeze_parts
+from clipcore.finetune import hold_frozen, initial_model
 from clipcore.media import log_media
 from clipcore.plots import figure_pixels, linear_bins, spectrogram_figure
 from clipcore.spectral import STFTConfig, istft, stft, unwarp_to_linear
 from clipcore.training import ExportPretrained, export_pretrained
+from clipsep.convert import load_official_model
 from clipsep.losses import (
     best_permutation,
     mask_loss,
@@ -74,7 +79,16 @@ class CLIPSepSystem(LightningModule):
         query_encoder: spec for ``clipcore.query.QueryEncoder.load`` (open_clip name such
             as ``ViT-B-32/openai``, ``ARCH=FILE``, or a checkpoint folder). Needed when the
             batches carry frames; recorded in the export so that inference uses the same
-            CLIP space (a folder is copied into the export).
+            CLIP space (a folder is copied into the export). With ``init_from`` it defaults
+            to the checkpoint's (its ``query_encoder/`` folder, or the one it names).
+        init_from: fine-tune: a CLIPSep checkpoint folder, or the official ``best_model.pt``
+            (read with ``torch.load(weights_only=True)``); ``preset`` and ``model_args``
+            then do not apply. A checkpoint that reads raw CLIP embeddings (provenance
+            ``query_normalization: none``, as the official one) is trained on raw text
+            embeddings (audio shards) and exported with that convention.
+        freeze: parts of the network whose weights stay fixed (dotted module or parameter
+            names: ``input_norm`` and ``down`` are the U-Net encoder, ``up`` its decoder,
+            ``query_proj``, ``noise_proj``, ``mask_scale``, ``mask_bias``; ``down.0`` a level).
         learning_rate: Adam learning rate.
         warmup_steps: linear warm-up steps.
         decay_steps: step at which the linear decay reaches ``decay_multiplier``.
@@ -98,6 +112,8 @@ class CLIPSepSystem(LightningModule):
         preset: str = "paper",
         model_args: dict[str, Any] | None = None,
         query_encoder: str | None = None,
+        init_from: str | None = None,
+        freeze: list[str] | None = None,
         learning_rate: float = 1e-3,
         warmup_steps: int = 5000,
         decay_steps: int = 100000,
@@ -124,8 +140,18 @@ class CLIPSepSystem(LightningModule):
         if query_mode == "pit" and pit_outputs < 1:
             raise ValueError(f"pit_outputs must be at least 1, got {pit_outputs}.")
         self.label_index = {name: i for i, name in enumerate(labels or [])}
-        args = {**(model_args or {}), **({"learned_queries": rows} if rows else {})}
-        self.model = CLIPSep.from_preset(preset, seed=None, **args)  # seed_everything's stream
+        if init_from is None:
+            args = {**(model_args or {}), **({"learned_queries": rows} if rows else {})}
+            self.model = CLIPSep.from_preset(preset, seed=None, **args)  # seed_everything's stream
+        else:
+            self.model = initial_model(init_from, CLIPSep, foreign=load_official_model)
+        self.frozen = freeze_parts(self.model, freeze or [])
+        facts = self.model.provenance or {}
+        self.raw_queries = facts.get("query_normalization") == "none"
+        if query_encoder is None and init_from is not None:
+            bundled = Path(init_from) / QUERY_ENCODER_DIR
+            query_encoder = str(bundled) if bundled.is_dir() else facts.get("query_encoder")
+        self.query_encoder = query_encoder
         object.__setattr__(self, "encoder", None)  # frozen, loaded when needed, not checkpointed
         # Mean SDR / SDRi of the non-silent estimates (the official evaluation's rule).
         self.scores = torch.nn.ModuleDict(
@@ -136,27 +162,31 @@ class CLIPSepSystem(LightningModule):
         data = getattr(self.trainer, "datamodule", None)
         rate = getattr(getattr(data, "hparams", None), "sample_rate", None)
         if rate is not None and rate != self.model.sample_rate:
-            raise ValueError(f"the data are at {rate} Hz but the model works at {self.model.sample_rate} Hz.")
+            raise CheckpointError(f"the data are at {rate} Hz but {self._described_model()} works at "
+                                  f"{self.model.sample_rate} Hz.")
+
+    def _described_model(self) -> str:
+        return f"the model of {self.hparams.init_from}" if self.hparams.init_from else "the model"
 
     # --- queries and forward ------------------------------------------------------------
 
     def _encoder(self):
         if self.encoder is None:
-            if self.hparams.query_encoder is None:
+            if self.query_encoder is None:
                 raise ValueError("the batches carry frames but no query_encoder is configured.")
             from clipcore.query import QueryEncoder
 
-            encoder = QueryEncoder.load(self.hparams.query_encoder)
+            encoder = QueryEncoder.load(self.query_encoder)
             if encoder.embed_dim != self.model.query_dim:
-                raise ValueError(
-                    f"the query encoder gives {encoder.embed_dim}-d embeddings, the model expects {self.model.query_dim}."
-                )
+                raise CheckpointError(f"the query encoder {self.query_encoder} gives {encoder.embed_dim}-d embeddings, "
+                                      f"{self._described_model()} expects {self.model.query_dim}.")
             object.__setattr__(self, "encoder", encoder.eval())
         return self.encoder.to(self.device)
 
     def queries(self, batch) -> torch.Tensor:
         """``[B, N, D]`` query of each source of a ``MixBatch``: its L2-normalized CLIP
-        embedding, its label's learned row (``"label"``), or the N learned rows (``"pit"``)."""
+        embedding (for a model that reads raw CLIP embeddings, the raw text embeddings of
+        audio shards), its label's learned row (``"label"``), or the N learned rows (``"pit"``)."""
         mode, table = self.hparams.query_mode, self.model.learned_query
         if mode == "label":
             unknown = sorted({str(name) for row in batch.labels for name in row if name not in self.label_index})
@@ -170,6 +200,16 @@ class CLIPSepSystem(LightningModule):
                 raise ValueError(f"PIT has {table.num_embeddings} outputs but the mixtures have {count} sources; "
                                  f"set pit_outputs to {count}.")
             return table.weight[None].expand(len(batch.sources), -1, -1)
+        if batch.embeddings is not None and batch.embeddings.shape[-1] != self.model.query_dim:
+            raise CheckpointError(f"the shards hold {batch.embeddings.shape[-1]}-d embeddings but "
+                                  f"{self._described_model()} reads {self.model.query_dim}-d queries; "
+                                  "prepare them with its query encoder.")
+        if self.raw_queries:
+            if batch.embeddings is None or batch.text_queries is None or not bool(batch.text_queries.all()):
+                raise ClipAudioError(f"{self.hparams.init_from} reads raw CLIP embeddings (query_normalization: "
+                                     "none, as the official model), which only audio shards' text embeddings are; "
+                                     "fine-tune it on audio shards with data.encoder set.")
+            return batch.embeddings.float()
         if batch.embeddings is not None:
             return F.normalize(batch.embeddings.float(), dim=-1)
         frames = batch.frames  # [B, N, F, 3, H, W]
@@ -223,11 +263,17 @@ class CLIPSepSystem(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=hp.learning_rate)
+        optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=hp.learning_rate)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(step, hp.warmup_steps, hp.decay_steps, hp.decay_multiplier)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def train(self, mode: bool = True) -> "CLIPSepSystem":
+        """Training mode, with the frozen parts (and their BatchNorm statistics) held in eval mode."""
+        super().train(mode)
+        hold_frozen(self.model, self.frozen)
+        return self
 
     def configure_callbacks(self):
         return [ExportPretrained(self.hparams.export_dir, folder="pretrained", best_and_last=True, monitor="val/sdri",
@@ -280,10 +326,12 @@ class CLIPSepSystem(LightningModule):
     def export(self, directory: str | Path, provenance: dict[str, Any] | None = None) -> Path:
         """Save the network for ``Separator.from_pretrained`` (a query encoder given as a
         local folder is copied to ``directory/query_encoder``)."""
-        spec, mode = self.hparams.query_encoder, self.hparams.query_mode
+        spec, mode = self.query_encoder, self.hparams.query_mode
         facts = {"query_encoder": spec} if spec is not None else {}
         if mode != "clip":
             facts.update(query_mode=mode, labels=list(self.label_index))
+        if self.hparams.init_from is not None:
+            facts["init_from"] = str(self.hparams.init_from)
         encoder = self._encoder() if spec is not None and Path(spec).is_dir() else None
         return export_pretrained(self, self.model, directory, {**facts, **(provenance or {})}, encoder)
 

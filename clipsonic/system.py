@@ -21,6 +21,9 @@ from diffusers import DDPMScheduler
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 
+from clipcore.checkpoint import QUERY_ENCODER_DIR
+from clipcore.finetune import freeze as freeze_parts
+from clipcore.finetune import hold_frozen, initial_model
 from clipcore.media import log_media
 from clipcore.plots import figure_pixels, mel_figure
 from clipcore.training import export_pretrained
@@ -42,6 +45,12 @@ class CLIPSonicSystem(LightningModule):
         query_encoder: spec for ``clipcore.query.QueryEncoder.load`` (open_clip name,
             checkpoint folder, ``ARCH=FILE``). Needed when the batches carry frames; always
             recorded in the exported model so that inference uses the same CLIP space.
+            With ``init_from`` the checkpoint's own is used.
+        init_from: fine-tune: a CLIPSonic checkpoint folder (an export of this system);
+            ``preset``, ``embed_dim``, ``model_args`` and ``prediction_type`` then do not
+            apply, and its mel and condition statistics are kept.
+        freeze: parts of the model whose weights stay fixed (dotted module or parameter
+            names of :class:`~clipsonic.model.CLIPSonic`, e.g. ``unet.down_blocks.0``).
         condition_dropout: probability of training a clip with the null condition.
         snr_gamma: Min-SNR-gamma loss weighting (Hang et al., 2023): each step's loss is
             weighted by ``min(SNR, gamma)`` over the weight its prediction target implies,
@@ -65,6 +74,8 @@ class CLIPSonicSystem(LightningModule):
         model_args: dict[str, Any] | None = None,
         prediction_type: str = "v_prediction",
         query_encoder: str | None = None,
+        init_from: str | None = None,
+        freeze: list[str] | None = None,
         condition_dropout: float = 0.1,
         snr_gamma: float | None = None,
         learning_rate: float = 1e-4,
@@ -81,6 +92,14 @@ class CLIPSonicSystem(LightningModule):
         if preset not in CLIPSonic.PRESETS:
             raise ValueError(f"preset must be one of {', '.join(CLIPSonic.PRESETS)}, not {preset!r}.")
         self.save_hyperparameters()
+        start = initial_model(init_from, CLIPSonic) if init_from is not None else None
+        if start is not None:
+            if query_encoder is not None and query_encoder != start.init_args.get("query_encoder"):
+                raise ValueError(f"init_from {init_from} was trained with the query encoder "
+                                 f"{start.init_args.get('query_encoder')}, not {query_encoder}; leave query_encoder unset.")
+            query_encoder, embed_dim = start.init_args.get("query_encoder"), start.embed_dim
+            bundled = Path(init_from) / QUERY_ENCODER_DIR
+            query_encoder = str(bundled) if bundled.is_dir() else query_encoder
         encoder = None
         if query_encoder is not None:
             from clipcore.query import QueryEncoder  # open_clip only when frames may need it
@@ -90,13 +109,15 @@ class CLIPSonicSystem(LightningModule):
                 raise ValueError(f"embed_dim {embed_dim} differs from the query encoder's {encoder.embed_dim}.")
             embed_dim = encoder.embed_dim
         object.__setattr__(self, "encoder", encoder)  # frozen and not part of the checkpoint
+        self.encoder_spec = query_encoder
         settings = {"prediction_type": prediction_type, "query_encoder": query_encoder, **(model_args or {})}
         if embed_dim is not None:
             settings["embed_dim"] = embed_dim
-        self.model = CLIPSonic.from_preset(preset, **settings)
+        self.model = start if start is not None else CLIPSonic.from_preset(preset, **settings)
+        self.frozen = freeze_parts(self.model, freeze or [])
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.noise_scheduler = DDPMScheduler(**self.model.scheduler_config())
-        self.register_buffer("stats_ready", torch.tensor(False))
+        self.register_buffer("stats_ready", torch.tensor(start is not None))
 
     # --- conditions and mels ------------------------------------------------------------
 
@@ -205,11 +226,18 @@ class CLIPSonicSystem(LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad], lr=self.hparams.learning_rate,
+            weight_decay=self.hparams.weight_decay,
         )
         warmup = max(1, self.hparams.warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def train(self, mode: bool = True) -> "CLIPSonicSystem":
+        """Training mode, with the frozen parts held in eval mode."""
+        super().train(mode)
+        hold_frozen(self.model, self.frozen)
+        return self
 
     # --- validation ---------------------------------------------------------------------
 
@@ -247,6 +275,6 @@ class CLIPSonicSystem(LightningModule):
         A query encoder given as a local checkpoint folder is copied to
         ``directory/query_encoder`` so that the folder is self-contained.
         """
-        spec = self.hparams.query_encoder
+        spec = self.encoder_spec
         encoder = self.encoder if self.encoder is not None and spec is not None and Path(spec).is_dir() else None
         return export_pretrained(self, self.ema, directory, provenance, encoder)

@@ -1,6 +1,8 @@
-"""Cut video files into clips and write them as webdataset shards for training.
+"""Cut video files (or labelled audio files) into clips and write them as webdataset
+shards for training.
 
     python recipes/prepare_shards.py VIDEOS_OR_CSV OUT_DIR [options]
+    python recipes/prepare_shards.py SOUNDS_OR_CSV OUT_DIR --audio --clip-model SPEC [options]
 
 Run with ``--help`` for the input layouts and how CSV rows map to file names.
 
@@ -19,6 +21,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -44,6 +47,14 @@ inputs:
                 video, read from start_seconds for 10 s). --split keeps one split.
     music       rows 'audio path,frames folder,frame count,label' (the CLIPSep lists);
                 the video id is the audio file's stem, and it maps to <video_id>.<ext>.
+
+labelled audio (--audio, with --clip-model): a folder of audio files (.wav .flac .ogg
+.mp3 .aiff; label = the file's folder name) or a CSV with a header row, a 'path' column
+and a --label-column; --label-pattern takes labels from file names instead (its group
+'label', else its first group: '^(.+?)_[0-9]+$' labels dog_bark_03.wav "dog bark";
+underscores read as spaces). Each clip stores its label's CLIP text embedding, averaged
+over the CLIPSep evaluation's prompt templates, in place of frames: audio shards, for
+CLIPSep training with text queries (see clipcore.shards).
 
 Each file gives clips of --clip-seconds (back to back, from its start or the row's
 start), within the time both tracks cover; a file shorter than one clip gives one clip of
@@ -105,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "in skipped.tsv (default: 60)")
     parser.add_argument("--clip-model", help="also store CLIP image embeddings per frame: a QueryEncoder "
                         "checkpoint folder, an open_clip name like ViT-B-32/openai, or ARCH=weights-file")
+    parser.add_argument("--audio", action="store_true",
+                        help="the input is labelled audio, not video (see 'labelled audio' below; needs --clip-model)")
+    parser.add_argument("--label-column", default="label", help="--audio with a CSV: the label column (default: label)")
+    parser.add_argument("--label-pattern", help="--audio: a regular expression taking each label from the file name")
     return parser
 
 
@@ -304,6 +319,78 @@ class ShardAssembler:
                 self.written += len(samples)
 
 
+def read_audio_entries(args: argparse.Namespace) -> list[Entry]:
+    """The files of a labelled sound library (see :func:`clipcore.sound_library.read_library`)."""
+    from clipcore.sound_library import read_library
+
+    library = read_library(args.input, args.label_column, args.label_pattern, args.video_root)
+    return [Entry(item.path, item.file_id, item.label) for item in library]
+
+
+def plan_audio_clips(entry: Entry, clip_seconds: float, min_seconds: float) -> tuple[str, list[ClipJob], str | None]:
+    """The clips of one audio file, like :func:`plan_clips`'s."""
+    from clipcore.sound_library import clip_spans
+
+    spans, reason = clip_spans(entry.path, clip_seconds, min_seconds)
+    return entry.path, [ClipJob(entry.path, entry.video_id, entry.label, a, b) for a, b in spans], reason
+
+
+def cut_audio_clip(job: ClipJob, settings: dict) -> tuple[np.ndarray, dict] | str:
+    """Read one audio clip (in a worker): the audio, or why it cannot be used."""
+    from clipcore.sound_library import read_span
+
+    audio = read_span(job.path, job.start, job.end, settings["sample_rate"])
+    return audio if isinstance(audio, str) else (audio, {})
+
+
+def encode_audio_sample(dataset: str, sample_rate: int, texts: dict[str, np.ndarray], encoder_name: str,
+                        templates: list[str], job: ClipJob, audio: np.ndarray, _: dict) -> EncodedSample:
+    """The shard members of one labelled audio clip (FLAC, JSON, its label's text embedding)."""
+    from clipcore.shards import ShardSample
+
+    sample = ShardSample(dataset, job.video_id, job.start, audio, sample_rate, np.zeros((0, 1, 1, 3), np.uint8), 0.0,
+                         job.label, {encoder_name: texts[job.label]}, templates)
+    return EncodedSample(sample.key, sample.members())
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What the recipe does with one kind of input: plan a file's clips, cut a clip (in a
+    worker), encode it into shard members, and the settings that the plan record adds."""
+
+    plan: Callable[[Entry], tuple[str, list[ClipJob], str | None]]
+    cut: Callable[[ClipJob], tuple | str]
+    encode: Callable[..., EncodedSample]
+    record: dict
+    order: Callable[[list[ClipJob]], list[ClipJob]] = list
+
+
+def interleave_labels(jobs: list[ClipJob]) -> list[ClipJob]:
+    """The clips taken in turn from each label (a library sorted by folder would otherwise
+    fill each shard with one label, and training would mostly mix a sound with its own kind)."""
+    groups: dict[str | None, list[ClipJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.label, []).append(job)
+    queues = list(groups.values())
+    return [queue[k] for k in range(max(map(len, queues), default=0)) for queue in queues if k < len(queue)]
+
+
+def _audio_steps(args: argparse.Namespace, encoder, entries: list[Entry], dataset: str) -> Steps:
+    """The steps of a labelled sound library: each label's text embedding is computed here, once."""
+    from clipcore.query import CLIPSEP_EVAL_TEMPLATES
+    from clipcore.sound_library import label_embeddings
+
+    templates = list(CLIPSEP_EVAL_TEMPLATES)
+    texts = label_embeddings(encoder, [entry.label for entry in entries], templates)
+    return Steps(
+        functools.partial(plan_audio_clips, clip_seconds=args.clip_seconds, min_seconds=args.min_seconds),
+        functools.partial(cut_audio_clip, settings={"sample_rate": args.sample_rate}),
+        functools.partial(encode_audio_sample, dataset, args.sample_rate, texts, encoder.name, templates),
+        {"audio": True, "templates": templates},
+        interleave_labels,
+    )
+
+
 def _describe(job: ClipJob, reason: str) -> str:
     return f"{job.path}: decoding the clip from {job.start:.1f} s {reason}; abandoned."
 
@@ -315,27 +402,33 @@ def prepare(args: argparse.Namespace) -> int:
     if args.fps <= 0 or args.sample_rate < 1000 or args.short_side < 16 or args.clip_timeout <= 0:
         raise UsageError("--fps and --clip-timeout must be positive, --sample-rate at least 1000 and "
                          "--short-side at least 16.")
-    entries, skipped = read_entries(args)
+    if args.audio and not args.clip_model:
+        raise UsageError("--audio needs --clip-model: each label's CLIP text embedding is the query of its clips.")
+    entries, skipped = (read_audio_entries(args), []) if args.audio else read_entries(args)
     if not entries:
-        raise UsageError(f"{args.input}: no usable video files found.")
-    encoder_name = None
-    if args.clip_model:  # loaded here once to refuse a bad one before any work, then by each worker
+        raise UsageError(f"{args.input}: no usable {'audio' if args.audio else 'video'} files found.")
+    encoder = None
+    if args.clip_model:  # loaded here once to refuse a bad one before any work, then by each video worker
         from clipcore.query import QueryEncoder
 
-        encoder_name = QueryEncoder.load(args.clip_model).name
+        encoder = QueryEncoder.load(args.clip_model)
     dataset = args.dataset or args.input.stem
-    initializer = functools.partial(_init_worker, max(1, (os.cpu_count() or 1) // args.workers), args.clip_model)
+    settings = {"sample_rate": args.sample_rate, "fps": args.fps, "short_side": args.short_side}
+    steps = _audio_steps(args, encoder, entries, dataset) if args.audio else Steps(
+        functools.partial(plan_clips, clip_seconds=args.clip_seconds, min_seconds=args.min_seconds),
+        functools.partial(cut_clip, settings=settings), functools.partial(encode_sample, dataset), {})
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    initializer = functools.partial(_init_worker, threads, None if args.audio else args.clip_model)
     with SupervisedPool(args.workers, args.clip_timeout, initializer) as pool:
-        return _prepare(args, pool, dataset, encoder_name, skipped, entries)
+        return _prepare(args, pool, steps, dataset, encoder.name if encoder else None, settings, skipped, entries)
 
 
-def _prepare(args: argparse.Namespace, pool: SupervisedPool, dataset: str, encoder_name: str | None,
-             skipped: list[tuple[str, str]], entries: list[Entry]) -> int:
+def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, dataset: str, encoder_name: str | None,
+             settings: dict, skipped: list[tuple[str, str]], entries: list[Entry]) -> int:
     """Probe the entries, plan the clips, then cut and write the shards not yet written."""
     jobs: list[ClipJob] = []
     failures: list[str] = []
-    plan = functools.partial(plan_clips, clip_seconds=args.clip_seconds, min_seconds=args.min_seconds)
-    for index, outcome in tqdm(pool.map(plan, entries), total=len(entries), desc="probing", unit="file"):
+    for index, outcome in tqdm(pool.map(steps.plan, entries), total=len(entries), desc="probing", unit="file"):
         if not outcome.ok:
             skipped.append((entries[index].path, f"{entries[index].path}: reading its header {outcome.reason}."))
             failures.append(outcome.traceback)
@@ -344,12 +437,11 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, dataset: str, encod
         jobs.extend(clips)
         if reason:
             skipped.append((path, reason))
-    jobs.sort(key=lambda job: (job.path, job.start))
-    settings = {"sample_rate": args.sample_rate, "fps": args.fps, "short_side": args.short_side}
+    jobs = steps.order(sorted(jobs, key=lambda job: (job.path, job.start)))
     record = {
         "dataset": dataset,
         "settings": {**settings, "clip_seconds": args.clip_seconds, "min_seconds": args.min_seconds,
-                     "shard_size": args.shard_size, "clip_model": encoder_name},
+                     "shard_size": args.shard_size, "clip_model": encoder_name, **steps.record},
         "clips": len(jobs),
         "digest": hashlib.sha1(json.dumps([asdict(job) for job in jobs]).encode()).hexdigest(),
     }
@@ -366,8 +458,7 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, dataset: str, encod
     places = [(n, k) for n, (_, shard_jobs) in enumerate(shards) for k in range(len(shard_jobs))]
     tasks = [shards[n][1][k] for n, k in places]
     assembler = ShardAssembler(shards)
-    cut = functools.partial(cut_clip, settings=settings)
-    for index, outcome in tqdm(pool.map(cut, tasks), total=len(tasks), desc="writing", unit="clip"):
+    for index, outcome in tqdm(pool.map(steps.cut, tasks), total=len(tasks), desc="writing", unit="clip"):
         job, sample = tasks[index], None
         if outcome.ok and isinstance(outcome.value, str):
             skipped.append((job.path, outcome.value))
@@ -375,7 +466,7 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, dataset: str, encod
             skipped.append((job.path, _describe(job, outcome.reason)))
             failures.append(outcome.traceback)
         else:
-            sample = encode_sample(dataset, job, *outcome.value)
+            sample = steps.encode(job, *outcome.value)
         assembler.add(*places[index], sample)
     _summary(out, assembler.written, len(shards), resumed, skipped, [f for f in failures if f])
     if assembler.written == 0 and resumed == 0:

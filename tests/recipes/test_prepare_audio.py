@@ -1,0 +1,103 @@
+"""prepare_shards --audio: labelled sound libraries become audio shards whose queries are
+their labels' text embeddings, which mix with video shards in one stream."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from clipcore.query import CLIPSEP_EVAL_TEMPLATES, QueryEncoder
+from clipcore.shard_stream import CorruptSampleWarning, ShardStream
+from clipcore.sound_library import read_library
+from clipcore.synthetic import make_clip, write_toy_shards
+from recipes.prepare_shards import ClipJob, interleave_labels, main
+
+RATE = 16000
+
+
+def _wav(path, instrument, seconds=1.1, index=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, make_clip(index, duration=seconds, instrument=instrument).audio, RATE)
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("encoder")
+    QueryEncoder.tiny(embed_dim=32).save_pretrained(folder)
+    return folder
+
+
+def test_library_folder_to_audio_shards_that_mix_with_video_shards(tmp_path, encoder_dir, capsys):
+    _wav(tmp_path / "library" / "cello" / "low_01.wav", "cello", seconds=2.3)
+    _wav(tmp_path / "library" / "flute" / "high_01.flac", "flute")
+    _wav(tmp_path / "library" / "flute" / "high_02.ogg", "flute", index=1)
+    status = main([str(tmp_path / "library"), str(tmp_path / "audio"), "--audio", "--clip-model", str(encoder_dir),
+                   "--clip-seconds", "1.1"])
+    assert status == 0, capsys.readouterr()
+    with tarfile.open(tmp_path / "audio" / "shard-000000.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    metas = {name: json.loads(data) for name, data in members.items() if name.endswith(".json")}
+    assert len(metas) == 4 and not any(name.endswith(".jpg") for name in members)  # 2 + 1 + 1 clips, no frames
+    encoder = QueryEncoder.load(str(encoder_dir))
+    expected = encoder.encode_text_raw(["cello"], list(CLIPSEP_EVAL_TEMPLATES))[0].numpy()
+    for name, meta in metas.items():
+        assert meta["embedding"] == "text" and meta["templates"] == list(CLIPSEP_EVAL_TEMPLATES)
+        table = np.load(io.BytesIO(members[name.replace(".json", f".{encoder.name}.npy")]))
+        assert table.shape == (1, 32)
+        if meta["label"] == "cello":
+            np.testing.assert_allclose(table[0], expected, rtol=2e-3, atol=2e-3)
+
+    write_toy_shards(tmp_path / "video", 4, shard_size=4, duration=1.1, frame_size=32, encoder=encoder)
+    stream = ShardStream([str(tmp_path / "audio" / "*.tar"), str(tmp_path / "video" / "*.tar")], batch_size=4,
+                         segment_samples=8191, encoder=encoder.name, train=False)
+    (batch,) = list(stream)
+    assert batch.embeddings.shape == (4, 2, 32)
+    assert batch.text_queries.sum() == 4 and (~batch.text_queries).sum() == 4  # both kinds in one batch
+
+    with pytest.warns(CorruptSampleWarning, match="labelled audio without frames"):  # frames wanted: none there
+        assert list(ShardStream(str(tmp_path / "audio" / "*.tar"), batch_size=1, segment_samples=8191,
+                                train=False)) == []
+
+
+def test_labels_from_a_csv_column_or_a_file_name_pattern(tmp_path):
+    (tmp_path / "sounds.csv").write_text("path,category\ndog_bark_03.wav,dog\ncar_horn_1.wav,car_horn\n")
+    assert [f.label for f in read_library(tmp_path / "sounds.csv", label_column="category")] == ["dog", "car horn"]
+    by_name = read_library(tmp_path / "sounds.csv", label_column="none", label_pattern=r"^(?P<label>.+?)_\d+$")
+    assert [f.label for f in by_name] == ["dog bark", "car horn"]
+    _wav(tmp_path / "lib" / "dog_bark_03.wav", "drum")
+    (item,) = read_library(tmp_path / "lib", label_pattern=r"^(.+?)_\d+$")
+    assert (item.label, item.file_id) == ("dog bark", "dog_bark_03")
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("empty", "empty: holds no audio files"),
+    ("top", "loose.wav: has no label (its folder is the library's top folder; use --label-pattern)"),
+    ("pattern", "does not match --label-pattern"),
+    ("blank", "labels.csv:3: has no label"),
+    ("binary", "labels.csv: cannot be read as CSV"),
+    ("no-model", "--audio needs --clip-model"),
+])
+def test_bad_libraries_get_one_line(tmp_path, encoder_dir, capsys, case, expected):
+    (tmp_path / "empty").mkdir()
+    _wav(tmp_path / "top" / "loose.wav", "bell")
+    _wav(tmp_path / "pattern" / "bells" / "bell.wav", "bell")
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "labels.csv").write_text("path,label\na.wav,bell\nb.wav, \n")
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "labels.csv").write_bytes(b"path,label\n\xff\xfe\x00bad")
+    source = {"blank": "blank/labels.csv", "binary": "binary/labels.csv"}.get(case, case)
+    args = [str(tmp_path / source), str(tmp_path / "out"), "--audio"]
+    args += [] if case == "no-model" else ["--clip-model", str(encoder_dir)]
+    args += ["--label-pattern", r"^(.+)_\d+$"] if case == "pattern" else []
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("prepare_shards: error:") and expected in err[0], err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.tar"))
+
+
+def test_shards_of_a_library_take_labels_in_turn():
+    jobs = [ClipJob(f"{label}/{k}.wav", f"{label}{k}", label, 0.0, 1.0) for label in "aab" for k in range(2)]
+    assert [job.label for job in interleave_labels(sorted(set(jobs), key=lambda j: j.path))] == ["a", "b", "a", "b"]
