@@ -132,7 +132,8 @@ class ExportPretrained(Callback):
 
     With ``best_and_last``, after each validation (not the sanity check) to
     ``dirpath/last`` and, when ``monitor`` is the best so far (the lowest, or with
-    ``mode="max"`` the highest; a NaN is never best), to ``dirpath/best``;
+    ``mode="max"`` the highest; a NaN is never better), to ``dirpath/best``: the first
+    validation's model is best until a better one comes, so ``best`` always exists;
     otherwise once, when training ends, to ``dirpath``. A dev run (``fast_dev_run``) has
     no log folder, so it exports only when ``dirpath`` names one.
 
@@ -151,12 +152,14 @@ class ExportPretrained(Callback):
         self.dirpath, self.folder, self.best_and_last, self.monitor = dirpath, folder, best_and_last, monitor
         self.sign = 1.0 if mode == "min" else -1.0
         self.best = math.inf  # of sign * monitor
+        self.has_best = False
 
     def state_dict(self) -> dict[str, float]:
-        return {"best": self.best}
+        return {"best": self.best, "has_best": self.has_best}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.best = state_dict["best"]
+        self.has_best = bool(state_dict.get("has_best", self.best < math.inf))
 
     def _root(self, trainer) -> Path | None:
         if not trainer.is_global_zero or (trainer.fast_dev_run and not self.dirpath):
@@ -174,8 +177,9 @@ class ExportPretrained(Callback):
                            f"{', '.join(sorted(metrics)) or 'nothing'}), so best/ is not exported.", category=UserWarning)
             return
         value = self.sign * metrics[self.monitor]
-        if value < self.best:  # False for NaN
-            self.best = value
+        if value < self.best or not self.has_best:  # a NaN is never better
+            self.best = value if value < self.best else self.best
+            self.has_best = True
             pl_module.export(root / "best", {"val_metrics": metrics})
 
     def on_fit_end(self, trainer, pl_module) -> None:

@@ -143,7 +143,8 @@ def test_a_failing_read_mid_file_leaves_no_stem(separator, tmp_path, monkeypatch
 
 
 SCRIPT = """
-import sys, torch
+import signal, sys, torch
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started from a shell that ignores SIGINT
 from clipcore.query import QueryEncoder
 from clipsep.model import CLIPSep
 from clipsep.separate import Separator

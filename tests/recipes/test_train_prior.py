@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from clipcore import synthetic
+from clipcore.miniature import world
 from clipcore.prior import DiffusionPrior
 from clipcore.prior_system import load_pairs, save_pairs
 from clipcore.query import QueryEncoder
@@ -57,7 +57,7 @@ def test_fit_from_precomputed_pairs_exports_a_prior_with_provenance(tmp_path):
 def test_fit_from_toy_shards_computes_and_caches_pairs(tmp_path):
     encoder = QueryEncoder.tiny(seed=0)
     encoder.save_pretrained(tmp_path / "clip")
-    synthetic.write_toy_shards(tmp_path / "shards", 4, seed=0, duration=2.0, frame_size=32, shard_size=2)
+    world.write_shards(tmp_path / "shards", 4, "train", shard_size=2, duration=2.0, frame_size=32)
     cache = tmp_path / "pairs.npz"
     _recipe().main([
         "fit", "--config", str(TOY), "--data.shards", str(tmp_path / "shards"), "--data.encoder",
@@ -66,9 +66,10 @@ def test_fit_from_toy_shards_computes_and_caches_pairs(tmp_path):
         "--trainer.default_root_dir", str(tmp_path / "runs"), *QUIET,
     ])
     text, image = load_pairs(cache)
-    captions = len(synthetic.captions("cello"))
-    assert text.shape == (4 * 2 * captions, 32)  # clips x frames x toy captions
-    assert torch.allclose(text[0], encoder.encode_text([synthetic.captions("cello")[0]], templates="{}")[0], atol=1e-5)
+    captions = len(world.captions("accordion"))  # the toy config's captions: the miniature world's
+    assert text.shape == (4 * 2 * captions, 32)  # clips x frames x captions
+    first = world.INSTRUMENTS[0]  # clip 0 of every split
+    assert torch.allclose(text[0], encoder.encode_text([world.captions(first)[0]], templates="{}")[0], atol=1e-5)
     assert DiffusionPrior.load(tmp_path / "prior", embed_dim=encoder.embed_dim).provenance["global_step"] == 3
 
 
