@@ -142,7 +142,7 @@ def load_official(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_official_model(path: str | Path) -> CLIPSep:
+def load_official_model(path: str | os.PathLike) -> CLIPSep:
     """The network of an official checkpoint file, with the official conventions as its
     provenance (``query_encoder`` for 512-d queries, ``query_normalization: none``).
 
