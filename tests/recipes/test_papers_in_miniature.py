@@ -44,8 +44,9 @@ def test_findings_follow_the_numbers():
 
 @pytest.mark.slow
 def test_tiny_profile_writes_the_results_page(tmp_path):
-    # The whole recipe at toy size (2 seeds, 8 optimizer steps per model): 9 to 13 min measured on 2 cores under a
-    # load average of about 10 (19 min for the same command run directly); a quiet machine needs a fraction of it.
+    # The whole recipe at toy size (one seed, 8 optimizer steps per model): with two seeds it took 4.7 min on 2 idle
+    # cores, most of it starting processes; one seed keeps the suite within its budget (intervals over seeds are
+    # then undefined, and the findings say so: see the test above).
     out, docs = tmp_path / "run", tmp_path / "docs"
     result = subprocess.run(
         [sys.executable, str(ROOT / "recipes/experiments/papers_in_miniature.py"), "--profile", "tiny",
@@ -57,12 +58,12 @@ def test_tiny_profile_writes_the_results_page(tmp_path):
             assert image.size[0] >= 800 and image.size[1] >= 300
         assert f"images/results/{name}" in page
     results = json.loads((out / "results.json").read_text())
-    assert results["seeds"] == [1, 2]
+    assert results["seeds"] == [1]
     for kind in ("clipsep_image", "clipsep_text", "nit_image", "nit_text", "label", "pit"):
-        assert 0 < results["separation"][kind]["sdri"]["count"] <= 2 * 2 * results["mixtures"]  # seeds x sources
-        assert results["separation"][kind]["seed_means"]["count"] == 2
+        assert 0 < results["separation"][kind]["sdri"]["count"] <= 2 * results["mixtures"]  # sources
+        assert results["separation"][kind]["seed_means"]["count"] == 1
     for key in ("ddim_image", "ddim_zs", "ddim_pd", "dpm++_image", "dpm++_zs", "dpm++_pd"):
-        assert len(results["generation"][key]["fad_per_seed"]) == 2
+        assert len(results["generation"][key]["fad_per_seed"]) == 1
     # Each finding on the page is the one its numbers give.
     assert [f["holds"] for f in results["findings"]] == [f["holds"] for f in findings(results)]
     for finding in results["findings"]:
