@@ -18,7 +18,7 @@ in ``OUT/logs/``); two independent commands share the two cores where they can:
 2. ``recipes/align_toy_clip.py``: a tiny CLIP aligned on (caption, picture) pairs drawn
    afresh, with a modality gap like real CLIP's -> ``OUT/query_encoder``;
 3. ``recipes/train_clipsep.py`` (CLIPSep-NIT, image queries only; the checkpoint with the
-   lowest validation loss is kept), ``recipes/train_prior.py`` and
+   highest validation SDR improvement is kept), ``recipes/train_prior.py`` and
    ``recipes/train_clipsonic.py`` -> ``OUT/clipsep``, ``OUT/prior``, ``OUT/clipsonic``;
 4. validation: CLIPSonic's guidance scale, per query mode, is chosen from
    ``Profile.guidance_choices`` by how often the timbre judge (``recipes/toy_judges.py``,
