@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["StepFailed", "Runner", "tool", "recipe"]
+__all__ = ["StepFailed", "Runner", "tool", "recipe", "fresh_run_folder"]
 
 
 class StepFailed(RuntimeError):
@@ -127,3 +128,23 @@ def tool(name: str) -> list[str]:
 def recipe(name: str) -> list[str]:
     """The command that runs ``recipes/<name>`` with this interpreter."""
     return [sys.executable, str(ROOT / "recipes" / name)]
+
+
+def fresh_run_folder(given: Path, marker: str, kind: str, note: str) -> Path:
+    """An empty run folder at ``given`` (resolved): created, or emptied when it holds an
+    earlier run of the same recipe (``marker`` file inside; ``note`` is written to it).
+
+    Raises:
+        UsageError: ``given`` holds files and is not such a folder (``kind`` names the recipe's folders).
+    """
+    from clipcore.errors import UsageError
+
+    out = given.resolve()
+    if out.exists() and any(out.iterdir()):
+        if not (out / marker).exists():
+            raise UsageError(f"{given} is not empty and not a {kind} folder; choose another --out.")
+        print(f"{kind}: replacing the previous run in {given}", flush=True)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / marker).write_text(note)
+    return out

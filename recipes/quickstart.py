@@ -35,7 +35,6 @@ in ``OUT/logs/``); two independent commands share the two cores where they can:
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -47,9 +46,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing: clipcor
 
 import torch  # noqa: E402
 
-from clipcore.errors import EXIT_PARTIAL, UsageError, report_errors  # noqa: E402
+from clipcore.errors import EXIT_PARTIAL, report_errors  # noqa: E402
 from clipcore.miniature import world  # noqa: E402
-from recipes.command_runner import Runner, StepFailed, recipe, tool  # noqa: E402
+from recipes.command_runner import Runner, StepFailed, fresh_run_folder, recipe, tool  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -264,14 +263,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The quick start; 0, or 1 (:data:`EXIT_PARTIAL`) when a step failed (named, with its log)."""
-    out = args.out.resolve()
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
-            raise UsageError(f"{args.out} is not empty and not a quick start folder; choose another --out.")
-        print(f"quickstart: replacing the previous run in {args.out}", flush=True)
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("A quick start output folder: recipes/quickstart.py replaces it when run again.\n")
+    out = fresh_run_folder(args.out, MARKER, "quickstart",
+                           "A quick start output folder: recipes/quickstart.py replaces it when run again.\n")
     try:
         run(out, PROFILES[args.profile])
     except StepFailed as error:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -41,10 +40,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from clipcore.errors import EXIT_PARTIAL, UsageError, report_errors  # noqa: E402
+from clipcore.errors import EXIT_PARTIAL, report_errors  # noqa: E402
 from clipcore.miniature import world  # noqa: E402
 from recipes import quickstart  # noqa: E402
-from recipes.command_runner import Runner, StepFailed, recipe, tool  # noqa: E402
+from recipes.command_runner import Runner, StepFailed, fresh_run_folder, recipe, tool  # noqa: E402
 
 SEPARATORS = ("clipsep", "nit", "label", "pit")
 MARKER = ".papers_in_miniature"
@@ -233,13 +232,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = args.out.resolve()
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
-            raise UsageError(f"{args.out} is not empty and not a papers_in_miniature folder; choose another --out.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("An output folder of recipes/experiments/papers_in_miniature.py (replaced when run again).\n")
+    out = fresh_run_folder(args.out, MARKER, "papers_in_miniature",
+                           "An output folder of recipes/experiments/papers_in_miniature.py (replaced when run again).\n")
     try:
         run(out, args.profile, args.docs.resolve())
     except StepFailed as error:
