@@ -152,8 +152,10 @@ def run_here(jobs: Sequence[FileJob], separator, embeddings: torch.Tensor, optio
 
 
 def _worker(index: int, device: str, threads: int | None, spec: SeparatorSpec, jobs: list[FileJob],
-            embeddings: torch.Tensor, options: OutputOptions, events) -> None:
-    """Run the claim loop; report on ``events``."""
+            embeddings: torch.Tensor, options: OutputOptions, events, on_file) -> None:
+    """Run the claim loop; report on ``events``; before starting a file, write its index
+    to ``on_file[index]`` (shared memory, seen at once: a message put on the queue can be
+    lost when the process is killed before its feeder thread sends it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     stop_on_sigterm()
     if threads:
@@ -168,6 +170,8 @@ def _worker(index: int, device: str, threads: int | None, spec: SeparatorSpec, j
     def report(kind: str, task: int, payload) -> None:
         nonlocal current
         current = task if kind == "start" else None if kind == "done" else current
+        if kind == "start":
+            on_file[index] = task
         events.put((kind, index, (task, payload)))
 
     try:
@@ -199,14 +203,14 @@ def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.
     embeddings = embeddings.detach().cpu()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the caller's separator is gone: leave its memory to worker 0
+    on_file = context.Array("q", [-1] * len(devices), lock=False)  # worker -> the file it took last
     workers = [
         context.Process(target=_worker, daemon=True,
-                        args=(index, device, threads, spec, list(jobs), embeddings, options, events))
+                        args=(index, device, threads, spec, list(jobs), embeddings, options, events, on_file))
         for index, device in enumerate(devices)
     ]
     for worker in workers:
         worker.start()
-    current: dict[int, int] = {}  # worker -> file it works on
     elsewhere: set[int] = set()  # files a worker saw taken (by a sibling, or another process of the run)
     reasons: list[str] = []
     try:
@@ -214,19 +218,15 @@ def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.
             try:
                 kind, index, payload = events.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                if _check_workers(workers, devices, jobs, current, reasons, elsewhere, tally):
+                if _check_workers(workers, devices, jobs, on_file, reasons, elsewhere, tally):
                     break
                 continue
             if kind == "fatal":
                 reasons.append(f"worker {index} ({devices[index]}) could not start: {payload}")
                 continue
             task, value = payload
-            if kind == "start":
-                current[index] = task
-            elif kind == "skip" and value == "elsewhere":
+            if kind == "skip" and value == "elsewhere":
                 elsewhere.add(task)
-            elif kind == "done":
-                current.pop(index, None)
             tally(kind, task, value)
     except BaseException:  # Ctrl-C or a failure here: stop the workers now
         for worker in workers:
@@ -239,14 +239,14 @@ def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.
                 worker.terminate()
 
 
-def _check_workers(workers, devices, jobs, current, reasons, elsewhere, tally) -> bool:
-    """After a quiet spell: fail the file of each worker that died; once no worker is
-    alive (all their messages read by then), fail every file that no worker took and none
-    saw taken by another process of the run (the workers could not start or died), and
-    say that all is done (True)."""
+def _check_workers(workers, devices, jobs, on_file, reasons, elsewhere, tally) -> bool:
+    """After a quiet spell (every message a dead worker sent is read by then): fail the
+    file that each dead worker took last and did not report done; once no worker is
+    alive, fail every file that no worker took and none saw taken by another process of
+    the run (the workers could not start or died), and say that all is done (True)."""
     for index, worker in enumerate(workers):
-        if not worker.is_alive() and index in current:
-            task = current.pop(index)
+        task = on_file[index]
+        if not worker.is_alive() and task >= 0 and task not in tally.results:
             tally("done", task, FileResult(jobs[task].source, error=f"worker {index} ({devices[index]}) died "
                                                                    f"(exit code {worker.exitcode}) while on this file."))
     if any(worker.is_alive() for worker in workers):
