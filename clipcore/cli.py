@@ -15,7 +15,8 @@ from typing import Callable, Iterable
 from clipcore.audio import CLIP_MODES
 from clipcore.errors import ClipAudioError, UsageError, report_errors
 
-__all__ = ["UsageError", "EXPECTED_ERRORS", "build_parser", "run", "add_audio_output_arguments", "check_audio_output"]
+__all__ = ["UsageError", "EXPECTED_ERRORS", "build_parser", "run", "add_audio_output_arguments", "check_audio_output",
+           "add_device_argument", "resolve_device"]
 
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ClipAudioError,)
@@ -46,6 +47,27 @@ def check_audio_output(args: argparse.Namespace) -> None:
     """Reject option combinations :func:`add_audio_output_arguments` cannot write."""
     if args.format == "flac" and args.bit_depth == "32f":
         raise UsageError("--bit-depth 32f needs --format wav (FLAC stores 16 or 24 bits).")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda`` (read it with :func:`resolve_device`)."""
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: cuda when a CUDA device is available, else cpu (default: auto)")
+
+
+def resolve_device(name: str) -> str:
+    """The device a ``--device`` value names: ``auto`` becomes ``cuda`` or ``cpu``.
+
+    Raises:
+        UsageError: ``cuda`` with no CUDA device available.
+    """
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available.")
+    return name
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

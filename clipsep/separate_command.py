@@ -28,7 +28,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from clipcore.cli import UsageError, add_audio_output_arguments, check_audio_output
+from clipcore.cli import UsageError, add_audio_output_arguments, add_device_argument, check_audio_output, resolve_device
 from clipcore.files import ImageError, load_image
 from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, plan
 from clipsep.batch_workers import Tally, launcher_process, run_here, run_workers, stop_on_sigterm, worker_devices
@@ -44,14 +44,6 @@ def _duration(path: Path) -> float:
         return sf.info(str(path)).duration
     except Exception:  # unreadable files fail, with their reason, when they are processed
         return 0.0
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available.")
-    return name
 
 
 def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -111,7 +103,7 @@ def run_separate(args: argparse.Namespace) -> int:
         return summarize([], failures, out)
     from clipsep.separate import QueryError  # here: open_clip is slow to import for --help
 
-    devices = worker_devices(_device(args.device), args.devices, launch.local_rank)
+    devices = worker_devices(resolve_device(args.device), args.devices, launch.local_rank)
     if launch.local_world_size > 1 and devices[0] == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // launch.local_world_size))
     spec = _separator_spec(args)
@@ -217,7 +209,7 @@ def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:
                         help="a diffusion prior folder (recipes/train_prior.py): text queries are first mapped to "
                              "CLIP image embeddings, the kind CLIPSep was trained on (default: none)")
     parser.add_argument("--prior-seed", type=int, default=0, help="seed of the prior's sampling (default: 0)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
+    add_device_argument(parser)
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="worker processes sharing the files: one per GPU (cuda:0 to cuda:N-1) on CUDA, "
                              "else N CPU processes (default: 1); under torchrun or srun, start one process "

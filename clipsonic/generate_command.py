@@ -66,8 +66,7 @@ def _check(args: argparse.Namespace) -> None:
         raise cli.UsageError('--mode image takes --image queries, not text prompts.')
     if args.mode in ("zs", "pd") and args.images:
         raise cli.UsageError(f"--mode {args.mode} takes text prompts, not --image queries.")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise cli.UsageError("--device cuda: no CUDA device is available.")
+    cli.resolve_device(args.device)
 
 
 def output_paths(prompts: list[str], images: list[str], samples: int, out: Path, extension: str) -> list[list[Path]]:
@@ -94,7 +93,7 @@ def run_generate(args: argparse.Namespace) -> int:
     existing = [p for row in paths for p in row if p.exists()]
     if existing and not args.overwrite:
         raise cli.UsageError(f"{existing[0]} already exists (pass --overwrite to replace it).")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cli.resolve_device(args.device)
     try:
         generator = Generator.from_pretrained(
             args.checkpoint, query_encoder=args.query_encoder, prior=args.prior, vocoder=args.vocoder,
@@ -161,6 +160,6 @@ def add_generate_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("-o", "--out", default="generated", help="output folder (default: generated)")
     cli.add_audio_output_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="clips sampled together (default: 16)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
+    cli.add_device_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(run=run_generate)

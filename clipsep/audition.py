@@ -1,0 +1,222 @@
+"""``clipsep audition``: a local page to try queries by ear.
+
+::
+
+    clipsep audition --checkpoint runs/quickstart/clipsep/best [--prior runs/quickstart/prior]
+
+Drop audio files, give text queries (one per line) and/or image queries, and each file's
+stems play beside their spectrograms, with the residual (the mixture minus all stems);
+"download all" is a zip of the stems and each file's ``separation.json``, as
+``clipsep separate`` writes them. Files are separated streaming, as by ``clipsep separate``
+(:func:`clipsep.batch.process_file`), so a long file takes memory that does not grow with
+its length. A bad file or query shows the command line's one-line message and the page
+goes on serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import soundfile as sf
+
+from clipcore.audition import add_server_arguments, import_gradio, serve, spectrogram_png, zip_folder
+from clipcore.cli import add_device_argument, resolve_device
+from clipcore.errors import ClipAudioError, UsageError
+from clipcore.files import load_image
+from clipsep.batch import OutputOptions, plan, process_file
+from clipsep.separation_record import run_record
+from clipsep.stem_files import RESIDUAL, stem_names
+
+__all__ = ["StemView", "SeparationView", "AuditionSeparator", "add_audition_command"]
+
+
+@dataclass(frozen=True)
+class StemView:
+    """One stem on the page: its input's name, its name, its audio and spectrogram files."""
+
+    source: str
+    name: str
+    audio: Path
+    image: Path
+
+
+@dataclass
+class SeparationView:
+    """What one press of "Separate" shows: the stems, one line per failed input, the zip."""
+
+    stems: list[StemView] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    archive: Path | None = None
+
+    @property
+    def summary(self) -> str:
+        inputs = len({stem.source for stem in self.stems})
+        lines = [f"Separated {inputs} of {inputs + len(self.failures)} inputs."] + self.failures
+        return "\n".join(lines)
+
+
+class AuditionSeparator:
+    """The page's work, without the page: separate uploaded files into a run folder.
+
+    Args:
+        separator: a :class:`clipsep.separate.Separator`.
+        checkpoint: where its model came from (for ``separation.json``).
+        work_dir: where each run's folder goes (``run-1``, ``run-2``, ...).
+        prior: a diffusion prior folder for text queries, or None (the page then offers no prior).
+        prior_seed: the prior's seed.
+    """
+
+    def __init__(self, separator, checkpoint: str | Path, work_dir: str | Path, prior: str | Path | None = None,
+                 prior_seed: int = 0):
+        from clipsep.separate import Separator
+
+        self.plain = separator
+        self.with_prior = None if prior is None else Separator(
+            separator.model, separator.query_encoder, device=separator.device,
+            segment=separator.segment_samples / separator.sample_rate, overlap=separator.overlap_samples
+            / separator.segment_samples, batch_size=separator.batch_size, binary=separator.binary,
+            templates=separator.templates, prior=prior, prior_seed=prior_seed)
+        self.checkpoint, self.prior, self.prior_seed = Path(checkpoint), prior, prior_seed
+        self.work_dir = Path(work_dir)
+        self._runs = itertools.count(1)
+
+    def separate(self, files: list[str], texts: str, images: list[str], use_prior: bool = False,
+                 progress: Callable[[float, str], None] | None = None) -> SeparationView:
+        """Separate ``files`` with the queries: ``texts`` one per line, ``images`` files.
+
+        Args:
+            files: audio files.
+            texts: text queries, one per line (blank lines and repeats dropped).
+            images: image files, each a query.
+            use_prior: text queries through the diffusion prior.
+            progress: called with the fraction done and the file being separated.
+
+        Raises:
+            UsageError: no files, no queries, an unreadable image, or the prior asked for
+                when the page has none. Failed inputs are not raised: they are the view's
+                ``failures``.
+        """
+        queries = [("text", line.strip()) for line in dict.fromkeys(texts.splitlines()) if line.strip()]
+        queries += [("image", image) for image in dict.fromkeys(images)]
+        if not files:
+            raise UsageError("drop one or more audio files to separate.")
+        if not queries:
+            raise UsageError("give at least one text query or image query.")
+        for kind, value in queries:
+            if kind == "image":
+                load_image(value)  # an ImageError names the file
+        if use_prior and self.with_prior is None:
+            raise UsageError("this page was started without --prior, so text queries cannot go through one.")
+        separator = self.with_prior if use_prior else self.plain
+        embeddings = separator.encode_queries([value if kind == "text" else Path(value) for kind, value in queries])
+        folder = self.work_dir / f"run-{next(self._runs)}"
+        settings = {"overlap": round(separator.overlap_samples / separator.segment_samples, 4), "mono": False,
+                    "batch_size": separator.batch_size, "format": "wav", "bit_depth": "16", "clip_mode": "rescale",
+                    "prior": {"path": str(Path(self.prior).resolve()), "seed": self.prior_seed} if use_prior else None}
+        options = OutputOptions(residual=True, provenance=run_record(queries, separator, self.checkpoint, settings))
+        sources = [Path(file) for file in files]
+        jobs = plan(sources, folder / "stems", stem_names(queries, 0), options, 0)
+        seconds = [_seconds(source) for source in sources]
+        total, done = max(sum(seconds), 1e-9), 0.0
+        view = SeparationView()
+        for job, length in zip(jobs, seconds):
+            def advance(step: float, name: str = job.source.name) -> None:
+                nonlocal done
+                done = min(done + step, total)
+                if progress is not None:
+                    progress(done / total, name)
+
+            result = process_file(job, separator, embeddings, replace(options, error_log=folder / "errors.log"),
+                                  advance)
+            if result.error:
+                view.failures.append(f"{job.source.name}: {result.error}")
+                continue
+            for name, audio in job.outputs.items():
+                title = f"{job.source.name}: {name}" + (" (the mixture minus all stems)" if name == RESIDUAL else "")
+                image = spectrogram_png(audio, folder / "images" / job.folder.name / f"{name}.png", title)
+                view.stems.append(StemView(job.source.name, name, audio, image))
+        if view.stems:
+            view.archive = zip_folder(folder / "stems", folder / "stems.zip")
+        return view
+
+
+def _seconds(path: Path) -> float:
+    try:
+        return sf.info(str(path)).duration
+    except Exception:  # unreadable files fail, with their reason, when they are separated
+        return 0.0
+
+
+def build_page(audition: AuditionSeparator):
+    """The Gradio page (Blocks) on ``audition``."""
+    gr = import_gradio()
+    with gr.Blocks(title="CLIPSep audition") as page:
+        gr.Markdown("# CLIPSep audition\nDrop audio files, describe the sounds to pull out, and listen.")
+        with gr.Row():
+            files = gr.File(label="audio files", file_count="multiple", type="filepath", elem_id="files")
+            images = gr.File(label="image queries (optional)", file_count="multiple", type="filepath",
+                             file_types=["image"], elem_id="images")
+        texts = gr.Textbox(label="text queries, one per line", lines=3, placeholder="playing violin",
+                           elem_id="texts")
+        use_prior = gr.Checkbox(label="text queries through the diffusion prior", value=False,
+                                visible=audition.with_prior is not None, elem_id="use-prior")
+        run = gr.Button("Separate", variant="primary", elem_id="separate")
+        status = gr.Textbox(label="status", interactive=False, elem_id="status")
+        archive = gr.File(label="download all (stems and separation.json)", interactive=False, elem_id="download")
+        stems = gr.State([])
+
+        def separate(files, texts, images, use_prior, progress=gr.Progress()):
+            try:
+                view = audition.separate(files or [], texts or "", images or [], bool(use_prior),
+                                         lambda fraction, name: progress(fraction, desc=f"separating {name}"))
+            except ClipAudioError as error:
+                return f"error: {error}", [], None
+            return view.summary, view.stems, None if view.archive is None else str(view.archive)
+
+        run.click(separate, [files, texts, images, use_prior], [status, stems, archive])
+
+        @gr.render(inputs=stems)
+        def show(views):
+            for view in views:
+                with gr.Row(equal_height=True):
+                    gr.Audio(str(view.audio), label=f"{view.source}: {view.name}", type="filepath", format="wav",
+                             waveform_options=gr.WaveformOptions(show_recording_waveform=False),
+                             interactive=False, scale=1, elem_classes=["stem"])
+                    gr.Image(str(view.image), show_label=False, interactive=False, scale=2)
+    return page
+
+
+def run_audition(args: argparse.Namespace) -> int:
+    """Run ``clipsep audition``: load the separator and serve the page until Ctrl-C."""
+    import_gradio()  # before the model loads: a missing extra is said at once
+    from clipsep.batch import SeparatorSpec
+
+    separator = SeparatorSpec(args.checkpoint, args.query_encoder).load(resolve_device(args.device))
+    with tempfile.TemporaryDirectory(prefix="clipsep-audition-") as temporary:
+        work_dir = (args.work_dir or Path(temporary)).resolve()
+        audition = AuditionSeparator(separator, args.checkpoint, work_dir, args.prior, args.prior_seed)
+        serve(build_page(audition), args, work_dir)
+    return 0
+
+
+def add_audition_command(subparsers: "argparse._SubParsersAction") -> None:
+    """Register ``clipsep audition``."""
+    parser = subparsers.add_parser(
+        "audition", help="a local page to try queries by ear (needs clipaudio[app])",
+        description="Serve a page on this machine where audio files are separated with text and image queries "
+                    "and each stem plays beside its spectrogram.")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a CLIPSep checkpoint folder, or the official checkpoint file (with --query-encoder)")
+    parser.add_argument("--query-encoder", default=None, metavar="SPEC",
+                        help="query encoder folder or open_clip spec (default: the checkpoint's own)")
+    parser.add_argument("--prior", default=None, metavar="DIR",
+                        help="a diffusion prior folder: the page then offers text queries through it")
+    parser.add_argument("--prior-seed", type=int, default=0, help="seed of the prior's sampling (default: 0)")
+    add_device_argument(parser)
+    add_server_arguments(parser)
+    parser.set_defaults(run=run_audition)
