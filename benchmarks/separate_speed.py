@@ -50,7 +50,7 @@ STEREO_RATE = 48000
 QUERIES = ["playing violin", "playing cello", "dog barking", "engine running"]
 
 
-def _separator() -> Separator:
+def paper_separator() -> Separator:
     return Separator(CLIPSep.paper(), QueryEncoder.tiny(embed_dim=512))
 
 
@@ -65,7 +65,7 @@ def _timed(fn) -> float:
 
 
 def measure_speed(seconds: float) -> dict[str, float]:
-    separator = _separator()
+    separator = paper_separator()
     wave = _mixture(seconds)
     separator.separate(wave[:, : 5 * RATE], RATE, QUERIES)  # warm-up
     one = _timed(lambda: separator.separate(wave, RATE, QUERIES[:1]))
@@ -86,13 +86,13 @@ def peak_mb(seconds: float) -> float:
 
 
 def _peak_child(seconds: float) -> None:
-    separator, wave = _separator(), _mixture(seconds)
+    separator, wave = paper_separator(), _mixture(seconds)
     result = separator.separate(wave, RATE, QUERIES[:1])
     assert result.stems.shape[-1] == wave.shape[-1]
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def _stereo_file(path: Path, seconds: float) -> None:
+def stereo_file(path: Path, seconds: float) -> None:
     """A stereo 48 kHz 24-bit noise file, written a minute at a time."""
     rng = np.random.default_rng(0)
     with sf.SoundFile(str(path), "w", STEREO_RATE, 2, subtype="PCM_24", format="WAV") as out:
@@ -107,7 +107,7 @@ def peak_mb_stereo(seconds: float, checkpoint: Path, folder: Path) -> tuple[floa
     """Peak RSS (MB) and wall seconds of a fresh process running ``clipsep separate`` with
     four queries and 24-bit output on ``seconds`` of stereo 48 kHz."""
     source = folder / f"mix-{seconds:g}s.wav"
-    _stereo_file(source, seconds)
+    stereo_file(source, seconds)
     command = [sys.executable, __file__, "--stereo-peak-of", str(source), str(checkpoint), str(folder / "out")]
     start = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -149,7 +149,7 @@ def main() -> None:
     result["peak_mb_growth"] = round(result["peak_mb_10min"] - result["peak_mb_1min"], 1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        _separator().save_pretrained(folder / "ckpt")
+        paper_separator().save_pretrained(folder / "ckpt")
         result["peak_mb_1min_stereo48k"], _ = peak_mb_stereo(60.0, folder / "ckpt", folder)
         result["peak_mb_30min_stereo48k"], wall = peak_mb_stereo(args.stereo_long_seconds, folder / "ckpt", folder)
     result["peak_mb_growth_stereo48k"] = round(result["peak_mb_30min_stereo48k"] - result["peak_mb_1min_stereo48k"], 1)

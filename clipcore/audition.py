@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clipcore.audio_blocks import AudioReader
+from clipcore.cli import stop_on_sigterm
 from clipcore.errors import UsageError
 from clipcore.files import atomic_write
 from clipcore.plots import linear_bins, save_figure, spectrogram_figure
@@ -51,7 +52,7 @@ def import_gradio():
 
 
 def serve(page, args: argparse.Namespace, work_dir: Path) -> None:
-    """Serve a Gradio ``page`` (Blocks) on ``args.host:args.port`` until Ctrl-C.
+    """Serve a Gradio ``page`` (Blocks) on ``args.host:args.port`` until Ctrl-C or SIGTERM.
 
     Raises:
         UsageError: the port is taken or out of range.
@@ -59,6 +60,7 @@ def serve(page, args: argparse.Namespace, work_dir: Path) -> None:
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
     page.queue(default_concurrency_limit=1)  # one separation or generation at a time: they use every core
+    stop_on_sigterm()  # a clean stop: the caller removes its temporary folder
     print(f"Serving on http://{args.host}:{args.port} (Ctrl-C stops it).", flush=True)
     try:
         page.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(work_dir)], show_error=True,

@@ -10,13 +10,15 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from typing import Callable, Iterable
 
 from clipcore.audio import CLIP_MODES
 from clipcore.errors import ClipAudioError, UsageError, report_errors
 
 __all__ = ["UsageError", "EXPECTED_ERRORS", "build_parser", "run", "add_audio_output_arguments", "check_audio_output",
-           "add_device_argument", "resolve_device"]
+           "add_device_argument", "resolve_device", "stop_on_sigterm"]
 
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ClipAudioError,)
@@ -68,6 +70,21 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available.")
     return name
+
+
+def stop_on_sigterm():
+    """Turn SIGTERM (preemption, ``scancel``, a parent stopping its workers) into
+    KeyboardInterrupt, so that temporary files are removed and claims released.
+
+    Returns:
+        The previous handler (None outside the main thread, where nothing is changed).
+    """
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

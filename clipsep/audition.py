@@ -166,7 +166,7 @@ def build_page(audition: AuditionSeparator):
         use_prior = gr.Checkbox(label="text queries through the diffusion prior", value=False,
                                 visible=audition.with_prior is not None, elem_id="use-prior")
         run = gr.Button("Separate", variant="primary", elem_id="separate")
-        status = gr.Textbox(label="status", interactive=False, elem_id="status")
+        status = gr.Textbox(label="messages", interactive=False, elem_id="status")
         archive = gr.File(label="download all (stems and separation.json)", interactive=False, elem_id="download")
         stems = gr.State([])
 

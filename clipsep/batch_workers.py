@@ -21,17 +21,15 @@ import multiprocessing
 import os
 import queue
 import signal
-import threading
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from clipcore.cli import UsageError
+from clipcore.cli import UsageError, stop_on_sigterm
 from clipsep.batch import FileJob, FileResult, OutputOptions, SeparatorSpec, internal_error, run_jobs
 
-__all__ = ["LauncherProcess", "launcher_process", "worker_devices", "Tally", "run_here", "run_workers",
-           "stop_on_sigterm"]
+__all__ = ["LauncherProcess", "launcher_process", "worker_devices", "Tally", "run_here", "run_workers"]
 
 POLL_SECONDS = 1.0
 
@@ -90,21 +88,6 @@ def worker_devices(device: str, count: int, local_rank: int = 0) -> list[str]:
             return [f"cuda:{local_rank % available}"]
         return [f"cuda:{index}" for index in range(count)]
     return [device] * count
-
-
-def stop_on_sigterm():
-    """Turn SIGTERM (preemption, ``scancel``, a parent stopping its workers) into
-    KeyboardInterrupt, so that temporary files are removed and claims released.
-
-    Returns:
-        The previous handler (None outside the main thread, where nothing is changed).
-    """
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, interrupt)
 
 
 class Tally:

@@ -28,10 +28,17 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from clipcore.cli import UsageError, add_audio_output_arguments, add_device_argument, check_audio_output, resolve_device
+from clipcore.cli import (
+    UsageError,
+    add_audio_output_arguments,
+    add_device_argument,
+    check_audio_output,
+    resolve_device,
+    stop_on_sigterm,
+)
 from clipcore.files import ImageError, load_image
 from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, plan
-from clipsep.batch_workers import Tally, launcher_process, run_here, run_workers, stop_on_sigterm, worker_devices
+from clipsep.batch_workers import Tally, launcher_process, run_here, run_workers, worker_devices
 from clipsep.claims import STALE_SECONDS
 from clipsep.separation_record import run_record
 from clipsep.stem_files import stem_names

@@ -1,0 +1,87 @@
+"""The separation page's work (:class:`clipsep.audition.AuditionSeparator`), without a browser:
+it writes what ``clipsep separate`` writes, and bad input is one sentence."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from clipcore.audio import save_audio
+from clipcore.errors import ClipAudioError, UsageError
+from clipcore.prior import DiffusionPrior
+from clipcore.query import QueryEncoder
+from clipsep.audition import AuditionSeparator
+from clipsep.batch import SeparatorSpec
+from clipsep.cli import main
+from clipsep.model import CLIPSep
+from clipsep.separate import Separator
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audition")
+    torch.manual_seed(0)
+    Separator(CLIPSep.tiny(query_dim=16), QueryEncoder.tiny(embed_dim=16)).save_pretrained(root / "clipsep")
+    DiffusionPrior.tiny(embed_dim=16, seed=0).save_pretrained(root / "prior")
+    rng = np.random.default_rng(0)
+    save_audio(root / "in" / "take 1.wav", torch.from_numpy(rng.normal(0, 0.1, (2, 30000)).astype("float32")), 22050)
+    (root / "in" / "broken.wav").write_bytes(b"RIFF, but not a wave file")
+    return root
+
+
+def _samples(folder):
+    return {path.relative_to(folder).as_posix(): sf.read(path, dtype="float32")[0]
+            for path in sorted(folder.rglob("*.wav"))}
+
+
+@pytest.mark.parametrize("use_prior", [False, True])
+def test_the_page_writes_what_clipsep_separate_writes(folders, tmp_path, use_prior):
+    checkpoint, mix = folders / "clipsep", folders / "in" / "take 1.wav"
+    audition = AuditionSeparator(SeparatorSpec(str(checkpoint)).load("cpu"), checkpoint, tmp_path / "work",
+                                 prior=folders / "prior", prior_seed=3)
+    fractions = []
+    view = audition.separate([str(mix)], "playing violin\n\ndrums\nplaying violin\n", [], use_prior,
+                             lambda fraction, name: fractions.append((fraction, name)))
+    prior = ["--prior", str(folders / "prior"), "--prior-seed", "3"] if use_prior else []
+    assert main(["separate", "--checkpoint", str(checkpoint), "-q", "playing violin", "-q", "drums", "--residual",
+                 *prior, "--device", "cpu", "-o", str(tmp_path / "cli"), str(mix)]) == 0
+    page, cli = _samples(tmp_path / "work" / "run-1" / "stems"), _samples(tmp_path / "cli")
+    assert sorted(page) == ["take 1/drums.wav", "take 1/playing-violin.wav", "take 1/residual.wav"] == sorted(cli)
+    for name in page:
+        np.testing.assert_array_equal(page[name], cli[name])
+    record = json.loads((tmp_path / "work" / "run-1" / "stems" / "take 1" / "separation.json").read_text())
+    expected = json.loads((tmp_path / "cli" / "take 1" / "separation.json").read_text())
+    assert record["queries"] == expected["queries"] and record["checkpoint"] == expected["checkpoint"]
+    assert record["settings"]["prior"] == expected["settings"]["prior"]
+    assert [(v.source, v.name) for v in view.stems] == [("take 1.wav", n) for n in ("playing-violin", "drums", "residual")]
+    assert all(v.image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for v in view.stems)
+    with zipfile.ZipFile(view.archive) as archive:
+        assert sorted(archive.namelist()) == sorted([*page, "take 1/separation.json"])
+    assert view.summary == "Separated 1 of 1 inputs."
+    assert fractions[-1] == (pytest.approx(1.0), "take 1.wav") and [f for f, _ in fractions] == sorted(f for f, _ in fractions)
+
+
+def test_a_bad_file_fails_alone_and_bad_queries_are_one_sentence(folders, tmp_path):
+    checkpoint = folders / "clipsep"
+    audition = AuditionSeparator(SeparatorSpec(str(checkpoint)).load("cpu"), checkpoint, tmp_path / "work")
+    files = [str(folders / "in" / "broken.wav"), str(folders / "in" / "take 1.wav")]
+    view = audition.separate(files, "cello", [])
+    lines = view.summary.splitlines()
+    assert lines[0] == "Separated 1 of 2 inputs." and lines[1].startswith("broken.wav: cannot be read as audio")
+    assert len(view.stems) == 2  # cello and the residual of the good file
+    nothing = audition.separate(files[:1], "cello", [])
+    assert nothing.stems == [] and nothing.archive is None
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    cases = [(([], "cello", []), "drop one or more audio files to separate."),
+             ((files, " \n ", []), "give at least one text query or image query."),
+             ((files, "cello", [], True), "this page was started without --prior, so text queries cannot go through one."),
+             ((files, "", [str(tmp_path / "broken.png")]), f"{tmp_path / 'broken.png'}")]
+    for arguments, message in cases:
+        with pytest.raises(ClipAudioError) as error:
+            audition.separate(*arguments)
+        assert str(error.value).startswith(message) and "\n" not in str(error.value)
+        assert isinstance(error.value, UsageError) or "broken.png" in message
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["run-1"]  # failed and refused runs leave nothing
