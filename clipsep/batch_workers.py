@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
+import pickle
 import signal
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from typing import Sequence
 
 import torch
@@ -134,11 +135,11 @@ def run_here(jobs: Sequence[FileJob], separator, embeddings: torch.Tensor, optio
     run_jobs(list(jobs), separator, embeddings, options, tally)
 
 
-def _worker(index: int, device: str, threads: int | None, spec: SeparatorSpec, jobs: list[FileJob],
-            embeddings: torch.Tensor, options: OutputOptions, events, on_file) -> None:
-    """Run the claim loop; report on ``events``; before starting a file, write its index
-    to ``on_file[index]`` (shared memory, seen at once: a message put on the queue can be
-    lost when the process is killed before its feeder thread sends it)."""
+def _worker(device: str, threads: int | None, spec: SeparatorSpec, jobs: list[FileJob], embeddings: torch.Tensor,
+            options: OutputOptions, channel: Connection) -> None:
+    """Run the claim loop; report on ``channel`` (this worker's own pipe: a send is written
+    before it returns, so a worker killed on a file has said which file it took, and a
+    worker killed while sending spoils no other worker's reports)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     stop_on_sigterm()
     if threads:
@@ -146,16 +147,14 @@ def _worker(index: int, device: str, threads: int | None, spec: SeparatorSpec, j
     try:
         separator = spec.load(device)
     except Exception as error:  # noqa: BLE001 - reported as this worker's one-line reason
-        events.put(("fatal", index, " ".join(str(error).split()) or type(error).__name__))
+        channel.send(("fatal", " ".join(str(error).split()) or type(error).__name__))
         return
     current = None
 
     def report(kind: str, task: int, payload) -> None:
         nonlocal current
         current = task if kind == "start" else None if kind == "done" else current
-        if kind == "start":
-            on_file[index] = task
-        events.put((kind, index, (task, payload)))
+        channel.send((kind, (task, payload)))
 
     try:
         run_jobs(jobs, separator, embeddings, options, report)
@@ -164,12 +163,17 @@ def _worker(index: int, device: str, threads: int | None, spec: SeparatorSpec, j
     except Exception as error:  # noqa: BLE001 - an unforeseen failure fails this file, not the run
         if current is not None:
             reason = internal_error(error, jobs[current].source, options.error_log)
-            events.put(("done", index, (current, FileResult(jobs[current].source, error=reason))))
+            channel.send(("done", (current, FileResult(jobs[current].source, error=reason))))
 
 
 def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.Tensor, options: OutputOptions,
                 devices: Sequence[str], tally: Tally) -> None:
     """Do the jobs on one worker process per entry of ``devices``.
+
+    Each worker reports on its own pipe. When a pipe ends (its worker is gone), the file
+    that worker had started and not finished fails, naming the exit code; when all have
+    ended, every file that no worker took, nor saw taken by another process of the run,
+    fails with the reason (the workers could not start, or died).
 
     Args:
         jobs: the planned files.
@@ -180,37 +184,43 @@ def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.
         tally: receives the workers' reports.
     """
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
-    events = context.Queue()
     cpu = all(device == "cpu" for device in devices)
     threads = max(1, torch.get_num_threads() // len(devices)) if cpu else None
     embeddings = embeddings.detach().cpu()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the caller's separator is gone: leave its memory to worker 0
-    on_file = context.Array("q", [-1] * len(devices), lock=False)  # worker -> the file it took last
-    workers = [
-        context.Process(target=_worker, daemon=True,
-                        args=(index, device, threads, spec, list(jobs), embeddings, options, events, on_file))
-        for index, device in enumerate(devices)
-    ]
-    for worker in workers:
-        worker.start()
+    workers, channels = [], {}
+    for index, device in enumerate(devices):
+        reader, writer = context.Pipe(duplex=False)
+        workers.append(context.Process(target=_worker, daemon=True,
+                                       args=(device, threads, spec, list(jobs), embeddings, options, writer)))
+        workers[-1].start()
+        writer.close()  # the worker holds the only writing end: the pipe ends when the worker does
+        channels[reader] = index
+    current: dict[int, int] = {}  # worker -> the file it started and has not finished
     elsewhere: set[int] = set()  # files a worker saw taken (by a sibling, or another process of the run)
     reasons: list[str] = []
     try:
-        while True:
-            try:
-                kind, index, payload = events.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                if _check_workers(workers, devices, jobs, on_file, reasons, elsewhere, tally):
-                    break
-                continue
-            if kind == "fatal":
-                reasons.append(f"worker {index} ({devices[index]}) could not start: {payload}")
-                continue
-            task, value = payload
-            if kind == "skip" and value == "elsewhere":
-                elsewhere.add(task)
-            tally(kind, task, value)
+        while channels:
+            for reader in wait(list(channels), timeout=POLL_SECONDS):
+                index = channels[reader]
+                try:
+                    kind, payload = reader.recv()
+                except (EOFError, OSError, pickle.UnpicklingError):  # the worker is gone
+                    del channels[reader]
+                    _ended(index, workers[index], devices[index], jobs, current, tally)
+                    continue
+                if kind == "fatal":
+                    reasons.append(f"worker {index} ({devices[index]}) could not start: {payload}")
+                    continue
+                task, value = payload
+                if kind == "start":
+                    current[index] = task
+                elif kind == "done":
+                    current.pop(index, None)
+                elif kind == "skip" and value == "elsewhere":
+                    elsewhere.add(task)
+                tally(kind, task, value)
     except BaseException:  # Ctrl-C or a failure here: stop the workers now
         for worker in workers:
             worker.terminate()
@@ -220,23 +230,17 @@ def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.
             worker.join(timeout=5)
             if worker.is_alive():
                 worker.terminate()
-
-
-def _check_workers(workers, devices, jobs, on_file, reasons, elsewhere, tally) -> bool:
-    """After a quiet spell (every message a dead worker sent is read by then): fail the
-    file that each dead worker took last and did not report done; once no worker is
-    alive, fail every file that no worker took and none saw taken by another process of
-    the run (the workers could not start or died), and say that all is done (True)."""
-    for index, worker in enumerate(workers):
-        task = on_file[index]
-        if not worker.is_alive() and task >= 0 and task not in tally.results:
-            tally("done", task, FileResult(jobs[task].source, error=f"worker {index} ({devices[index]}) died "
-                                                                   f"(exit code {worker.exitcode}) while on this file."))
-    if any(worker.is_alive() for worker in workers):
-        return False
     reason = "; ".join(reasons) or "the worker processes ended (exit codes " + ", ".join(
         str(worker.exitcode) for worker in workers) + ") before taking this file."
     for task in range(len(jobs)):
         if task not in tally.results and task not in elsewhere:
             tally("done", task, FileResult(jobs[task].source, error=reason))
-    return True
+
+
+def _ended(index: int, worker, device: str, jobs: Sequence[FileJob], current: dict[int, int], tally: Tally) -> None:
+    """Worker ``index`` is gone: fail the file it was on, if any."""
+    worker.join(timeout=30)
+    if index in current:
+        task = current.pop(index)
+        tally("done", task, FileResult(jobs[task].source, error=f"worker {index} ({device}) died "
+                                                               f"(exit code {worker.exitcode}) while on this file."))
