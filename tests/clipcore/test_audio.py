@@ -16,7 +16,8 @@ def _tone(seconds=0.25, rate=16000, channels=1):
     return torch.stack([0.5 * torch.sin(2 * torch.pi * (220 + 110 * c) * t) for c in range(channels)])
 
 
-@pytest.mark.parametrize("ext,subtype", [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III")])
+@pytest.mark.parametrize("ext,subtype", [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III"),
+                                        ("aiff", "PCM_16")])
 def test_load_formats(tmp_path, ext, subtype):
     path = tmp_path / f"tone.{ext}"
     sf.write(path, _tone(channels=2).numpy().T, 16000, subtype=subtype)

@@ -166,6 +166,30 @@ def test_one_pass_splits_few_shards_by_sample_among_workers(shards):
         assert sorted(keys) == sorted(_members(spec))
 
 
+
+def test_every_rank_validates_on_all_samples_as_one_process_does(shards, monkeypatch):
+    """README (Scale-out): validation reads all validation shards on every GPU, so its
+    metrics equal single-GPU ones. Each rank of two (as the loader learns it from
+    ``torch.distributed``) gets the batches one process gets: the same keys, mixtures and
+    sources, sample for sample."""
+    _, paths = shards
+    settings = dict(val_shards=[str(p) for p in paths[:2]], num_sources=2, batch_size=2, num_workers=2,
+                    query_frames=1, segment_samples=SEGMENT, frame_size=48)
+
+    def batches():
+        return list(ShardDataModule(**settings).val_dataloader())
+
+    single = batches()
+    assert sum(len(b) for b in single) == 4  # 8 clips, two per mixture: all of them
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+        ranked = batches()
+        assert [b.keys for b in ranked] == [b.keys for b in single], rank
+        for got, want in zip(ranked, single):
+            assert torch.equal(got.mixture, want.mixture) and torch.equal(got.sources, want.sources)
+
 def _rewrite(src, dst, damage):
     """Copy a shard, letting ``damage(name, data)`` replace or drop (None) members."""
     with tarfile.open(src) as tar_in, tarfile.open(dst, "w") as tar_out:

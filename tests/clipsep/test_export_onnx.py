@@ -24,20 +24,21 @@ def exported(tmp_path_factory):
     return Separator.load(root / "ckpt", templates=templates), root / "onnx"
 
 
-@pytest.mark.parametrize("frames_blocks, queries", [(1, 1), (3, 4)])
-def test_mask_network_matches_pytorch(exported, frames_blocks, queries):
+# The export traces batch 2, 2 blocks of frames and 2 queries: every case differs in all three.
+@pytest.mark.parametrize("batch, frames_blocks, queries", [(1, 1, 1), (3, 3, 4)])
+def test_mask_network_matches_pytorch(exported, batch, frames_blocks, queries):
     separator, folder = exported
     model = separator.model
     session = ort.InferenceSession(str(folder / "mask_network.onnx"))
     generator = torch.Generator().manual_seed(frames_blocks)
-    mag = torch.rand(2, 1, 513, frames_blocks * model.frames_multiple, generator=generator) * 3
-    query = torch.randn(2, queries, model.query_dim, generator=generator)
+    mag = torch.rand(batch, 1, 513, frames_blocks * model.frames_multiple, generator=generator) * 3
+    query = torch.randn(batch, queries, model.query_dim, generator=generator)
     mask_logits, noise_logits, masks = session.run(None, {"mag_mix": mag.numpy(), "queries": query.numpy()})
     with torch.no_grad():
         want_mask, want_noise = model(mag, query)
     np.testing.assert_allclose(mask_logits, want_mask.numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(noise_logits, want_noise.numpy(), atol=1e-4, rtol=1e-4)
-    assert noise_logits.shape[1] == model.num_noise_heads and masks.shape == (2, queries, 513, mag.shape[-1])
+    assert noise_logits.shape[1] == model.num_noise_heads and masks.shape == (batch, queries, 513, mag.shape[-1])
     assert masks.min() >= 0 and masks.max() <= 1
 
 

@@ -62,6 +62,7 @@ def default(setup, tmp_path_factory):
         (["--template", "the sound of {}"], {"templates": ["the sound of {}"]}),
         (["--template", "the sound of {}", "--template", "{} playing"], {"templates": ["the sound of {}", "{} playing"]}),
         (["--segment", "0.5"], {"segment": 0.5}),
+        (["--segment", "0.5", "--overlap", "0.5"], {"segment": 0.5, "overlap": 0.5}),  # 2 segments: overlap counts
         (["--query-encoder", "{root}/other_encoder"], {"query_encoder": "{root}/other_encoder"}),
     ],
 )
@@ -76,8 +77,20 @@ def test_option_reaches_the_separation(setup, default, tmp_path, options, settin
 
 def test_batch_size_changes_nothing_but_the_batching(setup, default, tmp_path):
     root, _ = setup
-    torch.testing.assert_close(_cli(root, tmp_path, "--batch-size", "1", "--segment", "0.5"),
-                               _cli(root, tmp_path / "b3", "--batch-size", "3", "--segment", "0.5"), atol=1e-5, rtol=0)
+    passes = []  # the separation network's calls, each one batch of segments
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, inputs, output: passes.append(len(inputs[0])) if isinstance(module, CLIPSep) else None)
+    try:
+        one = _cli(root, tmp_path, "--batch-size", "1", "--segment", "0.5")
+        calls = len(passes)
+        three = _cli(root, tmp_path / "b3", "--batch-size", "3", "--segment", "0.5")
+    finally:
+        hook.remove()
+    torch.testing.assert_close(one, three, atol=1e-5, rtol=0)
+    # The option reaches the separation: one segment per network pass, then up to three
+    # (--segment 0.5 rounds up to the tiny U-Net's block of frames: 2 segments over 3 s).
+    assert calls >= 2 and passes[:calls] == [1] * calls
+    assert passes[calls:] == [3] * (calls // 3) + ([calls % 3] if calls % 3 else [])
 
 
 def test_channels_share_the_masks_of_the_downmix_and_mono_separates_the_downmix(setup, default, tmp_path):
