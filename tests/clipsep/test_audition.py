@@ -85,3 +85,11 @@ def test_a_bad_file_fails_alone_and_bad_queries_are_one_sentence(folders, tmp_pa
         assert str(error.value).startswith(message) and "\n" not in str(error.value)
         assert isinstance(error.value, UsageError) or "broken.png" in message
     assert [p.name for p in (tmp_path / "work").iterdir()] == ["run-1"]  # failed and refused runs leave nothing
+
+
+def test_the_page_is_bound_to_this_machine_on_port_7860_by_default():
+    from clipsep.cli import COMMANDS, DESCRIPTION
+    from clipcore.cli import build_parser
+
+    args = build_parser("clipsep", DESCRIPTION, COMMANDS).parse_args(["audition", "--checkpoint", "ckpt"])
+    assert (args.host, args.port, args.work_dir, args.device) == ("127.0.0.1", 7860, None, "auto")

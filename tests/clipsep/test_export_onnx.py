@@ -47,6 +47,9 @@ def test_text_tower_and_settings_give_the_separators_text_queries(exported):
     settings = json.loads((folder / "onnx.json").read_text())
     assert settings["templates"] == ["a photo of {}", "the sound of {}"]
     assert settings["frames_multiple"] == separator.model.frames_multiple
+    stft = separator.model.stft  # what a plug-in needs to make the mask network's input
+    assert (settings["sample_rate"], settings["n_fft"], settings["hop_length"], settings["window"]) == (
+        separator.model.sample_rate, stft.n_fft, stft.hop_length, "hann")
     session = ort.InferenceSession(str(folder / "text_tower.onnx"))
     texts = ["violin", "dog barking", "rain"]
     per_template = []

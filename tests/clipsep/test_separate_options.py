@@ -118,3 +118,16 @@ def test_hidden_files_and_folders_are_skipped(setup, tmp_path, capsys):
                  str(stems)]) == 0
     assert "Separated 2 of 2 inputs" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["take", "take4"]
+
+
+def test_folders_are_searched_for_every_audio_extension(tmp_path):
+    from clipcore.audio import AUDIO_EXTENSIONS
+    from clipsep.batch import discover
+
+    names = ["a.wav", "b.flac", "c.ogg", "d.mp3", "e.aif", "f.aiff", "sub/G.WAV", "notes.txt", "cover.jpg", "mp3"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")  # the search goes by name; reading comes later, per file
+    found, failures = discover([str(tmp_path)])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in found) == names[:7] and not failures
+    assert set(AUDIO_EXTENSIONS) == {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"}

@@ -61,3 +61,11 @@ def test_bad_values_are_one_sentence(checkpoint, tmp_path):
             audition.generate(*arguments)
         assert str(error.value) == message
     assert not (tmp_path / "work").exists()
+
+
+def test_the_page_is_bound_to_this_machine_on_port_7860_by_default():
+    from clipcore.cli import build_parser
+    from clipsonic.cli import COMMANDS, DESCRIPTION
+
+    args = build_parser("clipsonic", DESCRIPTION, COMMANDS).parse_args(["audition", "--checkpoint", "ckpt"])
+    assert (args.host, args.port, args.work_dir, args.device) == ("127.0.0.1", 7860, None, "auto")

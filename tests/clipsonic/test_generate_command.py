@@ -131,6 +131,7 @@ def test_sampling_options_change_what_is_written_and_a_seed_repeats_it(folders, 
     base = two["rain-1.wav"]
     assert all(np.array_equal(wave, two[name]) for name, wave in generate("-n", "2", "--batch-size", "1").items())
     assert np.array_equal(generate("--seed", "1")["rain.wav"], two["rain-2.wav"])
-    for options in (["--seed", "1"], ["--steps", "2"], ["--guidance", "1"], ["--mode", "pd"], ["--sampler", "euler"]):
+    for options in (["--seed", "1"], ["--steps", "2"], ["--guidance", "1"], ["--mode", "pd"], ["--sampler", "euler"],
+                    ["--template", "the sound of {}"], ["--template", "a photo of {}", "--template", "{} music"]):
         wave = two["rain-2.wav"] if options[0] == "--seed" else generate(*options)["rain.wav"]
         assert wave.shape == base.shape and np.abs(wave - base).max() > 1e-3 * np.abs(base).max(), options

@@ -60,6 +60,12 @@ def test_report_has_the_documented_keys_and_is_printed(quickstart):
     for kind in ("image", "text", "text_prior"):
         assert set(report["clipsep"]["sdri_by_instrument_db"][kind]) == set(world.INSTRUMENTS)
     assert "quick start report" in stdout and f"{report['clipsep']['sdri_image_db']:6.2f} dB" in stdout
+    # Every step is a command printed as "$ ...", with its output in logs/<step>.log.
+    shown = [line.strip()[2:] for line in stdout.splitlines() if line.strip().startswith("$ ")]
+    logs = sorted((out / "logs").glob("*.log"))
+    assert len(shown) >= 10 and len(logs) == len(shown)
+    assert sorted(log.read_text().splitlines()[0][2:] for log in logs) == sorted(shown)
+    assert any(command.startswith("clipsep separate ") for command in shown)
 
 
 def test_every_part_is_written_where_the_readme_says(quickstart):
