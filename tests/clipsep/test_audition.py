@@ -88,8 +88,8 @@ def test_a_bad_file_fails_alone_and_bad_queries_are_one_sentence(folders, tmp_pa
 
 
 def test_the_page_is_bound_to_this_machine_on_port_7860_by_default():
-    from clipsep.cli import COMMANDS, DESCRIPTION
     from clipcore.cli import build_parser
+    from clipsep.cli import COMMANDS, DESCRIPTION
 
     args = build_parser("clipsep", DESCRIPTION, COMMANDS).parse_args(["audition", "--checkpoint", "ckpt"])
     assert (args.host, args.port, args.work_dir, args.device) == ("127.0.0.1", 7860, None, "auto")
