@@ -73,14 +73,8 @@ class AuditionSeparator:
 
     def __init__(self, separator, checkpoint: str | Path, work_dir: str | Path, prior: str | Path | None = None,
                  prior_seed: int = 0):
-        from clipsep.separate import Separator
-
         self.plain = separator
-        self.with_prior = None if prior is None else Separator(
-            separator.model, separator.query_encoder, device=separator.device,
-            segment=separator.segment_samples / separator.sample_rate, overlap=separator.overlap_samples
-            / separator.segment_samples, batch_size=separator.batch_size, binary=separator.binary,
-            templates=separator.templates, prior=prior, prior_seed=prior_seed)
+        self.with_prior = None if prior is None else separator.with_prior(prior, prior_seed)
         self.checkpoint, self.prior, self.prior_seed = Path(checkpoint), prior, prior_seed
         self.work_dir = Path(work_dir)
         self._runs = itertools.count(1)

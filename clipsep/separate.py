@@ -53,6 +53,7 @@ folder whose provenance says ``query_normalization: none``) is fed raw embedding
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,11 +175,21 @@ class Separator:
         if normalize_queries is None:
             normalize_queries = (model.provenance or {}).get("query_normalization") != "none"
         self.normalize_queries = normalize_queries
-        self.prior = None if prior is None else _load_prior(prior, model.query_dim, self.device)
-        if self.prior is not None and not normalize_queries:
+        self.prior = None if prior is None else self._checked_prior(prior)
+        self.prior_seed = prior_seed
+
+    def with_prior(self, prior: DiffusionPrior | str | os.PathLike, prior_seed: int = 0) -> "Separator":
+        """This separator with its text queries through ``prior`` (or its folder); the
+        model, query encoder and settings are shared, not copied."""
+        other = copy.copy(self)
+        other.prior, other.prior_seed = self._checked_prior(prior), prior_seed
+        return other
+
+    def _checked_prior(self, prior: DiffusionPrior | str | os.PathLike) -> DiffusionPrior:
+        if not self.normalize_queries:
             raise QueryError("a diffusion prior gives unit-norm CLIP embeddings, but this model reads raw ones "
                              "(an official checkpoint); use the prior with a model trained on unit-norm queries.")
-        self.prior_seed = prior_seed
+        return _load_prior(prior, self.model.query_dim, self.device)
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -38,6 +38,19 @@ def test_text_goes_through_the_prior_image_does_not(parts):
     torch.testing.assert_close(with_prior.embed_images(image), plain.embed_images(image))
 
 
+def test_with_prior_shares_the_model_and_leaves_the_separator_as_it_was(parts):
+    model, encoder, prior, folder = parts
+    plain = Separator(model, encoder, segment=1.0, overlap=0.3, batch_size=2)
+    derived = plain.with_prior(folder / "prior", prior_seed=7)
+    direct = Separator(model, encoder, segment=1.0, overlap=0.3, batch_size=2, prior=prior, prior_seed=7)
+    wave = torch.randn(1, 40000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(derived.separate(wave, 16000, ["cello"]).stems, direct.separate(wave, 16000, ["cello"]).stems)
+    assert derived.model is plain.model and plain.prior is None
+    assert not torch.allclose(plain.encode_queries(["cello"]), derived.encode_queries(["cello"]), atol=1e-3)
+    with pytest.raises(QueryError, match="raw"):
+        Separator(model, encoder, normalize_queries=False).with_prior(prior)
+
+
 def test_a_query_does_not_depend_on_the_others(parts):
     model, encoder, prior, _ = parts
     separator = Separator(model, encoder, prior=prior)
