@@ -39,6 +39,8 @@ MAX_FAILURES_IN_A_ROW = 200
 """A stream stops with :class:`~clipcore.shards.ShardError` after this many unusable
 samples in a row: that is a misconfiguration (for example an ``encoder`` whose member the
 shards lack), not corruption."""
+VALIDATION_POOL = 64
+"""Validation clips looked ahead to give each mixture clips of different labels."""
 WARN_FIRST = 10
 """Each skip is warned about up to this many; after that, every 100th skip."""
 
@@ -249,19 +251,11 @@ class ShardStream(IterableDataset):
     def _batches(self, raw: Iterator[dict], rng: np.random.Generator, limit: int | None) -> Iterator[MixBatch]:
         need = self.batch_size * self.num_sources
         clips: list[_Clip] = []
-        made = failures = 0
+        made = 0
         if limit == 0:
             return
-        for sample in raw:
-            try:
-                clips.append(self._decode(sample, rng))
-                failures = 0
-            except _CorruptSample as error:
-                self._skip(str(error))
-                failures += 1
-                if failures >= MAX_FAILURES_IN_A_ROW:
-                    raise ShardError(f"{failures} samples in a row could not be used; the last: {error}") from None
-                continue
+        for clip in self._grouped(self._decoded(raw, rng)):
+            clips.append(clip)
             if len(clips) == need:
                 yield self._mix(clips, rng)
                 clips, made = [], made + 1
@@ -269,6 +263,48 @@ class ShardStream(IterableDataset):
                     return
         if not self.train and len(clips) >= self.num_sources:  # a last, smaller batch
             yield self._mix(clips[: len(clips) // self.num_sources * self.num_sources], rng)
+
+    def _decoded(self, raw: Iterator[dict], rng: np.random.Generator) -> Iterator[_Clip]:
+        """The usable clips of ``raw``; a corrupt sample is skipped (and counted), 200 in a
+        row stop the run."""
+        failures = 0
+        for sample in raw:
+            try:
+                clip = self._decode(sample, rng)
+            except _CorruptSample as error:
+                self._skip(str(error))
+                failures += 1
+                if failures >= MAX_FAILURES_IN_A_ROW:
+                    raise ShardError(f"{failures} samples in a row could not be used; the last: {error}") from None
+                continue
+            failures = 0
+            yield clip
+
+    def _grouped(self, clips: Iterator[_Clip]) -> Iterator[_Clip]:
+        """Training: the clips as they come (shuffled). Validation: reordered so that each
+        mixture's N clips have different labels where the next :data:`VALIDATION_POOL`
+        clips allow it (shards are often written class by class, and consecutive clips
+        would make mixtures of one class): the oldest clip waiting, then the first ones
+        after it of labels not yet in its mixture. Deterministic, as the order is."""
+        if self.train or self.num_sources == 1:
+            yield from clips
+            return
+        pool: list[_Clip] = []
+        ended = False
+        while True:
+            while not ended and len(pool) < VALIDATION_POOL:
+                clip = next(clips, None)
+                ended = clip is None
+                if clip is not None:
+                    pool.append(clip)
+            if len(pool) < self.num_sources:
+                return
+            group = [pool.pop(0)]
+            while len(group) < self.num_sources:
+                labels = {c.label for c in group}
+                index = next((i for i, c in enumerate(pool) if c.label is None or c.label not in labels), 0)
+                group.append(pool.pop(index))
+            yield from group
 
     def _decode(self, sample: dict, rng: np.random.Generator) -> _Clip:
         key = f"{sample.get('__key__')} in {sample.get('__url__')}"

@@ -387,3 +387,24 @@ def test_lightning_trainer_gets_mix_batches_for_two_epochs(shards, tmp_path):
     assert [len(e) for e in epochs] == [3, 3] and epochs[0] != epochs[1]
     first, second = model.seen["val"]  # one batch of two mixtures per epoch, the same each epoch
     assert first == second and sorted(k for pair in first for k in pair) == sorted(_members(paths[:1]))
+
+
+def test_validation_mixes_clips_of_different_labels_even_from_class_sorted_shards(tmp_path):
+    """Shards are often written class by class (a folder per class); validation, which
+    reads them in order, must still mix clips of different labels: the stream looks ahead
+    (VALIDATION_POOL clips) for a partner of another label. Every clip is used once, and
+    the order is deterministic."""
+    clips = sorted(synthetic.toy_clips(24, seed=3, duration=CLIP_SECONDS, frame_size=48), key=lambda c: c.label)
+    paths = synthetic.write_shards(clips, tmp_path, shard_size=8, encoder=IndexEncoder())
+    labels = [c.label for c in clips]
+    assert len(set(labels)) >= 3 and sum(a == b for a, b in zip(labels[::2], labels[1::2])) >= 6  # in order: same-label pairs
+
+    def pairs():
+        stream = _stream([str(p) for p in paths], num_sources=2, batch_size=4, train=False, encoder="index-encoder")
+        return [(tuple(labels), tuple(keys)) for batch in stream for labels, keys in zip(batch.labels, batch.keys)]
+
+    got = pairs()
+    assert got == pairs()
+    assert all(a != b for (a, b), _ in got)
+    keys = [key for _, pair in got for key in pair]
+    assert len(keys) == len(set(keys)) == len(clips)  # every clip once
