@@ -22,13 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import soundfile as sf
-
 from clipcore.audition import add_server_arguments, import_gradio, serve, spectrogram_png, zip_folder
 from clipcore.cli import add_device_argument, resolve_device
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import load_image
-from clipsep.batch import OutputOptions, plan, process_file
+from clipsep.batch import OutputOptions, input_seconds, plan, process_file
 from clipsep.separation_record import run_record
 from clipsep.stem_files import RESIDUAL, stem_names
 
@@ -115,7 +113,7 @@ class AuditionSeparator:
         options = OutputOptions(residual=True, provenance=run_record(queries, separator, self.checkpoint, settings))
         sources = [Path(file) for file in files]
         jobs = plan(sources, folder / "stems", stem_names(queries, 0), options, 0)
-        seconds = [_seconds(source) for source in sources]
+        seconds = [input_seconds(source) for source in sources]
         total, done = max(sum(seconds), 1e-9), 0.0
         view = SeparationView()
         for job, length in zip(jobs, seconds):
@@ -137,13 +135,6 @@ class AuditionSeparator:
         if view.stems:
             view.archive = zip_folder(folder / "stems", folder / "stems.zip")
         return view
-
-
-def _seconds(path: Path) -> float:
-    try:
-        return sf.info(str(path)).duration
-    except Exception:  # unreadable files fail, with their reason, when they are separated
-        return 0.0
 
 
 def build_page(audition: AuditionSeparator):

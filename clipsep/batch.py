@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import soundfile as sf
 import torch
 
 from clipcore.audio import AUDIO_EXTENSIONS
@@ -49,6 +50,7 @@ __all__ = [
     "FileResult",
     "discover",
     "plan",
+    "input_seconds",
     "process_file",
     "run_jobs",
     "internal_error",
@@ -194,6 +196,15 @@ def _audio_files(root: Path, exclude: Path | None) -> list[Path]:
         if file.is_file():
             found.append(file)
     return found
+
+
+def input_seconds(path: Path) -> float:
+    """The length of an input in seconds (for progress bars), or 0 when it cannot be read:
+    it then fails, with its reason, when it is separated."""
+    try:
+        return sf.info(str(path)).duration
+    except Exception:
+        return 0.0
 
 
 def plan(sources: list[Path], out: Path, stems: list[str], options: OutputOptions, noise_heads: int) -> list[FileJob]:

@@ -24,7 +24,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import soundfile as sf
 import torch
 from tqdm import tqdm
 
@@ -37,20 +36,13 @@ from clipcore.cli import (
     stop_on_sigterm,
 )
 from clipcore.files import ImageError, load_image
-from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, plan
+from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, input_seconds, plan
 from clipsep.batch_workers import Tally, launcher_process, run_here, run_workers, worker_devices
 from clipsep.claims import STALE_SECONDS
 from clipsep.separation_record import run_record
 from clipsep.stem_files import stem_names
 
 __all__ = ["add_separate_command", "run_separate", "summarize"]
-
-
-def _duration(path: Path) -> float:
-    try:
-        return sf.info(str(path)).duration
-    except Exception:  # unreadable files fail, with their reason, when they are processed
-        return 0.0
 
 
 def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -129,7 +121,7 @@ def run_separate(args: argparse.Namespace) -> int:
                                                           "seed": spec.prior_seed}}
     options = replace(options, provenance=run_record(queries, separator, spec.checkpoint, settings))
     jobs = plan(sources, out, stem_names(queries, heads), options, heads)
-    durations = [_duration(job.source) for job in jobs]
+    durations = [input_seconds(job.source) for job in jobs]
     here = separator if len(devices) == 1 else None
     del separator  # with worker processes, each loads its own
     previous = stop_on_sigterm()
