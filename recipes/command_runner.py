@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,16 @@ __all__ = ["StepFailed", "Runner", "tool", "recipe", "fresh_run_folder"]
 
 class StepFailed(RuntimeError):
     """A command of the quick start failed; the message names it and its log."""
+
+_PRINTING = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """Print a whole line at once: the lanes of :meth:`Runner.lanes` print from threads,
+    and ``print`` writes the text and its newline apart."""
+    with _PRINTING:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class Runner:
@@ -39,7 +50,7 @@ class Runner:
     def command(self, name: str, args: list[str], threads: int = 1) -> None:
         """Run one command to completion (output in ``logs/<name>.log``)."""
         shown = " ".join(_quote(_show(a)) for a in args)
-        print(f"  $ {shown}", flush=True)
+        _say(f"  $ {shown}")
         log = self.logs / f"{name}.log"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": _pythonpath(),
                "TQDM_MININTERVAL": "5"}  # progress bars in log files: a line every 5 s
@@ -52,15 +63,15 @@ class Runner:
         if status != 0:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
             raise StepFailed(f"{name} failed (exit status {status}); the end of {log}:\n{tail}")
-        print(f"    {name}: done in {self.seconds[name]:.0f} s", flush=True)
+        _say(f"    {name}: done in {self.seconds[name]:.0f} s")
 
     def call(self, name: str, function: Callable[[], Any]) -> Any:
         """Run a function of this process, timed."""
-        print(f"  > {name}", flush=True)
+        _say(f"  > {name}")
         start = time.perf_counter()
         value = function()
         self.seconds[name] = round(time.perf_counter() - start, 1)
-        print(f"    {name}: done in {self.seconds[name]:.0f} s", flush=True)
+        _say(f"    {name}: done in {self.seconds[name]:.0f} s")
         return value
 
     def lanes(self, *lanes: list[tuple]) -> None:
