@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -51,22 +53,32 @@ def import_gradio():
     return gradio
 
 
-def serve(page, args: argparse.Namespace, work_dir: Path) -> None:
-    """Serve a Gradio ``page`` (Blocks) on ``args.host:args.port`` until Ctrl-C or SIGTERM.
+def serve(build_page: Callable[[Path], object], args: argparse.Namespace, name: str) -> None:
+    """Build a Gradio page (Blocks) on its work folder and serve it on
+    ``args.host:args.port`` until Ctrl-C or SIGTERM.
+
+    Args:
+        build_page: the work folder -> the page (what the page makes goes there).
+        args: the parsed server options (:func:`add_server_arguments`).
+        name: the command's name, for the temporary work folder (removed at exit) used
+            when ``--work-dir`` is not given.
 
     Raises:
         UsageError: the port is taken or out of range.
     """
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
-    page.queue(default_concurrency_limit=1)  # one separation or generation at a time: they use every core
-    stop_on_sigterm()  # a clean stop: the caller removes its temporary folder
-    print(f"Serving on http://{args.host}:{args.port} (Ctrl-C stops it).", flush=True)
-    try:
-        page.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(work_dir)], show_error=True,
-                    quiet=True, inbrowser=False)
-    except OSError as error:
-        raise UsageError(f"--port {args.port}: cannot serve on {args.host} ({error}).") from None
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as temporary:
+        work_dir = (args.work_dir or Path(temporary)).resolve()
+        page = build_page(work_dir)
+        page.queue(default_concurrency_limit=1)  # one separation or generation at a time: they use every core
+        stop_on_sigterm()  # a clean stop: the temporary folder is removed
+        print(f"Serving on http://{args.host}:{args.port} (Ctrl-C stops it).", flush=True)
+        try:
+            page.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(work_dir)],
+                        show_error=True, quiet=True, inbrowser=False)
+        except OSError as error:
+            raise UsageError(f"--port {args.port}: cannot serve on {args.host} ({error}).") from None
 
 
 def overview_spectrogram(path: str | os.PathLike, columns: int = COLUMNS) -> tuple[np.ndarray, float, int]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -182,10 +181,8 @@ def run_audition(args: argparse.Namespace) -> int:
     from clipsep.batch import SeparatorSpec
 
     separator = SeparatorSpec(args.checkpoint, args.query_encoder).load(resolve_device(args.device))
-    with tempfile.TemporaryDirectory(prefix="clipsep-audition-") as temporary:
-        work_dir = (args.work_dir or Path(temporary)).resolve()
-        audition = AuditionSeparator(separator, args.checkpoint, work_dir, args.prior, args.prior_seed)
-        serve(build_page(audition), args, work_dir)
+    serve(lambda work_dir: build_page(AuditionSeparator(separator, args.checkpoint, work_dir, args.prior,
+                                                        args.prior_seed)), args, "clipsep-audition")
     return 0
 
 

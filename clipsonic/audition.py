@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,9 +140,7 @@ def run_audition(args: argparse.Namespace) -> int:
     import_gradio()  # before the model loads: a missing extra is said at once
     generator = Generator.from_pretrained(args.checkpoint, query_encoder=args.query_encoder, prior=args.prior,
                                           vocoder=args.vocoder, device=resolve_device(args.device))
-    with tempfile.TemporaryDirectory(prefix="clipsonic-audition-") as temporary:
-        work_dir = (args.work_dir or Path(temporary)).resolve()
-        serve(build_page(AuditionGenerator(generator, work_dir)), args, work_dir)
+    serve(lambda work_dir: build_page(AuditionGenerator(generator, work_dir)), args, "clipsonic-audition")
     return 0
 
 
