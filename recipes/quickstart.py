@@ -76,8 +76,8 @@ PROFILES = {
     "demo": Profile(train_clips=330, validation_clips=110, test_clips=220, align_steps=500, align_images=300,
                     clipsep_steps=2400, prior_steps=600, clipsonic_steps=1000, gen_samples=4, gen_steps=15,
                     judge_clips=330),
-    "ci": Profile(train_clips=88, validation_clips=22, test_clips=44, align_steps=300, align_images=100,
-                  clipsep_steps=300, prior_steps=100, clipsonic_steps=100, gen_samples=2, gen_steps=10,
+    "ci": Profile(train_clips=55, validation_clips=22, test_clips=44, align_steps=150, align_images=100,
+                  clipsep_steps=120, prior_steps=60, clipsonic_steps=40, gen_samples=1, gen_steps=10,
                   judge_clips=110, guidance_choices=(3.0,)),
 }
 
