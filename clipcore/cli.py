@@ -10,6 +10,8 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import signal
 import threading
 from typing import Callable, Iterable
@@ -18,7 +20,7 @@ from clipcore.audio import CLIP_MODES
 from clipcore.errors import ClipAudioError, UsageError, report_errors
 
 __all__ = ["UsageError", "EXPECTED_ERRORS", "build_parser", "run", "add_audio_output_arguments", "check_audio_output",
-           "add_device_argument", "resolve_device", "stop_on_sigterm"]
+           "add_device_argument", "resolve_device", "stop_on_sigterm", "return_large_buffers_to_the_system"]
 
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ClipAudioError,)
@@ -85,6 +87,29 @@ def stop_on_sigterm():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, interrupt)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_BUFFER_BYTES = 4 << 20
+
+
+def return_large_buffers_to_the_system() -> bool:
+    """Have glibc give every freed buffer of 4 MiB or more straight back to the system.
+
+    By default glibc raises its mmap threshold to the size of the largest buffer freed so
+    far, so a long separation keeps the network's freed activations in the heap, where
+    they fragment it: a fixed threshold lowers the peak of ``clipsep separate`` by about
+    70 MiB (1426 -> 1352 MiB on a 1-minute stereo 48 kHz file, paper-size model) for
+    about 4% more CPU time.
+
+    Returns:
+        Whether the setting took (False where the C library is not glibc).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES))
+    except (OSError, AttributeError):
+        return False
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

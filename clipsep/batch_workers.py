@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from clipcore.cli import UsageError, stop_on_sigterm
+from clipcore.cli import UsageError, return_large_buffers_to_the_system, stop_on_sigterm
 from clipsep.batch import FileJob, FileResult, OutputOptions, SeparatorSpec, internal_error, run_jobs
 
 __all__ = ["LauncherProcess", "launcher_process", "worker_devices", "Tally", "run_here", "run_workers"]
@@ -142,6 +142,7 @@ def _worker(device: str, threads: int | None, spec: SeparatorSpec, jobs: list[Fi
     worker killed while sending spoils no other worker's reports)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     stop_on_sigterm()
+    return_large_buffers_to_the_system()
     if threads:
         torch.set_num_threads(threads)
     try:

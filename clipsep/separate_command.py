@@ -33,6 +33,7 @@ from clipcore.cli import (
     add_device_argument,
     check_audio_output,
     resolve_device,
+    return_large_buffers_to_the_system,
     stop_on_sigterm,
 )
 from clipcore.files import ImageError, load_image
@@ -106,6 +107,7 @@ def run_separate(args: argparse.Namespace) -> int:
     if launch.local_world_size > 1 and devices[0] == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // launch.local_world_size))
     spec = _separator_spec(args)
+    return_large_buffers_to_the_system()
     separator = spec.load(devices[0])
     try:
         embeddings = separator.encode_queries([value if kind == "text" else Path(value) for kind, value in queries])
