@@ -18,9 +18,11 @@ import fast_bss_eval
 import numpy as np
 import torch
 
-__all__ = ["bss_eval", "si_sdr", "separation_scores", "summarize", "SILENCE"]
+__all__ = ["bss_eval", "si_sdr", "separation_scores", "summarize", "near_silent", "SILENCE", "NEAR_SILENCE_DB"]
 
 SILENCE = 1e-5
+NEAR_SILENCE_DB = -30.0
+"""An estimate whose energy is this far below its mixture's counts as near-silent."""
 
 
 def _array(x) -> np.ndarray:
@@ -110,6 +112,23 @@ def separation_scores(target, interference, estimate, mixture) -> dict[str, np.n
     for name in ("sdr", "sir", "si_sdr"):
         scores[f"{name}i"] = scores[name] - scores[f"{name}_mix"]
     return scores
+
+
+def near_silent(estimate, mixture, floor_db: float = NEAR_SILENCE_DB) -> np.ndarray:
+    """Which estimates are (nearly) silent: energy more than ``-floor_db`` dB below the
+    mixture's, or silent by the official rule (sum of absolute values <= ``SILENCE``).
+
+    Args:
+        estimate: ``[B, S]`` separated sources.
+        mixture: ``[B, S]`` their mixtures.
+        floor_db: the energy ratio (dB) below which an estimate is near-silent.
+
+    Returns:
+        ``[B]`` bool.
+    """
+    estimate, mixture = _array(estimate), _array(mixture)
+    energy, reference = (estimate**2).sum(-1), (mixture**2).sum(-1)
+    return (energy <= reference * 10 ** (floor_db / 10)) | (np.abs(estimate).sum(-1) <= SILENCE)
 
 
 def summarize(values) -> dict[str, float | int]:

@@ -110,6 +110,13 @@ class CLIPSep(Pretrained, nn.Module):
         learned_queries: rows of the learned query table ``learned_query`` (0 = none;
             LabelSep: one per label, PIT: one per output mask); its rows are queries like
             CLIP embeddings.
+        query_scale: factor on every query before ``query_proj`` (1 = the published
+            network, which read raw CLIP embeddings of norm about 10). Unit-norm queries
+            differ by a fraction of a unit between classes, so at 1 the channel weights
+            ``sigmoid(query_proj(q))`` start (and long stay) the same for every query.
+        init: ``"official"`` (convolutions N(0, 1e-3), linear weights N(0, 1e-4)) or
+            ``"pytorch"`` (PyTorch's default Kaiming-uniform initialisation): a small
+            network trained for minutes has no time to grow out of the official one.
     """
 
     PRESETS = PRESETS
@@ -126,10 +133,17 @@ class CLIPSep(Pretrained, nn.Module):
         n_fft: int = 1024,
         hop_length: int = 256,
         learned_queries: int = 0,
+        query_scale: float = 1.0,
+        init: str = "official",
     ):
         super().__init__()
         if layers < 2:
             raise ValueError(f"CLIPSep needs at least 2 U-Net layers, got {layers}.")
+        if init not in ("official", "pytorch"):
+            raise ValueError(f"init must be 'official' or 'pytorch', got {init!r}.")
+        if not query_scale > 0:
+            raise ValueError(f"query_scale must be positive, got {query_scale}.")
+        self.query_scale = float(query_scale)
         self.query_dim = query_dim
         self.mask_channels = mask_channels
         self.num_noise_heads = noise_heads
@@ -163,7 +177,8 @@ class CLIPSep(Pretrained, nn.Module):
         self.noise_proj = nn.ModuleList(nn.Linear(mask_channels, mask_channels) for _ in range(noise_heads))
         self.mask_scale = nn.Parameter(torch.ones(mask_channels))
         self.mask_bias = nn.Parameter(torch.zeros(1))
-        self.apply(_official_init)
+        if init == "official":
+            self.apply(_official_init)
         # After the official initialisation: the rows keep PyTorch's N(0, 1), as the official nn.Embedding does.
         self.learned_query = nn.Embedding(learned_queries, query_dim) if learned_queries else None
 
@@ -219,7 +234,7 @@ class CLIPSep(Pretrained, nn.Module):
             queries = queries[:, None]
         if queries.dim() != 3 or queries.shape[-1] != self.query_dim:
             raise ValueError(f"queries must be [B, {self.query_dim}] or [B, K, {self.query_dim}], got {list(queries.shape)}.")
-        return self.query_proj(queries)
+        return self.query_proj(queries * self.query_scale if self.query_scale != 1.0 else queries)
 
     def _noise_weights(self, query_feats: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid query features ``[B, K, C]`` -> noise channel weights ``[B, M, C]``."""

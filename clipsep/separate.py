@@ -81,10 +81,31 @@ __all__ = [
     "Separation",
     "QueryError",
     "crossfade_window",
+    "masked_stems",
     "segment_starts",
 ]
 
 Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]
+
+
+def masked_stems(logits: torch.Tensor, spec: torch.Tensor, length: int, config, binary: bool = False) -> torch.Tensor:
+    """Waveforms of masks applied to a mixture: sigmoid, log-to-linear unwarp, optional
+    ``> 0.5`` threshold, times the mixture's complex STFT, iSTFT.
+
+    Args:
+        logits: ``[B, K, 256, T]`` mask logits on the log-frequency rows.
+        spec: ``[B, C, F, T]`` complex mixture STFT (``config``), one per channel.
+        length: samples of the output.
+        config: the model's ``STFTConfig``.
+        binary: binary masks (the paper's evaluation) instead of soft ones (the default).
+
+    Returns:
+        ``[B, K, C, length]``.
+    """
+    masks = unwarp_to_linear(torch.sigmoid(logits), config.n_freqs)  # [B, K, F, T]
+    if binary:
+        masks = (masks > 0.5).to(masks.dtype)
+    return istft(masks[:, :, None] * spec[:, None], length, config)
 
 
 class QueryError(ClipAudioError):
@@ -511,10 +532,7 @@ class Separator:
         queries = embeddings[None].expand(batch.shape[0], -1, -1)
         mask_logits, noise_logits = self.model(mix_mag, queries)  # [B, K, 256, T], [B, M, 256, T]
         logits = torch.cat([mask_logits, noise_logits[:, :num_noise]], dim=1)
-        masks = unwarp_to_linear(torch.sigmoid(logits), cfg.n_freqs)  # [B, K + M, F, T]
-        if self.binary:
-            masks = (masks > 0.5).to(masks.dtype)
-        return istft(masks[:, :, None] * spec[:, None], batch.shape[-1], cfg)
+        return masked_stems(logits, spec, batch.shape[-1], cfg, self.binary)
 
 
 def _checked(blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:

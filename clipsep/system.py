@@ -9,9 +9,12 @@ is the weighted binary-mask BCE, or with noise heads the noise-invariant loss (s
 over 5k steps, then linear decay to 0.1x at 100k steps (gradient clipping 1.0 is the
 trainer's ``gradient_clip_val``).
 
-Validation (and ``test``) logs the loss and the SDR / SDR improvement of every source of
-every mixture (query mask binarised at 0.5, mixture phase, as in the official
-evaluation), and a few examples as audio and spectrogram images. The best (highest
+Validation (and ``test``) logs the loss, the SDR / SDR improvement of every source of
+every mixture with the soft query masks and the mixture phase, as ``clipsep separate``
+separates by default (the official evaluation binarises masks at 0.5, where a collapsed
+model's empty masks give silent estimates that drop out of the mean), the share of
+near-silent estimates (``silent``, :func:`clipsep.metrics.near_silent`), and a few
+examples as audio and spectrogram images. The best (highest
 validation SDR improvement: the loss is not comparable before and after the switch to
 noise-invariant training) and the last model are exported with ``save_pretrained`` to ``<log_dir>/pretrained/{best,last}``, with
 the git commit, step, metrics and the run's resolved config as provenance, ready for
@@ -42,7 +45,7 @@ from clipcore.finetune import freeze as freeze_parts
 from clipcore.finetune import hold_frozen, initial_model
 from clipcore.media import log_media
 from clipcore.plots import figure_pixels, linear_bins, spectrogram_figure
-from clipcore.spectral import STFTConfig, istft, stft, unwarp_to_linear
+from clipcore.spectral import STFTConfig, stft
 from clipcore.training import ExportPretrained, export_pretrained
 from clipsep.convert import load_official_model
 from clipsep.losses import (
@@ -52,8 +55,9 @@ from clipsep.losses import (
     noise_invariant_loss,
     separation_targets,
 )
-from clipsep.metrics import separation_scores
+from clipsep.metrics import near_silent, separation_scores
 from clipsep.model import CLIPSep
+from clipsep.separate import masked_stems
 
 __all__ = ["CLIPSepSystem", "lr_multiplier", "validation_figure"]
 
@@ -153,9 +157,11 @@ class CLIPSepSystem(LightningModule):
             query_encoder = str(bundled) if bundled.is_dir() else facts.get("query_encoder")
         self.query_encoder = query_encoder
         object.__setattr__(self, "encoder", None)  # frozen, loaded when needed, not checkpointed
-        # Mean SDR / SDRi of the non-silent estimates (the official evaluation's rule).
+        # Mean SDR / SDRi of the non-silent estimates (the official evaluation's rule), and
+        # the share of near-silent estimates.
         self.scores = torch.nn.ModuleDict(
-            {f"{stage}_{name}": MeanMetric(nan_strategy="ignore") for stage in ("val", "test") for name in ("sdr", "sdri")}
+            {f"{stage}_{name}": MeanMetric(nan_strategy="ignore")
+             for stage in ("val", "test") for name in ("sdr", "sdri", "silent")}
         )
 
     def setup(self, stage: str) -> None:
@@ -281,10 +287,10 @@ class CLIPSepSystem(LightningModule):
 
     # --- validation ---------------------------------------------------------------------
 
-    def separate(self, out: dict[str, torch.Tensor], length: int) -> torch.Tensor:
-        """``[B, N, S]`` waveforms: binary (> 0.5) query masks on the mixture STFT."""
-        masks = unwarp_to_linear(torch.sigmoid(out["mask"].float()), self.model.stft.n_freqs) > 0.5
-        return istft(masks * out["spec_mix"][:, None], length, self.model.stft)
+    def separate(self, out: dict[str, torch.Tensor], length: int, binary: bool = False) -> torch.Tensor:
+        """``[B, N, S]`` waveforms: the soft (or with ``binary``, > 0.5) query masks of
+        :meth:`outputs` on the mixture STFT, as :class:`~clipsep.separate.Separator` applies them."""
+        return masked_stems(out["mask"].float(), out["spec_mix"][:, None], length, self.model.stft, binary)[:, :, 0]
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
@@ -303,7 +309,8 @@ class CLIPSepSystem(LightningModule):
         scores = separation_scores(
             sources.flatten(0, 1), (mixture - sources).flatten(0, 1), estimates.flatten(0, 1), mixture.flatten(0, 1)
         )
-        for name in ("sdr", "sdri"):
+        scores["silent"] = near_silent(estimates.flatten(0, 1), mixture.flatten(0, 1)).astype(float)
+        for name in ("sdr", "sdri", "silent"):
             metric = self.scores[f"{stage}_{name}"]
             metric.update(torch.as_tensor(scores[name], dtype=torch.float32, device=self.device))
             self.log(f"{stage}/{name}", metric, prog_bar=name == "sdri", batch_size=sources.shape[0] * sources.shape[1])

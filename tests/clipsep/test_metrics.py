@@ -6,7 +6,7 @@ import mir_eval.separation
 import numpy as np
 import pytest
 
-from clipsep.metrics import bss_eval, separation_scores, si_sdr, summarize
+from clipsep.metrics import bss_eval, near_silent, separation_scores, si_sdr, summarize
 
 # mir_eval 0.8 announces the removal of bss_eval_sources; it is only the reference here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*bss_eval_sources:FutureWarning")
@@ -59,6 +59,13 @@ def test_si_sdr_is_scale_invariant_and_silence_is_nan():
     scores = separation_scores(np.stack([target, silent]), np.stack([interference, interference]),
                                np.stack([estimate, estimate]), np.stack([target + interference, interference]))
     assert np.isfinite(scores["sdr"][0]) and np.isnan(scores["sdr"][1]) and np.isnan(scores["si_sdri"][1])
+
+
+def test_near_silent_is_energy_below_the_floor_relative_to_the_mixture():
+    mixture = np.random.default_rng(0).normal(size=(4, 1000))
+    estimate = mixture * np.array([[0.5], [0.04], [0.02], [0.0]])  # -6, -28, -34 dB and silence
+    assert near_silent(estimate, mixture).tolist() == [False, False, True, True]
+    assert near_silent(estimate, mixture, floor_db=-20.0).tolist() == [False, True, True, True]
 
 
 def test_summarize():

@@ -53,3 +53,28 @@ def test_round_trip_and_attributes(tmp_path):
         assert torch.equal(loaded.mask_logits(mag, query), model.mask_logits(mag, query))
     assert torch.equal(CLIPSep.tiny(seed=3).query_proj.weight, model.query_proj.weight)
     assert not torch.equal(CLIPSep.tiny(seed=4).query_proj.weight, model.query_proj.weight)
+
+
+def test_query_scale_multiplies_the_queries_and_survives_a_round_trip(tmp_path):
+    scaled, plain = CLIPSep.tiny(seed=5, query_scale=4.0).eval(), CLIPSep.tiny(seed=5).eval()
+    mag, query = torch.rand(1, 1, 513, 128), torch.nn.functional.normalize(torch.randn(1, 2, 32), dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(mag, query)[0], plain(mag, 4.0 * query)[0])
+        assert not torch.allclose(scaled(mag, query)[0], plain(mag, query)[0])
+    scaled.save_pretrained(tmp_path)
+    loaded = CLIPSep.from_pretrained(tmp_path).eval()
+    assert loaded.query_scale == 4.0
+    with torch.no_grad():
+        assert torch.equal(loaded.mask_logits(mag, query), scaled.mask_logits(mag, query))
+    with pytest.raises(ValueError, match="query_scale must be positive"):
+        CLIPSep.tiny(query_scale=0.0)
+
+
+def test_pytorch_init_is_larger_than_the_official_one():
+    official, default = CLIPSep.tiny(seed=0), CLIPSep.tiny(seed=0, init="pytorch")
+    assert float(official.up[0].conv.weight.detach().std()) == pytest.approx(1e-3, rel=0.2)
+    assert float(official.query_proj.weight.detach().std()) == pytest.approx(1e-4, rel=0.2)
+    assert float(default.up[0].conv.weight.detach().std()) > 0.03  # Kaiming-uniform: 1 / sqrt(3 * 144)
+    assert float(default.query_proj.weight.detach().std()) > 0.05  # 1 / sqrt(3 * 32)
+    with pytest.raises(ValueError, match="init must be"):
+        CLIPSep.tiny(init="xavier")

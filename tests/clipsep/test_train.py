@@ -39,7 +39,7 @@ def _toy_batch() -> MixBatch:
 def _sdri(system: CLIPSepSystem, batch: MixBatch) -> float:
     system.eval()
     with torch.no_grad():
-        estimates = system.separate(system.outputs(batch), SEGMENT)
+        estimates = system.separate(system.outputs(batch), SEGMENT, binary=True)
     system.train()
     mixture = batch.mixture[:, None].expand_as(batch.sources)
     scores = separation_scores(batch.sources.flatten(0, 1), (mixture - batch.sources).flatten(0, 1),
@@ -146,3 +146,29 @@ def test_test_step_reports_loss_sdr_and_sdri():
     (results,) = trainer.test(system, dataloaders=DataLoader([_toy_batch()], batch_size=None))
     assert {"test/loss", "test/sdr", "test/sdri", "test/mean_act", "test/mean_noise_act"} <= results.keys()
     assert np.isfinite(results["test/loss"])
+
+
+def test_validation_scores_soft_masks_and_counts_near_silent_estimates():
+    # A collapsed model: every mask is sigmoid(bias), a scaled copy of the mixture. Scored
+    # as `clipsep separate` separates (soft masks) that is 0 dB SDRi, never a missing value;
+    # a bias of -8 (mask 3e-4) makes every estimate near-silent, and binary masks would
+    # make every estimate silent (NaN, left out of the mean).
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    batch = _toy_batch()
+    for bias, silent in ((0.5, 0.0), (-8.0, 1.0)):
+        system = CLIPSepSystem(preset="tiny", model_args={"layers": 5, "noise_heads": 0})
+        with torch.no_grad():
+            system.model.up[0].conv.weight.zero_()
+            system.model.up[0].conv.bias.zero_()
+            system.model.mask_bias.fill_(bias)
+        trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False)
+        (results,) = trainer.test(system, dataloaders=DataLoader([batch], batch_size=None))
+        assert results["test/sdri"] == pytest.approx(0.0, abs=0.05)
+        assert results["test/silent"] == silent
+        estimates = system.separate(system.outputs(batch), SEGMENT)
+        assert estimates.shape == batch.sources.shape
+        torch.testing.assert_close(estimates, torch.sigmoid(torch.tensor(bias)) * batch.mixture[:, None].expand_as(estimates),
+                                   atol=1e-5, rtol=1e-4)
