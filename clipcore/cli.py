@@ -99,8 +99,8 @@ def return_large_buffers_to_the_system() -> bool:
     By default glibc raises its mmap threshold to the size of the largest buffer freed so
     far, so a long separation keeps the network's freed activations in the heap, where
     they fragment it: a fixed threshold lowers the peak of ``clipsep separate`` by about
-    70 MiB (1426 -> 1352 MiB on a 1-minute stereo 48 kHz file, paper-size model) for
-    about 4% more CPU time.
+    50 MiB (1420 -> 1369 MiB on a 1-minute stereo 48 kHz file, four queries, paper-size
+    model) for a few percent more CPU time.
 
     Returns:
         Whether the setting took (False where the C library is not glibc).
