@@ -2,8 +2,6 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
-# --no-compile: Python compiles the modules it imports on first use, not the 17,000 files of the
-# install (torch's CUDA build among them) up front.
 # Installed without its declared dependencies: tinysoundfont's wheel declares pyaudio (only
 # imported for live playback), which has no Linux wheel and does not build without PortAudio.
 NO_DEPS := tinysoundfont==0.3.7
@@ -16,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version.split()[0]'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --upgrade --quiet pip
-	$(VENV)/bin/python -m pip install --no-compile -e '.[dev]'
+	$(VENV)/bin/python -m pip install -e '.[dev]'
 	$(VENV)/bin/python -m pip install --no-deps $(NO_DEPS)
 	touch $(STAMP)
 
