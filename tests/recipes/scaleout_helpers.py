@@ -34,10 +34,12 @@ def toy_shards(root: Path, clips: int, shard_size: int) -> str:
 
 def clipsep_args(shards: str, encoder: str, run_dir: Path, records: Path, *extra: str) -> list[str]:
     """``fit`` arguments of the CLIPSep recipe: the toy config, the tiny model on toy shards
-    with precomputed embeddings, no validation, and a :class:`Record` callback."""
+    with precomputed embeddings, the schedule fixed here (Adam 1e-3, 2 warm-up steps, decay
+    to 0.1x at step 6), no validation, and a :class:`Record` callback."""
     return [
         "fit", "--config", str(ROOT / "recipes" / "configs" / "clipsep" / "toy.yaml"),
-        "--model.query_encoder", "null", "--model.warmup_steps", "2", "--model.decay_steps", "6",
+        "--model.query_encoder", "null", "--model.learning_rate", "0.001", "--model.warmup_steps", "2",
+        "--model.decay_steps", "6",
         "--data.train_shards", shards, "--data.val_shards", "null", "--data.encoder", encoder,
         "--data.batch_size", "2", "--data.segment_samples", str(SEGMENT), "--data.shuffle_buffer", "4",
         "--data.num_workers", "0", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
