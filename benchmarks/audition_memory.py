@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from separate_speed import paper_separator, stereo_file
+from separate_speed import paper_separator, peak_mib, stereo_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -72,8 +72,7 @@ def page_peak(seconds: float, checkpoint: Path, folder: Path, browser) -> tuple[
             done => { const b = new Audio(); b.onloadedmetadata = () => done(b.duration); b.src = a.src; })))""")
         assert all(abs(d - seconds) < 1e-2 for d in durations), durations
         page.close()
-        status = Path(f"/proc/{process.pid}/status").read_text()
-        peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+        peak = peak_mib(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)

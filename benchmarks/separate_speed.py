@@ -57,12 +57,12 @@ def _mixture(seconds: float) -> torch.Tensor:
     return 0.1 * torch.randn(1, int(seconds * RATE), generator=torch.Generator().manual_seed(0))
 
 
-def _peak_mib() -> float:
-    """This process's peak resident memory in MiB: ``VmHWM``, the high-water mark of its own
-    address space. (``ru_maxrss`` would not do: a child started by ``subprocess`` inherits
-    the parent's resident size at the fork as its floor, which hid every peak below the
-    parent's 1.4 GB.)"""
-    status = Path("/proc/self/status").read_text()
+def peak_mib(process: int | str = "self") -> float:
+    """The peak resident memory in MiB of a process (its pid; by default this one):
+    ``VmHWM``, the high-water mark of its own address space. (``ru_maxrss`` would not do: a
+    child started by ``subprocess`` inherits the parent's resident size at the fork as its
+    floor, which hid every peak below the parent's 1.4 GB.)"""
+    status = Path(f"/proc/{process}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
 
 
@@ -97,7 +97,7 @@ def _peak_child(seconds: float) -> None:
     separator, wave = paper_separator(), _mixture(seconds)
     result = separator.separate(wave, RATE, QUERIES[:1])
     assert result.stems.shape[-1] == wave.shape[-1]
-    print(_peak_mib())
+    print(peak_mib())
 
 
 def stereo_file(path: Path, seconds: float) -> None:
@@ -133,7 +133,7 @@ def _stereo_child(source: str, checkpoint: str, out: str) -> None:
     status = clipsep_main(["separate", "--checkpoint", checkpoint, *queries, "--bit-depth", "24", "--device", "cpu",
                            "-o", out, source])
     assert status == 0 and len(list(Path(out).rglob("*.wav"))) == len(QUERIES)
-    print(_peak_mib())
+    print(peak_mib())
 
 
 def main() -> None:
