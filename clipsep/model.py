@@ -234,7 +234,7 @@ class CLIPSep(Pretrained, nn.Module):
             queries = queries[:, None]
         if queries.dim() != 3 or queries.shape[-1] != self.query_dim:
             raise ValueError(f"queries must be [B, {self.query_dim}] or [B, K, {self.query_dim}], got {list(queries.shape)}.")
-        return self.query_proj(queries * self.query_scale if self.query_scale != 1.0 else queries)
+        return self.query_proj(queries * self.query_scale)  # exact at the published scale 1
 
     def _noise_weights(self, query_feats: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid query features ``[B, K, C]`` -> noise channel weights ``[B, M, C]``."""
