@@ -165,7 +165,8 @@ def write_page(results: dict, seeds: dict, docs: Path) -> Path:
         "# The papers in miniature: results", "",
         "Made by `python recipes/experiments/papers_in_miniature.py` "
         f"(profile `{results['run']['name']}`, seeds {seeds_text}, "
-        f"{results['run']['seconds'].get('total', 0) / 60:.0f} minutes). Every choice (checkpoints by validation "
+        f"{results['run']['seconds'].get('total', 0) / 60:.0f} minutes on 2 CPU cores, commit "
+        f"{(results['run'].get('commit') or 'unknown')[:7]}). Every choice (checkpoints by validation "
         "SDR improvement, CLIPSonic's guidance by validation recognition) was made on the validation split; every figure "
         "below is on the test split. Brackets are 95% intervals.", "",
         "## Findings", "",
