@@ -117,34 +117,58 @@ def prepare(runner: Runner, out: Path, p: Profile) -> dict[str, str]:
     return {split: str(shards / split / "*.tar") for split in SPLITS}
 
 
+def _seeded(seed: int | None) -> list[str]:
+    return ["--seed_everything", str(seed)] if seed is not None else []
+
+
+def clipsep_command(out: Path, p: Profile, shards: dict[str, str], folder: Path, seed: int | None = None,
+                    validations: int = 4) -> list[str]:
+    """``recipes/train_clipsep.py`` with ``toy.yaml`` (CLIPSep-NIT, image queries) on the
+    run's shards and CLIP; the model goes to ``folder`` (its best checkpoint by validation
+    SDR improvement to ``folder/best``). ``seed``: ``--seed_everything`` (default: the
+    config's); ``validations``: how many times training validates."""
+    every = str(max(1, p.clipsep_steps // validations))
+    return recipe("train_clipsep.py") + [
+        "fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), *_seeded(seed),
+        "--data.train_shards", shards["train"], "--data.val_shards", shards["validation"],
+        "--data.encoder", ENCODER_NAME, "--model.query_encoder", str(out / "query_encoder"),
+        "--model.export_dir", str(folder), "--trainer.default_root_dir", str(folder),
+        "--trainer.max_steps", str(p.clipsep_steps), "--model.decay_steps", str(p.clipsep_steps),
+        "--model.nit_warmup_steps", str(p.clipsep_steps // 2),
+        "--trainer.val_check_interval", every, "--data.epoch_length", every,
+    ]
+
+
+def prior_command(out: Path, p: Profile, shards: dict[str, str], folder: Path, seed: int | None = None) -> list[str]:
+    """``recipes/train_prior.py`` on the training split's (text, image) embedding pairs -> ``folder``."""
+    return recipe("train_prior.py") + [
+        "fit", "--config", str(ROOT / "recipes/configs/prior/toy.yaml"), *_seeded(seed),
+        "--data.shards", shards["train"], "--data.encoder", str(out / "query_encoder"),
+        "--data.cache", str(out / "prior_pairs.npz"),
+        "--trainer.max_steps", str(p.prior_steps), "--trainer.val_check_interval", str(p.prior_steps),
+        "--trainer.default_root_dir", str(folder), "--export", str(folder),
+    ]
+
+
+def clipsonic_command(out: Path, p: Profile, shards: dict[str, str], folder: Path,
+                      seed: int | None = None) -> list[str]:
+    """``recipes/train_clipsonic.py`` with ``toy.yaml`` on the run's shards and CLIP -> ``folder``."""
+    return recipe("train_clipsonic.py") + [
+        "fit", "--config", str(ROOT / "recipes/configs/clipsonic/toy.yaml"), *_seeded(seed),
+        "--data.train_shards", shards["train"], "--data.val_shards", shards["validation"],
+        "--data.encoder", ENCODER_NAME, "--model.query_encoder", str(out / "query_encoder"),
+        "--trainer.max_steps", str(p.clipsonic_steps), "--trainer.val_check_interval", str(p.clipsonic_steps),
+        "--data.epoch_length", str(p.clipsonic_steps), "--trainer.default_root_dir", str(folder),
+        "--export", str(folder),
+    ]
+
+
 def train(runner: Runner, out: Path, p: Profile, shards: dict[str, str]) -> None:
     """Step 3: CLIPSep and the prior in one lane, CLIPSonic in the other."""
-    encoder = str(out / "query_encoder")
     with runner.step("3. training CLIPSep (image queries only), the diffusion prior and CLIPSonic"):
-        clipsep = recipe("train_clipsep.py") + [
-            "fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"),
-            "--data.train_shards", shards["train"], "--data.val_shards", shards["validation"],
-            "--data.encoder", ENCODER_NAME, "--model.query_encoder", encoder,
-            "--model.export_dir", str(out / "clipsep"), "--trainer.default_root_dir", str(out / "clipsep"),
-            "--trainer.max_steps", str(p.clipsep_steps), "--model.decay_steps", str(p.clipsep_steps),
-            "--model.nit_warmup_steps", str(p.clipsep_steps // 2),
-            "--trainer.val_check_interval", str(p.clipsep_steps // 4), "--data.epoch_length", str(p.clipsep_steps // 4),
-        ]
-        prior = recipe("train_prior.py") + [
-            "fit", "--config", str(ROOT / "recipes/configs/prior/toy.yaml"),
-            "--data.shards", shards["train"], "--data.encoder", encoder, "--data.cache", str(out / "prior_pairs.npz"),
-            "--trainer.max_steps", str(p.prior_steps), "--trainer.val_check_interval", str(p.prior_steps),
-            "--trainer.default_root_dir", str(out / "prior"), "--export", str(out / "prior"),
-        ]
-        clipsonic = recipe("train_clipsonic.py") + [
-            "fit", "--config", str(ROOT / "recipes/configs/clipsonic/toy.yaml"),
-            "--data.train_shards", shards["train"], "--data.val_shards", shards["validation"],
-            "--data.encoder", ENCODER_NAME, "--model.query_encoder", encoder,
-            "--trainer.max_steps", str(p.clipsonic_steps), "--trainer.val_check_interval", str(p.clipsonic_steps),
-            "--data.epoch_length", str(p.clipsonic_steps), "--trainer.default_root_dir", str(out / "clipsonic"),
-            "--export", str(out / "clipsonic"),
-        ]
-        runner.lanes([("train_clipsep", clipsep), ("train_prior", prior)], [("train_clipsonic", clipsonic)])
+        runner.lanes([("train_clipsep", clipsep_command(out, p, shards, out / "clipsep")),
+                      ("train_prior", prior_command(out, p, shards, out / "prior"))],
+                     [("train_clipsonic", clipsonic_command(out, p, shards, out / "clipsonic"))])
 
 
 def generate(out: Path, p: Profile, queries, folder: Path, mode: str, guidance: float) -> tuple[list[str], dict]:

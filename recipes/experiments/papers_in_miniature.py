@@ -44,7 +44,7 @@ from clipcore.checkpoint import git_commit  # noqa: E402
 from clipcore.errors import EXIT_PARTIAL, report_errors  # noqa: E402
 from clipcore.miniature import world  # noqa: E402
 from recipes import quickstart  # noqa: E402
-from recipes.command_runner import Runner, StepFailed, fresh_run_folder, recipe, tool  # noqa: E402
+from recipes.command_runner import Runner, StepFailed, fresh_run_folder, tool  # noqa: E402
 
 SEPARATORS = ("clipsep", "nit", "label", "pit")
 MARKER = ".papers_in_miniature"
@@ -80,35 +80,22 @@ def _model_args(noise_heads: int) -> str:
 
 
 def train_commands(out: Path, seed_dir: Path, profile: Profile, shards: dict[str, str], seed: int) -> dict:
-    """The training commands of one seed: name -> args (CLIPSep variants, prior, CLIPSonic)."""
-    p, encoder, steps = profile.world, str(out / "query_encoder"), profile.world.clipsep_steps
-    every = str(max(1, steps // profile.validations))
-    data = ["--data.train_shards", shards["train"], "--data.val_shards", shards["validation"],
-            "--data.encoder", quickstart.ENCODER_NAME]
-    variants = {
-        "clipsep": ["--model.model_args", _model_args(0)],
-        "nit": ["--model.model_args", _model_args(2), "--model.nit_warmup_steps", str(steps // 2)],
-        "label": ["--model.model_args", _model_args(0), "--model.query_mode", "label",
-                  "--model.labels", json.dumps(list(world.INSTRUMENTS))],
-        "pit": ["--model.model_args", _model_args(0), "--model.query_mode", "pit", "--model.pit_outputs", "2"],
+    """The training commands of one seed: name -> args (CLIPSep variants, prior, CLIPSonic),
+    the quick start's commands with the seed, each model in ``seed_dir/<name>``."""
+    p = profile.world
+
+    def clipsep(name: str, noise_heads: int, *args: str) -> list[str]:
+        return quickstart.clipsep_command(out, p, shards, seed_dir / name, seed, profile.validations) + [
+            "--model.model_args", _model_args(noise_heads), *args]
+
+    return {
+        "clipsep": clipsep("clipsep", 0),
+        "nit": clipsep("nit", 2),
+        "label": clipsep("label", 0, "--model.query_mode", "label", "--model.labels", json.dumps(list(world.INSTRUMENTS))),
+        "pit": clipsep("pit", 0, "--model.query_mode", "pit", "--model.pit_outputs", "2"),
+        "prior": quickstart.prior_command(out, p, shards, seed_dir / "prior", seed),
+        "clipsonic": quickstart.clipsonic_command(out, p, shards, seed_dir / "clipsonic", seed),
     }
-    commands = {name: recipe("train_clipsep.py") + [
-        "fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), "--seed_everything", str(seed), *data,
-        "--model.query_encoder", encoder, "--model.export_dir", str(seed_dir / name),
-        "--trainer.default_root_dir", str(seed_dir / name), "--trainer.max_steps", str(steps),
-        "--model.decay_steps", str(steps), "--trainer.val_check_interval", every,
-        "--data.epoch_length", every, *args] for name, args in variants.items()}
-    commands["prior"] = recipe("train_prior.py") + [
-        "fit", "--config", str(ROOT / "recipes/configs/prior/toy.yaml"), "--seed_everything", str(seed),
-        "--data.shards", shards["train"], "--data.encoder", encoder, "--data.cache", str(out / "prior_pairs.npz"),
-        "--trainer.max_steps", str(p.prior_steps), "--trainer.val_check_interval", str(p.prior_steps),
-        "--trainer.default_root_dir", str(seed_dir / "prior"), "--export", str(seed_dir / "prior")]
-    commands["clipsonic"] = recipe("train_clipsonic.py") + [
-        "fit", "--config", str(ROOT / "recipes/configs/clipsonic/toy.yaml"), "--seed_everything", str(seed), *data,
-        "--model.query_encoder", encoder, "--trainer.max_steps", str(p.clipsonic_steps),
-        "--trainer.val_check_interval", str(p.clipsonic_steps), "--data.epoch_length", str(p.clipsonic_steps),
-        "--trainer.default_root_dir", str(seed_dir / "clipsonic"), "--export", str(seed_dir / "clipsonic")]
-    return commands
 
 
 def separate_with_tables(checkpoint: Path, encoder: Path, queries, folder: Path) -> dict[str, str]:
