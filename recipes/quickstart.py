@@ -121,6 +121,12 @@ def _seeded(seed: int | None) -> list[str]:
     return ["--seed_everything", str(seed)] if seed is not None else []
 
 
+def _video_data(out: Path, shards: dict[str, str]) -> list[str]:
+    """The shard and query encoder arguments that CLIPSep and CLIPSonic training share."""
+    return ["--data.train_shards", shards["train"], "--data.val_shards", shards["validation"],
+            "--data.encoder", ENCODER_NAME, "--model.query_encoder", str(out / "query_encoder")]
+
+
 def clipsep_command(out: Path, p: Profile, shards: dict[str, str], folder: Path, seed: int | None = None,
                     validations: int = 4) -> list[str]:
     """``recipes/train_clipsep.py`` with ``toy.yaml`` (CLIPSep-NIT, image queries) on the
@@ -129,9 +135,7 @@ def clipsep_command(out: Path, p: Profile, shards: dict[str, str], folder: Path,
     config's); ``validations``: how many times training validates."""
     every = str(max(1, p.clipsep_steps // validations))
     return recipe("train_clipsep.py") + [
-        "fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), *_seeded(seed),
-        "--data.train_shards", shards["train"], "--data.val_shards", shards["validation"],
-        "--data.encoder", ENCODER_NAME, "--model.query_encoder", str(out / "query_encoder"),
+        "fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), *_seeded(seed), *_video_data(out, shards),
         "--model.export_dir", str(folder), "--trainer.default_root_dir", str(folder),
         "--trainer.max_steps", str(p.clipsep_steps), "--model.decay_steps", str(p.clipsep_steps),
         "--model.nit_warmup_steps", str(p.clipsep_steps // 2),
@@ -154,9 +158,7 @@ def clipsonic_command(out: Path, p: Profile, shards: dict[str, str], folder: Pat
                       seed: int | None = None) -> list[str]:
     """``recipes/train_clipsonic.py`` with ``toy.yaml`` on the run's shards and CLIP -> ``folder``."""
     return recipe("train_clipsonic.py") + [
-        "fit", "--config", str(ROOT / "recipes/configs/clipsonic/toy.yaml"), *_seeded(seed),
-        "--data.train_shards", shards["train"], "--data.val_shards", shards["validation"],
-        "--data.encoder", ENCODER_NAME, "--model.query_encoder", str(out / "query_encoder"),
+        "fit", "--config", str(ROOT / "recipes/configs/clipsonic/toy.yaml"), *_seeded(seed), *_video_data(out, shards),
         "--trainer.max_steps", str(p.clipsonic_steps), "--trainer.val_check_interval", str(p.clipsonic_steps),
         "--data.epoch_length", str(p.clipsonic_steps), "--trainer.default_root_dir", str(folder),
         "--export", str(folder),
