@@ -66,6 +66,7 @@ class Profile:
     gen_samples: int
     gen_steps: int
     judge_clips: int
+    judge_steps: int = 600
     guidance_choices: tuple[float, ...] = (2.0, 5.0)
     offscreen: float = 0.3
     clip_seconds: float = 5.0
@@ -78,7 +79,7 @@ PROFILES = {
                     judge_clips=330),
     "ci": Profile(train_clips=55, validation_clips=22, test_clips=44, align_steps=150, align_images=100,
                   clipsep_steps=120, prior_steps=60, clipsonic_steps=40, gen_samples=1, gen_steps=10,
-                  judge_clips=110, guidance_choices=(3.0,)),
+                  judge_clips=110, judge_steps=150, guidance_choices=(3.0,)),
 }
 
 ENCODER_NAME = "clip-toy"
@@ -173,6 +174,14 @@ def train(runner: Runner, out: Path, p: Profile, shards: dict[str, str]) -> None
                      [("train_clipsonic", clipsonic_command(out, p, shards, out / "clipsonic"))])
 
 
+def train_judge(p: Profile):
+    """The timbre judge (``recipes/toy_judges.py``) on training renders: ``p.judge_clips`` of
+    the instrument alone and as many with off-screen sound at the training videos' level."""
+    from recipes.toy_judges import judge_from_renders
+
+    return judge_from_renders(p.judge_clips, p.gen_seconds, p.judge_steps, p.offscreen)
+
+
 def generate(out: Path, p: Profile, queries, folder: Path, mode: str, guidance: float) -> tuple[list[str], dict]:
     """A ``clipsonic generate`` command for every instrument of ``queries`` in one mode,
     and the files it writes (instrument -> paths)."""
@@ -246,19 +255,18 @@ def test(runner: Runner, out: Path, p: Profile, shards: dict[str, str], judge, g
 def run(out: Path, profile: Profile) -> dict:
     """All six steps; returns the report (also written to ``out/report.json``)."""
     from recipes.quickstart_report import clip_facts, judge_facts, print_report, write_report
-    from recipes.toy_judges import judge_from_renders
 
     runner = Runner(out)
     total = time.perf_counter()
     torch.set_num_threads(1)  # this process scores while a command uses the other core
     shards = prepare(runner, out, profile)
     train(runner, out, profile, shards)
-    judge = runner.call("train_judge", lambda: judge_from_renders(profile.judge_clips, profile.gen_seconds))
+    judge = runner.call("train_judge", lambda: train_judge(profile))
     guidance = choose_guidance(runner, out, profile, shards, judge)
     found = test(runner, out, profile, shards, judge, guidance["chosen"])
     facts: dict[str, Any] = {
         "clip": clip_facts(out / "query_encoder", found["queries"], shards["test"]),
-        "judge": judge_facts(judge, profile.judge_clips, profile.gen_seconds),
+        "judge": judge_facts(judge, profile.judge_clips, profile.gen_seconds, profile.offscreen),
         "guidance": guidance,
     }
     runner.seconds["total"] = round(time.perf_counter() - total, 1)

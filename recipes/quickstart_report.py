@@ -29,12 +29,16 @@ def clip_facts(encoder_dir: Path, queries, shards: str) -> dict[str, float]:
     return gap_facts(encoder, frames, labels, list(queries.instruments), world.HELDOUT_TEMPLATES)
 
 
-def judge_facts(judge, train_clips: int, seconds: float) -> dict:
-    """The timbre judge's accuracy on clean test renders (as many clips as it was trained on)."""
+def judge_facts(judge, train_clips: int, seconds: float, offscreen: float) -> dict:
+    """The timbre judge's accuracy on test renders of the instrument alone (as many clips as
+    it was trained on of each kind), and under ``offscreen`` in ``"offscreen"``: the ceiling
+    of recognition for a generator that renders its training videos' sound perfectly."""
     from recipes.toy_judges import judge_report, render_crops
 
     return {"train_clips": train_clips, "seconds": seconds,
-            **judge_report(judge, *render_crops("test", train_clips, seconds, seed=1))}
+            **judge_report(judge, *render_crops("test", train_clips, seconds, seed=1)),
+            "offscreen": {"level": offscreen,
+                          **judge_report(judge, *render_crops("test", train_clips, seconds, seed=1, offscreen=offscreen))}}
 
 
 def _value(x: float) -> float | None:
@@ -66,7 +70,8 @@ def build_report(facts: dict, separation: dict, generation: dict) -> dict:
         "stems_per_kind": separation["image"]["sdri"]["count"],
         "mixtures": separation["mixtures"],
     })
-    clipsonic = {**_mean(judge["accuracy"], "judge_accuracy_real")}
+    clipsonic = {**_mean(judge["accuracy"], "judge_accuracy_real"),
+                 **_mean(judge["offscreen"]["accuracy"], "judge_accuracy_offscreen")}
     for mode in ("image", "zs", "pd"):
         clipsonic.update(_mean(generation[mode]["recognition"], f"recognition_{mode}"))
     clipsonic.update({
@@ -118,7 +123,9 @@ CLIPSep, trained with image queries only, on {sep['stems_per_kind']} stems of tw
   worst instrument with text: {sep['sdri_text_min_instrument']:<20} {sep['sdri_text_min_instrument_db']:6.2f} dB  \
 (goal >= 1 dB)
 CLIPSonic; a timbre judge trained on training renders (accuracy on test renders \
-{_ci(sonic, 'judge_accuracy_real', unit='').strip()}) names the instrument of {sonic['clips_per_mode']} generated clips per mode:
+{_ci(sonic, 'judge_accuracy_real', unit='').strip()}, with off-screen sound \
+{_ci(sonic, 'judge_accuracy_offscreen', unit='').strip()}) names the instrument of {sonic['clips_per_mode']} generated \
+clips per mode:
   image query                                      {_ci(sonic, 'recognition_image', unit='')}   (goal >= 70%)
   text query, zero-shot                            {_ci(sonic, 'recognition_zs', unit='')}
   text query through the diffusion prior           {_ci(sonic, 'recognition_pd', unit='')}   (goal >= 50%)

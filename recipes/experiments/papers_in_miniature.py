@@ -70,7 +70,8 @@ PROFILES = {
     "full": Profile(replace(quickstart.PROFILES["demo"], gen_samples=2), seeds=(1, 2)),
     "tiny": Profile(quickstart.Profile(train_clips=22, validation_clips=11, test_clips=22, align_steps=20,
                                        align_images=22, clipsep_steps=8, prior_steps=8, clipsonic_steps=8,
-                                       gen_samples=1, gen_steps=2, judge_clips=22, guidance_choices=(2.0,),
+                                       gen_samples=1, gen_steps=2, judge_clips=22, judge_steps=20,
+                                       guidance_choices=(2.0,),
                                        clip_seconds=2.0),
                     seeds=(1,), ddim_steps=3, dpm_steps=2, validations=1),
 }
@@ -194,13 +195,12 @@ def run(out: Path, name: str, docs: Path) -> dict:
     profile = PROFILES[name]
     from recipes.experiments.results_page import score, write_page
     from recipes.miniature_eval import read_clips, write_queries
-    from recipes.toy_judges import judge_from_renders
 
     runner = Runner(out)
     start = time.perf_counter()
     torch.set_num_threads(1)
     shards = quickstart.prepare(runner, out, profile.world)
-    judge = runner.call("train_judge", lambda: judge_from_renders(profile.world.judge_clips, profile.world.gen_seconds))
+    judge = runner.call("train_judge", lambda: quickstart.train_judge(profile.world))
     test_clips = read_clips(shards["test"])
     queries = write_queries(test_clips, out / "test", list(world.INSTRUMENTS))
     seeds = {seed: run_seed(runner, out, profile, shards, seed, queries, judge) for seed in profile.seeds}
