@@ -93,6 +93,9 @@ class CLIPSonic(Pretrained, nn.Module):
             open_clip name or a checkpoint folder), recorded so that a ``Generator`` can
             find it; ``None`` when unknown.
         mel: overrides of :class:`~clipcore.spectral.MelConfig` fields.
+        time_scale_shift: how the timestep-plus-class embedding enters each ResNet block:
+            ``"default"`` adds it to the features; ``"scale_shift"`` (FiLM) scales and
+            shifts the normalised features with it, a stronger hold of the condition.
     """
 
     PRESETS = PRESETS
@@ -114,6 +117,7 @@ class CLIPSonic(Pretrained, nn.Module):
         beta_end: float = 0.0195,
         query_encoder: str | None = None,
         mel: dict | None = None,
+        time_scale_shift: str = "default",
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -141,6 +145,7 @@ class CLIPSonic(Pretrained, nn.Module):
             norm_num_groups=norm_num_groups,
             cross_attention_dim=cross_dim,
             class_embed_type="projection",
+            resnet_time_scale_shift=time_scale_shift,
             projection_class_embeddings_input_dim=embed_dim,
         )
         self.cond_tokens = cond_tokens
