@@ -14,7 +14,9 @@ embedding, and to a short sequence of tokens for cross-attention.
   linear layers. This is what makes the ``tiny`` preset work at all: on a CPU it can only
   afford attention at its lowest resolution (cross-attention over 64 x 256 mel pixels takes
   minutes per sampling run), so a condition that lived only in cross-attention would touch
-  a single level of the network.
+  a single level of the network. With ``time_scale_shift="scale_shift"`` (FiLM, as in the
+  toy config) this embedding scales and shifts each block's normalised features rather than
+  being added to them, a firmer hold of the condition.
 - Cross-attention needs a *sequence*: a single token is useless (softmax over one key is
   always 1, so attention degenerates to a constant bias). The embedding is therefore
   projected to ``cond_tokens`` tokens, which lets the attention layers of the ``paper``

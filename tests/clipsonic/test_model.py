@@ -6,10 +6,11 @@ from clipsonic.model import CLIPSonic
 from tests.clipsonic.helpers import unit_vectors
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["default", "scale_shift"])
+def model(request):
+    """The tiny model, with the condition added to the features or FiLM (``scale_shift``)."""
     torch.manual_seed(0)
-    model = CLIPSonic.tiny(seed=1).eval()
+    model = CLIPSonic.tiny(seed=1, time_scale_shift=request.param).eval()
     # A trained model's null condition and projections differ from the fresh ones; perturb
     # every parameter so no branch of the network is exactly zero.
     with torch.no_grad():
