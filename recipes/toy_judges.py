@@ -76,7 +76,8 @@ class InstrumentClassifier(nn.Module):
             seed: int = 0) -> "InstrumentClassifier":
         """Train on random ``crop``-sample crops of ``[N, S]`` clips (one-cycle AdamW);
         initial weights and crops come from ``seed`` (whatever the global random state)."""
-        log_mels = self.mel(clips)  # [N, n_mels, T]
+        with torch.no_grad():
+            log_mels = self.mel(clips)  # [N, n_mels, T]
         frames = crop // self.mel.config.hop_length + 1
         targets = torch.tensor([self.labels.index(label) for label in labels])
         generator = torch.Generator().manual_seed(seed)
