@@ -185,15 +185,22 @@ def train_judge(p: Profile):
     return judge_from_renders(p.judge_clips, p.gen_seconds, p.judge_steps, p.offscreen)
 
 
-def generate(out: Path, p: Profile, queries, folder: Path, mode: str, guidance: float) -> tuple[list[str], dict]:
-    """A ``clipsonic generate`` command for every instrument of ``queries`` in one mode,
-    and the files it writes (instrument -> paths)."""
+VALIDATION_SEED = 1000
+"""``clipsonic generate --seed`` on the validation split. The text modes ask the same held-out
+prompts on both splits, so with the test's seed (0) their validation clips would be the test
+clips themselves, and the guidance chosen on them would be chosen on the test."""
+
+
+def generate(out: Path, p: Profile, queries, folder: Path, mode: str, guidance: float,
+             seed: int = 0) -> tuple[list[str], dict]:
+    """A ``clipsonic generate --seed SEED`` command for every instrument of ``queries`` in
+    one mode, and the files it writes (instrument -> paths)."""
     from clipsonic.generate_command import output_paths  # the CLI's own output names
 
     command = tool("clipsonic") + [
         "generate", "--checkpoint", str(out / "clipsonic"), "--overwrite", "-n", str(p.gen_samples),
         "--steps", str(p.gen_steps), "--guidance", str(guidance), "--duration", str(p.gen_seconds),
-        "--mode", mode, "-o", str(folder)]
+        "--mode", mode, "--seed", str(seed), "-o", str(folder)]
     if mode == "image":
         images = [str(queries.images[name]) for name in queries.instruments]
         command += [a for image in images for a in ("--image", image)]
@@ -218,7 +225,7 @@ def choose_guidance(runner: Runner, out: Path, p: Profile, shards: dict[str, str
         files: dict[float, dict[str, dict]] = {g: {} for g in p.guidance_choices}
         for i, (guidance, mode) in enumerate((g, m) for g in p.guidance_choices for m in MODES):
             command, files[guidance][mode] = generate(out, p, queries, out / "validation" / f"g{guidance:g}" / mode,
-                                                      mode, guidance)
+                                                      mode, guidance, seed=VALIDATION_SEED)
             lanes[i % 2].append((f"validation_{mode}_g{guidance:g}", command))
         runner.lanes(*[lane for lane in lanes if lane])
         scores = {g: evaluate_generation(judge, files[g], p.gen_seconds) for g in p.guidance_choices}
