@@ -212,6 +212,14 @@ def generate(out: Path, p: Profile, queries, folder: Path, mode: str, guidance: 
     return command, dict(zip(queries.instruments, paths))
 
 
+def validation_generations(out: Path, p: Profile, queries) -> list[tuple[float, str, list[str], dict]]:
+    """``(guidance, mode, command, files)`` for every guidance choice and mode of step 4: the
+    validation split's queries, generated with ``--seed VALIDATION_SEED``."""
+    return [(guidance, mode, *generate(out, p, queries, out / "validation" / f"g{guidance:g}" / mode, mode, guidance,
+                                       seed=VALIDATION_SEED))
+            for guidance in p.guidance_choices for mode in MODES]
+
+
 def choose_guidance(runner: Runner, out: Path, p: Profile, shards: dict[str, str], judge) -> dict:
     """Step 4: CLIPSonic's guidance per mode, chosen on the validation split (nothing to
     choose, and nothing run, when the profile offers one value)."""
@@ -223,9 +231,8 @@ def choose_guidance(runner: Runner, out: Path, p: Profile, shards: dict[str, str
     with runner.step("4. validation: CLIPSonic's guidance scale per query mode"):
         lanes: list[list] = [[], []]
         files: dict[float, dict[str, dict]] = {g: {} for g in p.guidance_choices}
-        for i, (guidance, mode) in enumerate((g, m) for g in p.guidance_choices for m in MODES):
-            command, files[guidance][mode] = generate(out, p, queries, out / "validation" / f"g{guidance:g}" / mode,
-                                                      mode, guidance, seed=VALIDATION_SEED)
+        for i, (guidance, mode, command, paths) in enumerate(validation_generations(out, p, queries)):
+            files[guidance][mode] = paths
             lanes[i % 2].append((f"validation_{mode}_g{guidance:g}", command))
         runner.lanes(*[lane for lane in lanes if lane])
         scores = {g: evaluate_generation(judge, files[g], p.gen_seconds) for g in p.guidance_choices}
