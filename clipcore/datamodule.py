@@ -104,6 +104,8 @@ class ShardDataModule(LightningDataModule):
         seed: seed of crops, gains, pairs and shuffling.
         shuffle_buffer: samples held for shuffling per worker.
         frame_size: square size of delivered frames.
+        in_memory: hold the shards in memory, audio decoded, after their first read (see
+            :class:`~clipcore.shard_stream.ShardStream`): for data sets that fit in memory.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class ShardDataModule(LightningDataModule):
         seed: int = 0,
         shuffle_buffer: int = 256,
         frame_size: int = 224,
+        in_memory: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -138,6 +141,7 @@ class ShardDataModule(LightningDataModule):
             shuffle_buffer=shuffle_buffer,
             frame_size=frame_size,
             seed=seed,
+            in_memory=in_memory,
         )
 
     def _loader(self, shards, train: bool) -> DataLoader:

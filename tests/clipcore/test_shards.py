@@ -146,6 +146,29 @@ def test_deterministic_by_seed(shards):
     assert not all(torch.equal(x.mixture, y.mixture) for x, y in zip(first, other))
 
 
+@pytest.mark.parametrize("encoder", ["index-encoder", None])
+def test_a_stream_held_in_memory_gives_the_same_batches_and_reads_the_shards_once(shards, tmp_path, encoder):
+    root, paths = shards
+    for train, epoch_length in ((True, 3), (False, None)):
+        for path in paths:
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+        plain = _stream(str(root), num_sources=2, seed=5, train=train, epoch_length=epoch_length, encoder=encoder)
+        held = _stream(str(tmp_path), num_sources=2, seed=5, train=train, epoch_length=epoch_length, encoder=encoder,
+                         in_memory=True)
+        for epoch in range(2):
+            plain.epoch = held.epoch = epoch
+            expected, got = list(plain), list(held)
+            assert len(got) == len(expected) > 0
+            for x, y in zip(expected, got):
+                assert x.keys == y.keys
+                assert torch.equal(x.sources, y.sources)
+                query = (x.frames, y.frames) if encoder is None else (x.embeddings, y.embeddings)
+                assert torch.equal(*query)
+            if epoch == 0:  # the next epoch comes from memory
+                for path in paths:
+                    (tmp_path / path.name).write_bytes(b"")
+
+
 def test_fixed_epoch_length_with_workers_and_new_mixtures_each_epoch(shards):
     root, _ = shards
     data = ShardDataModule(train_shards=f"{root}/*.tar", batch_size=2, num_workers=2, epoch_length=5,
@@ -200,7 +223,8 @@ def _rewrite(src, dst, damage):
                 tar_out.addfile(info, io.BytesIO(data))
 
 
-def test_corrupt_members_and_shards_are_skipped_counted_and_warned(shards, tmp_path):
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_corrupt_members_and_shards_are_skipped_counted_and_warned(shards, tmp_path, in_memory):
     root, paths = shards
     keys = sorted(_members(paths[:1]))
 
@@ -221,7 +245,8 @@ def test_corrupt_members_and_shards_are_skipped_counted_and_warned(shards, tmp_p
     (tmp_path / "b.tar").write_bytes(paths[1].read_bytes()[: middle.offset_data + middle.size // 2])
     survivors = set(_members(paths[:2])) - set(keys)
     for encoder, bad in (("index-encoder", keys[:3]), (None, keys[:2] + keys[3:])):
-        stream = _stream(f"{tmp_path}/*.tar", num_sources=1, query_frames=3, train=False, encoder=encoder)
+        stream = _stream(f"{tmp_path}/*.tar", num_sources=1, query_frames=3, train=False, encoder=encoder,
+                         in_memory=in_memory)
         with pytest.warns(CorruptSampleWarning) as caught:
             batches = list(stream)
         delivered = {k for batch in batches for (k,) in batch.keys}
