@@ -1,7 +1,8 @@
 """Mixtures per second delivered by ShardDataModule from toy shards.
 
-Four cases: 0 and 2 workers, each with precomputed embeddings (``<encoder>.npy``) and
-with JPEG frame decoding. Prints one JSON line.
+Six cases: 0 and 2 workers, each with precomputed embeddings (``<encoder>.npy``) and
+with JPEG frame decoding, and 0 workers with the shards held in memory (``in_memory``;
+its first read of each shard falls inside the measured batches). Prints one JSON line.
 
     python benchmarks/loader_throughput.py [--clips 64] [--batches 40] [--batch-size 8]
 """
@@ -21,7 +22,7 @@ from clipcore.datamodule import ShardDataModule
 from clipcore.query import QueryEncoder
 
 
-def measure(shards: str, encoder: str | None, workers: int, args: argparse.Namespace) -> float:
+def measure(shards: str, encoder: str | None, workers: int, args: argparse.Namespace, in_memory: bool = False) -> float:
     """Mixtures per second over ``args.batches`` batches, after the first (worker start-up)."""
     data = ShardDataModule(
         train_shards=shards,
@@ -33,6 +34,7 @@ def measure(shards: str, encoder: str | None, workers: int, args: argparse.Names
         query_frames=3,
         epoch_length=args.batches + 1,
         seed=0,
+        in_memory=in_memory,
     )
     loader = iter(data.train_dataloader())
     next(loader)
@@ -56,6 +58,9 @@ def main() -> None:
             for name in (encoder.name, None)
             for workers in (0, 2)
         }
+        for name in (encoder.name, None):
+            results[f"{'embeddings' if name else 'frames'}_workers0_in_memory"] = round(
+                measure(root, name, 0, args, in_memory=True), 1)
     print(json.dumps({
         "benchmark": "loader_throughput",
         "unit": "mixtures/s",

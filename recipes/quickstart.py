@@ -85,9 +85,10 @@ PROFILES = {
     # 34% at 1000 steps to 64% at 2000; its 2000 steps on one core leave CLIPSep's lane about
     # 1100 s. CLIPSep's validation SDR improvement (seed 1234, at the four validations of its
     # schedule): width 8, float32, 8000 steps (0.13 s a step): 2.56 / 3.97 / 4.98 / 5.13 dB;
-    # width 16 in bf16 (0.16 s a step with AMX), 7000 steps: 2.69 / 4.07 / 5.18 / 5.51.
+    # width 16 in bf16 (0.15 s a step with AMX), 7000 steps: 2.69 / 4.07 / 5.18 / 5.51. In the
+    # quick start 6400 steps of it took 948 s and CLIPSonic 1148 s.
     "demo": Profile(train_clips=330, validation_clips=110, test_clips=220, align_steps=500, align_images=300,
-                    clipsep_steps=6400, prior_steps=600, clipsonic_steps=2000, gen_samples=4, gen_steps=15,
+                    clipsep_steps=7200, prior_steps=600, clipsonic_steps=2000, gen_samples=4, gen_steps=15,
                     judge_clips=330, clipsep_width=16, clipsep_bf16=True, guidance_choices=(5.0, 10.0)),
     "ci": Profile(train_clips=55, validation_clips=22, test_clips=44, align_steps=150, align_images=100,
                   clipsep_steps=120, prior_steps=60, clipsonic_steps=40, gen_samples=1, gen_steps=10,
