@@ -56,8 +56,9 @@ class Profile:
     """How big each step is (clips per split, optimizer steps, generated clips).
 
     ``clipsep_width``: channels of CLIPSep's first U-Net level and of its masks (the tiny
-    preset's 8, or more); ``clipsep_bf16``: CLIPSep trains in bf16 mixed precision where the
-    CPU multiplies bf16 matrices in hardware (AMX), else in float32.
+    preset's 8, or more), trained in float32; ``clipsep_amx_width``: the width instead where
+    the CPU multiplies bf16 matrices in hardware (AMX), trained in bf16 mixed precision
+    (None: the same as elsewhere).
     """
 
     train_clips: int
@@ -72,7 +73,7 @@ class Profile:
     gen_steps: int
     judge_clips: int
     clipsep_width: int = 8
-    clipsep_bf16: bool = False
+    clipsep_amx_width: int | None = None
     judge_steps: int = 600
     guidance_choices: tuple[float, ...] = (2.0, 5.0)
     offscreen: float = 0.3
@@ -86,10 +87,11 @@ PROFILES = {
     # 1100 s. CLIPSep's validation SDR improvement (seed 1234, at the four validations of its
     # schedule): width 8, float32, 8000 steps (0.13 s a step): 2.56 / 3.97 / 4.98 / 5.13 dB;
     # width 16 in bf16 (0.15 s a step with AMX), 7000 steps: 2.69 / 4.07 / 5.18 / 5.51. In the
-    # quick start 6400 steps of it took 948 s and CLIPSonic 1148 s.
+    # quick start 6400 steps of it took 948 s and CLIPSonic 1148 s. Without AMX, width 16 in
+    # float32 would take 1.4x longer, so CLIPSep keeps width 8 there.
     "demo": Profile(train_clips=330, validation_clips=110, test_clips=220, align_steps=500, align_images=300,
                     clipsep_steps=7200, prior_steps=600, clipsonic_steps=2000, gen_samples=4, gen_steps=15,
-                    judge_clips=330, clipsep_width=16, clipsep_bf16=True, guidance_choices=(5.0, 10.0)),
+                    judge_clips=330, clipsep_amx_width=16, guidance_choices=(5.0, 10.0)),
     "ci": Profile(train_clips=55, validation_clips=22, test_clips=44, align_steps=150, align_images=100,
                   clipsep_steps=120, prior_steps=60, clipsonic_steps=40, gen_samples=1, gen_steps=10,
                   judge_clips=110, judge_steps=150, guidance_choices=(3.0,)),
@@ -148,19 +150,21 @@ def clipsep_command(out: Path, p: Profile, shards: dict[str, str], folder: Path,
     SDR improvement to ``folder/best``). ``seed``: ``--seed_everything`` (default: the
     config's); ``validations``: how many times training validates."""
     every = str(max(1, p.clipsep_steps // validations))
+    amx = p.clipsep_amx_width is not None and _bf16_in_hardware()
+    width = p.clipsep_amx_width if amx else p.clipsep_width
     return recipe("train_clipsep.py") + [
         "fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), *_seeded(seed), *_video_data(out, shards),
         "--model.export_dir", str(folder), "--trainer.default_root_dir", str(folder),
         "--trainer.max_steps", str(p.clipsep_steps), "--model.decay_steps", str(p.clipsep_steps),
         "--model.nit_warmup_steps", str(p.clipsep_steps // 2),
         "--trainer.val_check_interval", every, "--data.epoch_length", every,
-        "--model.model_args.base_channels", str(p.clipsep_width), "--model.model_args.mask_channels", str(p.clipsep_width),
-        *(["--trainer.precision", "bf16-mixed"] if p.clipsep_bf16 and _bf16_in_hardware() else []),
+        "--model.model_args.base_channels", str(width), "--model.model_args.mask_channels", str(width),
+        *(["--trainer.precision", "bf16-mixed"] if amx else []),
     ]
 
 
 def _bf16_in_hardware() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AMX): there bf16 autocast took
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX): there bf16 autocast made
     CLIPSep's width-16 step 1.4x faster; without it bf16 is emulated, and slower."""
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 

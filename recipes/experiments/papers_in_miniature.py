@@ -69,8 +69,8 @@ PROFILES = {
     # the 2-hour budget (measured with CLIPSonic at 1000 steps: a seed trained in 27 minutes
     # and tested in 10, scoring took 16, 97 minutes in all; CLIPSonic's 2000 add about 20).
     # CLIPSep stays at the tiny preset's width 8 in float32, as the results page was made.
-    "full": Profile(replace(quickstart.PROFILES["demo"], gen_samples=2, clipsep_steps=2400, clipsep_width=8,
-                            clipsep_bf16=False), seeds=(1, 2)),
+    "full": Profile(replace(quickstart.PROFILES["demo"], gen_samples=2, clipsep_steps=2400, clipsep_amx_width=None),
+                    seeds=(1, 2)),
     "tiny": Profile(quickstart.Profile(train_clips=22, validation_clips=11, test_clips=22, align_steps=20,
                                        align_images=22, clipsep_steps=8, prior_steps=8, clipsonic_steps=8,
                                        gen_samples=1, gen_steps=2, judge_clips=22, judge_steps=20,

@@ -1,10 +1,16 @@
 """The quick start's step 4 chooses CLIPSonic's guidance on clips of the validation split
 that are not the test's: the text modes ask the same held-out prompts on both splits, so
-only the seed keeps the validation clips from being the test clips themselves."""
+only the seed keeps the validation clips from being the test clips themselves. And the
+CLIPSep it trains depends on the CPU."""
 
+import subprocess
 from pathlib import Path
 
+import pytest
+import yaml
+
 from clipcore.miniature import world
+from recipes import quickstart
 from recipes.miniature_eval import Queries
 from recipes.quickstart import MODES, PROFILES, generate, validation_generations
 
@@ -30,3 +36,18 @@ def test_validation_generations_differ_from_the_test_generations_in_every_mode(t
                                             guidance)
         assert _without_output(command) != _without_output(test_command), (mode, guidance)
         assert not {f for paths in files.values() for f in paths} & {f for paths in test_files.values() for f in paths}
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_clipsep_trains_wider_in_bf16_only_where_the_cpu_has_amx(tmp_path, monkeypatch, amx):
+    monkeypatch.setattr(quickstart, "_bf16_in_hardware", lambda: amx)
+    profile = PROFILES["demo"]
+    shards = {split: str(tmp_path / split / "*.tar") for split in ("train", "validation")}
+    command = quickstart.clipsep_command(tmp_path, profile, shards, tmp_path / "clipsep")
+    resolved = subprocess.run(command + ["--print_config"], capture_output=True, text=True, check=True).stdout
+    config = yaml.safe_load(resolved)
+    width = profile.clipsep_amx_width if amx else profile.clipsep_width
+    assert profile.clipsep_amx_width != profile.clipsep_width
+    assert config["model"]["model_args"]["base_channels"] == config["model"]["model_args"]["mask_channels"] == width
+    assert config["trainer"]["precision"] == ("bf16-mixed" if amx else None)
+    assert config["data"]["in_memory"] is True
