@@ -75,6 +75,7 @@ class SeparatorSpec:
         templates: text prompt templates with ``{}``, or None for the default.
         prior: a diffusion prior folder that maps text queries to image embeddings, or None.
         prior_seed: seed of the prior's sampling.
+        gap: a modality-gap file that text queries are shifted across, or None.
     """
 
     checkpoint: str
@@ -86,6 +87,7 @@ class SeparatorSpec:
     templates: tuple[str, ...] | None = None
     prior: str | None = None
     prior_seed: int = 0
+    gap: str | None = None
 
     def load(self, device: str) -> "Separator":
         """The separator this spec describes, on ``device``."""
@@ -95,7 +97,7 @@ class SeparatorSpec:
             self.checkpoint, self.query_encoder, device=device, segment=self.segment, overlap=self.overlap,
             batch_size=self.batch_size, binary=self.binary,
             templates=list(self.templates) if self.templates is not None else None, prior=self.prior,
-            prior_seed=self.prior_seed,
+            prior_seed=self.prior_seed, gap=self.gap,
         )
 
 

@@ -46,6 +46,10 @@ embedding, as CLIPSonic's "pd" mode does; query ``k`` samples from its own noise
 seeded by ``prior_seed``, so its embedding does not depend on the other queries. Image
 queries are unchanged.
 
+Text shifted across the modality gap (``gap``): with no training, each text query is
+moved by the difference of the image and text mean embeddings measured on training data
+(:class:`clipcore.modality_gap.ModalityGap`) and renormalized.
+
 Query scale: this project trains on unit-norm CLIP embeddings; the official release was
 trained on raw CLIP outputs, so a model converted from it (``from_official``, or a
 folder whose provenance says ``query_normalization: none``) is fed raw embeddings.
@@ -65,6 +69,7 @@ from clipcore.audio import AudioError
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
 from clipcore.errors import ClipAudioError
 from clipcore.files import load_image
+from clipcore.modality_gap import ModalityGap
 from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
 from clipcore.spectral import istft, stft, unwarp_to_linear
 from clipsep.model import CLIPSep
@@ -151,6 +156,9 @@ class Separator:
         prior: a :class:`clipcore.prior.DiffusionPrior` (or its folder) that maps text
             queries to image embeddings first; None: text embeddings as they are.
         prior_seed: seed of the prior's sampling (each text query gets its own stream).
+        gap: a :class:`clipcore.modality_gap.ModalityGap` (or its file) of the query
+            encoder: text queries are shifted across it (see the module notes); not with
+            ``prior``.
     """
 
     def __init__(
@@ -166,6 +174,7 @@ class Separator:
         normalize_queries: bool | None = None,
         prior: DiffusionPrior | str | os.PathLike | None = None,
         prior_seed: int = 0,
+        gap: ModalityGap | str | os.PathLike | None = None,
     ):
         if query_encoder.embed_dim != model.query_dim:
             raise CheckpointError(
@@ -198,6 +207,7 @@ class Separator:
         self.normalize_queries = normalize_queries
         self.prior = None if prior is None else self._checked_prior(prior)
         self.prior_seed = prior_seed
+        self.gap = None if gap is None else self._checked_gap(gap)
 
     def with_prior(self, prior: DiffusionPrior | str | os.PathLike, prior_seed: int = 0) -> "Separator":
         """This separator with its text queries through ``prior`` (or its folder); the
@@ -206,7 +216,19 @@ class Separator:
         other.prior, other.prior_seed = self._checked_prior(prior), prior_seed
         return other
 
+    def _checked_gap(self, gap: ModalityGap | str | os.PathLike) -> ModalityGap:
+        gap = gap if isinstance(gap, ModalityGap) else ModalityGap.load(gap)
+        if self.prior is not None or not self.normalize_queries:
+            raise QueryError("a modality-gap shift is for unit-norm text queries as they are: not with a diffusion "
+                             "prior, nor with a model that reads raw CLIP embeddings (an official checkpoint).")
+        if gap.embed_dim != self.model.query_dim:
+            raise CheckpointError(f"the modality gap is {gap.embed_dim}-d but the separation model reads "
+                                  f"{self.model.query_dim}-d queries.")
+        return gap
+
     def _checked_prior(self, prior: DiffusionPrior | str | os.PathLike) -> DiffusionPrior:
+        if getattr(self, "gap", None) is not None:
+            raise QueryError("text queries go through a diffusion prior or a modality-gap shift, not both.")
         if not self.normalize_queries:
             raise QueryError("a diffusion prior gives unit-norm CLIP embeddings, but this model reads raw ones "
                              "(an official checkpoint); use the prior with a model trained on unit-norm queries.")
@@ -336,7 +358,7 @@ class Separator:
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
         """Text queries at the scale the model reads (see ``normalize_queries``), through
-        the diffusion prior when the separator has one.
+        the diffusion prior or shifted across the modality gap when the separator has one.
 
         Args:
             texts: K query texts.
@@ -350,6 +372,8 @@ class Separator:
         templates = self.templates if templates is None else [templates] if isinstance(templates, str) else list(templates)
         if self.normalize_queries:
             embeddings = encoder.encode_text(list(texts), templates=templates)
+            if self.gap is not None:
+                return self.gap.shift(embeddings)
             if self.prior is None:
                 return embeddings
             generators = [torch.Generator(self.device).manual_seed(self.prior_seed) for _ in texts]

@@ -69,7 +69,7 @@ def _separator_spec(args: argparse.Namespace) -> SeparatorSpec:
     """The separator the arguments describe (picklable: each worker loads its own)."""
     templates = tuple(args.template) if args.template is not None else None
     return SeparatorSpec(args.checkpoint, args.query_encoder, args.segment, args.overlap, args.batch_size,
-                         args.binary, templates, args.prior, args.prior_seed)
+                         args.binary, templates, args.prior, args.prior_seed, args.gap)
 
 
 def _check_values(args: argparse.Namespace) -> None:
@@ -83,6 +83,8 @@ def _check_values(args: argparse.Namespace) -> None:
         raise UsageError(f"--overlap must be between 0 and 0.5, got {args.overlap}.")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.gap is not None and args.prior is not None:
+        raise UsageError("--gap and --prior both carry text queries over to image embeddings; give one of them.")
 
 
 def run_separate(args: argparse.Namespace) -> int:
@@ -120,7 +122,8 @@ def run_separate(args: argparse.Namespace) -> int:
     settings = {"overlap": spec.overlap, "mono": options.mono, "batch_size": spec.batch_size,
                 "format": options.format, "bit_depth": options.bit_depth, "clip_mode": options.clip,
                 "prior": None if spec.prior is None else {"path": str(Path(spec.prior).resolve()),
-                                                          "seed": spec.prior_seed}}
+                                                          "seed": spec.prior_seed},
+                "gap": None if spec.gap is None else str(Path(spec.gap).resolve())}
     options = replace(options, provenance=run_record(queries, separator, spec.checkpoint, settings))
     jobs = plan(sources, out, stem_names(queries, heads), options, heads)
     durations = [input_seconds(job.source) for job in jobs]
@@ -210,6 +213,9 @@ def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:
                         help="a diffusion prior folder (recipes/train_prior.py): text queries are first mapped to "
                              "CLIP image embeddings, the kind CLIPSep was trained on (default: none)")
     parser.add_argument("--prior-seed", type=int, default=0, help="seed of the prior's sampling (default: 0)")
+    parser.add_argument("--gap", default=None, metavar="FILE",
+                        help="a modality-gap file (recipes/measure_gap.py): text queries are shifted across CLIP's "
+                             "gap to where image embeddings lie, with no training; not with --prior (default: none)")
     add_device_argument(parser)
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="worker processes sharing the files: one per GPU (cuda:0 to cuda:N-1) on CUDA, "

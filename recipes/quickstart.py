@@ -26,7 +26,9 @@ in ``OUT/logs/``); two independent commands share the two cores where they can:
 5. test: ``clipsep separate`` on two-instrument mixtures with image queries (a frame of
    another clip), text queries (prompts never seen in alignment, e.g. "someone plays the
    cello"; zero-shot: CLIPSep never saw text) and the same text through the diffusion
-   prior (``--prior``); ``clipsonic generate`` in image, zero-shot and prior modes;
+   prior (``--prior``) or shifted across CLIP's modality gap as measured on the prior's
+   training pairs (``recipes/measure_gap.py``, ``--gap``: no training); ``clipsonic
+   generate`` in image, zero-shot and prior modes;
 6. the report (``OUT/report.json``; everything behind it in ``OUT/details.json``): SDR
    improvement per query kind and per instrument, recognition per mode, the CLIP's gap,
    each mean with its 95% interval (``recipes/quickstart_report.py``).
@@ -275,7 +277,8 @@ def test(runner: Runner, out: Path, p: Profile, shards: dict[str, str], judge, g
     text = [a for name in queries.instruments for a in ("--query", name)]
     images = [a for name in queries.instruments for a in ("--query-image", str(queries.images[name]))]
     runs = {"image": images, "text": text + _templates(world.HELDOUT_TEMPLATES),
-            "text_prior": text + _templates(world.HELDOUT_TEMPLATES) + ["--prior", str(out / "prior")]}
+            "text_prior": text + _templates(world.HELDOUT_TEMPLATES) + ["--prior", str(out / "prior")],
+            "text_gap": text + _templates(world.HELDOUT_TEMPLATES) + ["--gap", str(out / "modality_gap.json")]}
     kinds = {"image": [("image", str(queries.images[n])) for n in queries.instruments],
              "text": [("text", n) for n in queries.instruments]}
     stems = {kind: dict(zip(queries.instruments, stem_names(kinds["image" if kind == "image" else "text"], 0)))
@@ -283,8 +286,10 @@ def test(runner: Runner, out: Path, p: Profile, shards: dict[str, str], judge, g
     separate = {kind: (f"separate_{kind}", base + ["-o", str(out / "separated" / kind), *args, mixtures])
                 for kind, args in runs.items()}
     generated = {mode: generate(out, p, queries, out / "generated" / mode, mode, guidance[mode]) for mode in MODES}
-    with runner.step("5. test: clipsep separate (image, text, text through the prior), clipsonic generate"):
-        runner.lanes([separate["image"], separate["text"], separate["text_prior"]],
+    gap = recipe("measure_gap.py") + ["--pairs", str(out / "prior_pairs.npz"), "-o", str(out / "modality_gap.json")]
+    with runner.step("5. test: clipsep separate (image, text, text through the prior, text across the gap), "
+                     "clipsonic generate"):
+        runner.lanes([("measure_gap", gap), *(separate[kind] for kind in runs)],
                      [(f"generate_{mode}", generated[mode][0]) for mode in MODES])
         separation = evaluate_separation(queries, {kind: (out / "separated" / kind, stems[kind]) for kind in runs})
         generation = evaluate_generation(judge, {mode: generated[mode][1] for mode in MODES}, p.gen_seconds)

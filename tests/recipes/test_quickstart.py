@@ -53,14 +53,15 @@ def test_report_has_the_documented_keys_and_is_printed(quickstart):
     out, stdout, report = quickstart
     assert report["world"]["instruments"] == list(world.INSTRUMENTS)
     assert set(report["clip"]) >= {"matching_cosine", "mismatched_cosine", "retrieval_heldout_prompts"}
-    means = {"clipsep": ["sdri_image_db", "sdri_text_db", "sdri_text_prior_db", "sdri_text_minus_image_db"],
+    means = {"clipsep": ["sdri_image_db", "sdri_text_db", "sdri_text_prior_db", "sdri_text_gap_db",
+                         "sdri_text_minus_image_db", "sdri_text_gap_minus_text_db"],
              "clipsonic": ["judge_accuracy_real", "recognition_image", "recognition_zs", "recognition_pd"]}
     for system, keys in means.items():
         for key in keys:
             low, high = report[system][f"{key}_ci95"]
             assert low <= report[system][key] <= high, key
-    assert "sdri_text_min_instrument_db" in report["clipsep"]
-    for kind in ("image", "text", "text_prior"):
+    assert {"sdri_text_min_instrument_db", "sdri_text_gap_min_instrument_db"} <= report["clipsep"].keys()
+    for kind in ("image", "text", "text_prior", "text_gap"):
         assert set(report["clipsep"]["sdri_by_instrument_db"][kind]) == set(world.INSTRUMENTS)
     assert "quick start report" in stdout and f"{report['clipsep']['sdri_image_db']:6.2f} dB" in stdout
     # Every step is a command printed as "$ ...", with its output in logs/<step>.log.
@@ -77,11 +78,13 @@ def test_every_part_is_written_where_the_readme_says(quickstart):
         assert (out / checkpoint / "config.json").is_file(), checkpoint
         assert (out / checkpoint / "model.safetensors").is_file(), checkpoint
     mixtures = sorted((out / "test" / "mixtures").glob("*.wav"))
-    for kind in ("image", "text", "text_prior"):
+    for kind in ("image", "text", "text_prior", "text_gap"):
         assert mixtures and all((out / "separated" / kind / m.stem / "separation.json").is_file() for m in mixtures)
     record = json.loads((out / "separated" / "text_prior" / mixtures[0].stem / "separation.json").read_text())
     assert record["settings"]["prior"]["path"] == str((out / "prior").resolve())
     assert record["settings"]["templates"] == list(world.HELDOUT_TEMPLATES)  # prompts never aligned on
+    record = json.loads((out / "separated" / "text_gap" / mixtures[0].stem / "separation.json").read_text())
+    assert record["settings"]["gap"] == str((out / "modality_gap.json").resolve())
     for mode in ("image", "zs", "pd"):
         assert len(list((out / "generated" / mode).glob("*.wav"))) == CLIPS_PER_MODE, mode
 
@@ -98,7 +101,7 @@ def test_the_aligned_clip_and_the_judge_beat_input_blind_output(quickstart):
 def test_separation_and_generation_figures_are_finite_and_consistent(quickstart):
     out, _, report = quickstart
     details = json.loads((out / "details.json").read_text())
-    for kind in ("image", "text", "text_prior"):
+    for kind in ("image", "text", "text_prior", "text_gap"):
         sdri = details["separation"][kind]["sdri"]
         assert sdri["count"] == 2 * details["separation"]["mixtures"] and math.isfinite(sdri["mean"]), kind
     for mode in ("image", "zs", "pd"):

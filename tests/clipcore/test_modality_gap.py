@@ -1,0 +1,72 @@
+"""The modality gap: measured, saved, loaded, and text embeddings shifted across it."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipcore.errors import UsageError
+from clipcore.modality_gap import ModalityGap, ModalityGapError
+from recipes.measure_gap import main as measure_gap
+
+
+def _two_cones(classes: int = 6, per_class: int = 40, dim: int = 16, seed: int = 0):
+    """Image and text embeddings of ``classes`` concepts in two cones: each modality has its
+    own large common direction, and a concept's direction is shared by both."""
+    g = torch.Generator().manual_seed(seed)
+    image_common, text_common = 3 * F.normalize(torch.randn(2, dim, generator=g), dim=-1)
+    concept = F.normalize(torch.randn(classes, dim, generator=g), dim=-1)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    noise = 0.3 * torch.randn(len(labels), dim, generator=g)
+    image = F.normalize(image_common + concept[labels] + noise, dim=-1)
+    text = F.normalize(text_common + concept, dim=-1)  # [classes, D]: one prompt per concept
+    return image, text, labels
+
+
+def test_the_shift_carries_text_queries_to_their_own_images():
+    image, text, labels = _two_cones()
+    gap = ModalityGap.measure(image, text)
+    centroids = F.normalize(torch.stack([image[labels == k].mean(0) for k in range(len(text))]), dim=-1)
+    before, after = text @ centroids.T, gap.shift(text) @ centroids.T  # [classes, classes]
+    assert before.diagonal().mean() < 0.5 < after.diagonal().mean()  # the gap, then none
+    assert bool((after.argmax(-1) == torch.arange(len(text))).all())  # each prompt nearest its own images
+    torch.testing.assert_close(gap.shift(text).norm(dim=-1), torch.ones(len(text)))
+    torch.testing.assert_close(F.normalize(gap.shift(text).mean(0), dim=0), F.normalize(gap.image_mean, dim=0),
+                               atol=0.05, rtol=0)  # the shifted prompts are centred where the images are
+
+
+def test_saved_and_loaded_the_shift_is_the_same(tmp_path):
+    image, text, _ = _two_cones()
+    gap = ModalityGap.measure(image, text)
+    loaded = ModalityGap.load(gap.save(tmp_path / "gap.json"))
+    torch.testing.assert_close(loaded.shift(text), gap.shift(text))
+    assert loaded.embed_dim == 16
+
+
+@pytest.mark.parametrize("content", ["not json", json.dumps({"format": "other"}), json.dumps([1, 2]),
+                                     json.dumps({"format": "clipaudio.modality_gap", "image_mean": [1.0, math.nan],
+                                                 "text_mean": [0.0, 1.0]}),
+                                     json.dumps({"format": "clipaudio.modality_gap", "image_mean": [1.0, 0.0],
+                                                 "text_mean": [1.0]})])
+def test_a_bad_gap_file_is_named_in_one_sentence(tmp_path, content):
+    path = tmp_path / "gap.json"
+    path.write_text(content)
+    with pytest.raises(ModalityGapError, match=str(path)):
+        ModalityGap.load(path)
+    with pytest.raises(ModalityGapError, match="missing.json"):
+        ModalityGap.load(tmp_path / "missing.json")
+
+
+def test_the_recipe_measures_the_gap_of_embedding_pairs(tmp_path, capsys):
+    from clipcore.prior_system import save_pairs
+
+    image, text, labels = _two_cones()
+    save_pairs(tmp_path / "pairs.npz", text[labels], image)
+    gap = measure_gap(["--pairs", str(tmp_path / "pairs.npz"), "-o", str(tmp_path / "gap.json")])
+    torch.testing.assert_close(ModalityGap.load(tmp_path / "gap.json").text_mean, F.normalize(text[labels], dim=-1).mean(0))
+    torch.testing.assert_close(gap.image_mean, image.mean(0))
+    assert "gap.json" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="--encoder"):
+        measure_gap(["--shards", str(tmp_path / "*.tar"), "-o", str(tmp_path / "other.json")])
