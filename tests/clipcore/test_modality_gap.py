@@ -70,3 +70,17 @@ def test_the_recipe_measures_the_gap_of_embedding_pairs(tmp_path, capsys):
     assert "gap.json" in capsys.readouterr().out
     with pytest.raises(UsageError, match="--encoder"):
         measure_gap(["--shards", str(tmp_path / "*.tar"), "-o", str(tmp_path / "other.json")])
+
+
+def test_the_recipe_measures_the_gap_of_labelled_shards(tmp_path):
+    from clipcore.query import QueryEncoder
+    from clipcore.synthetic import toy_clips, write_toy_shards
+
+    encoder = QueryEncoder.tiny(embed_dim=16)
+    encoder.save_pretrained(tmp_path / "encoder")
+    write_toy_shards(tmp_path / "train", 4, seed=0, shard_size=2, duration=1.1, frame_size=64)
+    gap = measure_gap(["--shards", str(tmp_path / "train" / "*.tar"), "--encoder", str(tmp_path / "encoder"),
+                       "--template", "music of {}", "-o", str(tmp_path / "gap.json")])
+    labels = [clip.label for clip in toy_clips(4, 0, duration=1.1, frame_size=64)]  # the shards' clips
+    expected = F.normalize(encoder.encode_text(labels, templates="music of {}"), dim=-1).mean(0)  # same frames each
+    torch.testing.assert_close(ModalityGap.load(tmp_path / "gap.json").text_mean, expected, atol=1e-5, rtol=0)
