@@ -81,6 +81,7 @@ def test_the_recipe_measures_the_gap_of_labelled_shards(tmp_path):
     write_toy_shards(tmp_path / "train", 4, seed=0, shard_size=2, duration=1.1, frame_size=64)
     gap = measure_gap(["--shards", str(tmp_path / "train" / "*.tar"), "--encoder", str(tmp_path / "encoder"),
                        "--template", "music of {}", "-o", str(tmp_path / "gap.json")])
+    assert gap.embed_dim == 16
     labels = [clip.label for clip in toy_clips(4, 0, duration=1.1, frame_size=64)]  # the shards' clips
     expected = F.normalize(encoder.encode_text(labels, templates="music of {}"), dim=-1).mean(0)  # same frames each
     torch.testing.assert_close(ModalityGap.load(tmp_path / "gap.json").text_mean, expected, atol=1e-5, rtol=0)
