@@ -74,20 +74,23 @@ class Runner:
         _say(f"    {name}: done in {self.seconds[name]:.0f} s")
         return value
 
-    def lanes(self, *lanes: list[tuple]) -> None:
+    def lanes(self, *lanes: list[tuple]) -> dict[str, Any]:
         """Run lanes side by side. Each lane is a list of ``(name, args)`` commands and
-        ``(name, function)`` calls of this process, run in order."""
+        ``(name, function)`` calls of this process, run in order; returns what each call
+        returned, by name."""
+        values: dict[str, Any] = {}
 
         def run(lane):
             for name, work in lane:
                 if callable(work):
-                    self.call(name, work)
+                    values[name] = self.call(name, work)
                 else:
                     self.command(name, work, threads=1 if len(lanes) > 1 else 2)
 
         with ThreadPoolExecutor(len(lanes)) as pool:
             for future in [pool.submit(run, lane) for lane in lanes]:
                 future.result()
+        return values
 
     def step(self, title: str):
         """A context that prints the step's title and records its wall time."""

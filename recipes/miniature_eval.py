@@ -112,32 +112,45 @@ def write_queries(clips: list[Clip], folder: Path, instruments: list[str]) -> Qu
     return queries
 
 
-def stem_scores(separated: Path, queries: Queries, stem_of: dict[str, str]) -> tuple[dict, list[float]]:
-    """Scores of the stems under ``separated/<mixture>/<stem>.wav`` (``stem_of``:
-    instrument -> stem name): ``labels`` and the ``separation_scores`` arrays, one entry per
-    (mixture, source) in the order of ``queries.mixtures``, and the energy (dB re the
-    mixture) of each stem written for an instrument absent from its mixture."""
-    labels, targets, others, estimates, mixtures, absent = [], [], [], [], [], []
+def stem_scores(queries: Queries, runs: dict[str, tuple[Path, dict[str, str]]]) -> dict[str, tuple[dict, list[float]]]:
+    """Scores of the stems that several runs of ``clipsep separate`` wrote, computed together.
+
+    Args:
+        queries: the evaluation set.
+        runs: kind -> (the folder the run wrote, ``<folder>/<mixture>/<stem>.wav``;
+            instrument -> stem name in it).
+
+    Returns:
+        Per kind: ``labels`` and the ``separation_scores`` arrays, one entry per (mixture,
+        source) in the order of ``queries.mixtures``; and the energy (dB re the mixture) of
+        each stem written for an instrument absent from its mixture.
+    """
+    labels, targets, others, mixtures = [], [], [], []
+    estimates: dict[str, list[np.ndarray]] = {kind: [] for kind in runs}
+    absent: dict[str, list[float]] = {kind: [] for kind in runs}
     for path, sources in queries.mixtures:
         mixture = sources[0][1] + sources[1][1]
+        for kind, (separated, stem_of) in runs.items():
 
-        def stem(label: str) -> np.ndarray:
-            wave, _ = load_audio(separated / path.stem / f"{stem_of[label]}.wav", mono=True)
-            return wave[0].numpy()[: len(mixture)]
+            def stem(label: str) -> np.ndarray:
+                wave, _ = load_audio(separated / path.stem / f"{stem_of[label]}.wav", mono=True)
+                return wave[0].numpy()[: len(mixture)]
 
+            estimates[kind] += [stem(label) for label, _ in sources]
+            for label in sorted(set(queries.instruments) - {label for label, _ in sources}):
+                if not (separated / path.stem / f"{stem_of.get(label)}.wav").exists():
+                    continue  # a query-free system (PIT) writes stems of the sources only
+                energy = (stem(label) ** 2).sum() / max((mixture**2).sum(), 1e-12)
+                absent[kind].append(float(10 * np.log10(energy + 1e-12)))
         for index, (label, target) in enumerate(sources):
             labels.append(label)
             targets.append(target)
             others.append(sources[1 - index][1])
-            estimates.append(stem(label))
             mixtures.append(mixture)
-        for label in sorted(set(queries.instruments) - {label for label, _ in sources}):
-            if not (separated / path.stem / f"{stem_of.get(label)}.wav").exists():
-                continue  # a query-free system (PIT) writes stems of the sources only
-            energy = (stem(label) ** 2).sum() / max((mixture**2).sum(), 1e-12)
-            absent.append(float(10 * np.log10(energy + 1e-12)))
-    scores = separation_scores(*(np.stack(x) for x in (targets, others, estimates, mixtures)))
-    return {"labels": labels, **scores}, absent
+    stacked = np.stack([np.stack(estimates[kind]) for kind in runs], axis=1)  # [stems, kinds, S]
+    scores = separation_scores(np.stack(targets), np.stack(others), stacked, np.stack(mixtures))
+    return {kind: ({"labels": labels, **{key: value[:, k] for key, value in scores.items()}}, absent[kind])
+            for k, kind in enumerate(runs)}
 
 
 def evaluate_separation(queries: Queries, runs: dict[str, tuple[Path, dict[str, str]]]) -> dict:
@@ -156,8 +169,7 @@ def evaluate_separation(queries: Queries, runs: dict[str, tuple[Path, dict[str, 
     """
     result: dict = {"mixtures": len(queries.mixtures)}
     sdri = {}
-    for kind, (folder, stem_of) in runs.items():
-        scores, absent = stem_scores(folder, queries, stem_of)
+    for kind, (scores, absent) in stem_scores(queries, runs).items():
         labels = np.array(scores["labels"])
         sdri[kind] = scores["sdri"]
         by_instrument = {name: summarize(scores["sdri"][labels == name]) for name in queries.instruments}

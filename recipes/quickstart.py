@@ -115,13 +115,16 @@ def _templates(templates: tuple[str, ...]) -> list[str]:
     return [a for t in templates for a in ("--template", t)]
 
 
-def prepare(runner: Runner, out: Path, p: Profile) -> dict[str, str]:
-    """Steps 1 and 2; returns the shard pattern of each split."""
+def prepare(runner: Runner, out: Path, p: Profile) -> tuple[dict[str, str], Any]:
+    """Steps 1 and 2, and the timbre judge (it needs nothing else, and the first lane has
+    room for it while the CLIP aligns); returns the shard pattern of each split and the judge."""
     videos, shards, encoder = out / "videos", out / "shards", out / "query_encoder"
     clips = {"train": p.train_clips, "validation": p.validation_clips, "test": p.test_clips}
-    with runner.step("1. data: the three splits as videos (beside it, 2. a tiny CLIP aligned on captions)"):
-        runner.lanes(
-            [("videos_train", _videos(videos / "train", "train", clips["train"], p))],
+    with runner.step("1. data: the three splits as videos and the timbre judge "
+                     "(beside them, 2. a tiny CLIP aligned on captions)"):
+        trained = runner.lanes(
+            [("videos_train", _videos(videos / "train", "train", clips["train"], p)),
+             ("train_judge", lambda: train_judge(p))],
             [("align_clip", recipe("align_toy_clip.py") + [str(encoder), "--steps", str(p.align_steps),
                                                              "--images", str(p.align_images)]),
              *[(f"videos_{s}", _videos(videos / s, s, clips[s], p)) for s in SPLITS[1:]]],
@@ -132,7 +135,7 @@ def prepare(runner: Runner, out: Path, p: Profile) -> dict[str, str]:
                 str(videos / split), str(shards / split), "--prefix", split, "--clip-seconds", str(p.clip_seconds),
                 "--shard-size", "32", "--clip-model", str(encoder), "--short-side", "64"])
         runner.lanes([shard("train")], [shard("validation"), shard("test")])
-    return {split: str(shards / split / "*.tar") for split in SPLITS}
+    return {split: str(shards / split / "*.tar") for split in SPLITS}, trained["train_judge"]
 
 
 def _seeded(seed: int | None) -> list[str]:
@@ -287,13 +290,16 @@ def test(runner: Runner, out: Path, p: Profile, shards: dict[str, str], judge, g
                 for kind, args in runs.items()}
     generated = {mode: generate(out, p, queries, out / "generated" / mode, mode, guidance[mode]) for mode in MODES}
     gap = recipe("measure_gap.py") + ["--pairs", str(out / "prior_pairs.npz"), "-o", str(out / "modality_gap.json")]
+    separated = {kind: (out / "separated" / kind, stems[kind]) for kind in runs}
     with runner.step("5. test: clipsep separate (image, text, text through the prior, text across the gap), "
-                     "clipsonic generate"):
-        runner.lanes([("measure_gap", gap), *(separate[kind] for kind in runs)],
-                     [(f"generate_{mode}", generated[mode][0]) for mode in MODES])
-        separation = evaluate_separation(queries, {kind: (out / "separated" / kind, stems[kind]) for kind in runs})
-        generation = evaluate_generation(judge, {mode: generated[mode][1] for mode in MODES}, p.gen_seconds)
-    return {"separation": separation, "generation": generation, "queries": queries}
+                     "clipsonic generate; each lane scores its own outputs"):
+        scores = runner.lanes(
+            [("measure_gap", gap), *(separate[kind] for kind in runs),
+             ("score_separation", lambda: evaluate_separation(queries, separated))],
+            [*((f"generate_{mode}", generated[mode][0]) for mode in MODES),
+             ("score_generation", lambda: evaluate_generation(judge, {mode: generated[mode][1] for mode in MODES},
+                                                              p.gen_seconds))])
+    return {"separation": scores["score_separation"], "generation": scores["score_generation"], "queries": queries}
 
 
 def run(out: Path, profile: Profile) -> dict:
@@ -303,9 +309,8 @@ def run(out: Path, profile: Profile) -> dict:
     runner = Runner(out)
     total = time.perf_counter()
     torch.set_num_threads(1)  # this process scores while a command uses the other core
-    shards = prepare(runner, out, profile)
+    shards, judge = prepare(runner, out, profile)
     train(runner, out, profile, shards)
-    judge = runner.call("train_judge", lambda: train_judge(profile))
     guidance = choose_guidance(runner, out, profile, shards, judge)
     found = test(runner, out, profile, shards, judge, guidance["chosen"])
     facts: dict[str, Any] = {

@@ -202,8 +202,7 @@ def run(out: Path, name: str, docs: Path) -> dict:
     runner = Runner(out)
     start = time.perf_counter()
     torch.set_num_threads(1)
-    shards = quickstart.prepare(runner, out, profile.world)
-    judge = runner.call("train_judge", lambda: quickstart.train_judge(profile.world))
+    shards, judge = quickstart.prepare(runner, out, profile.world)
     test_clips = read_clips(shards["test"])
     queries = write_queries(test_clips, out / "test", list(world.INSTRUMENTS))
     seeds = {seed: run_seed(runner, out, profile, shards, seed, queries, judge) for seed in profile.seeds}

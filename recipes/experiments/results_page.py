@@ -57,9 +57,9 @@ def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict
     from recipes.toy_judges import proportion
 
     separation, sdri = {}, {}
+    scored = [stem_scores(queries, {kind: outputs["separated"][kind] for kind in SEPARATION}) for outputs in seeds.values()]
     for kind in SEPARATION:
-        per_seed = [stem_scores(outputs["separated"][kind][0], queries, outputs["separated"][kind][1])[0]
-                    for outputs in seeds.values()]
+        per_seed = [by_kind[kind][0] for by_kind in scored]
         sdri[kind] = np.concatenate([s["sdri"] for s in per_seed])
         labels = np.concatenate([s["labels"] for s in per_seed])
         separation[kind] = {"sdri": summarize(sdri[kind]),

@@ -76,3 +76,20 @@ def test_summarize():
     assert summary["high"] - summary["mean"] == pytest.approx(3.182446 * summary["sem"], rel=1e-6)
     assert summary["mean"] - summary["low"] == pytest.approx(summary["high"] - summary["mean"])
     assert summarize([])["count"] == 0
+
+
+def test_estimates_scored_together_equal_each_scored_alone():
+    target, interference = _signals(4)
+    mixture = target + interference
+    rng = np.random.default_rng(5)
+    kinds = [target + a * interference + 0.05 * rng.standard_normal(len(target)) for a in (0.1, 0.6)]
+    kinds.append(np.zeros_like(target))  # a silent estimate: NaN, and no harm to the others
+    together = separation_scores(target[None], interference[None], np.stack(kinds)[None], mixture[None])
+    for k, estimate in enumerate(kinds):
+        alone = separation_scores(target[None], interference[None], estimate[None], mixture[None])
+        for key, value in alone.items():
+            np.testing.assert_allclose(together[key][0, k], value[0], rtol=1e-9, atol=1e-9, err_msg=key)
+    assert np.isfinite(together["sdri"][0, :2]).all() and np.isnan(together["sdri"][0, 2])
+    assert together["sdri"][0, 0] > together["sdri"][0, 1]
+    with pytest.raises(ValueError, match=r"\[B, K, S\]"):
+        separation_scores(target[None], interference[None], np.stack(kinds), mixture[None])
