@@ -3,6 +3,7 @@ import pytest
 import soundfile as sf
 import torch
 from PIL import Image
+from scipy import signal
 
 from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
@@ -125,12 +126,23 @@ def test_sampling_options_change_what_is_written_and_a_seed_repeats_it(folders, 
         assert code == 0
         return {path.name: sf.read(str(path), dtype="float32")[0] for path in sorted(out.iterdir())}
 
+    def same(wave, reference):
+        """The same sound but for rounding. The batch size changes which matrix kernels run
+        on some CPUs (seen on an AVX2-only AMD EPYC; bit-identical on an Intel CPU with
+        AVX-512), and Griffin-Lim's phase carries the last bits' differences into the
+        waveform, so the magnitude spectrograms are compared: another seed changes them by
+        far more."""
+        magnitude = [np.abs(signal.stft(x, nperseg=256)[2]) for x in (wave, reference)]
+        error = np.linalg.norm(magnitude[0] - magnitude[1]) / np.linalg.norm(magnitude[1])
+        return wave.shape == reference.shape and error < 0.2  # seen: 0.006 and 0.037; another seed: 1.03
+
     # -n: sample k uses seed + k, whatever the batch size; the same options give the same samples
     two = generate("-n", "2")
     assert sorted(two) == ["rain-1.wav", "rain-2.wav"]
     base = two["rain-1.wav"]
-    assert all(np.array_equal(wave, two[name]) for name, wave in generate("-n", "2", "--batch-size", "1").items())
-    assert np.array_equal(generate("--seed", "1")["rain.wav"], two["rain-2.wav"])
+    assert all(same(wave, two[name]) for name, wave in generate("-n", "2", "--batch-size", "1").items())
+    assert same(generate("--seed", "1")["rain.wav"], two["rain-2.wav"])
+    assert not same(two["rain-2.wav"], base)
     for options in (["--seed", "1"], ["--steps", "2"], ["--guidance", "1"], ["--mode", "pd"], ["--sampler", "euler"],
                     ["--template", "the sound of {}"], ["--template", "a photo of {}", "--template", "{} music"]):
         wave = two["rain-2.wav"] if options[0] == "--seed" else generate(*options)["rain.wav"]
