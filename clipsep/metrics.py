@@ -138,7 +138,8 @@ def separation_scores(target, interference, estimate, mixture) -> dict[str, np.n
     valid = heard[:, None] & (np.abs(estimates).sum(-1) > SILENCE) & (np.abs(complements).sum(-1) > SILENCE)
     names = ("sdr", "sir", "sar")
     scores = {f"{name}{suffix}": np.full(valid.shape, np.nan) for name in names for suffix in ("", "_mix")}
-    for rows in np.array_split(np.flatnonzero(heard), max(1, heard.sum() // _BSS_CHUNK)) if valid.any() else []:
+    scored = np.flatnonzero(heard) if valid.any() else np.array([], dtype=int)
+    for rows in (scored[start:start + _BSS_CHUNK] for start in range(0, len(scored), _BSS_CHUNK)):
         # Candidates [b, K + 1, 2, S]: each estimate with its complement, then the mixture as
         # the estimate of both sources; a silent estimate is replaced by the references
         # (scored, then discarded) so that it cannot spoil its mixture's solve.
