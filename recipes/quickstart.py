@@ -58,9 +58,9 @@ class Profile:
     """How big each step is (clips per split, optimizer steps, generated clips).
 
     ``clipsep_width``: channels of CLIPSep's first U-Net level and of its masks (the tiny
-    preset's 8, or more), trained in float32; ``clipsep_amx_width``: the width instead where
-    the CPU multiplies bf16 matrices in hardware (AMX), trained in bf16 mixed precision
-    (None: the same as elsewhere).
+    preset's 8, or more), trained in float32 for ``clipsep_steps``; ``clipsep_amx_width``
+    and ``clipsep_amx_steps``: the width and steps instead where the CPU multiplies bf16
+    matrices in hardware (AMX), trained in bf16 mixed precision (None: the same as elsewhere).
     """
 
     train_clips: int
@@ -76,6 +76,7 @@ class Profile:
     judge_clips: int
     clipsep_width: int = 8
     clipsep_amx_width: int | None = None
+    clipsep_amx_steps: int | None = None
     judge_steps: int = 600
     guidance_choices: tuple[float, ...] = (2.0, 5.0)
     offscreen: float = 0.3
@@ -90,10 +91,13 @@ PROFILES = {
     # schedule): width 8, float32, 8000 steps (0.13 s a step): 2.56 / 3.97 / 4.98 / 5.13 dB;
     # width 16 in bf16 (0.15 s a step with AMX), 7000 steps: 2.69 / 4.07 / 5.18 / 5.51. In the
     # quick start 6400 steps of it took 948 s and CLIPSonic 1148 s. Without AMX, width 16 in
-    # float32 would take 1.4x longer, so CLIPSep keeps width 8 there.
+    # float32 would take 1.4x longer, so CLIPSep keeps width 8 there, and trains 9600 steps to
+    # fill its lane: on a 2-core AMD EPYC (Zen 3) they took 1288 s and the prior 31 s beside
+    # CLIPSonic's 1522 (validation SDRi 3.23 / 4.41 / 4.85 / 5.49 dB; 7200 steps took 979
+    # to 1065 s).
     "demo": Profile(train_clips=330, validation_clips=110, test_clips=220, align_steps=500, align_images=300,
-                    clipsep_steps=7200, prior_steps=600, clipsonic_steps=2000, gen_samples=4, gen_steps=15,
-                    judge_clips=330, clipsep_amx_width=16, guidance_choices=(5.0, 10.0)),
+                    clipsep_steps=9600, prior_steps=600, clipsonic_steps=2000, gen_samples=4, gen_steps=15,
+                    judge_clips=330, clipsep_amx_width=16, clipsep_amx_steps=7200, guidance_choices=(5.0, 10.0)),
     "ci": Profile(train_clips=55, validation_clips=22, test_clips=44, align_steps=150, align_images=100,
                   clipsep_steps=120, prior_steps=60, clipsonic_steps=40, gen_samples=1, gen_steps=10,
                   judge_clips=110, judge_steps=150, guidance_choices=(3.0,)),
@@ -154,14 +158,14 @@ def clipsep_command(out: Path, p: Profile, shards: dict[str, str], folder: Path,
     run's shards and CLIP; the model goes to ``folder`` (its best checkpoint by validation
     SDR improvement to ``folder/best``). ``seed``: ``--seed_everything`` (default: the
     config's); ``validations``: how many times training validates."""
-    every = str(max(1, p.clipsep_steps // validations))
     amx = p.clipsep_amx_width is not None and _bf16_in_hardware()
     width = p.clipsep_amx_width if amx else p.clipsep_width
+    steps = (p.clipsep_amx_steps or p.clipsep_steps) if amx else p.clipsep_steps
+    every = str(max(1, steps // validations))
     return recipe("train_clipsep.py") + [
         "fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), *_seeded(seed), *_video_data(out, shards),
         "--model.export_dir", str(folder), "--trainer.default_root_dir", str(folder),
-        "--trainer.max_steps", str(p.clipsep_steps), "--model.decay_steps", str(p.clipsep_steps),
-        "--model.nit_warmup_steps", str(p.clipsep_steps // 2),
+        "--trainer.max_steps", str(steps), "--model.decay_steps", str(steps), "--model.nit_warmup_steps", str(steps // 2),
         "--trainer.val_check_interval", every, "--data.epoch_length", every,
         "--model.model_args.base_channels", str(width), "--model.model_args.mask_channels", str(width),
         *(["--trainer.precision", "bf16-mixed"] if amx else []),

@@ -39,7 +39,7 @@ def test_validation_generations_differ_from_the_test_generations_in_every_mode(t
 
 
 @pytest.mark.parametrize("amx", [True, False])
-def test_clipsep_trains_wider_in_bf16_only_where_the_cpu_has_amx(tmp_path, monkeypatch, amx):
+def test_clipsep_trains_wider_in_bf16_and_fewer_steps_only_where_the_cpu_has_amx(tmp_path, monkeypatch, amx):
     monkeypatch.setattr(quickstart, "_bf16_in_hardware", lambda: amx)
     profile = PROFILES["demo"]
     shards = {split: str(tmp_path / split / "*.tar") for split in ("train", "validation")}
@@ -47,7 +47,10 @@ def test_clipsep_trains_wider_in_bf16_only_where_the_cpu_has_amx(tmp_path, monke
     resolved = subprocess.run(command + ["--print_config"], capture_output=True, text=True, check=True).stdout
     config = yaml.safe_load(resolved)
     width = profile.clipsep_amx_width if amx else profile.clipsep_width
-    assert profile.clipsep_amx_width != profile.clipsep_width
+    steps = profile.clipsep_amx_steps if amx else profile.clipsep_steps
+    assert profile.clipsep_amx_width != profile.clipsep_width and profile.clipsep_amx_steps != profile.clipsep_steps
     assert config["model"]["model_args"]["base_channels"] == config["model"]["model_args"]["mask_channels"] == width
+    assert config["trainer"]["max_steps"] == config["model"]["decay_steps"] == steps
+    assert config["trainer"]["val_check_interval"] == config["data"]["epoch_length"] == steps // 4
     assert config["trainer"]["precision"] == ("bf16-mixed" if amx else None)
     assert config["data"]["in_memory"] is True
