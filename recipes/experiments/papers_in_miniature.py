@@ -65,7 +65,7 @@ class Profile:
 
 PROFILES = {
     # The quick start's world and training, but CLIPSep's four models at 2400 steps (the quick
-    # start's 7200 to 9600 would not fit), two seeds and two generated clips per instrument and mode:
+    # start's 7200 to 8000 would not fit), two seeds and two generated clips per instrument and mode:
     # the 2-hour budget (measured with CLIPSonic at 1000 steps: a seed trained in 27 minutes
     # and tested in 10, scoring took 16, 97 minutes in all; CLIPSonic's 2000 add about 20).
     # CLIPSep stays at the tiny preset's width 8 in float32, as the results page was made.
