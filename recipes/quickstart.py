@@ -92,8 +92,8 @@ PROFILES = {
     # float32 takes twice width 8's step, so width 8 in float32, 8000 steps: on a 2-core AMD
     # EPYC (Zen 3) 974 s and the prior 28 s beside CLIPSonic's 1067 (validation SDRi 4.81 dB;
     # 7200 and 9600 steps ended at 5.06 and 5.49 and scored 5.22 and 5.17 dB on the test
-    # split against 5.01: the schedules do not rank alike on the two splits). docs/quickstart_history.md
-    # keeps the runs behind these settings.
+    # split against 5.01: the schedules do not rank alike on the two splits).
+    # docs/quickstart_history.md keeps the runs behind these settings.
     "demo": Profile(train_clips=330, validation_clips=110, test_clips=220, align_steps=500, align_images=300,
                     clipsep_steps=8000, prior_steps=600, clipsonic_steps=2000, gen_samples=4, gen_steps=15,
                     judge_clips=330, clipsep_amx_width=16, clipsep_amx_steps=7200, guidance_choices=(5.0, 10.0)),

@@ -66,8 +66,8 @@ class Profile:
 PROFILES = {
     # The quick start's world and training, but CLIPSep's four models at 2400 steps (the quick
     # start's 7200 to 8000 would not fit), two seeds and two generated clips per instrument and mode:
-    # the 2-hour budget (measured with CLIPSonic at 1000 steps: a seed trained in 27 minutes
-    # and tested in 10, scoring took 16, 97 minutes in all; CLIPSonic's 2000 add about 20).
+    # the 2-hour budget (on a 2-core AMD EPYC at 5ce4c2f, CLIPSonic's 2000 steps with 2 heads:
+    # a seed trained in 23 minutes and tested in 8, scoring took 2.5, 73 minutes in all).
     # CLIPSep stays at the tiny preset's width 8 in float32, as the results page was made.
     "full": Profile(replace(quickstart.PROFILES["demo"], gen_samples=2, clipsep_steps=2400, clipsep_amx_width=None),
                     seeds=(1, 2)),
