@@ -42,7 +42,7 @@ from clipcore.audio import (
     output_gain,
     scale_for_output,
 )
-from clipcore.files import atomic_write
+from clipcore.files import atomic_write, interrupts_held
 
 __all__ = ["AudioReader", "StemSpool", "SPOOL_SUFFIX"]
 
@@ -137,11 +137,19 @@ class StemSpool:
         self.bit_depth, self.clip, self.sample_rate = bit_depth, clip, int(sample_rate)
         self.peak, self.energy, self.frames, self.committed = 0.0, 0.0, 0, False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=SPOOL_SUFFIX, dir=self.path.parent)
-        os.close(handle)
-        self._spool: Path | None = Path(tmp)
-        # RF64: a float spool of a long stereo film mix passes the 4 GB limit of WAV.
-        self._file = sf.SoundFile(tmp, "w", self.sample_rate, channels, subtype="FLOAT", format="RF64")
+        self._spool: Path | None = None
+        try:
+            with interrupts_held():
+                handle, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=SPOOL_SUFFIX,
+                                               dir=self.path.parent)
+                os.close(handle)
+                self._spool = Path(tmp)
+            # RF64: a float spool of a long stereo film mix passes the 4 GB limit of WAV.
+            self._file = sf.SoundFile(tmp, "w", self.sample_rate, channels, subtype="FLOAT", format="RF64")
+        except BaseException:
+            if self._spool is not None:
+                self._spool.unlink(missing_ok=True)
+            raise
 
     def write(self, block: torch.Tensor) -> None:
         """Append ``[C, n]`` samples.
@@ -176,8 +184,7 @@ class StemSpool:
                 for data in spool.blocks(block_frames, dtype="float32", always_2d=True):
                     out.write(scale_for_output(torch.from_numpy(data.T), gain, self.clip, self.bit_depth))
 
-        atomic_write(self.path, convert)
-        self.committed = True
+        atomic_write(self.path, convert, replaced=lambda: setattr(self, "committed", True))
         self.discard()
         return self.path
 

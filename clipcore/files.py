@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from clipcore.errors import ClipAudioError
 
-__all__ = ["atomic_write", "ImageError", "load_image"]
+__all__ = ["atomic_write", "interrupts_held", "ImageError", "load_image"]
 
 
 def _read_umask() -> int:
@@ -22,27 +25,66 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
+
+    For the few statements that create a file and record it (a temporary file's name, a
+    "committed" flag): an interruption between the two would leave a file that no cleanup
+    knows of. A signal that arrives in the block reaches its handler (raising
+    KeyboardInterrupt, say) as the block ends. Outside the main thread, where Python runs
+    no signal handler, nothing is changed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object],
+                 replaced: Callable[[], object] | None = None) -> Path:
     """Write a file atomically.
 
     ``write(tmp_path)`` fills a temporary file in the target folder, which is then renamed
     over ``path``. If ``write`` raises (or the process is interrupted), the temporary file
     is removed and nothing appears under ``path``.
 
+    Args:
+        path: the target file; its folder is created.
+        write: fills the temporary file it is given.
+        replaced: called right after the rename, with interrupts held (see
+            :func:`interrupts_held`), so that a caller's record of the new file cannot
+            miss it.
+
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
+    tmp = None
     try:
+        with interrupts_held():
+            handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            os.close(handle)
         write(Path(tmp))
         # mkstemp creates the file private (0600); give it the mode a plain open() would.
         os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
+        with interrupts_held():
+            os.replace(tmp, path)
+            if replaced is not None:
+                replaced()
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from clipcore.audio_blocks import AudioReader, StemSpool
+from clipcore.files import interrupts_held
 from clipcore.naming import slugify, unique_names
 
 __all__ = ["RESIDUAL", "BLOCK_SECONDS", "FileLevels", "stem_names", "output_files", "query_keys", "separate_to_files"]
@@ -116,7 +117,8 @@ def separate_to_files(
         spools = []
         try:
             for path in outputs.values():
-                spools.append(StemSpool(path, reader.sample_rate, channels, format, bit_depth, clip))
+                with interrupts_held():  # a spool made is a spool listed, for the cleanup below
+                    spools.append(StemSpool(path, reader.sample_rate, channels, format, bit_depth, clip))
             mixture_energy = 0.0
             blocks = reader.blocks(max(1, round(block_seconds * reader.sample_rate)), mono=mono)
             for mix, separated in separator.stream(blocks, reader.sample_rate, embeddings, noise=noise):
@@ -130,10 +132,11 @@ def separate_to_files(
             for spool in spools:
                 spool.commit()
         except BaseException:
-            for spool in spools:  # no partial set of stems either
-                if spool.committed:
-                    spool.path.unlink(missing_ok=True)
-                spool.discard()
+            with interrupts_held():  # a second Ctrl-C does not cut the cleanup short
+                for spool in spools:  # no partial set of stems either
+                    if spool.committed:
+                        spool.path.unlink(missing_ok=True)
+                    spool.discard()
             raise
     return FileLevels(reader.sample_rate, channels, spools[0].frames, mixture_energy,
                       [spool.peak for spool in spools], [spool.energy for spool in spools])
