@@ -109,6 +109,11 @@ class CLIPSepSystem(LightningModule):
             ``"pit"`` (no query, permutation-invariant training).
         labels: the labels of ``query_mode="label"``, one learned query each.
         pit_outputs: masks of ``query_mode="pit"``: the number of sources per mixture.
+        query_noise: standard deviation of Gaussian noise added to each element of the
+            unit-norm CLIP queries in training, which are then normalized again (noise
+            injection, as CapDec, Nukrai et al. 2022): the masks learn to answer queries
+            near an image's, such as text embeddings across the modality gap. 0 (the
+            paper) adds none; only for ``query_mode="clip"`` on normalized queries.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class CLIPSepSystem(LightningModule):
         query_mode: Literal["clip", "label", "pit"] = "clip",
         labels: list[str] | None = None,
         pit_outputs: int = 2,
+        query_noise: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -152,6 +158,10 @@ class CLIPSepSystem(LightningModule):
         self.frozen = freeze_parts(self.model, freeze or [])
         facts = self.model.provenance or {}
         self.raw_queries = facts.get("query_normalization") == "none"
+        if query_noise < 0 or (query_noise > 0 and (query_mode != "clip" or self.raw_queries)):
+            raise ValueError(f"query_noise must be 0, or positive for CLIP queries the model normalizes; got "
+                             f"{query_noise} with query_mode {query_mode!r}"
+                             + (" and a model that reads raw CLIP embeddings." if self.raw_queries else "."))
         if query_encoder is None and init_from is not None:
             bundled = Path(init_from) / QUERY_ENCODER_DIR
             query_encoder = str(bundled) if bundled.is_dir() else facts.get("query_encoder")
@@ -206,6 +216,13 @@ class CLIPSepSystem(LightningModule):
                 raise ValueError(f"PIT has {table.num_embeddings} outputs but the mixtures have {count} sources; "
                                  f"set pit_outputs to {count}.")
             return table.weight[None].expand(len(batch.sources), -1, -1)
+        queries = self._clip_queries(batch)
+        if self.training and self.hparams.query_noise > 0:
+            queries = F.normalize(queries + self.hparams.query_noise * torch.randn_like(queries), dim=-1)
+        return queries
+
+    def _clip_queries(self, batch) -> torch.Tensor:
+        """``[B, N, D]`` CLIP queries of a ``MixBatch`` (see :meth:`queries`)."""
         if batch.embeddings is not None and batch.embeddings.shape[-1] != self.model.query_dim:
             raise CheckpointError(f"the shards hold {batch.embeddings.shape[-1]}-d embeddings but "
                                   f"{self._described_model()} reads {self.model.query_dim}-d queries; "
