@@ -26,6 +26,7 @@ import re
 import time
 import traceback
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -35,6 +36,7 @@ import torch
 from clipcore.audio import AUDIO_EXTENSIONS
 from clipcore.audio_blocks import SPOOL_SUFFIX
 from clipcore.errors import ClipAudioError, UsageError
+from clipcore.files import interrupts_held
 from clipcore.naming import safe_filename, unique_names
 from clipsep.claims import STALE_SECONDS, claim, tidy
 from clipsep.separation_record import RECORD_NAME, write_record
@@ -270,6 +272,12 @@ def internal_error(error: Exception, source: Path, log: Path | None) -> str:
     return f"{reason}; traceback in {log}."
 
 
+def _progress(held, report: Callable[[str, int, object], None], index: int, seconds: float) -> None:
+    """A file's progress: the claim refreshed, and ``seconds`` more of ``jobs[index]`` reported."""
+    held.refresh()
+    report("progress", index, seconds)
+
+
 def run_jobs(
     jobs: list[FileJob],
     separator: Separator,
@@ -296,25 +304,23 @@ def run_jobs(
             earlier = (job.folder / RECORD_NAME).stat().st_mtime < started
             report("skip", index, "finished" if earlier else "elsewhere")
             continue
-        held = claim(job.folder.parent, job.folder.name, started, options.claim_timeout)
-        if held is None:
-            report("skip", index, "elsewhere")
-            continue
-        job_options = options
-        if held.taken_over:  # an interrupted holder may have left stems and temporary files
-            for spool in job.folder.glob(f".*{SPOOL_SUFFIX}"):
-                spool.unlink(missing_ok=True)
-            job_options = replace(options, overwrite=True)
-        report("start", index, None)
-
-        def progress(seconds: float, index: int = index) -> None:
-            held.refresh()
-            report("progress", index, seconds)
-
+        held = None
         try:
-            result = process_file(job, separator, embeddings, job_options, progress)
+            with interrupts_held():  # a claim taken is a claim released below
+                held = claim(job.folder.parent, job.folder.name, started, options.claim_timeout)
+            if held is None:
+                report("skip", index, "elsewhere")
+                continue
+            job_options = options
+            if held.taken_over:  # an interrupted holder may have left stems and temporary files
+                for spool in job.folder.glob(f".*{SPOOL_SUFFIX}"):
+                    spool.unlink(missing_ok=True)
+                job_options = replace(options, overwrite=True)
+            report("start", index, None)
+            result = process_file(job, separator, embeddings, job_options, partial(_progress, held, report, index))
         except BaseException:  # Ctrl-C or SIGTERM: a rerun takes the input again
-            held.release()
+            if held is not None:
+                held.release()
             raise
         if result.error:
             held.fail(result.error)
