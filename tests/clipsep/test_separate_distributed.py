@@ -161,3 +161,22 @@ def test_sigterm_removes_temporary_files_and_releases_the_claim(checkpoint, tmp_
     assert process.returncode not in (0, None) and "Traceback" not in err and "interrupted" in err
     assert list((out / "take0").iterdir()) == []  # no stem, no temporary file
     assert not (out / CLAIMS_DIR / "take0.claim").exists()
+
+
+def test_an_interruption_just_after_claiming_releases_the_claim(checkpoint, tmp_path):
+    from clipsep.batch import OutputOptions, plan, run_jobs
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _inputs(inputs, [16])
+    separator = Separator.from_pretrained(checkpoint)
+    jobs = plan(sorted(inputs.iterdir()), tmp_path / "out", ["violin"], OutputOptions(), 0)
+
+    def report(kind, index, payload):
+        if kind == "start":  # claimed, not yet separating: Ctrl-C here
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, separator, separator.encode_queries(["violin"]), OutputOptions(), report)
+    assert not (tmp_path / "out" / CLAIMS_DIR / f"{jobs[0].folder.name}.claim").exists()
+    assert claim(tmp_path / "out", jobs[0].folder.name, time.time()) is not None  # a rerun takes it at once
