@@ -33,14 +33,16 @@ def interrupts_held() -> Iterator[None]:
     "committed" flag): an interruption between the two would leave a file that no cleanup
     knows of. A signal that arrives in the block reaches its handler (raising
     KeyboardInterrupt, say) as the block ends. Outside the main thread, where Python runs
-    no signal handler, nothing is changed.
+    no signal handler, or where a handler was not installed from Python (and could not be
+    put back), nothing is changed.
     """
-    if threading.current_thread() is not threading.main_thread():
+    signals = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or any(
+            signal.getsignal(signum) is None for signum in signals):
         yield
         return
     caught: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in signals}
     try:
         yield
     finally:

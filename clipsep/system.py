@@ -202,7 +202,8 @@ class CLIPSepSystem(LightningModule):
     def queries(self, batch) -> torch.Tensor:
         """``[B, N, D]`` query of each source of a ``MixBatch``: its L2-normalized CLIP
         embedding (for a model that reads raw CLIP embeddings, the raw text embeddings of
-        audio shards), its label's learned row (``"label"``), or the N learned rows (``"pit"``)."""
+        audio shards; with ``query_noise``, made noisy in training), its label's learned row
+        (``"label"``), or the N learned rows (``"pit"``)."""
         mode, table = self.hparams.query_mode, self.model.learned_query
         if mode == "label":
             unknown = sorted({str(name) for row in batch.labels for name in row if name not in self.label_index})
