@@ -23,7 +23,6 @@ The same errors as :func:`clipcore.audio.load_audio` and
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -42,7 +41,7 @@ from clipcore.audio import (
     output_gain,
     scale_for_output,
 )
-from clipcore.files import atomic_write, interrupts_held
+from clipcore.files import atomic_write, hidden_temporary, interrupts_held
 
 __all__ = ["AudioReader", "StemSpool", "SPOOL_SUFFIX"]
 
@@ -140,12 +139,9 @@ class StemSpool:
         self._spool: Path | None = None
         try:
             with interrupts_held():
-                handle, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=SPOOL_SUFFIX,
-                                               dir=self.path.parent)
-                os.close(handle)
-                self._spool = Path(tmp)
+                self._spool = hidden_temporary(self.path, SPOOL_SUFFIX)
             # RF64: a float spool of a long stereo film mix passes the 4 GB limit of WAV.
-            self._file = sf.SoundFile(tmp, "w", self.sample_rate, channels, subtype="FLOAT", format="RF64")
+            self._file = sf.SoundFile(str(self._spool), "w", self.sample_rate, channels, subtype="FLOAT", format="RF64")
         except BaseException:
             if self._spool is not None:
                 self._spool.unlink(missing_ok=True)

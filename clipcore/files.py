@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from clipcore.errors import ClipAudioError
 
-__all__ = ["atomic_write", "interrupts_held", "ImageError", "load_image"]
+__all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image"]
 
 
 def _read_umask() -> int:
@@ -52,6 +52,15 @@ def interrupts_held() -> Iterator[None]:
             signal.raise_signal(caught[0])
 
 
+def hidden_temporary(path: Path, suffix: str = ".part") -> Path:
+    """Create an empty hidden file beside ``path`` (``.<name>.<random><suffix>``), for
+    writing ``path`` through. Call it with interrupts held (:func:`interrupts_held`) and
+    record the result in the same block, so that a cleanup always knows of the file."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    return Path(tmp)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object],
                  replaced: Callable[[], object] | None = None) -> Path:
     """Write a file atomically.
@@ -75,9 +84,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object],
     tmp = None
     try:
         with interrupts_held():
-            handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-            os.close(handle)
-        write(Path(tmp))
+            tmp = hidden_temporary(path)
+        write(tmp)
         # mkstemp creates the file private (0600); give it the mode a plain open() would.
         os.chmod(tmp, 0o666 & ~_UMASK)
         with interrupts_held():
@@ -86,7 +94,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object],
                 replaced()
     except BaseException:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -8,16 +8,14 @@ import torch
 
 import clipcore.audio_blocks as audio_blocks
 from clipcore.audio_blocks import StemSpool
+from clipcore.cli import stop_on_sigterm
 from clipcore.files import atomic_write, interrupts_held
 
 
 @pytest.fixture
 def sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt, as the CLIs' handler does."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    """SIGTERM raises KeyboardInterrupt, through the CLIs' own handler."""
+    previous = stop_on_sigterm()
     yield
     signal.signal(signal.SIGTERM, previous)
 
