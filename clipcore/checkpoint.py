@@ -182,7 +182,8 @@ class Pretrained:
         """Build the model from ``config.json`` and load ``model.safetensors``.
 
         Raises:
-            CheckpointError: missing folder or files, a folder holding another class, a
+            CheckpointError: missing folder or files, a folder holding another class,
+                arguments the class does not take (a newer version's checkpoint), a
                 truncated or corrupt weights file, or weights that do not fit the model.
         """
         directory = Path(directory)
@@ -192,8 +193,16 @@ class Pretrained:
             raise CheckpointError(
                 f"{directory} holds a {config['class']} checkpoint, not a {expected}."
             )
-        arguments = {name: value for name, value in config["arguments"].items() if name not in cls.RETIRED_ARGUMENTS}
-        model = cls(**{cls.RENAMED_ARGUMENTS.get(name, name): value for name, value in arguments.items()})
+        arguments = {cls.RENAMED_ARGUMENTS.get(name, name): value for name, value in config["arguments"].items()
+                     if name not in cls.RETIRED_ARGUMENTS}
+        parameters = inspect.signature(cls.__init__).parameters
+        unknown = sorted(set(arguments) - set(parameters))
+        if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME} gives {cls.__name__} arguments this version does not know "
+                f"({', '.join(unknown)}): it was written by a newer version of the project."
+            )
+        model = cls(**arguments)
         model.provenance = config.get("provenance") or None
         assert isinstance(model, torch.nn.Module), "Pretrained is a mixin for nn.Module"
         _load_weights(model, directory, map_location)

@@ -103,6 +103,15 @@ def test_weights_that_do_not_fit(tmp_path):
         TinyNet.from_pretrained(tmp_path)
 
 
+def test_arguments_of_a_newer_version_are_named(tmp_path):
+    TinyNet().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["arguments"]["zero_terminal_snr"] = True
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json gives TinyNet arguments .*\(zero_terminal_snr\).*newer version"):
+        TinyNet.from_pretrained(tmp_path)
+
+
 def test_unstorable_argument_is_refused():
     class Bad(Pretrained, nn.Module):
         def __init__(self, thing: object = None):
