@@ -31,14 +31,16 @@ def clip_facts(encoder_dir: Path, queries, shards: str) -> dict[str, float]:
 
 def judge_facts(judge, train_clips: int, seconds: float, offscreen: float) -> dict:
     """The timbre judge's accuracy on test renders of the instrument alone (as many clips as
-    it was trained on of each kind), and under ``offscreen`` in ``"offscreen"``: the ceiling
-    of recognition for a generator that renders its training videos' sound perfectly."""
-    from recipes.toy_judges import judge_report, render_crops
+    it was trained on of each kind), under ``offscreen`` in ``"offscreen"``, and those through
+    the vocoder's round trip in ``"vocoded"``: the ceiling of recognition for a generator that
+    renders its training videos' sound perfectly."""
+    from recipes.toy_judges import judge_report, render_crops, vocoder_round_trip
 
+    waves, labels = render_crops("test", train_clips, seconds, seed=1, offscreen=offscreen)
     return {"train_clips": train_clips, "seconds": seconds,
             **judge_report(judge, *render_crops("test", train_clips, seconds, seed=1)),
-            "offscreen": {"level": offscreen,
-                          **judge_report(judge, *render_crops("test", train_clips, seconds, seed=1, offscreen=offscreen))}}
+            "offscreen": {"level": offscreen, **judge_report(judge, waves, labels)},
+            "vocoded": {"level": offscreen, **judge_report(judge, vocoder_round_trip(waves), labels)}}
 
 
 def _value(x: float) -> float | None:
@@ -76,7 +78,8 @@ def build_report(facts: dict, separation: dict, generation: dict) -> dict:
         "mixtures": separation["mixtures"],
     })
     clipsonic = {**_mean(judge["accuracy"], "judge_accuracy_real"),
-                 **_mean(judge["offscreen"]["accuracy"], "judge_accuracy_offscreen")}
+                 **_mean(judge["offscreen"]["accuracy"], "judge_accuracy_offscreen"),
+                 **_mean(judge["vocoded"]["accuracy"], "judge_accuracy_vocoded")}
     for mode in ("image", "zs", "pd"):
         clipsonic.update(_mean(generation[mode]["recognition"], f"recognition_{mode}"))
     clipsonic.update({
@@ -131,8 +134,9 @@ CLIPSep, trained with image queries only, on {sep['stems_per_kind']} stems of tw
   worst instrument across the gap: {sep['sdri_text_gap_min_instrument']:<15} {sep['sdri_text_gap_min_instrument_db']:6.2f} dB
 CLIPSonic; a timbre judge trained on training renders (accuracy on test renders \
 {_ci(sonic, 'judge_accuracy_real', unit='').strip()}, with off-screen sound \
-{_ci(sonic, 'judge_accuracy_offscreen', unit='').strip()}) names the instrument of {sonic['clips_per_mode']} generated \
-clips per mode:
+{_ci(sonic, 'judge_accuracy_offscreen', unit='').strip()}, and that through the vocoder \
+{_ci(sonic, 'judge_accuracy_vocoded', unit='').strip()}) names the instrument of {sonic['clips_per_mode']} generated clips \
+per mode:
   image query                                      {_ci(sonic, 'recognition_image', unit='')}   (goal >= 70%)
   text query, zero-shot                            {_ci(sonic, 'recognition_zs', unit='')}
   text query through the diffusion prior           {_ci(sonic, 'recognition_pd', unit='')}   (goal >= 50%)

@@ -1,10 +1,11 @@
 """The timbre judge of the miniature MUSIC world: which instrument does a clip sound like?
 
 A small convolutional classifier (:class:`InstrumentClassifier`) trained on renders of the
-training split only, with and without off-screen sound (:func:`judge_from_renders`); the
-quick start and the experiments use it to name the instrument of generated clips
-(``recipes.miniature_eval``). Run as a script, it reports its accuracy on test renders of
-the instrument alone, with off-screen sound, and moved out of register::
+training split only, with and without off-screen sound, as rendered and through the
+vocoder's round trip (:func:`judge_from_renders`); the quick start and the experiments use
+it to name the instrument of generated clips (``recipes.miniature_eval``). Run as a script,
+it reports its accuracy on test renders of the instrument alone, with off-screen sound,
+through the vocoder, and moved out of register::
 
     python recipes/toy_judges.py --transpose 7
 """
@@ -19,7 +20,8 @@ from torch import nn
 
 from clipcore.spectral import MelConfig, MelSpectrogram
 
-__all__ = ["InstrumentClassifier", "render_crops", "judge_from_renders", "proportion", "judge_report"]
+__all__ = ["InstrumentClassifier", "render_crops", "vocoder_round_trip", "judge_from_renders", "proportion",
+           "judge_report"]
 
 
 # ----------------------------------------------------------------------------- the classifier
@@ -136,19 +138,37 @@ def render_crops(split: str, n_clips: int, seconds: float, per_clip: int = 3, se
     return torch.from_numpy(np.stack(waves)), labels
 
 
+@torch.no_grad()
+def vocoder_round_trip(waves: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """``[B, S]`` waveforms through CLIPSonic's log-mel and the Griffin-Lim vocoder, the way
+    every generated clip reaches the judge; ``[B, S]`` back (``chunk`` clips at a time)."""
+    from clipsonic.vocoder import GriffinLim
+
+    vocoder = GriffinLim()
+    return torch.cat([vocoder(vocoder.mel(part), length=waves.shape[-1]) for part in waves.split(chunk)])
+
+
 def judge_from_renders(n_clips: int = 330, seconds: float = 1.0, steps: int = 600, offscreen: float = 0.3,
-                       seed: int = 0) -> InstrumentClassifier:
+                       seed: int = 0, vocoded: bool = True) -> InstrumentClassifier:
     """The timbre judge of the miniature MUSIC world, trained on renders of the training split
     only: ``n_clips`` of the instrument alone and ``n_clips`` others with off-screen sound at
     the training videos' level ``offscreen`` (so that, like a listener, it names the
     instrument heard over a quieter background); ``seconds``-long random crops, ``steps``
-    optimizer steps."""
+    optimizer steps.
+
+    ``vocoded``: also train on every render's :func:`vocoder_round_trip`, so that the judge
+    hears the instrument through the vocoder's phase artefacts as generated clips carry
+    them. A judge trained on renders alone names the round trips of training clips 85% of the
+    time (violins 50%), and so counted the vocoder's losses as the generator's."""
     from clipcore.miniature import world
 
     renders = _renders("train", n_clips) + _renders("train", n_clips, offscreen=offscreen, first=n_clips)
     clips = torch.from_numpy(np.stack([clip.audio for clip in renders]))
+    labels = [clip.label for clip in renders]
+    if vocoded:
+        clips, labels = torch.cat([clips, vocoder_round_trip(clips)]), labels + labels
     judge = InstrumentClassifier(list(world.INSTRUMENTS))
-    return judge.fit(clips, [clip.label for clip in renders], round(seconds * renders[0].sample_rate), steps, seed=seed)
+    return judge.fit(clips, labels, round(seconds * renders[0].sample_rate), steps, seed=seed)
 
 
 def proportion(successes: list[bool]) -> dict[str, float | int]:
@@ -189,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"settings": vars(args), "chance": 1 / len(judge.labels),
               **{name: judge_report(judge, *render_crops("test", args.test_clips, args.seconds, per_clip=1, seed=1,
                                                          **kind)) for name, kind in tests.items()}}
+    waves, labels = render_crops("test", args.test_clips, args.seconds, per_clip=1, seed=1, offscreen=args.offscreen)
+    report["vocoded_offscreen_test"] = judge_report(judge, vocoder_round_trip(waves), labels)
     print(json.dumps(report, indent=2))
     return 0
 
