@@ -55,7 +55,8 @@ def test_report_has_the_documented_keys_and_is_printed(quickstart):
     assert set(report["clip"]) >= {"matching_cosine", "mismatched_cosine", "retrieval_heldout_prompts"}
     means = {"clipsep": ["sdri_image_db", "sdri_text_db", "sdri_text_prior_db", "sdri_text_gap_db",
                          "sdri_text_minus_image_db", "sdri_text_gap_minus_text_db"],
-             "clipsonic": ["judge_accuracy_real", "judge_accuracy_vocoded", "recognition_image", "recognition_zs", "recognition_pd"]}
+             "clipsonic": ["judge_accuracy_real", "judge_accuracy_vocoded", "recognition_image", "recognition_zs",
+                           "recognition_pd"]}
     for system, keys in means.items():
         for key in keys:
             low, high = report[system][f"{key}_ci95"]
