@@ -85,6 +85,9 @@ class InstrumentClassifier(nn.Module):
             log_mels = [mel for part in ([clips] if torch.is_tensor(clips) else clips) for mel in self.mel(part)]
         frames = crop // self.mel.config.hop_length + 1
         lengths = torch.tensor([mel.shape[-1] for mel in log_mels])
+        if len(log_mels) != len(labels) or lengths.min() < frames:
+            raise ValueError(f"fit needs one label per clip ({len(log_mels)} clips, {len(labels)} labels) and clips "
+                             f"of at least crop={crop} samples")
         targets = torch.tensor([self.labels.index(label) for label in labels])
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from clipcore.miniature import world
-from recipes.toy_judges import judge_from_renders, judge_report, proportion, render_crops, vocoder_round_trip
+from recipes.toy_judges import (
+    InstrumentClassifier,
+    judge_from_renders,
+    judge_report,
+    proportion,
+    render_crops,
+    vocoder_round_trip,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +76,14 @@ def test_wilson_interval_contains_the_fraction_and_narrows():
     assert small["low"] < 0.8 < small["high"] and large["low"] < 0.8 < large["high"]
     assert large["high"] - large["low"] < small["high"] - small["low"]
     assert np.isclose(proportion([True] * 5)["high"], 1.0) and proportion([True] * 5)["low"] > 0.5
+
+
+def test_the_judge_trains_on_sets_of_different_lengths_and_refuses_short_clips():
+    judge = InstrumentClassifier(["a", "b"])
+    long, short = torch.randn(2, 24000), torch.randn(2, 16000)
+    judge.fit([long, short], ["a", "b", "a", "b"], crop=16000, steps=2)
+    assert len(judge.predict(short)) == 2
+    with pytest.raises(ValueError, match="crop=16000"):
+        judge.fit([long, short[:, :8000]], ["a", "b", "a", "b"], crop=16000, steps=2)
+    with pytest.raises(ValueError, match="one label per clip"):
+        judge.fit([long, short], ["a", "b"], crop=16000, steps=2)
