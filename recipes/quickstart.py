@@ -119,25 +119,26 @@ def _templates(templates: tuple[str, ...]) -> list[str]:
 
 
 def prepare(runner: Runner, out: Path, p: Profile) -> tuple[dict[str, str], Any]:
-    """Steps 1 and 2, and the timbre judge (it needs nothing else, and the first lane has
-    room for it while the CLIP aligns); returns the shard pattern of each split and the judge."""
+    """Steps 1 and 2 in one lane, and the timbre judge in the other (it needs nothing else,
+    and takes about as long); returns the shard pattern of each split and the judge."""
     videos, shards, encoder = out / "videos", out / "shards", out / "query_encoder"
     clips = {"train": p.train_clips, "validation": p.validation_clips, "test": p.test_clips}
-    with runner.step("1. data: the three splits as videos and the timbre judge "
-                     "(beside them, 2. a tiny CLIP aligned on captions)"):
+
+    def shard(split: str) -> tuple[str, list[str]]:
+        return (f"shards_{split}", recipe("prepare_shards.py") + [
+            str(videos / split), str(shards / split), "--prefix", split, "--clip-seconds", str(p.clip_seconds),
+            "--shard-size", "32", "--clip-model", str(encoder), "--short-side", "64"])
+
+    with runner.step("1. data: the three splits as videos, then shards with the frame embeddings of "
+                     "2. a tiny CLIP aligned on captions (beside them, the timbre judge)"):
         trained = runner.lanes(
             [("videos_train", _videos(videos / "train", "train", clips["train"], p)),
-             ("train_judge", lambda: train_judge(p))],
-            [("align_clip", recipe("align_toy_clip.py") + [str(encoder), "--steps", str(p.align_steps),
+             ("align_clip", recipe("align_toy_clip.py") + [str(encoder), "--steps", str(p.align_steps),
                                                              "--images", str(p.align_images)]),
-             *[(f"videos_{s}", _videos(videos / s, s, clips[s], p)) for s in SPLITS[1:]]],
+             *[(f"videos_{s}", _videos(videos / s, s, clips[s], p)) for s in SPLITS[1:]],
+             *[shard(s) for s in SPLITS]],
+            [("train_judge", lambda: train_judge(p))],
         )
-    with runner.step("1. data: shards, with the aligned CLIP's frame embeddings precomputed"):
-        def shard(split: str) -> tuple[str, list[str]]:
-            return (f"shards_{split}", recipe("prepare_shards.py") + [
-                str(videos / split), str(shards / split), "--prefix", split, "--clip-seconds", str(p.clip_seconds),
-                "--shard-size", "32", "--clip-model", str(encoder), "--short-side", "64"])
-        runner.lanes([shard("train")], [shard("validation"), shard("test")])
     return {split: str(shards / split / "*.tar") for split in SPLITS}, trained["train_judge"]
 
 
