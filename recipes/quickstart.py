@@ -27,8 +27,9 @@ in ``OUT/logs/``); two independent commands share the two cores where they can:
    another clip), text queries (prompts never seen in alignment, e.g. "someone plays the
    cello"; zero-shot: CLIPSep never saw text) and the same text through the diffusion
    prior (``--prior``) or shifted across CLIP's modality gap as measured on the prior's
-   training pairs (``recipes/measure_gap.py``, ``--gap``: no training); ``clipsonic
-   generate`` in image, zero-shot and prior modes;
+   training pairs (``recipes/measure_gap.py``, ``--gap``: no training), run in CLIPSep's
+   lane of step 3 while CLIPSonic still trains; ``clipsonic generate`` in image, zero-shot
+   and prior modes;
 6. the report (``OUT/report.json``; everything behind it in ``OUT/details.json``): SDR
    improvement per query kind and per instrument, recognition per mode, the CLIP's gap,
    each mean with its 95% interval (``recipes/quickstart_report.py``).
@@ -200,11 +201,14 @@ def clipsonic_command(out: Path, p: Profile, shards: dict[str, str], folder: Pat
     ]
 
 
-def train(runner: Runner, out: Path, p: Profile, shards: dict[str, str]) -> None:
-    """Step 3: CLIPSep and the prior in one lane, CLIPSonic in the other."""
-    with runner.step("3. training CLIPSep (image queries only), the diffusion prior and CLIPSonic"):
+def train(runner: Runner, out: Path, p: Profile, shards: dict[str, str], separations: list[tuple]) -> None:
+    """Step 3: CLIPSep and the prior in one lane, CLIPSonic in the other. The commands of
+    ``separations`` (step 5's, which need only CLIPSep and the prior) follow in the first lane,
+    which would otherwise wait for CLIPSonic."""
+    with runner.step("3. training CLIPSep (image queries only), the diffusion prior and CLIPSonic; "
+                     "then, beside CLIPSonic, step 5's separations"):
         runner.lanes([("train_clipsep", clipsep_command(out, p, shards, out / "clipsep")),
-                      ("train_prior", prior_command(out, p, shards, out / "prior"))],
+                      ("train_prior", prior_command(out, p, shards, out / "prior")), *separations],
                      [("train_clipsonic", clipsonic_command(out, p, shards, out / "clipsonic"))])
 
 
@@ -272,51 +276,66 @@ def choose_guidance(runner: Runner, out: Path, p: Profile, shards: dict[str, str
                                               for g in p.guidance_choices}}
 
 
-def test(runner: Runner, out: Path, p: Profile, shards: dict[str, str], judge, guidance: dict) -> dict:
-    """Step 5: separation and generation on the test split, scored."""
-    from clipsep.stem_files import stem_names
-    from recipes.miniature_eval import evaluate_generation, evaluate_separation, read_clips, write_queries
+def test_separations(out: Path, queries) -> tuple[list[tuple[str, list[str]]], dict[str, tuple[Path, dict]]]:
+    """Step 5's separations of the test mixtures: ``clipsep separate`` with image queries, text,
+    text through the prior and text across the gap (``recipes/measure_gap.py`` first).
 
-    queries = write_queries(read_clips(shards["test"]), out / "test", list(world.INSTRUMENTS))
+    Returns:
+        the commands, as ``(name, args)``, and per query kind the folder the stems go to and
+        the stem name of each instrument.
+    """
+    from clipsep.stem_files import stem_names
+
     mixtures = str(out / "test" / "mixtures")
     base = tool("clipsep") + ["separate", "--checkpoint", str(out / "clipsep" / "best"), "--overwrite",
                               "--format", "wav", "--bit-depth", "32f"]
-    text = [a for name in queries.instruments for a in ("--query", name)]
+    text = [a for name in queries.instruments for a in ("--query", name)] + _templates(world.HELDOUT_TEMPLATES)
     images = [a for name in queries.instruments for a in ("--query-image", str(queries.images[name]))]
-    runs = {"image": images, "text": text + _templates(world.HELDOUT_TEMPLATES),
-            "text_prior": text + _templates(world.HELDOUT_TEMPLATES) + ["--prior", str(out / "prior")],
-            "text_gap": text + _templates(world.HELDOUT_TEMPLATES) + ["--gap", str(out / "modality_gap.json")]}
+    runs = {"image": images, "text": text, "text_prior": text + ["--prior", str(out / "prior")],
+            "text_gap": text + ["--gap", str(out / "modality_gap.json")]}
     kinds = {"image": [("image", str(queries.images[n])) for n in queries.instruments],
              "text": [("text", n) for n in queries.instruments]}
     stems = {kind: dict(zip(queries.instruments, stem_names(kinds["image" if kind == "image" else "text"], 0)))
              for kind in runs}
-    separate = {kind: (f"separate_{kind}", base + ["-o", str(out / "separated" / kind), *args, mixtures])
-                for kind, args in runs.items()}
-    generated = {mode: generate(out, p, queries, out / "generated" / mode, mode, guidance[mode]) for mode in MODES}
     gap = recipe("measure_gap.py") + ["--pairs", str(out / "prior_pairs.npz"), "-o", str(out / "modality_gap.json")]
-    separated = {kind: (out / "separated" / kind, stems[kind]) for kind in runs}
-    with runner.step("5. test: clipsep separate (image, text, text through the prior, text across the gap), "
-                     "clipsonic generate; each lane scores its own outputs"):
+    commands = [("measure_gap", gap), *((f"separate_{kind}", base + ["-o", str(out / "separated" / kind), *args, mixtures])
+                                         for kind, args in runs.items())]
+    return commands, {kind: (out / "separated" / kind, stems[kind]) for kind in runs}
+
+
+def test(runner: Runner, out: Path, p: Profile, queries, separated: dict, judge, guidance: dict) -> dict:
+    """Step 5: generation on the test split, and the scores of the separations (``separated``,
+    from :func:`test_separations`, run in step 3) and of the generations."""
+    from recipes.miniature_eval import evaluate_generation, evaluate_separation
+
+    generated = {mode: generate(out, p, queries, out / "generated" / mode, mode, guidance[mode]) for mode in MODES}
+    with runner.step("5. test: clipsonic generate in every mode; CLIPSep's separations (made in step 3) and the "
+                     "generations scored"):
         scores = runner.lanes(
-            [("measure_gap", gap), *(separate[kind] for kind in runs),
+            [(f"generate_{MODES[0]}", generated[MODES[0]][0]),
              ("score_separation", lambda: evaluate_separation(queries, separated))],
-            [*((f"generate_{mode}", generated[mode][0]) for mode in MODES),
-             ("score_generation", lambda: evaluate_generation(judge, {mode: generated[mode][1] for mode in MODES},
-                                                              p.gen_seconds))])
+            [*((f"generate_{mode}", generated[mode][0]) for mode in MODES[1:])],
+        )
+        scores["score_generation"] = runner.call(
+            "score_generation", lambda: evaluate_generation(judge, {mode: generated[mode][1] for mode in MODES},
+                                                            p.gen_seconds))
     return {"separation": scores["score_separation"], "generation": scores["score_generation"], "queries": queries}
 
 
 def run(out: Path, profile: Profile) -> dict:
     """All six steps; returns the report (also written to ``out/report.json``)."""
+    from recipes.miniature_eval import read_clips, write_queries
     from recipes.quickstart_report import clip_facts, judge_facts, print_report, write_report
 
     runner = Runner(out)
     total = time.perf_counter()
     torch.set_num_threads(1)  # this process scores while a command uses the other core
     shards, judge = prepare(runner, out, profile)
-    train(runner, out, profile, shards)
+    queries = write_queries(read_clips(shards["test"]), out / "test", list(world.INSTRUMENTS))
+    separations, separated = test_separations(out, queries)
+    train(runner, out, profile, shards, separations)
     guidance = choose_guidance(runner, out, profile, shards, judge)
-    found = test(runner, out, profile, shards, judge, guidance["chosen"])
+    found = test(runner, out, profile, queries, separated, judge, guidance["chosen"])
     facts: dict[str, Any] = {
         "clip": clip_facts(out / "query_encoder", found["queries"], shards["test"]),
         "judge": judge_facts(judge, profile.judge_clips, profile.gen_seconds, profile.offscreen),
