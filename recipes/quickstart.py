@@ -319,7 +319,7 @@ def test(runner: Runner, out: Path, p: Profile, queries, separated: dict, judge,
         scores["score_generation"] = runner.call(
             "score_generation", lambda: evaluate_generation(judge, {mode: generated[mode][1] for mode in MODES},
                                                             p.gen_seconds))
-    return {"separation": scores["score_separation"], "generation": scores["score_generation"], "queries": queries}
+    return {"separation": scores["score_separation"], "generation": scores["score_generation"]}
 
 
 def run(out: Path, profile: Profile) -> dict:
@@ -337,7 +337,7 @@ def run(out: Path, profile: Profile) -> dict:
     guidance = choose_guidance(runner, out, profile, shards, judge)
     found = test(runner, out, profile, queries, separated, judge, guidance["chosen"])
     facts: dict[str, Any] = {
-        "clip": clip_facts(out / "query_encoder", found["queries"], shards["test"]),
+        "clip": clip_facts(out / "query_encoder", queries, shards["test"]),
         "judge": judge_facts(judge, profile.judge_clips, profile.gen_seconds, profile.offscreen),
         "guidance": guidance,
     }
