@@ -1,16 +1,21 @@
-"""A CLIP's modality gap, measured, and text embeddings shifted across it.
+"""A CLIP's modality gap, measured, and text embeddings carried across it.
 
 CLIP's image and text embeddings lie in two separate cones (Liang et al., "Mind the Gap",
 NeurIPS 2022), so a model trained on image embeddings alone (CLIPSep) reads a text query
-far from anything it saw. Moving a text embedding by the difference of the two modalities'
-mean embeddings, then renormalizing, puts it among the image embeddings and keeps what
-tells prompts apart: that paper's shift, with no training (unlike the diffusion prior of
-:mod:`clipcore.prior`). The means are measured once, on a training set's frames and on
-prompts of its labels::
+far from anything it saw. That paper moves a text embedding by the difference of the two
+modalities' mean embeddings. A mean shift leaves two differences: text varies in
+directions where the images hardly do (a network trained on images answers there
+anyhow), and along the directions the images use, the two modalities spread differently.
+So :meth:`ModalityGap.cross` matches both moments along the image embeddings' principal
+axes: a text embedding's coordinates about the text mean, along the axes that hold
+:data:`VARIANCE_KEPT` of the images' variance, are rescaled to the images' spread and
+placed about the image mean; its other directions are dropped. No training (unlike the
+diffusion prior of :mod:`clipcore.prior`), and no pairing: the statistics are measured
+once, on a training set's frames and on prompts of its labels::
 
     gap = ModalityGap.measure(encoder.encode_image(frames), encoder.encode_text(labels))
     gap.save("modality_gap.json")
-    queries = ModalityGap.load("modality_gap.json").shift(encoder.encode_text(["cello"]))
+    queries = ModalityGap.load("modality_gap.json").cross(encoder.encode_text(["cello"]))
 """
 
 from __future__ import annotations
@@ -27,9 +32,13 @@ import torch.nn.functional as F
 from clipcore.errors import ClipAudioError
 from clipcore.files import atomic_write
 
-__all__ = ["ModalityGap", "ModalityGapError"]
+__all__ = ["ModalityGap", "ModalityGapError", "VARIANCE_KEPT"]
 
 FORMAT = "clipaudio.modality_gap"
+VERSION = 2
+VARIANCE_KEPT = 0.99
+"""The share of the image embeddings' variance that the kept principal axes hold."""
+_MIN_SPREAD = 1e-4  # a floor under the text spread along an axis, so that no ratio is infinite
 
 
 class ModalityGapError(ClipAudioError):
@@ -38,39 +47,56 @@ class ModalityGapError(ClipAudioError):
 
 @dataclass(frozen=True)
 class ModalityGap:
-    """The mean unit-norm image and text embeddings of one CLIP.
+    """Where one CLIP's unit-norm image and text embeddings lie.
 
     Attributes:
-        image_mean: ``[D]`` mean of unit-norm image embeddings.
-        text_mean: ``[D]`` mean of unit-norm text embeddings.
+        image_mean: ``[D]`` mean image embedding.
+        text_mean: ``[D]`` mean text embedding.
+        axes: ``[K, D]`` orthonormal principal axes of the centred image embeddings.
+        image_spread: ``[K]`` standard deviation of the image embeddings along each axis.
+        text_spread: ``[K]`` standard deviation of the text embeddings along each axis.
     """
 
     image_mean: torch.Tensor
     text_mean: torch.Tensor
+    axes: torch.Tensor
+    image_spread: torch.Tensor
+    text_spread: torch.Tensor
 
     @classmethod
     def measure(cls, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> "ModalityGap":
         """The gap between ``image_embeddings [N, D]`` and ``text_embeddings [M, D]``
-        (each normalized first)."""
-        if image_embeddings.shape[-1] != text_embeddings.shape[-1] or min(len(image_embeddings), len(text_embeddings)) < 1:
-            raise ValueError(f"need image and text embeddings of one width, got {tuple(image_embeddings.shape)} "
-                             f"and {tuple(text_embeddings.shape)}.")
-        image, text = (F.normalize(e.detach().float().cpu(), dim=-1).mean(0) for e in (image_embeddings, text_embeddings))
-        return cls(image, text)
+        (each normalized first; at least two of each, the texts not all alike)."""
+        image, text = (F.normalize(e.detach().float().cpu(), dim=-1) for e in (image_embeddings, text_embeddings))
+        if image.shape[-1] != text.shape[-1] or min(len(image), len(text)) < 2:
+            raise ValueError(f"need at least two image and two text embeddings of one width, got "
+                             f"{tuple(image_embeddings.shape)} and {tuple(text_embeddings.shape)}.")
+        image_mean, text_mean = image.mean(0), text.mean(0)
+        _, singular, directions = torch.linalg.svd(image - image_mean, full_matrices=False)
+        variance = singular**2
+        kept = int((variance.cumsum(0) < VARIANCE_KEPT * variance.sum()).sum()) + 1
+        axes = directions[:kept]
+        text_spread = ((text - text_mean) @ axes.T).std(0, correction=0)
+        if not bool((text_spread > 0).any()):
+            raise ValueError("the text embeddings are all alike; measure the gap on several prompts.")
+        return cls(image_mean, text_mean, axes, singular[:kept] / math.sqrt(len(image)), text_spread)
 
     @property
     def embed_dim(self) -> int:
         return self.image_mean.shape[-1]
 
-    def shift(self, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """``[K, D]`` text embeddings moved by ``image_mean - text_mean``, unit-norm, float32."""
-        offset = (self.image_mean - self.text_mean).to(text_embeddings.device)
-        return F.normalize(text_embeddings.float() + offset, dim=-1)
+    def cross(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """``[K, D]`` text embeddings carried across the gap (see the module doc): unit-norm, float32."""
+        device = text_embeddings.device
+        axes = self.axes.to(device)
+        scale = (self.image_spread / self.text_spread.clamp_min(_MIN_SPREAD)).to(device)
+        coordinates = (text_embeddings.float() - self.text_mean.to(device)) @ axes.T * scale  # [K, axes]
+        return F.normalize(self.image_mean.to(device) + coordinates @ axes, dim=-1)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the means as JSON (atomically); returns the path."""
-        record = {"format": FORMAT, "version": 1, "image_mean": self.image_mean.tolist(),
-                  "text_mean": self.text_mean.tolist()}
+        """Write the statistics as JSON (atomically); returns the path."""
+        record = {"format": FORMAT, "version": VERSION,
+                  **{name: getattr(self, name).tolist() for name in _FIELDS}}
         return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record) + "\n"))
 
     @classmethod
@@ -78,18 +104,40 @@ class ModalityGap:
         """The gap saved by :meth:`save`.
 
         Raises:
-            ModalityGapError: a missing, unreadable or malformed file.
+            ModalityGapError: a missing, unreadable or malformed file, or one of an earlier
+                version (the two means alone).
         """
         try:
             record = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else "not a JSON file"
             raise ModalityGapError(f"{path}: cannot read the modality gap ({reason}).") from None
-        means = [record.get(key) if isinstance(record, dict) else None for key in ("image_mean", "text_mean")]
-        if (not isinstance(record, dict) or record.get("format") != FORMAT
-                or not all(isinstance(m, list) and m and all(isinstance(x, (int, float)) and math.isfinite(x)
-                                                             for x in m) for m in means)
-                or len(means[0]) != len(means[1])):
-            raise ModalityGapError(f"{path}: not a modality gap file (a {FORMAT} JSON with two finite means of "
-                                   "one width).")
-        return cls(*(torch.tensor(m, dtype=torch.float32) for m in means))
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise ModalityGapError(f"{path}: not a modality gap file (a {FORMAT} JSON).")
+        if record.get("version") != VERSION:
+            raise ModalityGapError(f"{path}: a modality gap file of an earlier version, which holds the means "
+                                   "alone; measure it again with recipes/measure_gap.py.")
+        try:
+            fields = {name: torch.tensor(record[name], dtype=torch.float32) for name in _FIELDS}
+        except (KeyError, TypeError, ValueError):
+            fields = {}
+        if not _consistent(fields):
+            raise ModalityGapError(f"{path}: a modality gap file whose statistics are missing, not finite or "
+                                   "not of matching sizes.")
+        return cls(**fields)
+
+
+_FIELDS = ("image_mean", "text_mean", "axes", "image_spread", "text_spread")
+
+
+def _consistent(fields: dict[str, torch.Tensor]) -> bool:
+    """Whether loaded statistics have the shapes of :class:`ModalityGap` and are finite
+    (spreads positive or, for text, zero)."""
+    if set(fields) != set(_FIELDS) or not all(bool(torch.isfinite(v).all()) for v in fields.values()):
+        return False
+    dim = fields["image_mean"].shape
+    count = fields["axes"].shape[:1]
+    return (len(dim) == 1 and dim[0] > 0 and fields["text_mean"].shape == dim
+            and fields["axes"].dim() == 2 and fields["axes"].shape[1:] == dim and count[0] > 0
+            and fields["image_spread"].shape == count == fields["text_spread"].shape
+            and bool((fields["image_spread"] > 0).all()) and bool((fields["text_spread"] >= 0).all()))

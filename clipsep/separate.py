@@ -46,9 +46,10 @@ embedding, as CLIPSonic's "pd" mode does; query ``k`` samples from its own noise
 seeded by ``prior_seed``, so its embedding does not depend on the other queries. Image
 queries are unchanged.
 
-Text shifted across the modality gap (``gap``): with no training, each text query is
-moved by the difference of the image and text mean embeddings measured on training data
-(:class:`clipcore.modality_gap.ModalityGap`) and renormalized.
+Text carried across the modality gap (``gap``): with no training, each text query is
+placed where image embeddings lie, by statistics of both modalities measured on training
+data (:meth:`clipcore.modality_gap.ModalityGap.cross`: the means, and the spreads along
+the image embeddings' principal axes).
 
 Query scale: this project trains on unit-norm CLIP embeddings; the official release was
 trained on raw CLIP outputs, so a model converted from it (``from_official``, or a
@@ -157,7 +158,7 @@ class Separator:
             queries to image embeddings first; None: text embeddings as they are.
         prior_seed: seed of the prior's sampling (each text query gets its own stream).
         gap: a :class:`clipcore.modality_gap.ModalityGap` (or its file) of the query
-            encoder: text queries are shifted across it (see the module notes); not with
+            encoder: text queries are carried across it (see the module notes); not with
             ``prior``.
     """
 
@@ -219,7 +220,7 @@ class Separator:
     def _checked_gap(self, gap: ModalityGap | str | os.PathLike) -> ModalityGap:
         gap = gap if isinstance(gap, ModalityGap) else ModalityGap.load(gap)
         if self.prior is not None or not self.normalize_queries:
-            raise QueryError("a modality-gap shift is for unit-norm text queries as they are: not with a diffusion "
+            raise QueryError("crossing the modality gap is for unit-norm text queries as they are: not with a diffusion "
                              "prior, nor with a model that reads raw CLIP embeddings (an official checkpoint).")
         if gap.embed_dim != self.model.query_dim:
             raise CheckpointError(f"the modality gap is {gap.embed_dim}-d but the separation model reads "
@@ -228,7 +229,7 @@ class Separator:
 
     def _checked_prior(self, prior: DiffusionPrior | str | os.PathLike) -> DiffusionPrior:
         if getattr(self, "gap", None) is not None:
-            raise QueryError("text queries go through a diffusion prior or a modality-gap shift, not both.")
+            raise QueryError("text queries go through a diffusion prior or across the modality gap, not both.")
         if not self.normalize_queries:
             raise QueryError("a diffusion prior gives unit-norm CLIP embeddings, but this model reads raw ones "
                              "(an official checkpoint); use the prior with a model trained on unit-norm queries.")
@@ -358,7 +359,7 @@ class Separator:
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
         """Text queries at the scale the model reads (see ``normalize_queries``), through
-        the diffusion prior or shifted across the modality gap when the separator has one.
+        the diffusion prior or carried across the modality gap when the separator has one.
 
         Args:
             texts: K query texts.
@@ -373,7 +374,7 @@ class Separator:
         if self.normalize_queries:
             embeddings = encoder.encode_text(list(texts), templates=templates)
             if self.gap is not None:
-                return self.gap.shift(embeddings)
+                return self.gap.cross(embeddings)
             if self.prior is None:
                 return embeddings
             generators = [torch.Generator(self.device).manual_seed(self.prior_seed) for _ in texts]

@@ -214,7 +214,7 @@ def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:
                              "CLIP image embeddings, the kind CLIPSep was trained on (default: none)")
     parser.add_argument("--prior-seed", type=int, default=0, help="seed of the prior's sampling (default: 0)")
     parser.add_argument("--gap", default=None, metavar="FILE",
-                        help="a modality-gap file (recipes/measure_gap.py): text queries are shifted across CLIP's "
+                        help="a modality-gap file (recipes/measure_gap.py): text queries are carried across CLIP's "
                              "gap to where image embeddings lie, with no training; not with --prior (default: none)")
     add_device_argument(parser)
     parser.add_argument("--devices", type=int, default=1, metavar="N",
