@@ -4,8 +4,9 @@
     python recipes/measure_gap.py --shards 'shards/music/train-*.tar' --encoder ViT-B-32/openai \\
         --max-samples 5000 -o modality_gap.json
 
-The gap is the difference of the mean unit-norm image and text embeddings
-(:class:`clipcore.modality_gap.ModalityGap`), read from (text, image) embedding pairs: the
+The gap is each modality's mean unit-norm embedding and its spread along the image
+embeddings' principal axes (:class:`clipcore.modality_gap.ModalityGap`; the two sets need
+not be paired), read from (text, image) embedding pairs: the
 diffusion prior's (``--pairs``: its ``--data.cache`` file), or computed from a webdataset's
 frames and the prompts of its labels or captions (``--shards`` with ``--encoder``, as
 ``recipes/train_prior.py`` computes its pairs). Bad input gets one sentence and exit

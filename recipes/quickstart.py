@@ -26,7 +26,7 @@ in ``OUT/logs/``); two independent commands share the two cores where they can:
 5. test: ``clipsep separate`` on two-instrument mixtures with image queries (a frame of
    another clip), text queries (prompts never seen in alignment, e.g. "someone plays the
    cello"; zero-shot: CLIPSep never saw text) and the same text through the diffusion
-   prior (``--prior``) or shifted across CLIP's modality gap as measured on the prior's
+   prior (``--prior``) or carried across CLIP's modality gap as measured on the prior's
    training pairs (``recipes/measure_gap.py``, ``--gap``: no training), run in CLIPSep's
    lane of step 3 while CLIPSonic still trains; ``clipsonic generate`` in image, zero-shot
    and prior modes;

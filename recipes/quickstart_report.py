@@ -62,7 +62,7 @@ def build_report(facts: dict, separation: dict, generation: dict) -> dict:
     clip, judge = facts["clip"], facts["judge"]
     sdri = {"image": "sdri_image_db", "text": "sdri_text_db", "text_prior": "sdri_text_prior_db",
             "text_gap": "sdri_text_gap_db"}
-    shifted = separation["text_gap"]["min_instrument"]
+    crossed = separation["text_gap"]["min_instrument"]
     worst = separation["text"]["min_instrument"]
     clipsep = {k: v for kind, key in sdri.items() for k, v in _mean(separation[kind]["sdri"], key).items()}
     clipsep.update({
@@ -71,8 +71,8 @@ def build_report(facts: dict, separation: dict, generation: dict) -> dict:
         **_mean(separation["paired"]["text_minus_image"], "sdri_text_minus_image_db"),
         **_mean(separation["paired"]["text_prior_minus_text"], "sdri_text_prior_minus_text_db"),
         **_mean(separation["paired"]["text_gap_minus_text"], "sdri_text_gap_minus_text_db"),
-        "sdri_text_gap_min_instrument_db": _value(shifted["mean"]),
-        "sdri_text_gap_min_instrument": shifted["instrument"],
+        "sdri_text_gap_min_instrument_db": _value(crossed["mean"]),
+        "sdri_text_gap_min_instrument": crossed["instrument"],
         "sdri_by_instrument_db": {kind: _table(separation[kind]["sdri_by_instrument"]) for kind in sdri},
         "stems_per_kind": separation["image"]["sdri"]["count"],
         "mixtures": separation["mixtures"],
@@ -127,7 +127,7 @@ CLIPSep, trained with image queries only, on {sep['stems_per_kind']} stems of tw
   SDR improvement, image query                     {_ci(sep, 'sdri_image_db')}   (goal >= 6 dB)
   SDR improvement, text query (zero-shot)          {_ci(sep, 'sdri_text_db')}   (goal >= 4 dB)
   SDR improvement, text query through the prior    {_ci(sep, 'sdri_text_prior_db')}
-  SDR improvement, text shifted across the gap     {_ci(sep, 'sdri_text_gap_db')}
+  SDR improvement, text carried across the gap     {_ci(sep, 'sdri_text_gap_db')}
   text minus image, stem by stem                   {_ci(sep, 'sdri_text_minus_image_db')}
   worst instrument with text: {sep['sdri_text_min_instrument']:<20} {sep['sdri_text_min_instrument_db']:6.2f} dB  \
 (goal >= 1 dB)

@@ -1,4 +1,4 @@
-"""The modality gap: measured, saved, loaded, and text embeddings shifted across it."""
+"""The modality gap: measured, saved, loaded, and text embeddings carried across it."""
 
 import json
 import math
@@ -25,38 +25,83 @@ def _two_cones(classes: int = 6, per_class: int = 40, dim: int = 16, seed: int =
     return image, text, labels
 
 
-def test_the_shift_carries_text_queries_to_their_own_images():
+def test_crossing_carries_text_queries_to_their_own_images():
     image, text, labels = _two_cones()
     gap = ModalityGap.measure(image, text)
     centroids = F.normalize(torch.stack([image[labels == k].mean(0) for k in range(len(text))]), dim=-1)
-    before, after = text @ centroids.T, gap.shift(text) @ centroids.T  # [classes, classes]
+    before, after = text @ centroids.T, gap.cross(text) @ centroids.T  # [classes, classes]
     assert before.diagonal().mean() < 0.5 < after.diagonal().mean()  # the gap, then none
     assert bool((after.argmax(-1) == torch.arange(len(text))).all())  # each prompt nearest its own images
-    torch.testing.assert_close(gap.shift(text).norm(dim=-1), torch.ones(len(text)))
-    torch.testing.assert_close(F.normalize(gap.shift(text).mean(0), dim=0), F.normalize(gap.image_mean, dim=0),
-                               atol=0.05, rtol=0)  # the shifted prompts are centred where the images are
+    torch.testing.assert_close(gap.cross(text).norm(dim=-1), torch.ones(len(text)))
+    torch.testing.assert_close(F.normalize(gap.cross(text).mean(0), dim=0), F.normalize(gap.image_mean, dim=0),
+                               atol=0.05, rtol=0)  # the crossed prompts are centred where the images are
 
 
-def test_saved_and_loaded_the_shift_is_the_same(tmp_path):
+def test_crossing_matches_the_spreads_where_a_mean_shift_does_not():
+    """Each text embedding is the twin of an image embedding: the same coordinates along
+    the images' four axes, scaled differently per axis, about another common direction,
+    plus variation along four axes of its own. Measured on the two sets unpaired (the
+    texts shuffled), crossing puts nearly every twin nearest its own image; moving the
+    texts by the difference of the means alone (Liang et al.'s shift) does not."""
+    g = torch.Generator().manual_seed(0)
+    dim, count = 16, 400
+    axis = torch.eye(dim)
+    coordinates = torch.randn(count, 4, generator=g) * torch.tensor([0.5, 0.4, 0.3, 0.2])
+    image = F.normalize(3 * axis[0] + coordinates @ axis[1:5], dim=-1)
+    own = 0.4 * torch.randn(count, 4, generator=g) @ axis[6:10]
+    text = F.normalize(3 * axis[5] + (coordinates * torch.tensor([0.3, 0.6, 1.5, 0.8])) @ axis[1:5] + own, dim=-1)
+    gap = ModalityGap.measure(image, text[torch.randperm(count, generator=g)])
+    assert len(gap.axes) == 4  # the images' own axes hold their variance
+    shifted = F.normalize(text + gap.image_mean - gap.text_mean, dim=-1)
+    for carried, least, most in ((gap.cross(text), 0.9, 1.0), (shifted, 0.0, 0.5)):
+        nearest_own = float((torch.cdist(carried, image).argmin(-1) == torch.arange(count)).float().mean())
+        assert least <= nearest_own <= most
+    error = (gap.cross(text) - image).norm(dim=-1) / (image - gap.image_mean).norm(dim=-1)
+    assert float(error.median()) < 0.2
+
+
+def test_saved_and_loaded_the_crossing_is_the_same(tmp_path):
     image, text, _ = _two_cones()
     gap = ModalityGap.measure(image, text)
     loaded = ModalityGap.load(gap.save(tmp_path / "gap.json"))
-    torch.testing.assert_close(loaded.shift(text), gap.shift(text))
+    torch.testing.assert_close(loaded.cross(text), gap.cross(text))
     assert loaded.embed_dim == 16
 
 
-@pytest.mark.parametrize("content", ["not json", json.dumps({"format": "other"}), json.dumps([1, 2]),
-                                     json.dumps({"format": "clipaudio.modality_gap", "image_mean": [1.0, math.nan],
-                                                 "text_mean": [0.0, 1.0]}),
-                                     json.dumps({"format": "clipaudio.modality_gap", "image_mean": [1.0, 0.0],
-                                                 "text_mean": [1.0]})])
-def test_a_bad_gap_file_is_named_in_one_sentence(tmp_path, content):
+GOOD = {"format": "clipaudio.modality_gap", "version": 2, "image_mean": [1.0, 0.0], "text_mean": [0.0, 1.0],
+        "axes": [[0.0, 1.0]], "image_spread": [0.1], "text_spread": [0.3]}
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("not json", "cannot read"), (json.dumps({"format": "other"}), "not a modality gap"),
+    (json.dumps([1, 2]), "not a modality gap"),
+    (json.dumps({"format": "clipaudio.modality_gap", "image_mean": [1.0, 0.0], "text_mean": [0.0, 1.0]}),
+     "earlier version"),
+    (json.dumps({**GOOD, "image_mean": [1.0, math.nan]}), "not finite"),
+    (json.dumps({**GOOD, "text_mean": [1.0]}), "matching sizes"),
+    (json.dumps({**GOOD, "axes": [[0.0, 1.0, 0.0]]}), "matching sizes"),
+    (json.dumps({**GOOD, "image_spread": [0.0]}), "matching sizes"),
+    (json.dumps({key: value for key, value in GOOD.items() if key != "text_spread"}), "missing"),
+])
+def test_a_bad_gap_file_is_named_in_one_sentence(tmp_path, content, reason):
     path = tmp_path / "gap.json"
     path.write_text(content)
-    with pytest.raises(ModalityGapError, match=str(path)):
+    with pytest.raises(ModalityGapError, match=f"{path}.*{reason}"):
         ModalityGap.load(path)
+    assert ModalityGap.load(_written(tmp_path / "good.json", GOOD)).embed_dim == 2
     with pytest.raises(ModalityGapError, match="missing.json"):
         ModalityGap.load(tmp_path / "missing.json")
+
+
+def _written(path, record):
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_measuring_needs_texts_that_differ():
+    image, text, _ = _two_cones()
+    with pytest.raises(ValueError, match="alike"):
+        ModalityGap.measure(image, text[:1].repeat(3, 1))
 
 
 def test_the_recipe_measures_the_gap_of_embedding_pairs(tmp_path, capsys):

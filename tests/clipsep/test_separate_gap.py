@@ -1,4 +1,4 @@
-"""Text queries shifted across the modality gap: ``Separator(gap=...)`` and ``clipsep separate --gap``."""
+"""Text queries carried across the modality gap: ``Separator(gap=...)`` and ``clipsep separate --gap``."""
 
 import json
 
@@ -28,14 +28,14 @@ def parts(tmp_path_factory):
     return CLIPSep.tiny(query_dim=D, seed=0), encoder, gap, folder
 
 
-def test_text_is_shifted_across_the_gap_and_images_are_not(parts):
+def test_text_is_carried_across_the_gap_and_images_are_not(parts):
     model, encoder, gap, folder = parts
-    plain, shifted = Separator(model, encoder), Separator(model, encoder, gap=folder / "gap.json")
+    plain, crossing = Separator(model, encoder), Separator(model, encoder, gap=folder / "gap.json")
     text = plain.encode_queries(["cello", "harp"])
-    torch.testing.assert_close(shifted.encode_queries(["cello", "harp"]), gap.shift(text))
-    assert not torch.allclose(shifted.encode_queries(["cello"]), text[:1], atol=1e-3)
+    torch.testing.assert_close(crossing.encode_queries(["cello", "harp"]), gap.cross(text))
+    assert not torch.allclose(crossing.encode_queries(["cello"]), text[:1], atol=1e-3)
     image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
-    torch.testing.assert_close(shifted.embed_images(image), plain.embed_images(image))
+    torch.testing.assert_close(crossing.embed_images(image), plain.embed_images(image))
 
 
 def test_the_gap_is_refused_where_it_cannot_work(parts, tmp_path):
@@ -47,7 +47,8 @@ def test_the_gap_is_refused_where_it_cannot_work(parts, tmp_path):
     with pytest.raises(QueryError, match="prior"):
         Separator(model, encoder, gap=gap).with_prior(DiffusionPrior.tiny(embed_dim=D))
     with pytest.raises(CheckpointError, match="32-d"):
-        Separator(model, encoder, gap=ModalityGap(torch.zeros(32), torch.zeros(32)))
+        wide = ModalityGap(torch.zeros(32), torch.zeros(32), torch.eye(32)[:1], torch.ones(1), torch.ones(1))
+        Separator(model, encoder, gap=wide)
     with pytest.raises(ModalityGapError, match="nowhere.json"):
         Separator(model, encoder, gap=tmp_path / "nowhere.json")
 
