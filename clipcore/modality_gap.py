@@ -38,7 +38,9 @@ FORMAT = "clipaudio.modality_gap"
 VERSION = 2
 VARIANCE_KEPT = 0.99
 """The share of the image embeddings' variance that the kept principal axes hold."""
-_MIN_SPREAD = 1e-4  # a floor under the text spread along an axis, so that no ratio is infinite
+_SPREAD_FLOOR = 0.01
+"""Along an axis where the text hardly varies, its spread counts as this share of its largest
+spread, so that no axis multiplies a query's coordinate there without bound."""
 
 
 class ModalityGapError(ClipAudioError):
@@ -89,7 +91,8 @@ class ModalityGap:
         """``[K, D]`` text embeddings carried across the gap (see the module doc): unit-norm, float32."""
         device = text_embeddings.device
         axes = self.axes.to(device)
-        scale = (self.image_spread / self.text_spread.clamp_min(_MIN_SPREAD)).to(device)
+        text_spread = self.text_spread.clamp_min(_SPREAD_FLOOR * float(self.text_spread.max()))
+        scale = (self.image_spread / text_spread).to(device)
         coordinates = (text_embeddings.float() - self.text_mean.to(device)) @ axes.T * scale  # [K, axes]
         return F.normalize(self.image_mean.to(device) + coordinates @ axes, dim=-1)
 
@@ -132,7 +135,7 @@ _FIELDS = ("image_mean", "text_mean", "axes", "image_spread", "text_spread")
 
 def _consistent(fields: dict[str, torch.Tensor]) -> bool:
     """Whether loaded statistics have the shapes of :class:`ModalityGap` and are finite
-    (spreads positive or, for text, zero)."""
+    (the image spreads positive; the text spreads not negative, and not all zero)."""
     if set(fields) != set(_FIELDS) or not all(bool(torch.isfinite(v).all()) for v in fields.values()):
         return False
     dim = fields["image_mean"].shape
@@ -140,4 +143,5 @@ def _consistent(fields: dict[str, torch.Tensor]) -> bool:
     return (len(dim) == 1 and dim[0] > 0 and fields["text_mean"].shape == dim
             and fields["axes"].dim() == 2 and fields["axes"].shape[1:] == dim and count[0] > 0
             and fields["image_spread"].shape == count == fields["text_spread"].shape
-            and bool((fields["image_spread"] > 0).all()) and bool((fields["text_spread"] >= 0).all()))
+            and bool((fields["image_spread"] > 0).all()) and bool((fields["text_spread"] >= 0).all())
+            and float(fields["text_spread"].max()) > 0)

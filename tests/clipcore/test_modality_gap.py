@@ -81,6 +81,7 @@ GOOD = {"format": "clipaudio.modality_gap", "version": 2, "image_mean": [1.0, 0.
     (json.dumps({**GOOD, "text_mean": [1.0]}), "matching sizes"),
     (json.dumps({**GOOD, "axes": [[0.0, 1.0, 0.0]]}), "matching sizes"),
     (json.dumps({**GOOD, "image_spread": [0.0]}), "matching sizes"),
+    (json.dumps({**GOOD, "text_spread": [0.0]}), "matching sizes"),
     (json.dumps({key: value for key, value in GOOD.items() if key != "text_spread"}), "missing"),
 ])
 def test_a_bad_gap_file_is_named_in_one_sentence(tmp_path, content, reason):
