@@ -54,9 +54,9 @@ class ModalityGap:
     Attributes:
         image_mean: ``[D]`` mean image embedding.
         text_mean: ``[D]`` mean text embedding.
-        axes: ``[K, D]`` orthonormal principal axes of the centred image embeddings.
-        image_spread: ``[K]`` standard deviation of the image embeddings along each axis.
-        text_spread: ``[K]`` standard deviation of the text embeddings along each axis.
+        axes: ``[A, D]`` orthonormal principal axes of the centred image embeddings.
+        image_spread: ``[A]`` standard deviation of the image embeddings along each axis.
+        text_spread: ``[A]`` standard deviation of the text embeddings along each axis.
     """
 
     image_mean: torch.Tensor
@@ -88,12 +88,12 @@ class ModalityGap:
         return self.image_mean.shape[-1]
 
     def cross(self, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """``[K, D]`` text embeddings carried across the gap (see the module doc): unit-norm, float32."""
+        """``[Q, D]`` text embeddings carried across the gap (see the module doc): unit-norm, float32."""
         device = text_embeddings.device
         axes = self.axes.to(device)
         text_spread = self.text_spread.clamp_min(_SPREAD_FLOOR * float(self.text_spread.max()))
         scale = (self.image_spread / text_spread).to(device)
-        coordinates = (text_embeddings.float() - self.text_mean.to(device)) @ axes.T * scale  # [K, axes]
+        coordinates = (text_embeddings.float() - self.text_mean.to(device)) @ axes.T * scale  # [Q, A]
         return F.normalize(self.image_mean.to(device) + coordinates @ axes, dim=-1)
 
     def save(self, path: str | os.PathLike) -> Path:
