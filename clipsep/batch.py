@@ -77,7 +77,7 @@ class SeparatorSpec:
         templates: text prompt templates with ``{}``, or None for the default.
         prior: a diffusion prior folder that maps text queries to image embeddings, or None.
         prior_seed: seed of the prior's sampling.
-        gap: a modality-gap file that text queries are shifted across, or None.
+        gap: a modality-gap file that text queries are carried across, or None.
     """
 
     checkpoint: str
