@@ -20,6 +20,7 @@ once, on a training set's frames and on prompts of its labels::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -130,7 +131,7 @@ class ModalityGap:
         return cls(**fields)
 
 
-_FIELDS = ("image_mean", "text_mean", "axes", "image_spread", "text_spread")
+_FIELDS = tuple(field.name for field in dataclasses.fields(ModalityGap))  # what a file holds, in order
 
 
 def _consistent(fields: dict[str, torch.Tensor]) -> bool:
