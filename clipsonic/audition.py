@@ -2,12 +2,14 @@
 
 ::
 
-    clipsonic audition --checkpoint runs/quickstart/clipsonic [--prior runs/quickstart/prior]
+    clipsonic audition --checkpoint runs/quickstart/clipsonic [--prior runs/quickstart/prior] \
+        [--gap runs/quickstart/modality_gap.json]
 
-Give a prompt (or an image, in image mode), choose the mode (image, zero-shot text, or
-text through the diffusion prior when there is one), the sampler steps, guidance, seed and
-number of clips; each clip plays beside its mel spectrogram. A bad value shows the command
-line's one-line message and the page goes on serving.
+Give a prompt (or an image, in image mode), choose the mode (image, zero-shot text, text
+through the diffusion prior when there is one, text across the modality gap when a gap
+file is given), the sampler steps, guidance, seed and number of clips; each clip plays
+beside its mel spectrogram. A bad value shows the command line's one-line message and the
+page goes on serving.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from clipsonic.generate import MODES, Generator
 
 __all__ = ["ClipView", "AuditionGenerator", "add_audition_command"]
 
-MODE_NAMES = {"image": "image", "zs": "text, zero-shot", "pd": "text through the prior"}
+MODE_NAMES = {"image": "image", "zs": "text, zero-shot", "pd": "text through the prior",
+              "gap": "text across the modality gap"}
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,12 @@ class AuditionGenerator:
 
     @property
     def modes(self) -> list[str]:
-        """The modes this generator offers (``pd`` only with a prior)."""
-        return [mode for mode in MODES if mode != "pd" or self.generator.has_prior]
+        """The modes this generator offers (``pd`` only with a prior, ``gap`` only with a gap)."""
+        return [mode for mode in MODES if mode == "image" or mode in self.generator.text_modes]
 
     def generate(self, prompt: str, image: str | None, mode: str, steps: int, guidance: float, seed: int, count: int,
                  duration: float) -> list[ClipView]:
-        """``count`` clips of ``duration`` seconds for the prompt (modes ``zs``, ``pd``) or
+        """``count`` clips of ``duration`` seconds for the prompt (modes ``zs``, ``pd``, ``gap``) or
         the image (mode ``image``); clip ``k`` uses seed ``seed + k``.
 
         Raises:
@@ -103,7 +106,8 @@ def build_page(audition: AuditionGenerator):
         with gr.Row():
             with gr.Column(scale=2):
                 prompt = gr.Textbox(label="prompt", placeholder="playing violin", elem_id="prompt")
-                mode = gr.Radio([(MODE_NAMES[m], m) for m in modes], value=modes[-1], label="mode", elem_id="mode")
+                mode = gr.Radio([(MODE_NAMES[m], m) for m in modes], value=audition.generator.text_modes[0],
+                                label="mode", elem_id="mode")
             image = gr.Image(label="image query (image mode)", type="filepath", elem_id="image", scale=1)
         with gr.Row():
             steps = gr.Slider(1, 200, value=25, step=1, label="sampler steps", elem_id="steps")
@@ -139,7 +143,7 @@ def run_audition(args: argparse.Namespace) -> int:
     """Run ``clipsonic audition``: load the generator and serve the page until Ctrl-C."""
     import_gradio()  # before the model loads: a missing extra is said at once
     generator = Generator.from_pretrained(args.checkpoint, query_encoder=args.query_encoder, prior=args.prior,
-                                          vocoder=args.vocoder, device=resolve_device(args.device))
+                                          vocoder=args.vocoder, device=resolve_device(args.device), gap=args.gap)
     serve(lambda work_dir: build_page(AuditionGenerator(generator, work_dir)), args, "clipsonic-audition")
     return 0
 
@@ -153,6 +157,8 @@ def add_audition_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--checkpoint", required=True, help="a CLIPSonic checkpoint folder")
     parser.add_argument("--prior", default=None, metavar="DIR",
                         help="diffusion prior folder (default: CHECKPOINT/prior/ when present)")
+    parser.add_argument("--gap", default=None, metavar="FILE",
+                        help="a modality-gap file (recipes/measure_gap.py): offers text across the gap (default: none)")
     parser.add_argument("--query-encoder", default=None, metavar="SPEC",
                         help="query encoder (default: CHECKPOINT/query_encoder/ or the one the checkpoint names)")
     parser.add_argument("--vocoder", default=None, metavar="SPEC",

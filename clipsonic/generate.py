@@ -7,6 +7,10 @@ needed) the CLIP query encoder and the diffusion prior. Three query modes, as in
 - ``"zs"``: CLIP text embedding used directly in place of an image embedding (zero-shot);
 - ``"pd"``: the diffusion prior first maps the text embedding to an image embedding.
 
+And one of ours, with no training: ``"gap"``, the text embedding carried across CLIP's
+modality gap (:meth:`clipcore.modality_gap.ModalityGap.cross`, measured with
+``recipes/measure_gap.py``), as ``clipsep separate --gap`` does for separation.
+
 Where :meth:`Generator.from_pretrained` finds the parts (``DIR`` is a CLIPSonic checkpoint
 folder, ``config.json`` + ``model.safetensors``), first match wins:
 
@@ -15,6 +19,8 @@ folder, ``config.json`` + ``model.safetensors``), first match wins:
   ``DIR/query_encoder/``; else the spec the model recorded when it was trained.
 - prior (``"pd"`` mode only): the ``prior`` argument (a ``DiffusionPrior`` or its
   folder); else ``DIR/prior/``.
+- modality gap (``"gap"`` mode only): the ``gap`` argument alone (a ``ModalityGap`` or
+  its file).
 - vocoder: the ``vocoder`` argument (a vocoder module, ``"griffinlim"`` or a HiFi-GAN
   folder, see :mod:`clipsonic.vocoder`); else ``DIR/vocoder/``; else Griffin-Lim.
 
@@ -35,6 +41,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from tqdm.auto import tqdm
 
 from clipcore.errors import ClipAudioError
+from clipcore.modality_gap import ModalityGap, ModalityGapError
 from clipsonic.model import CLIPSonic
 from clipsonic.vocoder import load_vocoder
 
@@ -47,7 +54,7 @@ SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
 }
 """Sampler names and the diffusers scheduler (with settings) behind each."""
 
-MODES = ("image", "zs", "pd")
+MODES = ("image", "zs", "pd", "gap")
 
 MEL_CEILING = 4.0
 """Largest log-mel value a generated spectrogram may hold."""
@@ -137,17 +144,20 @@ class Generator:
         query_encoder: a ``QueryEncoder``, a spec for ``QueryEncoder.load``, or ``None``
             (use the spec the model recorded; needed only for text and image queries).
         prior: a ``DiffusionPrior``, its folder, or ``None`` (``"pd"`` mode unavailable).
+        gap: a ``ModalityGap``, its file, or ``None`` (``"gap"`` mode unavailable).
         vocoder: a vocoder module, a spec for :func:`~clipsonic.vocoder.load_vocoder`, or
             ``None`` for Griffin-Lim.
         device: where to run.
         batch_size: clips sampled together.
     """
 
-    def __init__(self, model: CLIPSonic, query_encoder=None, prior=None, vocoder=None, device="cpu", batch_size: int = 16):
+    def __init__(self, model: CLIPSonic, query_encoder=None, prior=None, vocoder=None, device="cpu", batch_size: int = 16,
+                 gap: ModalityGap | str | os.PathLike | None = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self._query_encoder = query_encoder if query_encoder is not None else model.query_encoder
         self._prior = prior
+        self.gap = None if gap is None else self._checked_gap(gap)
         if vocoder is None or isinstance(vocoder, (str, os.PathLike)):
             vocoder = load_vocoder(vocoder, mel=model.init_args.get("mel"), device=self.device)
         self.vocoder = vocoder.to(self.device).eval()
@@ -173,6 +183,23 @@ class Generator:
     def has_prior(self) -> bool:
         """Whether a diffusion prior was given or found (``"pd"`` mode possible)."""
         return self._prior is not None
+
+    def _checked_gap(self, gap: ModalityGap | str | os.PathLike) -> ModalityGap:
+        try:
+            gap = gap if isinstance(gap, ModalityGap) else ModalityGap.load(gap)
+        except ModalityGapError as error:
+            raise GenerationError(str(error)) from None
+        if gap.embed_dim != self.model.embed_dim:
+            raise GenerationError(f"the modality gap is {gap.embed_dim}-d but the model is conditioned on "
+                                  f"{self.model.embed_dim}-d embeddings.")
+        return gap
+
+    @property
+    def text_modes(self) -> list[str]:
+        """The text modes this generator offers, the default first: ``"gap"`` when a gap was
+        given, ``"pd"`` when a prior was given or found, and ``"zs"``."""
+        return [mode for mode, offered in (("gap", self.gap is not None), ("pd", self.has_prior), ("zs", True))
+                if offered]
 
     def query_encoder(self):
         """The CLIP query encoder, loaded on first use."""
@@ -204,10 +231,10 @@ class Generator:
         """Conditions for the queries: ``[Q, D]`` normalized CLIP (image-space) embeddings.
 
         Args:
-            text: a prompt or a list of prompts (modes ``"zs"``, ``"pd"``).
+            text: a prompt or a list of prompts (modes ``"zs"``, ``"pd"``, ``"gap"``).
             image: a PIL image, a list of them, or uint8 ``[Q, 3, H, W]`` (mode ``"image"``).
-            mode: ``"image"``, ``"zs"`` or ``"pd"``; by default ``"image"`` for images,
-                ``"pd"`` for text when a prior is available, else ``"zs"``.
+            mode: one of :data:`MODES`; by default ``"image"`` for images, for text the first of
+                :attr:`text_modes` (``"gap"`` with a gap, else ``"pd"`` with a prior, else ``"zs"``).
             seed: seed of the prior's sampling (with the prior's default steps and guidance);
                 every prompt's noise comes from this seed alone, so its condition is the
                 same whatever the other prompts of the call.
@@ -217,7 +244,7 @@ class Generator:
         if (text is None) == (image is None):
             raise GenerationError("give either text or an image query, not both or neither.")
         if mode is None:
-            mode = "image" if image is not None else ("pd" if self.has_prior else "zs")
+            mode = "image" if image is not None else self.text_modes[0]
         if mode not in MODES:
             raise GenerationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
         if (mode == "image") != (image is not None):
@@ -240,6 +267,10 @@ class Generator:
             # depend on the other prompts of the call.
             generators = [torch.Generator(self.device).manual_seed(seed) for _ in texts]
             embeddings = self.prior().sample(embeddings, generator=generators)
+        elif mode == "gap":
+            if self.gap is None:
+                raise GenerationError('mode "gap" needs a modality gap file (recipes/measure_gap.py).')
+            embeddings = self.gap.cross(embeddings)
         return embeddings
 
     @torch.no_grad()

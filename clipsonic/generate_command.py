@@ -5,6 +5,7 @@
     clipsonic generate --checkpoint CKPT "a dog barking" "rain on a roof" -n 2 --duration 5
     clipsonic generate --checkpoint CKPT --prompts prompts.txt --mode pd --prior PRIOR
     clipsonic generate --checkpoint CKPT --image violin.jpg
+    clipsonic generate --checkpoint CKPT "playing cello" --gap modality_gap.json
 
 writes ``OUT/<prompt slug>.wav`` (``<slug>-<k>.wav`` with ``-n`` above 1;
 ``image-<file slug>`` for image queries).
@@ -64,8 +65,12 @@ def _check(args: argparse.Namespace) -> None:
     cli.check_audio_output(args)
     if args.mode == "image" and args.prompts:
         raise cli.UsageError('--mode image takes --image queries, not text prompts.')
-    if args.mode in ("zs", "pd") and args.images:
+    if args.mode not in (None, "image") and args.images:
         raise cli.UsageError(f"--mode {args.mode} takes text prompts, not --image queries.")
+    if args.gap is not None and args.mode not in (None, "gap"):
+        raise cli.UsageError(f"--gap carries text across the modality gap (--mode gap), not in --mode {args.mode}.")
+    if args.gap is not None and args.prior is not None:
+        raise cli.UsageError("--gap and --prior both carry text queries over to image embeddings; give one of them.")
     cli.resolve_device(args.device)
 
 
@@ -97,14 +102,11 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         generator = Generator.from_pretrained(
             args.checkpoint, query_encoder=args.query_encoder, prior=args.prior, vocoder=args.vocoder,
-            device=device, batch_size=args.batch_size,
+            device=device, batch_size=args.batch_size, gap=args.gap,
         )
-        mode = args.mode
-        if mode is None and prompts:
-            mode = "pd" if generator.has_prior else "zs"
         parts = []
         if prompts:
-            parts.append(generator.embed(text=prompts, mode=mode, seed=args.seed, templates=args.template))
+            parts.append(generator.embed(text=prompts, mode=args.mode, seed=args.seed, templates=args.template))
         if pictures:
             parts.append(generator.embed(image=pictures, mode="image"))
         result = generator.generate(
@@ -130,8 +132,8 @@ def add_generate_command(subparsers: "argparse._SubParsersAction") -> None:
     parser = subparsers.add_parser(
         "generate",
         help="generate audio from text prompts or images",
-        description="Generate audio from text prompts (zero-shot or through the diffusion prior) or "
-                    "from images. Writes OUT/<prompt slug>.<format> (<slug>-<k> with -n above 1).",
+        description="Generate audio from text prompts (zero-shot, through the diffusion prior or across the "
+                    "modality gap) or from images. Writes OUT/<prompt slug>.<format> (<slug>-<k> with -n above 1).",
     )
     parser.add_argument("prompts", nargs="*", metavar="PROMPT", help='text prompts, e.g. "a dog barking"')
     parser.add_argument("--prompts-file", default=None, metavar="FILE", help="a text file with one prompt per line")
@@ -139,10 +141,14 @@ def add_generate_command(subparsers: "argparse._SubParsersAction") -> None:
                         help="an image query: a picture of the sound's source (repeatable)")
     parser.add_argument("--checkpoint", required=True, help="a CLIPSonic checkpoint folder")
     parser.add_argument("--mode", choices=MODES, default=None,
-                        help="image, zs (text embedding used directly) or pd (through the prior); default: "
-                             "image for images, pd for text when a prior is found, else zs")
+                        help="image, zs (text embedding used directly), pd (through the prior) or gap (across "
+                             "the modality gap); default: image for images; for text gap with --gap, else pd when a "
+                             "prior is found, else zs")
     parser.add_argument("--prior", default=None, metavar="DIR",
                         help="diffusion prior folder (default: CHECKPOINT/prior/ when present)")
+    parser.add_argument("--gap", default=None, metavar="FILE",
+                        help="a modality-gap file (recipes/measure_gap.py): text prompts are carried across CLIP's "
+                             "gap to where image embeddings lie, with no training; not with --prior (default: none)")
     parser.add_argument("--query-encoder", default=None, metavar="SPEC",
                         help="query encoder: a folder, ARCH/TAG (ViT-L-14/openai) or ARCH=WEIGHTS_FILE "
                              "(default: CHECKPOINT/query_encoder/ or the one the checkpoint names)")

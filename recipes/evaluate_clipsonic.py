@@ -2,10 +2,10 @@
 
     python recipes/evaluate_clipsonic.py --checkpoint runs/clipsonic/model \\
         --reference-shards 'shards/vggsound/test-*.tar' --prior runs/prior \\
-        --modes image zs pd -n 4 --out results.json
+        --modes image zs pd -n 4 --out results.json   # gap too, with --gap modality_gap.json
 
 For every label of the reference clips (or every line of ``--prompts``), each mode
-generates ``-n`` clips: from the text query (``zs``, ``pd``) or from the CLIP image
+generates ``-n`` clips: from the text query (``zs``, ``pd``, ``gap``) or from the CLIP image
 embeddings of ``-n`` reference clips of that label (``image``). Reported per mode: the
 Fréchet audio distance to the reference clips (embedding ``--embedding``: ``mel-stats``
 built in, or ``package.module:factory`` for VGGish, PANNs, CLAP), the query relevance in
@@ -52,7 +52,8 @@ def load_references(generator: Generator, shards: str, encoder: str | None, dura
 
 def evaluate(args: argparse.Namespace) -> dict:
     generator = Generator.from_pretrained(args.checkpoint, query_encoder=args.query_encoder, prior=args.prior,
-                                          vocoder=args.vocoder, device=args.device, batch_size=args.batch_size)
+                                          vocoder=args.vocoder, device=args.device, batch_size=args.batch_size,
+                                          gap=args.gap)
     audio, clip_embeddings, labels = load_references(generator, args.reference_shards, args.encoder, args.duration,
                                                      args.max_references)
     embedding = load_embedding(args.embedding)
@@ -116,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
                                                    "(default: encode the frames with the query encoder)")
     p.add_argument("--query-encoder", default=None, help="query encoder spec (default: the checkpoint's)")
     p.add_argument("--prior", default=None, help="diffusion prior folder (pd mode)")
+    p.add_argument("--gap", default=None, help="modality-gap file of recipes/measure_gap.py (gap mode)")
     p.add_argument("--vocoder", default=None, help="griffinlim or a HiFi-GAN folder")
     p.add_argument("--modes", nargs="+", choices=MODES, default=["image", "zs"])
     p.add_argument("--prompts", default=None, help="file of text queries, one per line (default: the labels)")
