@@ -2,9 +2,12 @@
 
 ::
 
-    clipsep audition --checkpoint runs/quickstart/clipsep/best [--prior runs/quickstart/prior]
+    clipsep audition --checkpoint runs/quickstart/clipsep/best [--prior runs/quickstart/prior] \
+        [--gap runs/quickstart/modality_gap.json]
 
-Drop audio files, give text queries (one per line) and/or image queries, and each file's
+Drop audio files, give text queries (one per line) and/or image queries (text as CLIP gives
+it, or, when the page was given them, through the diffusion prior or across the modality
+gap), and each file's
 stems play beside their spectrograms, with the residual (the mixture minus all stems);
 "download all" is a zip of the stems and each file's ``separation.json``, as
 ``clipsep separate`` writes them. Files are separated streaming, as by ``clipsep separate``
@@ -29,7 +32,10 @@ from clipsep.batch import OutputOptions, input_seconds, plan, process_file
 from clipsep.separation_record import run_record
 from clipsep.stem_files import RESIDUAL, stem_names
 
-__all__ = ["StemView", "SeparationView", "AuditionSeparator", "add_audition_command"]
+__all__ = ["StemView", "SeparationView", "AuditionSeparator", "add_audition_command", "TEXT_MODES"]
+
+TEXT_MODES = {"zs": "as CLIP gives them", "pd": "through the diffusion prior", "gap": "across the modality gap"}
+"""How the page can carry text queries to the model: their names, and the page's words."""
 
 
 @dataclass(frozen=True)
@@ -66,17 +72,26 @@ class AuditionSeparator:
         work_dir: where each run's folder goes (``run-1``, ``run-2``, ...).
         prior: a diffusion prior folder for text queries, or None (the page then offers no prior).
         prior_seed: the prior's seed.
+        gap: a modality-gap file for text queries, or None (the page then offers no crossing).
     """
 
     def __init__(self, separator, checkpoint: str | Path, work_dir: str | Path, prior: str | Path | None = None,
-                 prior_seed: int = 0):
-        self.plain = separator
-        self.with_prior = None if prior is None else separator.with_prior(prior, prior_seed)
-        self.checkpoint, self.prior, self.prior_seed = Path(checkpoint), prior, prior_seed
+                 prior_seed: int = 0, gap: str | Path | None = None):
+        self.separators = {"zs": separator}
+        if prior is not None:
+            self.separators["pd"] = separator.with_prior(prior, prior_seed)
+        if gap is not None:
+            self.separators["gap"] = separator.with_gap(gap)
+        self.checkpoint, self.prior, self.prior_seed, self.gap = Path(checkpoint), prior, prior_seed, gap
         self.work_dir = Path(work_dir)
         self._runs = itertools.count(1)
 
-    def separate(self, files: list[str], texts: str, images: list[str], use_prior: bool = False,
+    @property
+    def text_modes(self) -> list[str]:
+        """The names of :data:`TEXT_MODES` this page offers (``zs`` always)."""
+        return list(self.separators)
+
+    def separate(self, files: list[str], texts: str, images: list[str], text_mode: str = "zs",
                  progress: Callable[[float, str], None] | None = None) -> SeparationView:
         """Separate ``files`` with the queries: ``texts`` one per line, ``images`` files.
 
@@ -84,12 +99,12 @@ class AuditionSeparator:
             files: audio files.
             texts: text queries, one per line (blank lines and repeats dropped).
             images: image files, each a query.
-            use_prior: text queries through the diffusion prior.
+            text_mode: how text queries reach the model, a name of :data:`TEXT_MODES`.
             progress: called with the fraction done and the file being separated.
 
         Raises:
-            UsageError: no files, no queries, an unreadable image, or the prior asked for
-                when the page has none. Failed inputs are not raised: they are the view's
+            UsageError: no files, no queries, an unreadable image, or a text mode the page
+                was not given. Failed inputs are not raised: they are the view's
                 ``failures``.
         """
         queries = [("text", line.strip()) for line in dict.fromkeys(texts.splitlines()) if line.strip()]
@@ -101,14 +116,18 @@ class AuditionSeparator:
         for kind, value in queries:
             if kind == "image":
                 load_image(value)  # an ImageError names the file
-        if use_prior and self.with_prior is None:
-            raise UsageError("this page was started without --prior, so text queries cannot go through one.")
-        separator = self.with_prior if use_prior else self.plain
+        if text_mode not in self.separators:
+            option = {"pd": "--prior", "gap": "--gap"}.get(text_mode)
+            raise UsageError(f"this page was started without {option}, so text queries cannot go "
+                             f"{TEXT_MODES[text_mode]}." if option else f"unknown text mode {text_mode!r}.")
+        separator = self.separators[text_mode]
         embeddings = separator.encode_queries([value if kind == "text" else Path(value) for kind, value in queries])
         folder = self.work_dir / f"run-{next(self._runs)}"
         settings = {"overlap": round(separator.overlap_samples / separator.segment_samples, 4), "mono": False,
                     "batch_size": separator.batch_size, "format": "wav", "bit_depth": "16", "clip_mode": "rescale",
-                    "prior": {"path": str(Path(self.prior).resolve()), "seed": self.prior_seed} if use_prior else None}
+                    "prior": {"path": str(Path(self.prior).resolve()), "seed": self.prior_seed}
+                    if text_mode == "pd" else None,
+                    "gap": str(Path(self.gap).resolve()) if text_mode == "gap" else None}
         options = OutputOptions(residual=True, provenance=run_record(queries, separator, self.checkpoint, settings))
         sources = [Path(file) for file in files]
         jobs = plan(sources, folder / "stems", stem_names(queries, 0), options, 0)
@@ -147,22 +166,22 @@ def build_page(audition: AuditionSeparator):
                              file_types=["image"], elem_id="images")
         texts = gr.Textbox(label="text queries, one per line", lines=3, placeholder="playing violin",
                            elem_id="texts")
-        use_prior = gr.Checkbox(label="text queries through the diffusion prior", value=False,
-                                visible=audition.with_prior is not None, elem_id="use-prior")
+        text_mode = gr.Radio([(TEXT_MODES[m], m) for m in audition.text_modes], value="zs", label="text queries",
+                             visible=len(audition.text_modes) > 1, elem_id="text-mode")
         run = gr.Button("Separate", variant="primary", elem_id="separate")
         status = gr.Textbox(label="messages", interactive=False, elem_id="status")
         archive = gr.File(label="download all (stems and separation.json)", interactive=False, elem_id="download")
         stems = gr.State([])
 
-        def separate(files, texts, images, use_prior, progress=gr.Progress()):
+        def separate(files, texts, images, text_mode, progress=gr.Progress()):
             try:
-                view = audition.separate(files or [], texts or "", images or [], bool(use_prior),
+                view = audition.separate(files or [], texts or "", images or [], text_mode or "zs",
                                          lambda fraction, name: progress(fraction, desc=f"separating {name}"))
             except ClipAudioError as error:
                 return f"error: {error}", [], None
             return view.summary, view.stems, None if view.archive is None else str(view.archive)
 
-        run.click(separate, [files, texts, images, use_prior], [status, stems, archive])
+        run.click(separate, [files, texts, images, text_mode], [status, stems, archive])
 
         @gr.render(inputs=stems)
         def show(views):
@@ -182,7 +201,7 @@ def run_audition(args: argparse.Namespace) -> int:
 
     separator = SeparatorSpec(args.checkpoint, args.query_encoder).load(resolve_device(args.device))
     serve(lambda work_dir: build_page(AuditionSeparator(separator, args.checkpoint, work_dir, args.prior,
-                                                        args.prior_seed)), args, "clipsep-audition")
+                                                        args.prior_seed, args.gap)), args, "clipsep-audition")
     return 0
 
 
@@ -199,6 +218,9 @@ def add_audition_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--prior", default=None, metavar="DIR",
                         help="a diffusion prior folder: the page then offers text queries through it")
     parser.add_argument("--prior-seed", type=int, default=0, help="seed of the prior's sampling (default: 0)")
+    parser.add_argument("--gap", default=None, metavar="FILE",
+                        help="a modality-gap file (recipes/measure_gap.py): the page then offers text queries "
+                             "carried across the gap")
     add_device_argument(parser)
     add_server_arguments(parser)
     parser.set_defaults(run=run_audition)

@@ -217,6 +217,13 @@ class Separator:
         other.prior, other.prior_seed = self._checked_prior(prior), prior_seed
         return other
 
+    def with_gap(self, gap: ModalityGap | str | os.PathLike) -> "Separator":
+        """This separator with its text queries carried across ``gap`` (or its file); the
+        model, query encoder and settings are shared, not copied."""
+        other = copy.copy(self)
+        other.gap = self._checked_gap(gap)
+        return other
+
     def _checked_gap(self, gap: ModalityGap | str | os.PathLike) -> ModalityGap:
         gap = gap if isinstance(gap, ModalityGap) else ModalityGap.load(gap)
         if self.prior is not None or not self.normalize_queries:

@@ -11,6 +11,7 @@ import torch
 
 from clipcore.audio import save_audio
 from clipcore.errors import ClipAudioError, UsageError
+from clipcore.modality_gap import ModalityGap
 from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
 from clipsep.audition import AuditionSeparator
@@ -24,8 +25,11 @@ from clipsep.separate import Separator
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("audition")
     torch.manual_seed(0)
-    Separator(CLIPSep.tiny(query_dim=16), QueryEncoder.tiny(embed_dim=16)).save_pretrained(root / "clipsep")
+    encoder = QueryEncoder.tiny(embed_dim=16)
+    Separator(CLIPSep.tiny(query_dim=16), encoder).save_pretrained(root / "clipsep")
     DiffusionPrior.tiny(embed_dim=16, seed=0).save_pretrained(root / "prior")
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ModalityGap.measure(encoder.encode_image(images), encoder.encode_text(["cello", "flute", "drum"])).save(root / "gap.json")
     rng = np.random.default_rng(0)
     save_audio(root / "in" / "take 1.wav", torch.from_numpy(rng.normal(0, 0.1, (2, 30000)).astype("float32")), 22050)
     (root / "in" / "broken.wav").write_bytes(b"RIFF, but not a wave file")
@@ -37,17 +41,19 @@ def _samples(folder):
             for path in sorted(folder.rglob("*.wav"))}
 
 
-@pytest.mark.parametrize("use_prior", [False, True])
-def test_the_page_writes_what_clipsep_separate_writes(folders, tmp_path, use_prior):
+@pytest.mark.parametrize("text_mode", ["zs", "pd", "gap"])
+def test_the_page_writes_what_clipsep_separate_writes(folders, tmp_path, text_mode):
     checkpoint, mix = folders / "clipsep", folders / "in" / "take 1.wav"
     audition = AuditionSeparator(SeparatorSpec(str(checkpoint)).load("cpu"), checkpoint, tmp_path / "work",
-                                 prior=folders / "prior", prior_seed=3)
+                                 prior=folders / "prior", prior_seed=3, gap=folders / "gap.json")
+    assert audition.text_modes == ["zs", "pd", "gap"]
     fractions = []
-    view = audition.separate([str(mix)], "playing violin\n\ndrums\nplaying violin\n", [], use_prior,
+    view = audition.separate([str(mix)], "playing violin\n\ndrums\nplaying violin\n", [], text_mode,
                              lambda fraction, name: fractions.append((fraction, name)))
-    prior = ["--prior", str(folders / "prior"), "--prior-seed", "3"] if use_prior else []
+    options = {"zs": [], "pd": ["--prior", str(folders / "prior"), "--prior-seed", "3"],
+               "gap": ["--gap", str(folders / "gap.json")]}[text_mode]
     assert main(["separate", "--checkpoint", str(checkpoint), "-q", "playing violin", "-q", "drums", "--residual",
-                 *prior, "--device", "cpu", "-o", str(tmp_path / "cli"), str(mix)]) == 0
+                 *options, "--device", "cpu", "-o", str(tmp_path / "cli"), str(mix)]) == 0
     page, cli = _samples(tmp_path / "work" / "run-1" / "stems"), _samples(tmp_path / "cli")
     assert sorted(page) == ["take 1/drums.wav", "take 1/playing-violin.wav", "take 1/residual.wav"] == sorted(cli)
     for name in page:
@@ -56,6 +62,7 @@ def test_the_page_writes_what_clipsep_separate_writes(folders, tmp_path, use_pri
     expected = json.loads((tmp_path / "cli" / "take 1" / "separation.json").read_text())
     assert record["queries"] == expected["queries"] and record["checkpoint"] == expected["checkpoint"]
     assert record["settings"]["prior"] == expected["settings"]["prior"]
+    assert record["settings"]["gap"] == expected["settings"]["gap"]
     assert [(v.source, v.name) for v in view.stems] == [("take 1.wav", n) for n in ("playing-violin", "drums", "residual")]
     assert all(v.image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for v in view.stems)
     with zipfile.ZipFile(view.archive) as archive:
@@ -77,7 +84,10 @@ def test_a_bad_file_fails_alone_and_bad_queries_are_one_sentence(folders, tmp_pa
     (tmp_path / "broken.png").write_bytes(b"not an image")
     cases = [(([], "cello", []), "drop one or more audio files to separate."),
              ((files, " \n ", []), "give at least one text query or image query."),
-             ((files, "cello", [], True), "this page was started without --prior, so text queries cannot go through one."),
+             ((files, "cello", [], "pd"), "this page was started without --prior, so text queries cannot go through "
+                                          "the diffusion prior."),
+             ((files, "cello", [], "gap"), "this page was started without --gap, so text queries cannot go across "
+                                           "the modality gap."),
              ((files, "", [str(tmp_path / "broken.png")]), f"{tmp_path / 'broken.png'}")]
     for arguments, message in cases:
         with pytest.raises(ClipAudioError) as error:

@@ -33,6 +33,9 @@ def test_text_is_carried_across_the_gap_and_images_are_not(parts):
     plain, crossing = Separator(model, encoder), Separator(model, encoder, gap=folder / "gap.json")
     text = plain.encode_queries(["cello", "harp"])
     torch.testing.assert_close(crossing.encode_queries(["cello", "harp"]), gap.cross(text))
+    derived = plain.with_gap(folder / "gap.json")
+    assert derived.model is plain.model and plain.gap is None
+    torch.testing.assert_close(derived.encode_queries(["cello", "harp"]), gap.cross(text))
     assert not torch.allclose(crossing.encode_queries(["cello"]), text[:1], atol=1e-3)
     image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     torch.testing.assert_close(crossing.embed_images(image), plain.embed_images(image))
@@ -46,6 +49,8 @@ def test_the_gap_is_refused_where_it_cannot_work(parts, tmp_path):
         Separator(model, encoder, gap=gap, prior=DiffusionPrior.tiny(embed_dim=D))
     with pytest.raises(QueryError, match="prior"):
         Separator(model, encoder, gap=gap).with_prior(DiffusionPrior.tiny(embed_dim=D))
+    with pytest.raises(QueryError, match="prior"):
+        Separator(model, encoder, prior=DiffusionPrior.tiny(embed_dim=D)).with_gap(gap)
     with pytest.raises(CheckpointError, match="32-d"):
         wide = ModalityGap(torch.zeros(32), torch.zeros(32), torch.eye(32)[:1], torch.ones(1), torch.ones(1))
         Separator(model, encoder, gap=wide)
