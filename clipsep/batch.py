@@ -78,6 +78,7 @@ class SeparatorSpec:
         prior: a diffusion prior folder that maps text queries to image embeddings, or None.
         prior_seed: seed of the prior's sampling.
         gap: a modality-gap file that text queries are carried across, or None.
+        mask_power: the soft masks raised to this power (1: as the network gives them).
     """
 
     checkpoint: str
@@ -90,6 +91,7 @@ class SeparatorSpec:
     prior: str | None = None
     prior_seed: int = 0
     gap: str | None = None
+    mask_power: float = 1.0
 
     def load(self, device: str) -> "Separator":
         """The separator this spec describes, on ``device``."""
@@ -99,7 +101,7 @@ class SeparatorSpec:
             self.checkpoint, self.query_encoder, device=device, segment=self.segment, overlap=self.overlap,
             batch_size=self.batch_size, binary=self.binary,
             templates=list(self.templates) if self.templates is not None else None, prior=self.prior,
-            prior_seed=self.prior_seed, gap=self.gap,
+            prior_seed=self.prior_seed, gap=self.gap, mask_power=self.mask_power,
         )
 
 

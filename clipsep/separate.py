@@ -7,8 +7,8 @@
     result.stems        # [K, C, S]: one waveform per query, at the input's rate and length
 
 Per segment: STFT of the mixture (``model.stft``), magnitude, ``mask_logits`` for all K
-queries in one U-Net pass, sigmoid, log-to-linear unwarp (``clipcore.spectral``), a soft
-mask (or binary, ``> 0.5``) times the mixture's complex STFT (= mixture magnitude with
+queries in one U-Net pass, sigmoid (raised to ``mask_power``, 1 by default), log-to-linear
+unwarp (``clipcore.spectral``), a soft mask (or binary, ``> 0.5``) times the mixture's complex STFT (= mixture magnitude with
 the mixture phase), iSTFT. The input is resampled to the model's rate and back (soxr,
 high quality, stateful, so that block-wise input resamples exactly as the whole).
 
@@ -59,6 +59,7 @@ folder whose provenance says ``query_normalization: none``) is fed raw embedding
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,9 +95,10 @@ __all__ = [
 Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]
 
 
-def masked_stems(logits: torch.Tensor, spec: torch.Tensor, length: int, config, binary: bool = False) -> torch.Tensor:
-    """Waveforms of masks applied to a mixture: sigmoid, log-to-linear unwarp, optional
-    ``> 0.5`` threshold, times the mixture's complex STFT, iSTFT.
+def masked_stems(logits: torch.Tensor, spec: torch.Tensor, length: int, config, binary: bool = False,
+                 power: float = 1.0) -> torch.Tensor:
+    """Waveforms of masks applied to a mixture: sigmoid, raised to ``power``, log-to-linear
+    unwarp, optional ``> 0.5`` threshold, times the mixture's complex STFT, iSTFT.
 
     Args:
         logits: ``[B, K, 256, T]`` mask logits on the log-frequency rows.
@@ -104,11 +106,14 @@ def masked_stems(logits: torch.Tensor, spec: torch.Tensor, length: int, config, 
         length: samples of the output.
         config: the model's ``STFTConfig``.
         binary: binary masks (the paper's evaluation) instead of soft ones (the default).
+        power: the soft masks' exponent: 1 keeps the network's probabilities; above 1 lowers
+            uncertain bins (a probability well below 1) more than confident ones.
 
     Returns:
         ``[B, K, C, length]``.
     """
-    masks = unwarp_to_linear(torch.sigmoid(logits), config.n_freqs)  # [B, K, F, T]
+    probabilities = torch.sigmoid(logits)
+    masks = unwarp_to_linear(probabilities if power == 1 else probabilities**power, config.n_freqs)  # [B, K, F, T]
     if binary:
         masks = (masks > 0.5).to(masks.dtype)
     return istft(masks[:, :, None] * spec[:, None], length, config)
@@ -149,6 +154,8 @@ class Separator:
         overlap: fraction of a segment shared with the next one, in ``[0, 0.5]``.
         batch_size: segments per U-Net pass.
         binary: binary masks (``> 0.5``, as in the paper's evaluation) instead of soft.
+        mask_power: the soft masks raised to this power (above 0; 1: the network's
+            probabilities as they are; above 1: sharper). Not with ``binary``.
         templates: text prompt template(s) with ``{}``; default ``"a photo of {}"``.
         normalize_queries: feed the model unit-norm CLIP embeddings (this project's
             training) or raw ones (the official release; a template ensemble then averages
@@ -176,6 +183,7 @@ class Separator:
         prior: DiffusionPrior | str | os.PathLike | None = None,
         prior_seed: int = 0,
         gap: ModalityGap | str | os.PathLike | None = None,
+        mask_power: float = 1.0,
     ):
         if query_encoder.embed_dim != model.query_dim:
             raise CheckpointError(
@@ -188,6 +196,10 @@ class Separator:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if segment is not None and not segment > 0:
             raise ValueError(f"segment must be a positive number of seconds, got {segment}.")
+        if not (0 < mask_power < math.inf):
+            raise ValueError(f"mask_power must be a positive finite number, got {mask_power}.")
+        if binary and mask_power != 1:
+            raise ValueError("mask_power shapes soft masks; binary masks have no power.")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.query_encoder = query_encoder.to(self.device).eval()
@@ -200,6 +212,7 @@ class Separator:
         self.overlap_samples = int(overlap * self.segment_samples)
         self.batch_size = batch_size
         self.binary = binary
+        self.mask_power = float(mask_power)
         self.templates = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
         if not self.templates or not all("{}" in t for t in self.templates):
             raise QueryError(f"prompt templates need a {{}} for the query text, got {self.templates}.")
@@ -564,7 +577,7 @@ class Separator:
         queries = embeddings[None].expand(batch.shape[0], -1, -1)
         mask_logits, noise_logits = self.model(mix_mag, queries)  # [B, K, 256, T], [B, M, 256, T]
         logits = torch.cat([mask_logits, noise_logits[:, :num_noise]], dim=1)
-        return masked_stems(logits, spec, batch.shape[-1], cfg, self.binary)
+        return masked_stems(logits, spec, batch.shape[-1], cfg, self.binary, self.mask_power)
 
 
 def _checked(blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:

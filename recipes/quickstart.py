@@ -23,9 +23,10 @@ in ``OUT/logs/``); two independent commands share the two cores where they can:
 4. validation: CLIPSonic's guidance scale, per query mode, is chosen from
    ``Profile.guidance_choices`` by how often the timbre judge (``recipes/toy_judges.py``,
    trained on training renders only) recognises the queried instrument;
-5. test: ``clipsep separate`` on two-instrument mixtures with image queries (a frame of
-   another clip), text queries (prompts never seen in alignment, e.g. "someone plays the
-   cello"; zero-shot: CLIPSep never saw text) and the same text through the diffusion
+5. test: ``clipsep separate`` (soft masks to the power ``Profile.mask_power``) on
+   two-instrument mixtures with image queries (a frame of another clip), text queries
+   (prompts never seen in alignment, e.g. "someone plays the cello"; zero-shot: CLIPSep
+   never saw text) and the same text through the diffusion
    prior (``--prior``) or carried across CLIP's modality gap as measured on the prior's
    training pairs (``recipes/measure_gap.py``, ``--gap``: no training), run in CLIPSep's
    lane of step 3 while CLIPSonic still trains; ``clipsonic generate`` in image, zero-shot
@@ -62,6 +63,8 @@ class Profile:
     preset's 8, or more), trained in float32 for ``clipsep_steps``; ``clipsep_amx_width``
     and ``clipsep_amx_steps``: the width and steps instead where the CPU multiplies bf16
     matrices in hardware (AMX), trained in bf16 mixed precision (None: the same as elsewhere).
+    ``mask_power``: ``clipsep separate --mask-power`` for the test separations (1.5, chosen
+    on the validation split with three models: docs/quickstart_history.md).
     """
 
     train_clips: int
@@ -83,6 +86,7 @@ class Profile:
     offscreen: float = 0.3
     clip_seconds: float = 5.0
     gen_seconds: float = 1.0
+    mask_power: float = 1.5
 
 
 PROFILES = {
@@ -276,9 +280,11 @@ def choose_guidance(runner: Runner, out: Path, p: Profile, shards: dict[str, str
                                               for g in p.guidance_choices}}
 
 
-def test_separations(out: Path, queries) -> tuple[list[tuple[str, list[str]]], dict[str, tuple[Path, dict]]]:
-    """Step 5's separations of the test mixtures: ``clipsep separate`` with image queries, text,
-    text through the prior and text across the gap (``recipes/measure_gap.py`` first).
+def test_separations(out: Path, queries, mask_power: float) -> tuple[list[tuple[str, list[str]]],
+                                                                    dict[str, tuple[Path, dict]]]:
+    """Step 5's separations of the test mixtures: ``clipsep separate --mask-power mask_power``
+    with image queries, text, text through the prior and text across the gap
+    (``recipes/measure_gap.py`` first).
 
     Returns:
         the commands, as ``(name, args)``, and per query kind the folder the stems go to and
@@ -288,7 +294,7 @@ def test_separations(out: Path, queries) -> tuple[list[tuple[str, list[str]]], d
 
     mixtures = str(out / "test" / "mixtures")
     base = tool("clipsep") + ["separate", "--checkpoint", str(out / "clipsep" / "best"), "--overwrite",
-                              "--format", "wav", "--bit-depth", "32f"]
+                              "--format", "wav", "--bit-depth", "32f", "--mask-power", f"{mask_power:g}"]
     text = [a for name in queries.instruments for a in ("--query", name)] + _templates(world.HELDOUT_TEMPLATES)
     images = [a for name in queries.instruments for a in ("--query-image", str(queries.images[name]))]
     runs = {"image": images, "text": text, "text_prior": text + ["--prior", str(out / "prior")],
@@ -332,7 +338,7 @@ def run(out: Path, profile: Profile) -> dict:
     torch.set_num_threads(1)  # this process scores while a command uses the other core
     shards, judge = prepare(runner, out, profile)
     queries = write_queries(read_clips(shards["test"]), out / "test", list(world.INSTRUMENTS))
-    separations, separated = test_separations(out, queries)
+    separations, separated = test_separations(out, queries, profile.mask_power)
     train(runner, out, profile, shards, separations)
     guidance = choose_guidance(runner, out, profile, shards, judge)
     found = test(runner, out, profile, queries, separated, judge, guidance["chosen"])

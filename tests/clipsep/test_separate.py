@@ -134,6 +134,19 @@ def test_many_queries_take_one_unet_pass_per_segment(encoder):
     assert (joint[0] - joint[1]).norm() > 0.1 * joint[0].norm()
 
 
+def test_mask_power_raises_the_soft_masks_to_it(encoder):
+    wave = _signal(2.5)
+    stems = {power: Separator(_constant_mask_model(0.7), encoder, mask_power=power).separate(wave, RATE, ["a"]).stems[0]
+             for power in (1.0, 2.5)}
+    for power, stem in stems.items():
+        torch.testing.assert_close(stem, torch.sigmoid(torch.tensor(0.7)) ** power * wave, rtol=0, atol=2e-5)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="mask_power"):
+            Separator(_model(), encoder, mask_power=bad)
+    with pytest.raises(ValueError, match="binary"):
+        Separator(_model(), encoder, mask_power=2.0, binary=True)
+
+
 def test_binary_masks_and_channels(encoder):
     wave = _signal(2.5, channels=2)
     wave[1] = 0.5 * wave[0]

@@ -59,6 +59,7 @@ def default(setup, tmp_path_factory):
     "options, settings",
     [
         (["--binary"], {"binary": True}),
+        (["--mask-power", "2"], {"mask_power": 2.0}),
         (["--template", "the sound of {}"], {"templates": ["the sound of {}"]}),
         (["--template", "the sound of {}", "--template", "{} playing"], {"templates": ["the sound of {}", "{} playing"]}),
         (["--segment", "0.5"], {"segment": 0.5}),

@@ -27,7 +27,7 @@ def test_each_folder_of_stems_says_what_made_it(tmp_path):
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(image)
     out = tmp_path / "out"
     assert main(["separate", "--checkpoint", str(checkpoint), "-q", "playing violin", "--query-image", str(image),
-                 "--residual", "--bit-depth", "32f", "--overlap", "0.5", "--device", "cpu", "-o", str(out),
+                 "--residual", "--bit-depth", "32f", "--overlap", "0.5", "--mask-power", "1.5", "--device", "cpu", "-o", str(out),
                  str(mix)]) == 0
     record = json.loads((out / "take" / "separation.json").read_text())
     assert record["input"] == {"path": str(mix.resolve()), "sha256": _sha(mix), "sample_rate": 22050, "channels": 2,
@@ -37,6 +37,7 @@ def test_each_folder_of_stems_says_what_made_it(tmp_path):
     settings = record["settings"]
     assert settings["overlap"] == 0.5 and settings["device"] == "cpu" and settings["bit_depth"] == "32f"
     assert settings["templates"] == ["a photo of {}"] and settings["mono"] is False
+    assert settings["mask_power"] == 1.5 and settings["binary"] is False
     assert "torch" in record["versions"] and record["seconds_taken"] > 0
     mixture = sf.read(mix, dtype="float64")[0]
     assert set(record["stems"]) == {"playing-violin", "image-cello", "residual"}
