@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import random
 import sys
 from dataclasses import dataclass
@@ -155,9 +156,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise UsageError(f"--data-root {root}: no such folder.")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be positive, not {args.limit}.")
+    if not 0 < args.mask_power < math.inf or (args.mask_power != 1 and not args.soft):
+        raise UsageError(f"--mask-power must be a positive number, and goes with --soft; got {args.mask_power}.")
     modes = list(dict.fromkeys(args.queries))
     targets, interference = read_list(targets_file), read_list(interference_file)
-    separator = Separator.load(args.checkpoint, args.query_encoder, device=args.device, binary=not args.soft)
+    separator = Separator.load(args.checkpoint, args.query_encoder, device=args.device, binary=not args.soft,
+                               mask_power=args.mask_power)
     items, skipped = [], []
     for index, target in enumerate(tqdm(targets[: args.limit], desc="evaluating", unit="mixture")):
         other = interference[interference_index(index, len(interference))]
@@ -187,7 +191,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         for mode in modes
     }
     settings = {"protocol": args.protocol, "targets": str(targets_file), "interference": str(interference_file),
-                "checkpoint": str(args.checkpoint), "queries": modes, "masks": "soft" if args.soft else "binary"}
+                "checkpoint": str(args.checkpoint), "queries": modes, "masks": "soft" if args.soft else "binary",
+                "mask_power": args.mask_power}
     return {"settings": settings, "summary": summary, "items": items, "skipped": skipped}
 
 
@@ -218,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queries", nargs="+", choices=QUERY_MODES, default=list(QUERY_MODES),
                         help="query kinds to evaluate (default: all)")
     parser.add_argument("--soft", action="store_true", help="soft masks instead of binary (> 0.5)")
+    parser.add_argument("--mask-power", type=float, default=1.0, metavar="P",
+                        help="with --soft: the soft masks raised to this power (default: 1, as the network gives them)")
     parser.add_argument("--limit", type=int, help="evaluate the first N targets only")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="JSON results file (default: print only)")

@@ -6,7 +6,9 @@ import random
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
+from torch import nn
 
 from clipcore.query import QueryEncoder
 from clipcore.synthetic import make_clip
@@ -88,3 +90,26 @@ def test_missing_files_are_skipped_and_bad_input_is_one_line(data, tmp_path, cap
     assert main(_args(data, "--data-root", str(tmp_path / "missing"))) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err and "Traceback" not in err
+    for power in (["--mask-power", "2"], ["--soft", "--mask-power", "-1"]):  # binary masks have no power
+        assert main(_args(data, *power)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--mask-power" in err and "Traceback" not in err
+
+
+def test_soft_masks_to_a_power_reach_the_scores(data, tmp_path):
+    torch.manual_seed(0)
+    model = CLIPSep.tiny(query_dim=32)
+    for module in model.modules():  # far from the official near-zero start, so that masks vary
+        if isinstance(module, (nn.Conv2d, nn.Linear)):  # by bin (a constant mask leaves SDR as it is)
+            nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
+    Separator(model, QueryEncoder.tiny(embed_dim=32)).save_pretrained(tmp_path / "model")
+    results = {}
+    for power in ("1", "2"):
+        out = tmp_path / f"p{power}.json"
+        args = _args(data, "--queries", "text", "--soft", "--mask-power", power, "--out", str(out))
+        args[args.index("--checkpoint") + 1] = str(tmp_path / "model")
+        assert main(args) == 0
+        results[power] = json.loads(out.read_text())
+    assert results["2"]["settings"]["mask_power"] == 2.0 and results["2"]["settings"]["masks"] == "soft"
+    sdr = {p: [i["scores"]["text"]["sdr"] for i in r["items"]] for p, r in results.items()}
+    assert all(abs(a - b) > 1e-3 for a, b in zip(sdr["1"], sdr["2"]))
