@@ -2,15 +2,14 @@
 
 ::
 
-    clipsep audition --checkpoint runs/quickstart/clipsep/best [--prior runs/quickstart/prior] \
+    clipsep audition --checkpoint runs/quickstart/clipsep/best [--prior runs/quickstart/prior] \\
         [--gap runs/quickstart/modality_gap.json]
 
 Drop audio files, give text queries (one per line) and/or image queries (text as CLIP gives
 it, or, when the page was given them, through the diffusion prior or across the modality
-gap), and each file's
-stems play beside their spectrograms, with the residual (the mixture minus all stems);
-"download all" is a zip of the stems and each file's ``separation.json``, as
-``clipsep separate`` writes them. Files are separated streaming, as by ``clipsep separate``
+gap), and each file's stems play beside their spectrograms, with the residual (the mixture
+minus all stems); "download all" is a zip of the stems and each file's ``separation.json``,
+as ``clipsep separate`` writes them. Files are separated streaming, as by ``clipsep separate``
 (:func:`clipsep.batch.process_file`), so a long file takes memory that does not grow with
 its length. A bad file or query shows the command line's one-line message and the page
 goes on serving.

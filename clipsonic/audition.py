@@ -2,7 +2,7 @@
 
 ::
 
-    clipsonic audition --checkpoint runs/quickstart/clipsonic [--prior runs/quickstart/prior] \
+    clipsonic audition --checkpoint runs/quickstart/clipsonic [--prior runs/quickstart/prior] \\
         [--gap runs/quickstart/modality_gap.json]
 
 Give a prompt (or an image, in image mode), choose the mode (image, zero-shot text, text
