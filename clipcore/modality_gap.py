@@ -104,6 +104,20 @@ class ModalityGap:
         return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record) + "\n"))
 
     @classmethod
+    def of_width(cls, gap: "ModalityGap | str | os.PathLike", embed_dim: int) -> "ModalityGap":
+        """``gap``, or the file it names loaded, checked to be ``embed_dim``-d.
+
+        Raises:
+            ModalityGapError: an unreadable file, or a gap of another width (naming its file).
+        """
+        found = gap if isinstance(gap, ModalityGap) else cls.load(gap)
+        if found.embed_dim != embed_dim:
+            where = "" if isinstance(gap, ModalityGap) else f"{gap}: "
+            raise ModalityGapError(f"{where}the modality gap is {found.embed_dim}-d, but the model reads "
+                                   f"{embed_dim}-d queries.")
+        return found
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> "ModalityGap":
         """The gap saved by :meth:`save`.
 

@@ -28,6 +28,7 @@ from clipcore.cli import add_device_argument, resolve_device
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import load_image
 from clipsep.batch import OutputOptions, input_seconds, plan, process_file
+from clipsep.masks import check_mask_power
 from clipsep.separation_record import run_record
 from clipsep.stem_files import RESIDUAL, stem_names
 
@@ -198,7 +199,9 @@ def run_audition(args: argparse.Namespace) -> int:
     import_gradio()  # before the model loads: a missing extra is said at once
     from clipsep.batch import SeparatorSpec
 
-    separator = SeparatorSpec(args.checkpoint, args.query_encoder).load(resolve_device(args.device))
+    check_mask_power(args.mask_power, name="--mask-power")
+    separator = SeparatorSpec(args.checkpoint, args.query_encoder, mask_power=args.mask_power).load(
+        resolve_device(args.device))
     serve(lambda work_dir: build_page(AuditionSeparator(separator, args.checkpoint, work_dir, args.prior,
                                                         args.prior_seed, args.gap)), args, "clipsep-audition")
     return 0
@@ -217,6 +220,8 @@ def add_audition_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--prior", default=None, metavar="DIR",
                         help="a diffusion prior folder: the page then offers text queries through it")
     parser.add_argument("--prior-seed", type=int, default=0, help="seed of the prior's sampling (default: 0)")
+    parser.add_argument("--mask-power", type=float, default=1.0, metavar="P",
+                        help="soft masks raised to this power, as clipsep separate --mask-power (default: 1)")
     parser.add_argument("--gap", default=None, metavar="FILE",
                         help="a modality-gap file (recipes/measure_gap.py): the page then offers text queries "
                              "carried across the gap")

@@ -59,7 +59,6 @@ folder whose provenance says ``query_normalization: none``) is fed raw embedding
 from __future__ import annotations
 
 import copy
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,8 @@ from clipcore.errors import ClipAudioError
 from clipcore.files import load_image
 from clipcore.modality_gap import ModalityGap
 from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
-from clipcore.spectral import istft, stft, unwarp_to_linear
+from clipcore.spectral import stft
+from clipsep.masks import check_mask_power, masked_stems
 from clipsep.model import CLIPSep
 from clipsep.stem_files import BLOCK_SECONDS, output_files, query_keys, separate_to_files, stem_names
 from clipsep.streaming import OverlapAdd, crossfade_window, segment_starts, stream_separation
@@ -93,30 +93,6 @@ __all__ = [
 ]
 
 Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]
-
-
-def masked_stems(logits: torch.Tensor, spec: torch.Tensor, length: int, config, binary: bool = False,
-                 power: float = 1.0) -> torch.Tensor:
-    """Waveforms of masks applied to a mixture: sigmoid, raised to ``power``, log-to-linear
-    unwarp, optional ``> 0.5`` threshold, times the mixture's complex STFT, iSTFT.
-
-    Args:
-        logits: ``[B, K, 256, T]`` mask logits on the log-frequency rows.
-        spec: ``[B, C, F, T]`` complex mixture STFT (``config``), one per channel.
-        length: samples of the output.
-        config: the model's ``STFTConfig``.
-        binary: binary masks (the paper's evaluation) instead of soft ones (the default).
-        power: the soft masks' exponent: 1 keeps the network's probabilities; above 1 lowers
-            uncertain bins (a probability well below 1) more than confident ones.
-
-    Returns:
-        ``[B, K, C, length]``.
-    """
-    probabilities = torch.sigmoid(logits)
-    masks = unwarp_to_linear(probabilities if power == 1 else probabilities**power, config.n_freqs)  # [B, K, F, T]
-    if binary:
-        masks = (masks > 0.5).to(masks.dtype)
-    return istft(masks[:, :, None] * spec[:, None], length, config)
 
 
 class QueryError(ClipAudioError):
@@ -196,10 +172,7 @@ class Separator:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if segment is not None and not segment > 0:
             raise ValueError(f"segment must be a positive number of seconds, got {segment}.")
-        if not (0 < mask_power < math.inf):
-            raise ValueError(f"mask_power must be a positive finite number, got {mask_power}.")
-        if binary and mask_power != 1:
-            raise ValueError("mask_power shapes soft masks; binary masks have no power.")
+        check_mask_power(mask_power, binary)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.query_encoder = query_encoder.to(self.device).eval()
@@ -238,14 +211,10 @@ class Separator:
         return other
 
     def _checked_gap(self, gap: ModalityGap | str | os.PathLike) -> ModalityGap:
-        gap = gap if isinstance(gap, ModalityGap) else ModalityGap.load(gap)
         if self.prior is not None or not self.normalize_queries:
             raise QueryError("crossing the modality gap is for unit-norm text queries as they are: not with a diffusion "
                              "prior, nor with a model that reads raw CLIP embeddings (an official checkpoint).")
-        if gap.embed_dim != self.model.query_dim:
-            raise CheckpointError(f"the modality gap is {gap.embed_dim}-d but the separation model reads "
-                                  f"{self.model.query_dim}-d queries.")
-        return gap
+        return ModalityGap.of_width(gap, self.model.query_dim)
 
     def _checked_prior(self, prior: DiffusionPrior | str | os.PathLike) -> DiffusionPrior:
         if getattr(self, "gap", None) is not None:

@@ -17,7 +17,6 @@ A rerun skips finished inputs.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import sys
@@ -41,6 +40,7 @@ from clipcore.files import ImageError, load_image
 from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, input_seconds, plan
 from clipsep.batch_workers import Tally, launcher_process, run_here, run_workers, worker_devices
 from clipsep.claims import STALE_SECONDS
+from clipsep.masks import check_mask_power
 from clipsep.separation_record import run_record
 from clipsep.stem_files import stem_names
 
@@ -84,10 +84,7 @@ def _check_values(args: argparse.Namespace) -> None:
         raise UsageError(f"--overlap must be between 0 and 0.5, got {args.overlap}.")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    if not 0 < args.mask_power < math.inf:
-        raise UsageError(f"--mask-power must be a positive number, got {args.mask_power}.")
-    if args.binary and args.mask_power != 1:
-        raise UsageError("--mask-power shapes soft masks; give it or --binary, not both.")
+    check_mask_power(args.mask_power, args.binary, "--mask-power")
     if args.gap is not None and args.prior is not None:
         raise UsageError("--gap and --prior both carry text queries over to image embeddings; give one of them.")
 
@@ -212,7 +209,8 @@ def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--binary", action="store_true", help="binary masks (> 0.5) instead of soft masks")
     parser.add_argument("--mask-power", type=float, default=1.0, metavar="P",
                         help="soft masks raised to this power: above 1 sharper, less of the other sources (the quick "
-                             "start uses 1.5, chosen on its validation split; default: 1, the network's masks)")
+                             "start uses 1.5, chosen on its validation split; default: 1, the network's masks); not "
+                             "with --binary")
     parser.add_argument("--mono", action="store_true", help="downmix to mono first (default: keep the channels, "
                                                            "separated with the same masks)")
     parser.add_argument("--template", action="append", default=None, metavar="TEMPLATE",

@@ -6,7 +6,7 @@ sound designer can answer "which model and query made this stem?":
 - ``input``: path, sha256, sample rate, channels, seconds;
 - ``queries``: ``{"text": ...}`` or ``{"image": path, "sha256": ...}`` per query stem;
 - ``checkpoint``: path, sha256 of its weights file, and its own provenance;
-- ``settings``: segment, overlap, binary, mask power, mono, templates, prior, device, batch size and
+- ``settings``: segment, overlap, binary, mask power, mono, templates, prior, gap, device, batch size and
   the output format;
 - ``versions`` (Python and the main libraries) and ``seconds`` taken;
 - ``stems``: per stem its file, peak and RMS level (dBFS) and share of the mixture's

@@ -55,9 +55,9 @@ from clipsep.losses import (
     noise_invariant_loss,
     separation_targets,
 )
+from clipsep.masks import masked_stems
 from clipsep.metrics import near_silent, separation_scores
 from clipsep.model import CLIPSep
-from clipsep.separate import masked_stems
 
 __all__ = ["CLIPSepSystem", "lr_multiplier", "validation_figure"]
 

@@ -186,13 +186,9 @@ class Generator:
 
     def _checked_gap(self, gap: ModalityGap | str | os.PathLike) -> ModalityGap:
         try:
-            gap = gap if isinstance(gap, ModalityGap) else ModalityGap.load(gap)
+            return ModalityGap.of_width(gap, self.model.embed_dim)
         except ModalityGapError as error:
             raise GenerationError(str(error)) from None
-        if gap.embed_dim != self.model.embed_dim:
-            raise GenerationError(f"the modality gap is {gap.embed_dim}-d but the model is conditioned on "
-                                  f"{self.model.embed_dim}-d embeddings.")
-        return gap
 
     @property
     def text_modes(self) -> list[str]:

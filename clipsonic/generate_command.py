@@ -68,7 +68,9 @@ def _check(args: argparse.Namespace) -> None:
     if args.mode not in (None, "image") and args.images:
         raise cli.UsageError(f"--mode {args.mode} takes text prompts, not --image queries.")
     if args.gap is not None and args.mode not in (None, "gap"):
-        raise cli.UsageError(f"--gap carries text across the modality gap (--mode gap), not in --mode {args.mode}.")
+        raise cli.UsageError(f"--gap goes with --mode gap (or no --mode), not --mode {args.mode}.")
+    if args.mode == "gap" and args.gap is None:
+        raise cli.UsageError("--mode gap needs --gap FILE, a modality-gap file of recipes/measure_gap.py.")
     if args.gap is not None and args.prior is not None:
         raise cli.UsageError("--gap and --prior both carry text queries over to image embeddings; give one of them.")
     cli.resolve_device(args.device)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import random
 import sys
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from clipcore.audio import load_audio
 from clipcore.errors import UsageError, report_errors
 from clipcore.files import atomic_write
 from clipcore.query import CLIPSEP_EVAL_TEMPLATES, DEFAULT_TEMPLATE
+from clipsep.masks import check_mask_power
 from clipsep.metrics import separation_scores, summarize
 from clipsep.separate import Separator
 
@@ -156,8 +156,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise UsageError(f"--data-root {root}: no such folder.")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be positive, not {args.limit}.")
-    if not 0 < args.mask_power < math.inf or (args.mask_power != 1 and not args.soft):
-        raise UsageError(f"--mask-power must be a positive number, and goes with --soft; got {args.mask_power}.")
+    check_mask_power(args.mask_power, not args.soft, "--mask-power")
     modes = list(dict.fromkeys(args.queries))
     targets, interference = read_list(targets_file), read_list(interference_file)
     separator = Separator.load(args.checkpoint, args.query_encoder, device=args.device, binary=not args.soft,
@@ -224,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="query kinds to evaluate (default: all)")
     parser.add_argument("--soft", action="store_true", help="soft masks instead of binary (> 0.5)")
     parser.add_argument("--mask-power", type=float, default=1.0, metavar="P",
-                        help="with --soft: the soft masks raised to this power (default: 1, as the network gives them)")
+                        help="with --soft: the soft masks raised to this power (default: 1, as the network gives them; "
+                             "binary masks, the default, have no power)")
     parser.add_argument("--limit", type=int, help="evaluate the first N targets only")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="JSON results file (default: print only)")

@@ -54,6 +54,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     generator = Generator.from_pretrained(args.checkpoint, query_encoder=args.query_encoder, prior=args.prior,
                                           vocoder=args.vocoder, device=args.device, batch_size=args.batch_size,
                                           gap=args.gap)
+    needs = {"pd": (generator.has_prior, "--prior DIR"), "gap": (generator.gap is not None, "--gap FILE")}
+    for mode, (offered, option) in needs.items():
+        if mode in args.modes and not offered:
+            raise UsageError(f"mode {mode} needs {option} (or drop it from --modes).")
     audio, clip_embeddings, labels = load_references(generator, args.reference_shards, args.encoder, args.duration,
                                                      args.max_references)
     embedding = load_embedding(args.embedding)

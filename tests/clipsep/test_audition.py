@@ -44,8 +44,9 @@ def _samples(folder):
 @pytest.mark.parametrize("text_mode", ["zs", "pd", "gap"])
 def test_the_page_writes_what_clipsep_separate_writes(folders, tmp_path, text_mode):
     checkpoint, mix = folders / "clipsep", folders / "in" / "take 1.wav"
-    audition = AuditionSeparator(SeparatorSpec(str(checkpoint)).load("cpu"), checkpoint, tmp_path / "work",
-                                 prior=folders / "prior", prior_seed=3, gap=folders / "gap.json")
+    separator = SeparatorSpec(str(checkpoint), mask_power=1.5).load("cpu")
+    audition = AuditionSeparator(separator, checkpoint, tmp_path / "work", prior=folders / "prior", prior_seed=3,
+                                 gap=folders / "gap.json")
     assert audition.text_modes == ["zs", "pd", "gap"]
     fractions = []
     view = audition.separate([str(mix)], "playing violin\n\ndrums\nplaying violin\n", [], text_mode,
@@ -53,7 +54,7 @@ def test_the_page_writes_what_clipsep_separate_writes(folders, tmp_path, text_mo
     options = {"zs": [], "pd": ["--prior", str(folders / "prior"), "--prior-seed", "3"],
                "gap": ["--gap", str(folders / "gap.json")]}[text_mode]
     assert main(["separate", "--checkpoint", str(checkpoint), "-q", "playing violin", "-q", "drums", "--residual",
-                 *options, "--device", "cpu", "-o", str(tmp_path / "cli"), str(mix)]) == 0
+                 *options, "--mask-power", "1.5", "--device", "cpu", "-o", str(tmp_path / "cli"), str(mix)]) == 0
     page, cli = _samples(tmp_path / "work" / "run-1" / "stems"), _samples(tmp_path / "cli")
     assert sorted(page) == ["take 1/drums.wav", "take 1/playing-violin.wav", "take 1/residual.wav"] == sorted(cli)
     for name in page:
@@ -63,6 +64,7 @@ def test_the_page_writes_what_clipsep_separate_writes(folders, tmp_path, text_mo
     assert record["queries"] == expected["queries"] and record["checkpoint"] == expected["checkpoint"]
     assert record["settings"]["prior"] == expected["settings"]["prior"]
     assert record["settings"]["gap"] == expected["settings"]["gap"]
+    assert record["settings"]["mask_power"] == expected["settings"]["mask_power"] == 1.5
     assert [(v.source, v.name) for v in view.stems] == [("take 1.wav", n) for n in ("playing-violin", "drums", "residual")]
     assert all(v.image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for v in view.stems)
     with zipfile.ZipFile(view.archive) as archive:
@@ -103,3 +105,10 @@ def test_the_page_is_bound_to_this_machine_on_port_7860_by_default():
 
     args = build_parser("clipsep", DESCRIPTION, COMMANDS).parse_args(["audition", "--checkpoint", "ckpt"])
     assert (args.host, args.port, args.work_dir, args.device) == ("127.0.0.1", 7860, None, "auto")
+    assert args.mask_power == 1.0
+
+
+def test_a_bad_mask_power_is_refused_before_the_page_starts(folders, capsys):
+    assert main(["audition", "--checkpoint", str(folders / "clipsep"), "--mask-power", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == ("clipsep audition: error: --mask-power must be a positive finite number, "
+                                               "got -1.0.")

@@ -147,9 +147,9 @@ def test_naming_helpers_on_hostile_text():
         (["--query-image", "{tmp}/bad.png"], "bad.png: cannot be read as an image"),
         (["-q", "x", "--format", "flac", "--bit-depth", "32f"], "32f needs --format wav"),
         (["-q", "x", "--overlap", "0.7"], "--overlap must be between 0 and 0.5"),
-        (["-q", "x", "--mask-power", "0"], "--mask-power must be a positive number"),
-        (["-q", "x", "--mask-power", "nan"], "--mask-power must be a positive number"),
-        (["-q", "x", "--mask-power", "2", "--binary"], "--mask-power shapes soft masks"),
+        (["-q", "x", "--mask-power", "0"], "--mask-power must be a positive finite number, got 0.0."),
+        (["-q", "x", "--mask-power", "nan"], "--mask-power must be a positive finite number, got nan."),
+        (["-q", "x", "--mask-power", "2", "--binary"], "--mask-power shapes soft masks; binary masks have no power."),
         (["-q", "x", "--template", "a photo"], "has no {} to hold the query text"),
     ],
 )

@@ -1,13 +1,13 @@
 """Text queries carried across the modality gap: ``Separator(gap=...)`` and ``clipsep separate --gap``."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from clipcore.audio import save_audio
-from clipcore.checkpoint import CheckpointError
 from clipcore.modality_gap import ModalityGap, ModalityGapError
 from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
@@ -51,9 +51,12 @@ def test_the_gap_is_refused_where_it_cannot_work(parts, tmp_path):
         Separator(model, encoder, gap=gap).with_prior(DiffusionPrior.tiny(embed_dim=D))
     with pytest.raises(QueryError, match="prior"):
         Separator(model, encoder, prior=DiffusionPrior.tiny(embed_dim=D)).with_gap(gap)
-    with pytest.raises(CheckpointError, match="32-d"):
-        wide = ModalityGap(torch.zeros(32), torch.zeros(32), torch.eye(32)[:1], torch.ones(1), torch.ones(1))
+    wide = ModalityGap(torch.zeros(32), torch.zeros(32), torch.eye(32)[:1], torch.ones(1), torch.ones(1))
+    with pytest.raises(ModalityGapError, match="32-d"):
         Separator(model, encoder, gap=wide)
+    wide.save(tmp_path / "wide.json")
+    with pytest.raises(ModalityGapError, match=f"^{re.escape(str(tmp_path / 'wide.json'))}: .*32-d"):
+        Separator(model, encoder, gap=tmp_path / "wide.json")
     with pytest.raises(ModalityGapError, match="nowhere.json"):
         Separator(model, encoder, gap=tmp_path / "nowhere.json")
 

@@ -69,10 +69,10 @@ def test_cli_gap_mode_writes_what_the_generator_makes(folder, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--gap", "{root}/gap.json", "--mode", "pd"], "--mode gap"),
+        (["--gap", "{root}/gap.json", "--mode", "pd"], "--gap goes with --mode gap (or no --mode), not --mode pd."),
         (["--gap", "{root}/gap.json", "--prior", "{root}/ckpt/prior"], "--gap and --prior"),
         (["--gap", "{root}/nothing.json"], "{root}/nothing.json"),
-        (["--mode", "gap"], "modality gap file"),
+        (["--mode", "gap"], "--mode gap needs --gap FILE"),
         (["--mode", "gap", "--gap", "{root}/gap.json", "--image", "{root}/gap.json"], "not --image"),
     ],
 )

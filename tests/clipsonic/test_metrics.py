@@ -7,6 +7,8 @@ import torch
 from scipy import linalg
 
 from clipcore import synthetic
+from clipcore.errors import UsageError
+from clipcore.modality_gap import ModalityGap
 from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
 from clipsonic.metrics import (
@@ -99,15 +101,19 @@ def test_evaluation_recipe_runs_all_modes_on_toy_shards(tmp_path, capsys):
     CLIPSonic.tiny(seed=0).save_pretrained(checkpoint)
     encoder.save_pretrained(checkpoint / "query_encoder")
     DiffusionPrior.tiny(seed=0).save_pretrained(checkpoint / "prior")
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    gap = ModalityGap.measure(encoder.encode_image(images), encoder.encode_text(["cello", "flute", "drum"]))
+    gap.save(tmp_path / "gap.json")
     out = tmp_path / "report.json"
-    report = evaluate([
-        "--checkpoint", str(checkpoint), "--reference-shards", str(tmp_path / "shards" / "toy-000000.tar"),
-        "--encoder", encoder.name, "--modes", "image", "zs", "pd", "-n", "1", "--steps", "1",
-        "--duration", "0.3", "--k", "1", "--out", str(out),
-    ])
+    args = ["--checkpoint", str(checkpoint), "--reference-shards", str(tmp_path / "shards" / "toy-000000.tar"),
+            "--encoder", encoder.name, "--modes", "image", "zs", "pd", "gap", "-n", "1", "--steps", "1",
+            "--duration", "0.3", "--k", "1", "--out", str(out)]
+    with pytest.raises(UsageError, match="mode gap needs --gap FILE"):
+        evaluate(args)
+    report = evaluate([*args, "--gap", str(tmp_path / "gap.json")])
     assert json.loads(out.read_text()) == report
     assert report["reference_clips"] == 4 and report["queries"] == 4
-    for mode in ("image", "zs", "pd"):
+    for mode in ("image", "zs", "pd", "gap"):
         entry = report["modes"][mode]
         assert entry["clips"] == 4 and math.isfinite(entry["fad"]) and -1 <= entry["relevance"] <= 1
         assert 0 <= entry["knn_accuracy"] <= 1
