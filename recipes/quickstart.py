@@ -23,7 +23,7 @@ in ``OUT/logs/``); two independent commands share the two cores where they can:
 4. validation: CLIPSonic's guidance scale, per query mode, is chosen from
    ``Profile.guidance_choices`` by how often the timbre judge (``recipes/toy_judges.py``,
    trained on training renders only) recognises the queried instrument;
-5. test: ``clipsep separate`` (soft masks to the power ``Profile.mask_power``) on
+5. test: ``clipsep separate`` (soft masks to a power chosen on validation) on
    two-instrument mixtures with image queries (a frame of another clip), text queries
    (prompts never seen in alignment, e.g. "someone plays the cello"; zero-shot: CLIPSep
    never saw text) and the same text through the diffusion
@@ -63,8 +63,10 @@ class Profile:
     preset's 8, or more), trained in float32 for ``clipsep_steps``; ``clipsep_amx_width``
     and ``clipsep_amx_steps``: the width and steps instead where the CPU multiplies bf16
     matrices in hardware (AMX), trained in bf16 mixed precision (None: the same as elsewhere).
-    ``mask_power``: ``clipsep separate --mask-power`` for the test separations (1.5, chosen
-    on the validation split with three models: docs/quickstart_history.md).
+    ``mask_power``: ``clipsep separate --mask-power`` for queries where the training's image
+    embeddings lie (image queries, text through the prior or across the gap), and
+    ``mask_power_zero_shot`` for zero-shot text; both chosen on the validation split with
+    three models (docs/quickstart_history.md).
     """
 
     train_clips: int
@@ -87,6 +89,7 @@ class Profile:
     clip_seconds: float = 5.0
     gen_seconds: float = 1.0
     mask_power: float = 1.5
+    mask_power_zero_shot: float = 1.0
 
 
 PROFILES = {
@@ -280,11 +283,11 @@ def choose_guidance(runner: Runner, out: Path, p: Profile, shards: dict[str, str
                                               for g in p.guidance_choices}}
 
 
-def test_separations(out: Path, queries, mask_power: float) -> tuple[list[tuple[str, list[str]]],
-                                                                    dict[str, tuple[Path, dict]]]:
-    """Step 5's separations of the test mixtures: ``clipsep separate --mask-power mask_power``
-    with image queries, text, text through the prior and text across the gap
-    (``recipes/measure_gap.py`` first).
+def test_separations(out: Path, queries, p: Profile) -> tuple[list[tuple[str, list[str]]],
+                                                             dict[str, tuple[Path, dict]]]:
+    """Step 5's separations of the test mixtures: ``clipsep separate`` with image queries,
+    text, text through the prior and text across the gap (``recipes/measure_gap.py`` first),
+    the soft masks raised to ``p.mask_power`` (``p.mask_power_zero_shot`` for text).
 
     Returns:
         the commands, as ``(name, args)``, and per query kind the folder the stems go to and
@@ -294,17 +297,19 @@ def test_separations(out: Path, queries, mask_power: float) -> tuple[list[tuple[
 
     mixtures = str(out / "test" / "mixtures")
     base = tool("clipsep") + ["separate", "--checkpoint", str(out / "clipsep" / "best"), "--overwrite",
-                              "--format", "wav", "--bit-depth", "32f", "--mask-power", f"{mask_power:g}"]
+                              "--format", "wav", "--bit-depth", "32f"]
     text = [a for name in queries.instruments for a in ("--query", name)] + _templates(world.HELDOUT_TEMPLATES)
     images = [a for name in queries.instruments for a in ("--query-image", str(queries.images[name]))]
     runs = {"image": images, "text": text, "text_prior": text + ["--prior", str(out / "prior")],
             "text_gap": text + ["--gap", str(out / "modality_gap.json")]}
+    powers = {kind: p.mask_power_zero_shot if kind == "text" else p.mask_power for kind in runs}
     kinds = {"image": [("image", str(queries.images[n])) for n in queries.instruments],
              "text": [("text", n) for n in queries.instruments]}
     stems = {kind: dict(zip(queries.instruments, stem_names(kinds["image" if kind == "image" else "text"], 0)))
              for kind in runs}
     gap = recipe("measure_gap.py") + ["--pairs", str(out / "prior_pairs.npz"), "-o", str(out / "modality_gap.json")]
-    commands = [("measure_gap", gap), *((f"separate_{kind}", base + ["-o", str(out / "separated" / kind), *args, mixtures])
+    commands = [("measure_gap", gap), *((f"separate_{kind}", base + ["--mask-power", f"{powers[kind]:g}", "-o",
+                                                                     str(out / "separated" / kind), *args, mixtures])
                                          for kind, args in runs.items())]
     return commands, {kind: (out / "separated" / kind, stems[kind]) for kind in runs}
 
@@ -338,7 +343,7 @@ def run(out: Path, profile: Profile) -> dict:
     torch.set_num_threads(1)  # this process scores while a command uses the other core
     shards, judge = prepare(runner, out, profile)
     queries = write_queries(read_clips(shards["test"]), out / "test", list(world.INSTRUMENTS))
-    separations, separated = test_separations(out, queries, profile.mask_power)
+    separations, separated = test_separations(out, queries, profile)
     train(runner, out, profile, shards, separations)
     guidance = choose_guidance(runner, out, profile, shards, judge)
     found = test(runner, out, profile, queries, separated, judge, guidance["chosen"])

@@ -54,3 +54,13 @@ def test_clipsep_trains_wider_in_bf16_and_fewer_steps_only_where_the_cpu_has_amx
     assert config["trainer"]["val_check_interval"] == config["data"]["epoch_length"] == steps // 4
     assert config["trainer"]["precision"] == ("bf16-mixed" if amx else None)
     assert config["data"]["in_memory"] is True
+
+
+def test_zero_shot_text_keeps_the_networks_masks_and_queries_in_image_space_are_sharpened(tmp_path):
+    profile = PROFILES["demo"]
+    commands, _ = quickstart.test_separations(tmp_path, _queries(tmp_path / "test"), profile)
+    powers = {name: float(command[command.index("--mask-power") + 1]) for name, command in commands
+              if name.startswith("separate_")}
+    assert powers == {"separate_image": profile.mask_power, "separate_text": profile.mask_power_zero_shot,
+                      "separate_text_prior": profile.mask_power, "separate_text_gap": profile.mask_power}
+    assert profile.mask_power > profile.mask_power_zero_shot == 1.0
