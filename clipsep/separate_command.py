@@ -209,8 +209,8 @@ def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--binary", action="store_true", help="binary masks (> 0.5) instead of soft masks")
     parser.add_argument("--mask-power", type=float, default=1.0, metavar="P",
                         help="soft masks raised to this power: above 1 sharper, less of the other sources (the quick "
-                             "start uses 1.5, chosen on its validation split; default: 1, the network's masks); not "
-                             "with --binary")
+                             "start uses 1.5 for image queries, 1 for zero-shot text, chosen on its validation split; "
+                             "default: 1, the network's masks); not with --binary")
     parser.add_argument("--mono", action="store_true", help="downmix to mono first (default: keep the channels, "
                                                            "separated with the same masks)")
     parser.add_argument("--template", action="append", default=None, metavar="TEMPLATE",
