@@ -20,7 +20,8 @@ from clipcore.audio import CLIP_MODES
 from clipcore.errors import ClipAudioError, UsageError, report_errors
 
 __all__ = ["UsageError", "EXPECTED_ERRORS", "build_parser", "run", "add_audio_output_arguments", "check_audio_output",
-           "add_device_argument", "resolve_device", "stop_on_sigterm", "return_large_buffers_to_the_system"]
+           "add_device_argument", "resolve_device", "stop_on_sigterm", "return_large_buffers_to_the_system",
+           "check_one_text_crossing"]
 
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ClipAudioError,)
@@ -51,6 +52,12 @@ def check_audio_output(args: argparse.Namespace) -> None:
     """Reject option combinations :func:`add_audio_output_arguments` cannot write."""
     if args.format == "flac" and args.bit_depth == "32f":
         raise UsageError("--bit-depth 32f needs --format wav (FLAC stores 16 or 24 bits).")
+
+
+def check_one_text_crossing(args: argparse.Namespace) -> None:
+    """Refuse ``--gap`` together with ``--prior``: both carry text queries to image embeddings."""
+    if args.gap is not None and args.prior is not None:
+        raise UsageError("--gap and --prior both carry text queries over to image embeddings; give one of them.")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -9,8 +9,9 @@
 Per segment: STFT of the mixture (``model.stft``), magnitude, ``mask_logits`` for all K
 queries in one U-Net pass, sigmoid (raised to ``mask_power``, 1 by default), log-to-linear
 unwarp (``clipcore.spectral``), a soft mask (or binary, ``> 0.5``) times the mixture's
-complex STFT (= mixture magnitude with the mixture phase), iSTFT. The input is resampled to the model's rate and back (soxr,
-high quality, stateful, so that block-wise input resamples exactly as the whole).
+complex STFT (= mixture magnitude with the mixture phase), iSTFT. The input is resampled to
+the model's rate and back (soxr, high quality, stateful, so that block-wise input resamples
+exactly as the whole).
 
 Long input is cut into segments of ``segment`` seconds that overlap by ``overlap`` of a
 segment; each segment is weighted by a window that rises (sine squared) over the part it

@@ -32,6 +32,7 @@ from clipcore.cli import (
     add_audio_output_arguments,
     add_device_argument,
     check_audio_output,
+    check_one_text_crossing,
     resolve_device,
     return_large_buffers_to_the_system,
     stop_on_sigterm,
@@ -85,8 +86,7 @@ def _check_values(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
     check_mask_power(args.mask_power, args.binary, "--mask-power")
-    if args.gap is not None and args.prior is not None:
-        raise UsageError("--gap and --prior both carry text queries over to image embeddings; give one of them.")
+    check_one_text_crossing(args)
 
 
 def run_separate(args: argparse.Namespace) -> int:

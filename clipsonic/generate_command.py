@@ -71,8 +71,7 @@ def _check(args: argparse.Namespace) -> None:
         raise cli.UsageError(f"--gap goes with --mode gap (or no --mode), not --mode {args.mode}.")
     if args.mode == "gap" and args.gap is None:
         raise cli.UsageError("--mode gap needs --gap FILE, a modality-gap file of recipes/measure_gap.py.")
-    if args.gap is not None and args.prior is not None:
-        raise cli.UsageError("--gap and --prior both carry text queries over to image embeddings; give one of them.")
+    cli.check_one_text_crossing(args)
     cli.resolve_device(args.device)
 
 
