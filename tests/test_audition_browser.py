@@ -2,14 +2,16 @@
 
 ``clipsep audition`` and ``clipsonic audition`` are started as a user starts them, on tiny
 checkpoints; the browser uploads a toy mixture, types queries, waits for the stems and
-reads each audio element's duration; generates a clip; and checks that a bad input shows
-its one-line message while the page goes on serving. Screenshots go to the test's folder
+reads each audio element's duration; separates again with text through the diffusion prior
+(the page's text-mode choice); generates a clip; and checks that a bad input shows its
+one-line message while the page goes on serving. Screenshots go to the test's folder
 (and to ``$CLIPAUDIO_SCREENSHOTS`` when set). Skipped where Chromium is missing, except
 under ``.ci/run`` (``CLIPAUDIO_REQUIRE_BROWSER=1``), where that fails.
 """
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -110,10 +112,12 @@ def _audio_sources(page) -> list[tuple[str, str]]:
 def test_separation_page_in_a_browser(browser, tmp_path):
     torch.manual_seed(0)
     Separator(CLIPSep.tiny(query_dim=16), QueryEncoder.tiny(embed_dim=16)).save_pretrained(tmp_path / "clipsep")
+    DiffusionPrior.tiny(embed_dim=16, seed=0).save_pretrained(tmp_path / "prior")
     mixture = synthesize("cello", MIX_SECONDS, MIX_RATE, seed=1) + synthesize("drum", MIX_SECONDS, MIX_RATE, seed=2)
     save_audio(tmp_path / "toy-mix.wav", torch.from_numpy(np.stack([mixture, 0.5 * mixture])), MIX_RATE)
     (tmp_path / "broken.wav").write_bytes(b"RIFF, but not a wave file")
-    command = ["clipsep.cli", "audition", "--checkpoint", str(tmp_path / "clipsep"), "--device", "cpu"]
+    command = ["clipsep.cli", "audition", "--checkpoint", str(tmp_path / "clipsep"), "--prior", str(tmp_path / "prior"),
+               "--device", "cpu"]
     with _serving(command, tmp_path) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url, wait_until="load")
@@ -149,7 +153,21 @@ def test_separation_page_in_a_browser(browser, tmp_path):
                                               "toy-mix/residual.wav", "toy-mix/separation.json"]
         stem = sf.read(io.BytesIO(archive.read("toy-mix/drums.wav")))[0]
         assert stem.shape == (round(MIX_SECONDS * MIX_RATE), 2)
+        assert json.loads(archive.read("toy-mix/separation.json"))["settings"]["prior"] is None
         _screenshot(page, tmp_path / "audition_separation.png")
+
+        # Text through the prior: the page's choice reaches the separation and its record.
+        page.locator("#text-mode label", has_text="through the diffusion prior").click()
+        page.locator("#separate").click()
+        page.wait_for_function("old => document.querySelector('#status textarea').value.startsWith('Separated')"
+                               " && document.querySelector('#download a[download]')?.getAttribute('href') != old",
+                               arg=link, timeout=180_000)
+        link = page.locator("#download a[download]").first.get_attribute("href")
+        archive = zipfile.ZipFile(io.BytesIO(urllib.request.urlopen(link if "://" in link else url + link).read()))
+        record = json.loads(archive.read("toy-mix/separation.json"))
+        assert (record["settings"]["prior"] or {}).get("path") == str((tmp_path / "prior").resolve())
+        through_prior = sf.read(io.BytesIO(archive.read("toy-mix/drums.wav")))[0]
+        assert through_prior.shape == stem.shape and not np.allclose(through_prior, stem)
         page.close()
 
 
