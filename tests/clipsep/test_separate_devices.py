@@ -66,7 +66,8 @@ def test_two_workers_write_what_one_process_writes(checkpoint, tmp_path, capsys)
     for devices in (1, 2):
         out = tmp_path / f"out{devices}"
         status = main(["separate", "--checkpoint", str(checkpoint), "-q", "violin", "-q", "drums", "--residual",
-                       "--device", "cpu", "--devices", str(devices), "--bit-depth", "32f", "-o", str(out), str(stems)])
+                       "--mask-power", "1.5", "--device", "cpu", "--devices", str(devices), "--bit-depth", "32f",
+                       "-o", str(out), str(stems)])
         captured = capsys.readouterr()
         assert status == 1  # the broken file fails; the others are written
         assert captured.out.count("Separated 5 of 6 inputs: 15 files written") == 1  # one summary
@@ -76,6 +77,8 @@ def test_two_workers_write_what_one_process_writes(checkpoint, tmp_path, capsys)
         assert bar.startswith("\rseparating:") and shown == sorted(shown) and shown[-1] == round(seconds, 1)
         outputs[devices] = _contents(out)
     assert len(outputs[1]) == 21 and outputs[2] == outputs[1]  # 5 x (3 stems + record), sample for sample
+    # The mask power travels to the workers (in SeparatorSpec): their stems equal the one process's.
+    assert outputs[1]["take0/separation.json"]["settings"]["mask_power"] == 1.5
 
 
 def test_devices_must_be_available(checkpoint, tmp_path, capsys, monkeypatch):
