@@ -77,21 +77,24 @@ class AuditionSeparator:
 
     def __init__(self, separator, checkpoint: str | Path, work_dir: str | Path, prior: str | Path | None = None,
                  prior_seed: int = 0, gap: str | Path | None = None):
-        self.separators = {"zs": separator}
-        if prior is not None:
-            self.separators["pd"] = separator.with_prior(prior, prior_seed)
+        self.separators = {}
         if gap is not None:
             self.separators["gap"] = separator.with_gap(gap)
+        if prior is not None:
+            self.separators["pd"] = separator.with_prior(prior, prior_seed)
+        self.separators["zs"] = separator
         self.checkpoint, self.prior, self.prior_seed, self.gap = Path(checkpoint), prior, prior_seed, gap
         self.work_dir = Path(work_dir)
         self._runs = itertools.count(1)
 
     @property
     def text_modes(self) -> list[str]:
-        """The names of :data:`TEXT_MODES` this page offers (``zs`` always)."""
+        """The names of :data:`TEXT_MODES` this page offers, the default first: ``"gap"`` when
+        started with a gap, ``"pd"`` with a prior, and ``"zs"`` always (the order of
+        :attr:`clipsonic.generate.Generator.text_modes`)."""
         return list(self.separators)
 
-    def separate(self, files: list[str], texts: str, images: list[str], text_mode: str = "zs",
+    def separate(self, files: list[str], texts: str, images: list[str], text_mode: str | None = None,
                  progress: Callable[[float, str], None] | None = None) -> SeparationView:
         """Separate ``files`` with the queries: ``texts`` one per line, ``images`` files.
 
@@ -99,7 +102,8 @@ class AuditionSeparator:
             files: audio files.
             texts: text queries, one per line (blank lines and repeats dropped).
             images: image files, each a query.
-            text_mode: how text queries reach the model, a name of :data:`TEXT_MODES`.
+            text_mode: how text queries reach the model, a name of :data:`TEXT_MODES`; by
+                default the first of :attr:`text_modes`.
             progress: called with the fraction done and the file being separated.
 
         Raises:
@@ -116,6 +120,7 @@ class AuditionSeparator:
         for kind, value in queries:
             if kind == "image":
                 load_image(value)  # an ImageError names the file
+        text_mode = text_mode or self.text_modes[0]
         if text_mode not in self.separators:
             option = {"pd": "--prior", "gap": "--gap"}.get(text_mode)
             raise UsageError(f"this page was started without {option}, so text queries cannot go "
@@ -166,8 +171,9 @@ def build_page(audition: AuditionSeparator):
                              file_types=["image"], elem_id="images")
         texts = gr.Textbox(label="text queries, one per line", lines=3, placeholder="playing violin",
                            elem_id="texts")
-        text_mode = gr.Radio([(TEXT_MODES[m], m) for m in audition.text_modes], value="zs", label="text queries",
-                             visible=len(audition.text_modes) > 1, elem_id="text-mode")
+        modes = audition.text_modes
+        text_mode = gr.Radio([(TEXT_MODES[m], m) for m in modes], value=modes[0], label="text queries",
+                             visible=len(modes) > 1, elem_id="text-mode")
         run = gr.Button("Separate", variant="primary", elem_id="separate")
         status = gr.Textbox(label="messages", interactive=False, elem_id="status")
         archive = gr.File(label="download all (stems and separation.json)", interactive=False, elem_id="download")
@@ -175,7 +181,7 @@ def build_page(audition: AuditionSeparator):
 
         def separate(files, texts, images, text_mode, progress=gr.Progress()):
             try:
-                view = audition.separate(files or [], texts or "", images or [], text_mode or "zs",
+                view = audition.separate(files or [], texts or "", images or [], text_mode,
                                          lambda fraction, name: progress(fraction, desc=f"separating {name}"))
             except ClipAudioError as error:
                 return f"error: {error}", [], None

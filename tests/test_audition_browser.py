@@ -2,9 +2,9 @@
 
 ``clipsep audition`` and ``clipsonic audition`` are started as a user starts them, on tiny
 checkpoints; the browser uploads a toy mixture, types queries, waits for the stems and
-reads each audio element's duration; separates again with text through the diffusion prior
-(the page's text-mode choice); generates a clip; and checks that a bad input shows its
-one-line message while the page goes on serving. Screenshots go to the test's folder
+reads each audio element's duration (text through the diffusion prior, the default of a
+page started with ``--prior``), and separates again with text as CLIP gives it; generates a
+clip; and checks that a bad input shows its one-line message while the page goes on serving. Screenshots go to the test's folder
 (and to ``$CLIPAUDIO_SCREENSHOTS`` when set). Skipped where Chromium is missing, except
 under ``.ci/run`` (``CLIPAUDIO_REQUIRE_BROWSER=1``), where that fails.
 """
@@ -153,21 +153,22 @@ def test_separation_page_in_a_browser(browser, tmp_path):
                                               "toy-mix/residual.wav", "toy-mix/separation.json"]
         stem = sf.read(io.BytesIO(archive.read("toy-mix/drums.wav")))[0]
         assert stem.shape == (round(MIX_SECONDS * MIX_RATE), 2)
-        assert json.loads(archive.read("toy-mix/separation.json"))["settings"]["prior"] is None
+        # Started with --prior, the page sends text through the prior unless told otherwise.
+        prior = json.loads(archive.read("toy-mix/separation.json"))["settings"]["prior"]
+        assert (prior or {}).get("path") == str((tmp_path / "prior").resolve())
         _screenshot(page, tmp_path / "audition_separation.png")
 
-        # Text through the prior: the page's choice reaches the separation and its record.
-        page.locator("#text-mode label", has_text="through the diffusion prior").click()
+        # Text as CLIP gives it: the page's choice reaches the separation and its record.
+        page.locator("#text-mode label", has_text="as CLIP gives them").click()
         page.locator("#separate").click()
         page.wait_for_function("old => document.querySelector('#status textarea').value.startsWith('Separated')"
                                " && document.querySelector('#download a[download]')?.getAttribute('href') != old",
                                arg=link, timeout=180_000)
         link = page.locator("#download a[download]").first.get_attribute("href")
         archive = zipfile.ZipFile(io.BytesIO(urllib.request.urlopen(link if "://" in link else url + link).read()))
-        record = json.loads(archive.read("toy-mix/separation.json"))
-        assert (record["settings"]["prior"] or {}).get("path") == str((tmp_path / "prior").resolve())
-        through_prior = sf.read(io.BytesIO(archive.read("toy-mix/drums.wav")))[0]
-        assert through_prior.shape == stem.shape and not np.allclose(through_prior, stem)
+        assert json.loads(archive.read("toy-mix/separation.json"))["settings"]["prior"] is None
+        zero_shot = sf.read(io.BytesIO(archive.read("toy-mix/drums.wav")))[0]
+        assert zero_shot.shape == stem.shape and not np.allclose(zero_shot, stem)
         page.close()
 
 

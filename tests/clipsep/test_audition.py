@@ -47,7 +47,7 @@ def test_the_page_writes_what_clipsep_separate_writes(folders, tmp_path, text_mo
     separator = SeparatorSpec(str(checkpoint), mask_power=1.5).load("cpu")
     audition = AuditionSeparator(separator, checkpoint, tmp_path / "work", prior=folders / "prior", prior_seed=3,
                                  gap=folders / "gap.json")
-    assert audition.text_modes == ["zs", "pd", "gap"]
+    assert audition.text_modes == ["gap", "pd", "zs"]  # the default first, as clipsonic audition
     fractions = []
     view = audition.separate([str(mix)], "playing violin\n\ndrums\nplaying violin\n", [], text_mode,
                              lambda fraction, name: fractions.append((fraction, name)))
