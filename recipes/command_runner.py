@@ -76,16 +76,30 @@ class Runner:
 
     def lanes(self, *lanes: list[tuple]) -> dict[str, Any]:
         """Run lanes side by side. Each lane is a list of ``(name, args)`` commands and
-        ``(name, function)`` calls of this process, run in order; returns what each call
-        returned, by name."""
+        ``(name, function)`` calls of this process, run in order; an item may name the
+        work of other lanes it needs as a third element, ``(name, work, ("other",))``, and
+        then starts once that is done. Returns what each call returned, by name."""
         values: dict[str, Any] = {}
+        done = {item[0]: threading.Event() for lane in lanes for item in lane}
+        failed = threading.Event()
 
         def run(lane):
-            for name, work in lane:
-                if callable(work):
-                    values[name] = self.call(name, work)
-                else:
-                    self.command(name, work, threads=1 if len(lanes) > 1 else 2)
+            try:
+                for name, work, *needs in lane:
+                    for need in needs[0] if needs else ():
+                        done[need].wait()
+                    if failed.is_set():
+                        return
+                    if callable(work):
+                        values[name] = self.call(name, work)
+                    else:
+                        self.command(name, work, threads=1 if len(lanes) > 1 else 2)
+                    done[name].set()
+            except BaseException:
+                failed.set()  # no lane waits for work that will not come
+                for event in done.values():
+                    event.set()
+                raise
 
         with ThreadPoolExecutor(len(lanes)) as pool:
             for future in [pool.submit(run, lane) for lane in lanes]:

@@ -123,16 +123,18 @@ def make_clip(
                              sample_rate, fps)
 
 
-def clips(n_clips: int, split: str | int = "train", **kwargs) -> Iterator[synthetic.ToyClip]:
-    """Clips ``0 .. n_clips-1`` of a split (``kwargs`` go to :func:`make_clip`)."""
-    for index in range(n_clips):
+def clips(n_clips: int, split: str | int = "train", start: int = 0, **kwargs) -> Iterator[synthetic.ToyClip]:
+    """Clips ``start .. start+n_clips-1`` of a split (``kwargs`` go to :func:`make_clip`);
+    each clip depends only on the split and its index."""
+    for index in range(start, start + n_clips):
         yield make_clip(index, split, **kwargs)
 
 
 def write_videos(out_dir: str | os.PathLike, n_clips: int, split: str | int = "train", container: str = "mp4",
-                 **kwargs) -> list[Path]:
-    """Write a split's clips as video files (``<label>/<video_id>.<container>``)."""
-    return synthetic.write_videos(clips(n_clips, split, **kwargs), out_dir, container)
+                 start: int = 0, **kwargs) -> list[Path]:
+    """Write clips ``start .. start+n_clips-1`` of a split as video files
+    (``<label>/<video_id>.<container>``)."""
+    return synthetic.write_videos(clips(n_clips, split, start, **kwargs), out_dir, container)
 
 
 def write_shards(out_dir: str | os.PathLike, n_clips: int, split: str | int = "train", shard_size: int = 32,

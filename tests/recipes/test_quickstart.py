@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from scipy.stats import binom
 
 from clipcore.miniature import world
@@ -88,6 +89,14 @@ def test_every_part_is_written_where_the_readme_says(quickstart):
     assert record["settings"]["gap"] == str((out / "modality_gap.json").resolve())
     for mode in ("image", "zs", "pd"):
         assert len(list((out / "generated" / mode).glob("*.wav"))) == CLIPS_PER_MODE, mode
+    # CLIPSep trains on the training split's further clips too; CLIPSonic on its first ones.
+    ci = PROFILES["ci"]
+    more = sorted(video.stem for video in (out / "videos" / "train_more").rglob("*.mp4"))
+    assert more == [f"{index:06d}" for index in range(ci.train_clips, ci.clipsep_train_clips)]
+    trained_on = {system: yaml.safe_load(next((out / system).rglob("config.yaml")).read_text())["data"]["train_shards"]
+                  for system in ("clipsep", "clipsonic")}
+    assert trained_on == {"clipsep": [str(out / "shards/train/*.tar"), str(out / "shards/train_more/*.tar")],
+                          "clipsonic": str(out / "shards/train/*.tar")}
 
 
 def test_the_aligned_clip_and_the_judge_beat_input_blind_output(quickstart):
