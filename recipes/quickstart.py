@@ -13,7 +13,8 @@ here) and ``test`` (reported only).
 Every step runs the recipe or command a user would type (printed as ``$ ...``, its output
 in ``OUT/logs/``); two independent commands share the two cores where they can:
 
-1. data: the three splits as video files, cut into shards by
+1. data: the three splits as video files (CLIPSep's further training clips beside them,
+   ``Profile.clipsep_train_clips``), cut into shards by
    ``recipes/prepare_shards.py --clip-model`` with the CLIP of step 2;
 2. ``recipes/align_toy_clip.py``: a tiny CLIP aligned on (caption, picture) pairs drawn
    afresh, with a modality gap like real CLIP's -> ``OUT/query_encoder``;
@@ -114,7 +115,8 @@ PROFILES = {
                     align_steps=500, align_images=300,
                     clipsep_steps=8000, prior_steps=600, clipsonic_steps=2000, gen_samples=4, gen_steps=15,
                     judge_clips=330, clipsep_amx_width=16, clipsep_amx_steps=7200, guidance_choices=(5.0, 10.0)),
-    "ci": Profile(train_clips=55, clipsep_train_clips=77, validation_clips=22, test_clips=44, align_steps=150, align_images=100,
+    "ci": Profile(train_clips=55, clipsep_train_clips=77, validation_clips=22, test_clips=44, align_steps=150,
+                  align_images=100,
                   clipsep_steps=120, prior_steps=60, clipsonic_steps=40, gen_samples=1, gen_steps=10,
                   judge_clips=110, judge_steps=150, guidance_choices=(3.0,)),
 }
@@ -150,7 +152,8 @@ def prepare(runner: Runner, out: Path, p: Profile) -> tuple[dict[str, str], Any]
             str(videos / part), str(shards / part), "--prefix", part, "--clip-seconds", str(p.clip_seconds),
             "--shard-size", "32", "--clip-model", str(encoder), "--short-side", "64"], (f"videos_{part}",))
 
-    more_videos = [("videos_train_more", _videos(videos / "train_more", "train", more, p, start=p.train_clips))]
+    more_videos = [("videos_train_more", _videos(videos / "train_more", "train", more, p, start=p.train_clips))
+                   ] if more else []
     with runner.step("1. data: the three splits as videos, then shards with the frame embeddings of "
                      "2. a tiny CLIP aligned on captions (beside them, the timbre judge)"):
         trained = runner.lanes(
@@ -159,7 +162,7 @@ def prepare(runner: Runner, out: Path, p: Profile) -> tuple[dict[str, str], Any]
                                                              "--images", str(p.align_images)]),
              *[(f"videos_{s}", _videos(videos / s, s, clips[s], p)) for s in SPLITS[1:]],
              *[shard(s) for s in parts]],
-            [*(more_videos if more else []), ("train_judge", lambda: train_judge(p))],
+            [*more_videos, ("train_judge", lambda: train_judge(p))],
         )
     return {part: str(shards / part / "*.tar") for part in parts}, trained["train_judge"]
 
