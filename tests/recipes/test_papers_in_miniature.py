@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from recipes.experiments.papers_in_miniature import PROFILES
 from recipes.experiments.results_page import findings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +41,13 @@ def test_findings_follow_the_numbers():
     undefined["paired"]["nit_text_minus_clipsep_text"] = _summary(3.0, float("nan"), float("nan"), count=1)
     first = findings(undefined)[0]
     assert not first["holds"] and "no interval with 1 values" in first["statement"]
+
+
+def test_the_full_profile_trains_clipsep_on_the_clips_the_page_was_made_with():
+    # The quick start's CLIPSep learns from further clips (ed93580); the results page's
+    # CLIPSep variants, made before, learn from the training split's first clips, as CLIPSonic.
+    world = PROFILES["full"].world
+    assert world.clipsep_train_clips in (None, world.train_clips)
 
 
 @pytest.mark.slow
