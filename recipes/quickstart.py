@@ -147,7 +147,7 @@ def prepare(runner: Runner, out: Path, p: Profile) -> tuple[dict[str, str], Any]
     more = max(0, (p.clipsep_train_clips or p.train_clips) - p.train_clips)
     parts = [*SPLITS, "train_more"] if more else list(SPLITS)
 
-    def shard(part: str) -> tuple:
+    def shard(part: str) -> tuple[str, list[str], tuple[str]]:
         return (f"shards_{part}", recipe("prepare_shards.py") + [
             str(videos / part), str(shards / part), "--prefix", part, "--clip-seconds", str(p.clip_seconds),
             "--shard-size", "32", "--clip-model", str(encoder), "--short-side", "64"], (f"videos_{part}",))
