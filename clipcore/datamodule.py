@@ -106,6 +106,9 @@ class ShardDataModule(LightningDataModule):
         frame_size: square size of delivered frames.
         in_memory: hold the shards in memory, audio decoded, after their first read (see
             :class:`~clipcore.shard_stream.ShardStream`): for data sets that fit in memory.
+        distinct_queries: training mixes clips whose query embeddings' cosine is at most
+            this where it can (see :class:`~clipcore.shard_stream.ShardStream`); None mixes
+            them as they come, as the papers do.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class ShardDataModule(LightningDataModule):
         shuffle_buffer: int = 256,
         frame_size: int = 224,
         in_memory: bool = False,
+        distinct_queries: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -142,6 +146,7 @@ class ShardDataModule(LightningDataModule):
             frame_size=frame_size,
             seed=seed,
             in_memory=in_memory,
+            distinct_queries=distinct_queries,
         )
 
     def _loader(self, shards, train: bool) -> DataLoader:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from clipcore.errors import ClipAudioError
 from clipcore.files import atomic_write
 
-__all__ = ["ModalityGap", "ModalityGapError", "VARIANCE_KEPT"]
+__all__ = ["ModalityGap", "ModalityGapError", "VARIANCE_KEPT", "text_modes"]
 
 FORMAT = "clipaudio.modality_gap"
 VERSION = 2
@@ -42,6 +42,14 @@ VARIANCE_KEPT = 0.99
 _SPREAD_FLOOR = 0.01
 """Along an axis where the text hardly varies, its spread counts as this share of its largest
 spread, so that no axis multiplies a query's coordinate there without bound."""
+
+
+def text_modes(gap: bool, prior: bool) -> list[str]:
+    """The ways a text query may reach a model trained on image embeddings, the default
+    first: ``"gap"`` (across a measured :class:`ModalityGap`) when there is one, ``"pd"``
+    (through a diffusion prior) when there is one, and ``"zs"`` (as CLIP gives it) always.
+    Both systems' inference APIs offer them in this order."""
+    return [mode for mode, offered in (("gap", gap), ("pd", prior), ("zs", True)) if offered]
 
 
 class ModalityGapError(ClipAudioError):

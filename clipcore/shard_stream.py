@@ -39,8 +39,9 @@ MAX_FAILURES_IN_A_ROW = 200
 """A stream stops with :class:`~clipcore.shards.ShardError` after this many unusable
 samples in a row: that is a misconfiguration (for example an ``encoder`` whose member the
 shards lack), not corruption."""
-VALIDATION_POOL = 64
-"""Validation clips looked ahead to give each mixture clips of different labels."""
+MIX_POOL = 64
+"""Clips looked ahead to give each mixture clips of different labels (validation) or of
+distinct queries (training with ``distinct_queries``)."""
 _DECODED, _RATE = "__decoded_audio__", "__audio_rate__"
 """Members a sample held in memory has in place of its ``flac``."""
 WARN_FIRST = 10
@@ -141,6 +142,11 @@ class ShardStream(IterableDataset):
         shuffle_buffer: samples held for shuffling (training only).
         frame_size: frames are resized (short side) and centre-cropped to this square.
         seed: base seed.
+        distinct_queries: training mixes clips whose query embeddings have a cosine of at
+            most this with each other where the next :data:`MIX_POOL` clips allow it, so
+            that two clips of one kind of scene (two violins) rarely share a mixture and ask
+            for different sources with nearly the same query. Needs ``encoder``. None (the
+            papers' training): clips mix as they come.
         in_memory: hold each shard in memory after its first read, audio decoded (float32:
             about 230 MB per hour of 16 kHz audio, in every worker process), for small
             data sets like the toy world, where reading and decoding is a fifth of a
@@ -164,7 +170,10 @@ class ShardStream(IterableDataset):
         frame_size: int = 224,
         seed: int = 0,
         in_memory: bool = False,
+        distinct_queries: float | None = None,
     ) -> None:
+        if distinct_queries is not None and encoder is None:
+            raise ValueError("distinct_queries compares query embeddings: set encoder too.")
         if num_sources < 1 or batch_size < 1 or segment_samples < 1 or query_frames < 1:
             raise ValueError("num_sources, batch_size, segment_samples and query_frames must be positive.")
         if epoch_length is not None and epoch_length < 1:
@@ -174,7 +183,7 @@ class ShardStream(IterableDataset):
         self.segment_samples, self.sample_rate = segment_samples, sample_rate
         self.encoder, self.query_frames, self.frame_size = encoder, query_frames, frame_size
         self.train, self.epoch_length, self.shuffle_buffer, self.seed = train, epoch_length, shuffle_buffer, seed
-        self.in_memory = in_memory
+        self.in_memory, self.distinct_queries = in_memory, distinct_queries
         self._held: dict[str, list[dict]] = {}  # url -> its samples, audio decoded
         self.epoch, self.rank, self.world_size = 0, 0, 1
         self.resume_offset = 0  # batches of this epoch done before a restart
@@ -297,18 +306,19 @@ class ShardStream(IterableDataset):
             yield clip
 
     def _grouped(self, clips: Iterator[_Clip]) -> Iterator[_Clip]:
-        """Training: the clips as they come (shuffled). Validation: reordered so that each
-        mixture's N clips have different labels where the next :data:`VALIDATION_POOL`
-        clips allow it (shards are often written class by class, and consecutive clips
-        would make mixtures of one class): the oldest clip waiting, then the first ones
-        after it of labels not yet in its mixture. Deterministic, as the order is."""
-        if self.train or self.num_sources == 1:
+        """The clips reordered so that each mixture's N clips differ where the next
+        :data:`MIX_POOL` clips allow it (see :meth:`_fits`): the oldest clip waiting, then
+        the first ones after it that fit its mixture. Training without ``distinct_queries``
+        takes the clips as they come (shuffled). Validation needs this because shards are
+        often written class by class, and consecutive clips would make mixtures of one
+        class. Deterministic, as the order is."""
+        if self.num_sources == 1 or (self.train and self.distinct_queries is None):
             yield from clips
             return
         pool: list[_Clip] = []
         ended = False
         while True:
-            while not ended and len(pool) < VALIDATION_POOL:
+            while not ended and len(pool) < MIX_POOL:
                 clip = next(clips, None)
                 ended = clip is None
                 if clip is not None:
@@ -317,10 +327,19 @@ class ShardStream(IterableDataset):
                 return
             group = [pool.pop(0)]
             while len(group) < self.num_sources:
-                labels = {c.label for c in group}
-                index = next((i for i, c in enumerate(pool) if c.label is None or c.label not in labels), 0)
+                index = next((i for i, c in enumerate(pool) if self._fits(c, group)), 0)
                 group.append(pool.pop(index))
             yield from group
+
+    def _fits(self, clip: _Clip, group: list[_Clip]) -> bool:
+        """Whether ``clip`` may join ``group``'s mixture: in training, its query's cosine
+        with each member's is at most ``distinct_queries``; in validation, its label is
+        none of theirs (or it has none)."""
+        if not self.train:
+            return clip.label is None or clip.label not in {c.label for c in group}
+        query = torch.nn.functional.normalize(clip.query, dim=-1)
+        others = torch.nn.functional.normalize(torch.stack([c.query for c in group]), dim=-1)
+        return bool((others @ query).max() <= self.distinct_queries)
 
     def _decode(self, sample: dict, rng: np.random.Generator) -> _Clip:
         key = f"{sample.get('__key__')} in {sample.get('__url__')}"

@@ -27,6 +27,7 @@ from clipcore.audition import add_server_arguments, import_gradio, serve, spectr
 from clipcore.cli import add_device_argument, resolve_device
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import load_image
+from clipcore.modality_gap import text_modes
 from clipsep.batch import OutputOptions, input_seconds, plan, process_file
 from clipsep.masks import check_mask_power
 from clipsep.separation_record import run_record
@@ -77,12 +78,9 @@ class AuditionSeparator:
 
     def __init__(self, separator, checkpoint: str | Path, work_dir: str | Path, prior: str | Path | None = None,
                  prior_seed: int = 0, gap: str | Path | None = None):
-        self.separators = {}
-        if gap is not None:
-            self.separators["gap"] = separator.with_gap(gap)
-        if prior is not None:
-            self.separators["pd"] = separator.with_prior(prior, prior_seed)
-        self.separators["zs"] = separator
+        ways = {"gap": lambda: separator.with_gap(gap), "pd": lambda: separator.with_prior(prior, prior_seed),
+                "zs": lambda: separator}
+        self.separators = {mode: ways[mode]() for mode in text_modes(gap=gap is not None, prior=prior is not None)}
         self.checkpoint, self.prior, self.prior_seed, self.gap = Path(checkpoint), prior, prior_seed, gap
         self.work_dir = Path(work_dir)
         self._runs = itertools.count(1)
@@ -90,8 +88,8 @@ class AuditionSeparator:
     @property
     def text_modes(self) -> list[str]:
         """The names of :data:`TEXT_MODES` this page offers, the default first: ``"gap"`` when
-        started with a gap, ``"pd"`` with a prior, and ``"zs"`` always (the order of
-        :attr:`clipsonic.generate.Generator.text_modes`)."""
+        started with a gap, ``"pd"`` with a prior, and ``"zs"`` always
+        (:func:`clipcore.modality_gap.text_modes`)."""
         return list(self.separators)
 
     def separate(self, files: list[str], texts: str, images: list[str], text_mode: str | None = None,

@@ -41,7 +41,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from tqdm.auto import tqdm
 
 from clipcore.errors import ClipAudioError
-from clipcore.modality_gap import ModalityGap, ModalityGapError
+from clipcore.modality_gap import ModalityGap, ModalityGapError, text_modes
 from clipsonic.model import CLIPSonic
 from clipsonic.vocoder import load_vocoder
 
@@ -194,8 +194,7 @@ class Generator:
     def text_modes(self) -> list[str]:
         """The text modes this generator offers, the default first: ``"gap"`` when a gap was
         given, ``"pd"`` when a prior was given or found, and ``"zs"``."""
-        return [mode for mode, offered in (("gap", self.gap is not None), ("pd", self.has_prior), ("zs", True))
-                if offered]
+        return text_modes(gap=self.gap is not None, prior=self.has_prior)
 
     def query_encoder(self):
         """The CLIP query encoder, loaded on first use."""

@@ -63,7 +63,8 @@ class Profile:
 
     ``clipsep_train_clips``: CLIPSep trains on the first this many clips of the training
     split (None: ``train_clips``); CLIPSonic, the prior and the gap on the first
-    ``train_clips``.
+    ``train_clips``. ``clipsep_distinct_queries``: CLIPSep's training mixes clips whose
+    frames' embeddings have at most this cosine (``data.distinct_queries``; None: as they come).
     ``clipsep_width``: channels of CLIPSep's first U-Net level and of its masks (the tiny
     preset's 8, or more), trained in float32 for ``clipsep_steps``; ``clipsep_amx_width``
     and ``clipsep_amx_steps``: the width and steps instead where the CPU multiplies bf16
@@ -86,6 +87,7 @@ class Profile:
     gen_steps: int
     judge_clips: int
     clipsep_train_clips: int | None = None
+    clipsep_distinct_queries: float | None = None
     clipsep_width: int = 8
     clipsep_amx_width: int | None = None
     clipsep_amx_steps: int | None = None
@@ -111,11 +113,13 @@ PROFILES = {
     # mask power 1.5) 5.43 and 5.53 dB at seeds 1234 and 1 against 5.31 and 4.73; CLIPSonic
     # on them fell from 79% to 65% (image queries, 132 clips).
     # docs/quickstart_history.md keeps the runs behind these settings.
-    "demo": Profile(train_clips=330, clipsep_train_clips=990, validation_clips=110, test_clips=220,
+    "demo": Profile(train_clips=330, clipsep_train_clips=990, clipsep_distinct_queries=0.97,
+                    validation_clips=110, test_clips=220,
                     align_steps=500, align_images=300,
                     clipsep_steps=8000, prior_steps=600, clipsonic_steps=2000, gen_samples=4, gen_steps=15,
                     judge_clips=330, clipsep_amx_width=16, clipsep_amx_steps=7200, guidance_choices=(5.0, 10.0)),
-    "ci": Profile(train_clips=55, clipsep_train_clips=77, validation_clips=22, test_clips=44, align_steps=150,
+    "ci": Profile(train_clips=55, clipsep_train_clips=77, clipsep_distinct_queries=0.97, validation_clips=22,
+                  test_clips=44, align_steps=150,
                   align_images=100,
                   clipsep_steps=120, prior_steps=60, clipsonic_steps=40, gen_samples=1, gen_steps=10,
                   judge_clips=110, judge_steps=150, guidance_choices=(3.0,)),
@@ -197,6 +201,7 @@ def clipsep_command(out: Path, p: Profile, shards: dict[str, str], folder: Path,
         "--trainer.val_check_interval", every, "--data.epoch_length", every,
         "--model.model_args.base_channels", str(width), "--model.model_args.mask_channels", str(width),
         *(["--trainer.precision", "bf16-mixed"] if amx else []),
+        *([] if p.clipsep_distinct_queries is None else ["--data.distinct_queries", str(p.clipsep_distinct_queries)]),
     ]
 
 

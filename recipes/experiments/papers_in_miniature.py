@@ -68,10 +68,11 @@ PROFILES = {
     # start's 7200 to 8000 would not fit), two seeds and two generated clips per instrument and mode:
     # the 2-hour budget (on a 2-core AMD EPYC at 5ce4c2f, CLIPSonic's 2000 steps with 2 heads:
     # a seed trained in 23 minutes and tested in 8, scoring took 2.5, 73 minutes in all).
-    # CLIPSep stays at the tiny preset's width 8 in float32, and on the training split's first
-    # train_clips (not the quick start's further clips for CLIPSep), as the results page was made.
+    # CLIPSep stays at the tiny preset's width 8 in float32, on the training split's first
+    # train_clips (not the quick start's further clips for CLIPSep), mixed as they come (the
+    # papers' training, not the quick start's distinct queries), as the results page was made.
     "full": Profile(replace(quickstart.PROFILES["demo"], gen_samples=2, clipsep_steps=2400, clipsep_amx_width=None,
-                            clipsep_train_clips=None),
+                            clipsep_train_clips=None, clipsep_distinct_queries=None),
                     seeds=(1, 2)),
     "tiny": Profile(quickstart.Profile(train_clips=22, validation_clips=11, test_clips=22, align_steps=20,
                                        align_images=22, clipsep_steps=8, prior_steps=8, clipsonic_steps=8,

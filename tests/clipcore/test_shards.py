@@ -417,7 +417,7 @@ def test_lightning_trainer_gets_mix_batches_for_two_epochs(shards, tmp_path):
 def test_validation_mixes_clips_of_different_labels_even_from_class_sorted_shards(tmp_path):
     """Shards are often written class by class (a folder per class); validation, which
     reads them in order, must still mix clips of different labels: the stream looks ahead
-    (VALIDATION_POOL clips) for a partner of another label. Every clip is used once, and
+    (MIX_POOL clips) for a partner of another label. Every clip is used once, and
     the order is deterministic."""
     clips = sorted(synthetic.toy_clips(24, seed=3, duration=CLIP_SECONDS, frame_size=48), key=lambda c: c.label)
     paths = synthetic.write_shards(clips, tmp_path, shard_size=8, encoder=IndexEncoder())
@@ -433,3 +433,36 @@ def test_validation_mixes_clips_of_different_labels_even_from_class_sorted_shard
     assert all(a != b for (a, b), _ in got)
     keys = [key for _, pair in got for key in pair]
     assert len(keys) == len(set(keys)) == len(clips)  # every clip once
+
+
+class LabelEncoder:
+    """Stand-in image encoder that embeds every frame of the i-th clip written as the
+    one-hot vector of that clip's label: clips of one label share a query exactly."""
+
+    name = "label-encoder"
+
+    def __init__(self, labels: list[str]) -> None:
+        self.codes = [sorted(set(labels)).index(label) for label in labels]
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.eye(8)[self.codes.pop(0)].expand(len(images), 8)
+
+
+def test_training_with_distinct_queries_mixes_clips_whose_queries_differ(tmp_path):
+    """Shuffled training from class-sorted shards often mixes two clips of one label;
+    with ``distinct_queries`` the stream looks ahead for a partner whose query embedding
+    is far enough, so no mixture holds two equal queries. Without an encoder there are no
+    embeddings to compare, which is one clear error."""
+    clips = sorted(synthetic.toy_clips(24, seed=3, duration=CLIP_SECONDS, frame_size=48), key=lambda c: c.label)
+    paths = synthetic.write_shards(clips, tmp_path, shard_size=8, encoder=LabelEncoder([c.label for c in clips]))
+
+    def pairs(**kwargs) -> list[tuple[str, ...]]:
+        stream = _stream([str(p) for p in paths], num_sources=2, batch_size=4, train=True, epoch_length=12,
+                         encoder="label-encoder", **kwargs)
+        return [tuple(labels) for batch in stream for labels in batch.labels]
+
+    assert sum(a == b for a, b in pairs()) >= 4  # as they come: some mixtures of one label
+    distinct = pairs(distinct_queries=0.5)
+    assert len(distinct) == 48 and all(a != b for a, b in distinct)
+    with pytest.raises(ValueError, match="distinct_queries compares query embeddings"):
+        _stream([str(p) for p in paths], distinct_queries=0.5)

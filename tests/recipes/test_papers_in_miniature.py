@@ -44,10 +44,12 @@ def test_findings_follow_the_numbers():
 
 
 def test_the_full_profile_trains_clipsep_on_the_clips_the_page_was_made_with():
-    # The quick start's CLIPSep learns from further clips (ed93580); the results page's
-    # CLIPSep variants, made before, learn from the training split's first clips, as CLIPSonic.
+    # The quick start's CLIPSep learns from further clips (ed93580) mixed with distinct queries;
+    # the results page's CLIPSep variants, made before, learn from the training split's first
+    # clips, as CLIPSonic, mixed as they come (the papers' training).
     world = PROFILES["full"].world
     assert world.clipsep_train_clips in (None, world.train_clips)
+    assert world.clipsep_distinct_queries is None
 
 
 @pytest.mark.slow

@@ -54,6 +54,7 @@ def test_clipsep_trains_wider_in_bf16_and_fewer_steps_only_where_the_cpu_has_amx
     assert config["trainer"]["val_check_interval"] == config["data"]["epoch_length"] == steps // 4
     assert config["trainer"]["precision"] == ("bf16-mixed" if amx else None)
     assert config["data"]["in_memory"] is True
+    assert config["data"]["distinct_queries"] == profile.clipsep_distinct_queries is not None
 
 
 def test_zero_shot_text_keeps_the_networks_masks_and_queries_in_image_space_are_sharpened(tmp_path):
