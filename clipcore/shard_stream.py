@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from clipcore.audio import resample
+from clipcore.errors import UsageError
 from clipcore.shards import ShardError, expand_shards
 
 __all__ = ["CorruptSampleWarning", "MixBatch", "ShardStream"]
@@ -173,11 +174,13 @@ class ShardStream(IterableDataset):
         distinct_queries: float | None = None,
     ) -> None:
         if distinct_queries is not None and encoder is None:
-            raise ValueError("distinct_queries compares query embeddings: set encoder too.")
+            raise UsageError("distinct_queries compares query embeddings: set encoder too.")
+        if distinct_queries is not None and not -1 <= distinct_queries <= 1:
+            raise UsageError(f"distinct_queries is a cosine, from -1 to 1, not {distinct_queries}.")
         if num_sources < 1 or batch_size < 1 or segment_samples < 1 or query_frames < 1:
-            raise ValueError("num_sources, batch_size, segment_samples and query_frames must be positive.")
+            raise UsageError("num_sources, batch_size, segment_samples and query_frames must be positive.")
         if epoch_length is not None and epoch_length < 1:
-            raise ValueError(f"epoch_length must be positive, not {epoch_length}.")
+            raise UsageError(f"epoch_length must be positive, not {epoch_length}.")
         self.urls = expand_shards(shards)
         self.num_sources, self.batch_size = num_sources, batch_size
         self.segment_samples, self.sample_rate = segment_samples, sample_rate

@@ -452,7 +452,8 @@ def test_training_with_distinct_queries_mixes_clips_whose_queries_differ(tmp_pat
     """Shuffled training from class-sorted shards often mixes two clips of one label;
     with ``distinct_queries`` the stream looks ahead for a partner whose query embedding
     is far enough, so no mixture holds two equal queries. Without an encoder there are no
-    embeddings to compare, which is one clear error."""
+    embeddings to compare, and a threshold outside a cosine's range is a slip (97 for
+    0.97): each is one clear error."""
     clips = sorted(synthetic.toy_clips(24, seed=3, duration=CLIP_SECONDS, frame_size=48), key=lambda c: c.label)
     paths = synthetic.write_shards(clips, tmp_path, shard_size=8, encoder=LabelEncoder([c.label for c in clips]))
 
@@ -466,3 +467,5 @@ def test_training_with_distinct_queries_mixes_clips_whose_queries_differ(tmp_pat
     assert len(distinct) == 48 and all(a != b for a, b in distinct)
     with pytest.raises(ValueError, match="distinct_queries compares query embeddings"):
         _stream([str(p) for p in paths], distinct_queries=0.5)
+    with pytest.raises(ValueError, match="distinct_queries is a cosine, from -1 to 1, not 97"):
+        _stream([str(p) for p in paths], encoder="label-encoder", distinct_queries=97)
