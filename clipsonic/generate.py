@@ -155,6 +155,11 @@ class Generator:
                  gap: ModalityGap | str | os.PathLike | None = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            # oneDNN's CPU convolutions run faster on channels-last weights (the activations
+            # follow): on a 2-core AMD EPYC, 7% off a quick start `clipsonic generate` (44
+            # clips), 5% off the tiny preset's benchmark, the paper preset's unchanged.
+            self.model.unet.to(memory_format=torch.channels_last)
         self._query_encoder = query_encoder if query_encoder is not None else model.query_encoder
         self._prior = prior
         self.gap = None if gap is None else self._checked_gap(gap)

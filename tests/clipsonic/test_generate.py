@@ -5,7 +5,7 @@ import torch
 from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
 from clipcore.synthetic import render_frame
-from clipsonic.generate import GenerationError, Generator
+from clipsonic.generate import GenerationError, Generator, sample_mels
 from clipsonic.model import CLIPSonic
 from tests.clipsonic.helpers import unit_vectors
 
@@ -41,6 +41,19 @@ def test_same_seed_same_output_whatever_the_batch_size(checkpoint, generator):
     assert not torch.allclose(other.mels, first.mels, atol=1e-2)
     # Sample k of each query uses seed + k: sample 1 of seed 7 is sample 0 of seed 8.
     torch.testing.assert_close(other.mels[:, 0], first.mels[:, 1], atol=2e-3, rtol=0)
+
+
+def test_channels_last_sampling_matches_the_model_as_trained(checkpoint, generator):
+    """The generator runs its U-Net on channels-last weights (faster on CPUs); the mels
+    must be those the model samples in the memory layout it was trained in."""
+    assert generator.model.unet.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
+    model = CLIPSonic.from_pretrained(checkpoint).eval()
+    assert not model.unet.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
+    e = unit_vectors(2, seed=3)
+    result = generator.generate(embeddings=e, steps=3, guidance=3.0, seed=11, duration=0.3)
+    frames = result.mels.shape[-1]
+    expected = sample_mels(model, e, frames, seeds=[11, 11], steps=3, guidance=3.0)
+    torch.testing.assert_close(result.mels[:, 0], expected, atol=2e-3, rtol=0)
 
 
 @pytest.mark.parametrize("sampler, duration", [("ddim", 0.37), ("dpm++", 1.0), ("euler", 0.2)])
