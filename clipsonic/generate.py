@@ -140,7 +140,8 @@ class Generator:
     """Text- or image-queried audio generation with a trained CLIPSonic model.
 
     Args:
-        model: the diffusion model.
+        model: the diffusion model, put in eval mode on ``device``; on a CPU its U-Net's
+            weights are made channels-last (faster to sample from, slower to train).
         query_encoder: a ``QueryEncoder``, a spec for ``QueryEncoder.load``, or ``None``
             (use the spec the model recorded; needed only for text and image queries).
         prior: a ``DiffusionPrior``, its folder, or ``None`` (``"pd"`` mode unavailable).
