@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from recipes.experiments.papers_in_miniature import PROFILES
-from recipes.experiments.results_page import findings
+from recipes.experiments.results_page import VERDICTS, bootstrap_fad, findings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,17 +31,39 @@ def _results(sign: float) -> dict:
 
 def test_findings_follow_the_numbers():
     good, bad = findings(_results(+1)), findings(_results(-1))
-    assert len(good) == 6 and all(f["holds"] for f in good)
-    assert not any(f["holds"] for f in bad)
+    assert len(good) == 6 and all(f["holds"] and f["outcome"] == "holds" for f in good)
+    assert all(f["outcome"] == "contradicted" and not f["holds"] for f in bad)
     assert all(f["statement"].startswith("Does not reproduce here") for f in bad)
-    # An interval that straddles zero: "above zero" findings fail, "not below" holds.
-    straddle = _results(0)
-    verdicts = [f["holds"] for f in findings(straddle)]
-    assert verdicts == [False, False, False, False, False, True]
+    # Intervals across zero: the "above zero" findings are neither shown nor ruled out...
+    straddle = findings(_results(0))
+    assert [f["outcome"] for f in straddle[:5]] == ["not shown"] * 5
+    assert all(f["statement"].startswith("Not shown here, nor ruled out") for f in straddle[:5])
+    # ... and "no worse" holds while the interval's lower end stays above the margin (recognition
+    # is a fraction: -0.03 is 3 points), is not shown across it, and fails wholly below it.
+    dpm = _results(0)
+    for low, high, outcome in ((-0.03, 0.03, "holds"), (-0.08, 0.03, "not shown"), (-0.12, -0.07, "contradicted")):
+        dpm["generation_paired"]["recognition_dpm_minus_ddim"] = _summary((low + high) / 2, low, high)
+        assert findings(dpm)[5]["outcome"] == outcome, (low, high)
     undefined = _results(1)
     undefined["paired"]["nit_text_minus_clipsep_text"] = _summary(3.0, float("nan"), float("nan"), count=1)
     first = findings(undefined)[0]
-    assert not first["holds"] and "no interval with 1 values" in first["statement"]
+    assert first["outcome"] == "not shown" and "no interval with 1 values" in first["statement"]
+
+
+def test_fad_intervals_resample_the_generated_clips_in_pairs():
+    torch.manual_seed(0)
+    real = torch.randn(40, 2, 4, dtype=torch.float64)
+    near = [torch.randn(30, 2, 4, dtype=torch.float64) + 0.1 for _ in range(2)]  # two seeds
+    far = [e + 2.0 for e in near]  # the same clips moved: FAD grows by about 4 x 4 dims
+    fad = bootstrap_fad({"near": near, "far": far}, real, {"far_minus_near": ("far", "near")})
+    for key in ("near", "far", "far_minus_near"):
+        assert fad[key]["low"] < fad[key]["high"] and fad[key]["count"] == 60 and len(fad[key]["per_seed"]) == 2
+    assert fad["near"]["low"] > 0 and fad["far"]["low"] > fad["near"]["high"]
+    # Paired: each resample moves both arms alike, so the difference is far narrower than either arm
+    # is apart from it, and it lies where the shift puts it.
+    difference = fad["far_minus_near"]
+    assert difference["low"] > 10 and difference["high"] - difference["low"] < fad["far"]["high"] - fad["far"]["low"]
+    assert difference["mean"] == pytest.approx(fad["far"]["mean"] - fad["near"]["mean"])
 
 
 def test_the_full_profile_trains_clipsep_on_the_clips_the_page_was_made_with():
@@ -77,4 +100,4 @@ def test_tiny_profile_writes_the_results_page(tmp_path):
     # Each finding on the page is the one its numbers give.
     assert [f["holds"] for f in results["findings"]] == [f["holds"] for f in findings(results)]
     for finding in results["findings"]:
-        assert f"**{'Holds' if finding['holds'] else 'Does not reproduce'}.** {finding['finding']}" in page
+        assert f"**{VERDICTS[finding['outcome']]}.** {finding['finding']}" in page
