@@ -5,7 +5,9 @@ per-seed means beside it), comparisons are paired stem by stem (or clip by clip 
 recognition: the same instrument, sample and seed in both arms). FAD, one distance per seed
 and mode (the mean over seeds reported), gets a percentile bootstrap over the generated
 clips (:data:`BOOTSTRAP` draws; the test clips it is measured against held fixed), and
-the difference of two modes resamples the same clip slots in both.
+the difference of two modes resamples the same clip slots in both. A resample repeats
+clips, which raises FAD, so a mode's interval lies mostly above its point; in a
+difference the two arms' rise largely cancels.
 
 A finding holds when its interval lies on the paper's side of zero (for "no worse", above
 :data:`NO_WORSE_MARGIN`); it does not reproduce when the interval lies wholly on the other
