@@ -131,8 +131,7 @@ def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict
                 hits[key] += [p == t for p, t in zip(judge.predict(waves), truth)]
                 embedded[key].append(embed_audio(embedding, waves, 16000))
     fad = bootstrap_fad(embedded, embed_audio(embedding, reference, 16000), {"fad_zs_minus_pd": ("ddim_zs", "ddim_pd")})
-    generation = {key: {"recognition": proportion(hits[key]), "fad": fad[key], "fad_per_seed": fad[key]["per_seed"]}
-                  for key in hits}
+    generation = {key: {"recognition": proportion(hits[key]), "fad": fad[key]} for key in hits}
     differences = {
         "recognition_pd_minus_zs": summarize(np.subtract(hits["ddim_pd"], hits["ddim_zs"], dtype=float)),
         "recognition_image_minus_zs": summarize(np.subtract(hits["ddim_image"], hits["ddim_zs"], dtype=float)),
@@ -154,7 +153,7 @@ def _interval(summary: dict, unit: str = "", scale: float = 1.0) -> str:
 
 def findings(results: dict) -> list[dict]:
     """Each paper's finding, what was measured, and its ``outcome`` here, from the numbers:
-    ``holds``, ``contradicted`` or ``not shown`` (see the module doc); ``holds`` as a bool too."""
+    ``holds``, ``contradicted`` or ``not shown`` (see the module doc)."""
     paired, gen = results["paired"], results["generation_paired"]
     checks = [
         ("CLIPSep paper: noise-invariant training helps text queries when the training videos carry off-screen "
@@ -190,7 +189,7 @@ def findings(results: dict) -> list[dict]:
             verdict = (f"Not shown here, nor ruled out: the 95% interval of the {measured} reaches both sides "
                        f"of {where}.")
         out.append({"finding": finding, "measured": f"{measured}: {_interval(summary, unit, scale)}",
-                    "outcome": outcome, "holds": outcome == "holds", "statement": verdict})
+                    "outcome": outcome, "statement": verdict})
     return out
 
 
