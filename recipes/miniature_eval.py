@@ -10,8 +10,8 @@
   (the paired difference, with its interval). Stems of queries for instruments absent
   from a mixture should be near silence: their energy relative to the mixture is
   reported too.
-- Generation: the timbre judge (:class:`recipes.toy_judges.InstrumentClassifier`, trained
-  on training renders only) names the instrument of each clip ``clipsonic generate``
+- Generation: the timbre judge (:class:`recipes.toy_judges.Judge`: one classifier or an
+  ensemble, trained on training renders only) names the instrument of each clip ``clipsonic generate``
   wrote; recognition is the fraction named as the queried instrument, with its 95% Wilson
   interval, overall and per instrument.
 """
@@ -31,7 +31,7 @@ from webdataset.tariterators import tarfile_samples
 from clipcore.audio import load_audio, save_audio
 from clipcore.shards import expand_shards
 from clipsep.metrics import separation_scores, summarize
-from recipes.toy_judges import InstrumentClassifier, proportion
+from recipes.toy_judges import Judge, proportion
 
 __all__ = ["Clip", "Queries", "read_clips", "write_queries", "stem_scores", "evaluate_separation", "evaluate_generation"]
 
@@ -184,7 +184,7 @@ def evaluate_separation(queries: Queries, runs: dict[str, tuple[Path, dict[str, 
     return result
 
 
-def evaluate_generation(judge: InstrumentClassifier, generated: dict[str, dict[str, list[Path]]], seconds: float,
+def evaluate_generation(judge: Judge, generated: dict[str, dict[str, list[Path]]], seconds: float,
                         sample_rate: int = 16000) -> dict:
     """Recognition of the queried instrument in generated clips.
 

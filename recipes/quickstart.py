@@ -72,7 +72,8 @@ class Profile:
     ``mask_power``: ``clipsep separate --mask-power`` for queries where the training's image
     embeddings lie (image queries, text through the prior or across the gap), and
     ``mask_power_zero_shot`` for zero-shot text; both chosen on the validation split with
-    three models (docs/quickstart_history.md).
+    three models (docs/quickstart_history.md). ``judge_ensemble``: timbre judges trained
+    alike that vote (``recipes.toy_judges.judge_from_renders``; 1: one judge).
     """
 
     train_clips: int
@@ -92,6 +93,7 @@ class Profile:
     clipsep_amx_width: int | None = None
     clipsep_amx_steps: int | None = None
     judge_steps: int = 600
+    judge_ensemble: int = 1
     guidance_choices: tuple[float, ...] = (2.0, 5.0)
     offscreen: float = 0.3
     clip_seconds: float = 5.0
@@ -250,10 +252,11 @@ def train(runner: Runner, out: Path, p: Profile, shards: dict[str, str], separat
 
 def train_judge(p: Profile):
     """The timbre judge (``recipes/toy_judges.py``) on training renders: ``p.judge_clips`` of
-    the instrument alone and as many with off-screen sound at the training videos' level."""
+    the instrument alone and as many with off-screen sound at the training videos' level
+    (``p.judge_ensemble`` judges that vote, when more than one)."""
     from recipes.toy_judges import judge_from_renders
 
-    return judge_from_renders(p.judge_clips, p.gen_seconds, p.judge_steps, p.offscreen)
+    return judge_from_renders(p.judge_clips, p.gen_seconds, p.judge_steps, p.offscreen, ensemble=p.judge_ensemble)
 
 
 VALIDATION_SEED = 1000

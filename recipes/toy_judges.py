@@ -2,8 +2,9 @@
 
 A small convolutional classifier (:class:`InstrumentClassifier`) trained on renders of the
 training split only, with and without off-screen sound, as rendered and through the
-vocoder's round trip (:func:`judge_from_renders`); the quick start and the experiments use
-it to name the instrument of generated clips (``recipes.miniature_eval``). Run as a script,
+vocoder's round trip (:func:`judge_from_renders`), or several trained alike that vote
+(:class:`JudgeEnsemble`); the quick start and the experiments use it to name the instrument
+of generated clips (``recipes.miniature_eval``). Run as a script,
 it reports its accuracy on test renders of the instrument alone, with off-screen sound,
 through the vocoder, and moved out of register::
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,14 +23,34 @@ from torch import nn
 
 from clipcore.spectral import MelConfig, MelSpectrogram
 
-__all__ = ["InstrumentClassifier", "render_crops", "vocoder_round_trip", "judge_from_renders", "proportion",
-           "judge_report"]
+__all__ = ["Judge", "InstrumentClassifier", "JudgeEnsemble", "render_crops", "vocoder_round_trip",
+           "judge_from_renders", "proportion", "judge_report"]
 
 
 # ----------------------------------------------------------------------------- the classifier
 
 
-class InstrumentClassifier(nn.Module):
+class Judge(nn.Module):
+    """What names instruments: ``labels``, and ``forward`` from ``[B, S]`` waveforms to
+    ``[B, classes]`` log-probabilities; ``members`` are the single classifiers it consults."""
+
+    labels: list[str]
+
+    @property
+    def members(self) -> list["InstrumentClassifier"]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, wave: torch.Tensor, chunk: int = 64) -> list[str]:
+        """The label of each of ``[B, S]`` waveforms (judged ``chunk`` at a time)."""
+        was_training = self.training
+        self.eval()
+        indices = torch.cat([self(part).argmax(-1) for part in wave.split(chunk)])
+        self.train(was_training)
+        return [self.labels[i] for i in indices.tolist()]
+
+
+class InstrumentClassifier(Judge):
     """Names the instrument of a clip by its timbre: a small convolutional network over the
     log-mel spectrogram, max-pooled over time and frequency at the end.
 
@@ -62,18 +84,13 @@ class InstrumentClassifier(nn.Module):
         """``[B, n_mels, T]`` natural-log mels -> ``[B, 1, n_mels, T]`` network input."""
         return ((log_mel - log_mel.amax((1, 2), keepdim=True)) / 4 + 2).unsqueeze(1)
 
+    @property
+    def members(self) -> list["InstrumentClassifier"]:
+        return [self]
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """``[B, S]`` waveforms -> ``[B, classes]`` log-probabilities."""
         return self.net(self.scaled(self.mel(wave))).log_softmax(-1)
-
-    @torch.no_grad()
-    def predict(self, wave: torch.Tensor, chunk: int = 64) -> list[str]:
-        """The label of each of ``[B, S]`` waveforms (judged ``chunk`` at a time)."""
-        was_training = self.training
-        self.eval()
-        indices = torch.cat([self(part).argmax(-1) for part in wave.split(chunk)])
-        self.train(was_training)
-        return [self.labels[i] for i in indices.tolist()]
 
     def fit(self, clips: torch.Tensor | Sequence[torch.Tensor], labels: list[str], crop: int, steps: int = 600,
             batch: int = 64, seed: int = 0) -> "InstrumentClassifier":
@@ -108,6 +125,33 @@ class InstrumentClassifier(nn.Module):
             optimizer.step()
             schedule.step()
         return self.eval()
+
+
+class JudgeEnsemble(Judge):
+    """Classifiers trained alike (other seeds) that vote with their averaged log-probabilities.
+
+    One judge's training randomness alone moved the recognition of the same 44 generated
+    clips by 11 to 20 points (docs/quickstart_history.md); the ensemble's verdict depends less
+    on it, and its ``members`` tell how much any one of them would have decided.
+
+    Args:
+        judges: at least one classifier, all with the same labels.
+    """
+
+    def __init__(self, judges: Sequence[InstrumentClassifier]) -> None:
+        super().__init__()
+        if not judges or any(judge.labels != judges[0].labels for judge in judges):
+            raise ValueError("an ensemble needs at least one judge, and its judges the same labels.")
+        self.labels = list(judges[0].labels)
+        self.judges = nn.ModuleList(judges)
+
+    @property
+    def members(self) -> list[InstrumentClassifier]:
+        return [cast(InstrumentClassifier, judge) for judge in self.judges]
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """``[B, S]`` waveforms -> ``[B, classes]`` the judges' mean log-probabilities."""
+        return torch.stack([judge(wave) for judge in self.judges]).mean(0)
 
 
 def _renders(split: str, n_clips: int, transpose: int = 0, offscreen: float = 0.0, first: int = 0) -> list:
@@ -156,7 +200,7 @@ def vocoder_round_trip(waves: torch.Tensor, chunk: int = 64) -> torch.Tensor:
 
 
 def judge_from_renders(n_clips: int = 330, seconds: float = 1.0, steps: int = 600, offscreen: float = 0.3,
-                       seed: int = 0, vocoded: float = 1.5) -> InstrumentClassifier:
+                       seed: int = 0, vocoded: float = 1.5, ensemble: int = 1) -> Judge:
     """The timbre judge of the miniature MUSIC world, trained on renders of the training split
     only: ``n_clips`` of the instrument alone and ``n_clips`` others with off-screen sound at
     the training videos' level ``offscreen`` (so that, like a listener, it names the
@@ -168,9 +212,15 @@ def judge_from_renders(n_clips: int = 330, seconds: float = 1.0, steps: int = 60
     vocoder's phase artefacts as generated clips carry them. Trained on renders alone, it named
     validation renders with off-screen sound 94% of the time but their round trips 89% (with
     them: 93% and 94%), so it counted the vocoder's losses as the generator's. Excerpts cost a
-    fraction of whole clips' Griffin-Lim, and are drawn as often as whole clips in training."""
+    fraction of whole clips' Griffin-Lim, and are drawn as often as whole clips in training.
+
+    ``ensemble``: how many classifiers to train, with seeds ``seed``, ``seed + 1``, ... on the
+    same renders and round trips; more than one makes a :class:`JudgeEnsemble` (each costs
+    another ``steps`` of training, about 3 minutes on one core at the defaults)."""
     from clipcore.miniature import world
 
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be at least 1, not {ensemble}.")
     renders = _renders("train", n_clips) + _renders("train", n_clips, offscreen=offscreen, first=n_clips)
     clips = torch.from_numpy(np.stack([clip.audio for clip in renders]))
     labels = [clip.label for clip in renders]
@@ -179,8 +229,10 @@ def judge_from_renders(n_clips: int = 330, seconds: float = 1.0, steps: int = 60
         length = min(round(vocoded * renders[0].sample_rate), clips.shape[-1])
         starts = np.random.default_rng(seed).integers(0, clips.shape[-1] - length + 1, size=len(clips))
         sets.append(vocoder_round_trip(torch.stack([clip[s : s + length] for clip, s in zip(clips, starts)])))
-    judge = InstrumentClassifier(list(world.INSTRUMENTS))
-    return judge.fit(sets, labels * len(sets), round(seconds * renders[0].sample_rate), steps, seed=seed)
+    crop = round(seconds * renders[0].sample_rate)
+    judges = [InstrumentClassifier(list(world.INSTRUMENTS)).fit(sets, labels * len(sets), crop, steps, seed=seed + k)
+              for k in range(ensemble)]
+    return judges[0] if ensemble == 1 else JudgeEnsemble(judges)
 
 
 def proportion(successes: list[bool]) -> dict[str, float | int]:
@@ -192,7 +244,7 @@ def proportion(successes: list[bool]) -> dict[str, float | int]:
     return {"mean": p, "low": float(centre - half), "high": float(centre + half), "count": n}
 
 
-def judge_report(judge: InstrumentClassifier, waves: torch.Tensor, labels: list[str]) -> dict:
+def judge_report(judge: Judge, waves: torch.Tensor, labels: list[str]) -> dict:
     """Accuracy with its 95% interval, and per instrument."""
     hits = [p == t for p, t in zip(judge.predict(waves), labels)]
     return {"accuracy": proportion(hits),
@@ -211,11 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-clips", type=int, default=220, help="test renders (default: 220)")
     parser.add_argument("--seconds", type=float, default=1.0, help="crop length judged (default: 1.0)")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps (default: 600)")
+    parser.add_argument("--ensemble", type=int, default=1, help="judges trained alike that vote (default: 1)")
     parser.add_argument("--transpose", type=int, default=7, help="semitones of the moved renders (default: 7)")
     parser.add_argument("--offscreen", type=float, default=0.3,
                         help="off-screen sound level, in training and in the test renders that have it (default: 0.3)")
     args = parser.parse_args(argv)
-    judge = judge_from_renders(args.train_clips, args.seconds, args.steps, args.offscreen)
+    judge = judge_from_renders(args.train_clips, args.seconds, args.steps, args.offscreen, ensemble=args.ensemble)
     tests = {"clean_test": {}, "offscreen_test": {"offscreen": args.offscreen},
              "transposed_test": {"transpose": args.transpose}}
     crops = {name: render_crops("test", args.test_clips, args.seconds, per_clip=1, seed=1, **kind)

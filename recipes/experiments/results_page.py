@@ -96,8 +96,9 @@ def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict
     Args:
         seeds: seed -> ``run_seed``'s outputs (``separated``: kind -> (folder, stem names);
             ``generated``: (sampler, mode) -> instrument -> files).
-        queries: the test evaluation set; judge: the timbre judge; test_clips: the test
-            split's clips (FAD's reference); seconds: generated clip length.
+        queries: the test evaluation set; judge: the timbre judge (recognition is its verdict;
+            each of its ``members`` alone is scored too); test_clips: the test split's clips
+            (FAD's reference); seconds: generated clip length.
     """
     from recipes.miniature_eval import stem_scores
     from recipes.toy_judges import proportion
@@ -118,20 +119,23 @@ def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict
         [torch.nn.functional.pad(torch.from_numpy(c.audio), (0, max(0, samples - len(c.audio))))[:samples]
          for c in test_clips])
     embedding = MelStatistics()
-    hits, embedded = {}, {}
+    hits, single, embedded = {}, {}, {}
     for sampler in SAMPLERS:
         for mode in MODES:
             key = f"{sampler}_{mode}"
-            hits[key], embedded[key] = [], []
+            hits[key], single[key], embedded[key] = [], [[] for _ in judge.members], []
             for outputs in seeds.values():
                 files = outputs["generated"][(sampler, mode)]
                 paths = [path for name in files for path in files[name]]
                 truth = [name for name in files for _ in files[name]]
                 waves = _waves(paths, samples)
                 hits[key] += [p == t for p, t in zip(judge.predict(waves), truth)]
+                for alone, member in zip(single[key], judge.members):
+                    alone += [p == t for p, t in zip(member.predict(waves), truth)]
                 embedded[key].append(embed_audio(embedding, waves, 16000))
     fad = bootstrap_fad(embedded, embed_audio(embedding, reference, 16000), {"fad_zs_minus_pd": ("ddim_zs", "ddim_pd")})
-    generation = {key: {"recognition": proportion(hits[key]), "fad": fad[key]} for key in hits}
+    generation = {key: {"recognition": proportion(hits[key]), "single_judges": [float(np.mean(h)) for h in single[key]],
+                        "fad": fad[key]} for key in hits}
     differences = {
         "recognition_pd_minus_zs": summarize(np.subtract(hits["ddim_pd"], hits["ddim_zs"], dtype=float)),
         "recognition_image_minus_zs": summarize(np.subtract(hits["ddim_image"], hits["ddim_zs"], dtype=float)),
@@ -140,7 +144,7 @@ def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict
             [np.subtract(hits[f"dpm++_{m}"], hits[f"ddim_{m}"], dtype=float) for m in MODES])),
     }
     return {"instruments": list(queries.instruments), "seeds": list(seeds), "mixtures": len(queries.mixtures),
-            "separation": separation,
+            "judges": len(judge.members), "separation": separation,
             "paired": paired, "generation": generation, "generation_paired": differences}
 
 
@@ -202,6 +206,15 @@ def _mels(seeds: dict, instruments: list[str], seconds: float) -> dict[str, torc
     return {mode: mel(_waves([first[("ddim", mode)][name][0] for name in instruments], samples)) for mode in MODES}
 
 
+def _judges_sentence(judges: int) -> str:
+    if judges == 1:
+        return "Recognition: how often one timbre judge (trained on training renders only) names the queried instrument."
+    return (f"Recognition: how often the timbre judges, {judges} trained alike on training renders only (other "
+            "seeds) and voting with their averaged log-probabilities, name the queried instrument. One judge's "
+            "training randomness moves recognition by many points; the lowest and highest of the judges alone "
+            "show by how much here.")
+
+
 def write_page(results: dict, seeds: dict, docs: Path) -> Path:
     """``docs/results.md`` and its PNGs under ``docs/images/results/``; returns the page."""
     images = docs / "images" / "results"
@@ -240,8 +253,10 @@ def write_page(results: dict, seeds: dict, docs: Path) -> Path:
         *[f"| {name} | " + " | ".join(_interval(v["by_instrument"][name]) for v in results["separation"].values()) + " |"
           for name in instruments], "",
         "## Generation (CLIPSonic)", "",
-        "| sampler, mode | recognition | FAD (mel statistics) |", "|---|---|---|",
-        *[f"| {key.replace('_', ', ')} | {_interval(v['recognition'], '%', 100)} | {_interval(v['fad'])} |"
+        _judges_sentence(results["judges"]), "",
+        "| sampler, mode | recognition | each judge alone | FAD (mel statistics) |", "|---|---|---|---|",
+        *[f"| {key.replace('_', ', ')} | {_interval(v['recognition'], '%', 100)} | "
+          f"{100 * min(v['single_judges']):.0f} to {100 * max(v['single_judges']):.0f}% | {_interval(v['fad'])} |"
           for key, v in results["generation"].items()], "",
         "| paired difference | value |", "|---|---|",
         *[f"| {name.replace('_', ' ')} | {_interval(v, *(' points', 100) if name.startswith('recognition') else ())} |"

@@ -96,8 +96,15 @@ def test_tiny_profile_writes_the_results_page(tmp_path):
     for kind in ("clipsep_image", "clipsep_text", "nit_image", "nit_text", "label", "pit"):
         assert 0 < results["separation"][kind]["sdri"]["count"] <= 2 * results["mixtures"]  # sources
         assert results["separation"][kind]["seed_means"]["count"] == 1
+    # The tiny profile's two judges vote; each alone is scored beside their verdict.
+    assert results["judges"] == PROFILES["tiny"].world.judge_ensemble == 2
     for key in ("ddim_image", "ddim_zs", "ddim_pd", "dpm++_image", "dpm++_zs", "dpm++_pd"):
-        assert len(results["generation"][key]["fad"]["per_seed"]) == 1
+        generation = results["generation"][key]
+        assert len(generation["fad"]["per_seed"]) == 1
+        assert len(generation["single_judges"]) == 2 and all(0 <= r <= 1 for r in generation["single_judges"])
+        low, high = (f"{100 * f(generation['single_judges']):.0f}" for f in (min, max))
+        assert f" | {low} to {high}% | " in page
+    assert "the timbre judges, 2 trained alike" in page
     # Each finding on the page is the one its numbers give.
     assert [f["outcome"] for f in results["findings"]] == [f["outcome"] for f in findings(results)]
     for finding in results["findings"]:

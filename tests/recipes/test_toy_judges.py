@@ -9,6 +9,7 @@ import torch
 from clipcore.miniature import world
 from recipes.toy_judges import (
     InstrumentClassifier,
+    JudgeEnsemble,
     judge_from_renders,
     judge_report,
     proportion,
@@ -69,6 +70,25 @@ def test_the_judge_is_the_same_whatever_the_global_random_state():
     second = judge_from_renders(n_clips=11, seconds=1.0, steps=3)
     with torch.no_grad():
         assert torch.equal(first(waves), second(waves))
+
+
+def test_an_ensemble_votes_with_its_judges_mean_log_probabilities():
+    waves, _ = render_crops("test", 11, 1.0, per_clip=1, seed=5)
+    single = judge_from_renders(n_clips=11, seconds=1.0, steps=3)
+    ensemble = judge_from_renders(n_clips=11, seconds=1.0, steps=3, ensemble=3)
+    assert isinstance(single, InstrumentClassifier) and single.members == [single]
+    assert isinstance(ensemble, JudgeEnsemble) and len(ensemble.members) == 3
+    with torch.no_grad():
+        each = [member(waves) for member in ensemble.members]
+        # The first member is the single judge (same seed, same renders); the others were trained with other seeds.
+        assert torch.equal(each[0], single(waves)) and not torch.allclose(each[0], each[1])
+        assert torch.allclose(ensemble(waves), torch.stack(each).mean(0))
+    expected = [ensemble.labels[i] for i in torch.stack(each).mean(0).argmax(-1).tolist()]
+    assert ensemble.predict(waves, chunk=4) == expected
+    with pytest.raises(ValueError, match="ensemble must be at least 1"):
+        judge_from_renders(n_clips=11, steps=1, ensemble=0)
+    with pytest.raises(ValueError, match="the same labels"):
+        JudgeEnsemble([single, InstrumentClassifier(["a", "b"])])
 
 
 def test_wilson_interval_contains_the_fraction_and_narrows():
