@@ -11,9 +11,9 @@
   from a mixture should be near silence: their energy relative to the mixture is
   reported too.
 - Generation: the timbre judge (:class:`recipes.toy_judges.Judge`: one classifier or an
-  ensemble, trained on training renders only) names the instrument of each clip ``clipsonic generate``
-  wrote; recognition is the fraction named as the queried instrument, with its 95% Wilson
-  interval, overall and per instrument.
+  ensemble, trained on training renders only) names the instrument of each clip
+  ``clipsonic generate`` wrote; recognition is the fraction named as the queried
+  instrument, with its 95% Wilson interval, overall and per instrument.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ A small convolutional classifier (:class:`InstrumentClassifier`) trained on rend
 training split only, with and without off-screen sound, as rendered and through the
 vocoder's round trip (:func:`judge_from_renders`), or several trained alike that vote
 (:class:`JudgeEnsemble`); the quick start and the experiments use it to name the instrument
-of generated clips (``recipes.miniature_eval``). Run as a script,
-it reports its accuracy on test renders of the instrument alone, with off-screen sound,
-through the vocoder, and moved out of register::
+of generated clips (``recipes.miniature_eval``). Run as a script, it reports its accuracy
+on test renders of the instrument alone, with off-screen sound, through the vocoder, and
+moved out of register::
 
     python recipes/toy_judges.py --transpose 7
 """
