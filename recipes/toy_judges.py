@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offscreen", type=float, default=0.3,
                         help="off-screen sound level, in training and in the test renders that have it (default: 0.3)")
     args = parser.parse_args(argv)
+    if args.ensemble < 1:
+        parser.error(f"--ensemble must be at least 1, not {args.ensemble}")
     judge = judge_from_renders(args.train_clips, args.seconds, args.steps, args.offscreen, ensemble=args.ensemble)
     tests = {"clean_test": {}, "offscreen_test": {"offscreen": args.offscreen},
              "transposed_test": {"transpose": args.transpose}}
