@@ -34,6 +34,8 @@ __all__ = [
     "MelStatistics",
     "load_embedding",
     "embed_audio",
+    "GaussianStatistics",
+    "gaussian_statistics",
     "frechet_distance",
     "nearest_references",
     "query_relevance",
@@ -103,14 +105,26 @@ def embed_audio(model: AudioEmbedding, wave: torch.Tensor, sample_rate: int, bat
     return torch.cat(out)
 
 
-def frechet_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+GaussianStatistics = tuple[np.ndarray, np.ndarray]
+"""A set of vectors' mean ``[D]`` and covariance ``[D, D]`` (float64)."""
+
+
+def gaussian_statistics(vectors: torch.Tensor | np.ndarray) -> GaussianStatistics:
+    """The mean and covariance of vectors ``[N, D]`` (at least 2 of them)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"need a set of at least 2 vectors [N, D], got shape {x.shape}.")
+    return x.mean(0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
+
+
+def frechet_distance(a: torch.Tensor | np.ndarray | GaussianStatistics,
+                     b: torch.Tensor | np.ndarray | GaussianStatistics) -> float:
     """Fréchet distance between Gaussians fitted to two sets of vectors ``[N, D]``, ``[M, D]``:
-    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)``."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
-        raise ValueError(f"need two sets of at least 2 vectors of one size, got {a.shape} and {b.shape}.")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)``. Either set may be given
+    as its :func:`gaussian_statistics` instead (a reference measured against many sets, once)."""
+    (mu_a, cov_a), (mu_b, cov_b) = (x if isinstance(x, tuple) else gaussian_statistics(x) for x in (a, b))
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(f"need two sets of vectors of one size, got {mu_a.shape[0]} and {mu_b.shape[0]} dimensions.")
     values, vectors = np.linalg.eigh(cov_a)
     root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     middle = np.linalg.eigvalsh(root_a @ cov_b @ root_a)

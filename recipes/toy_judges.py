@@ -40,14 +40,30 @@ class Judge(nn.Module):
     def members(self) -> list["InstrumentClassifier"]:
         raise NotImplementedError
 
-    @torch.no_grad()
     def predict(self, wave: torch.Tensor, chunk: int = 64) -> list[str]:
         """The label of each of ``[B, S]`` waveforms (judged ``chunk`` at a time)."""
+        return self.verdicts(wave, chunk)[0]
+
+    @torch.no_grad()
+    def verdicts(self, wave: torch.Tensor, chunk: int = 64) -> tuple[list[str], list[list[str]]]:
+        """The label of each of ``[B, S]`` waveforms, and each member's own labels.
+
+        Every member judges once: its log-probabilities give its own verdict, and their
+        mean the judge's (which is what ``forward`` computes).
+
+        Returns:
+            ``B`` labels, and per member ``B`` labels.
+        """
         was_training = self.training
         self.eval()
-        indices = torch.cat([self(part).argmax(-1) for part in wave.split(chunk)])
+        log_probs = torch.cat([torch.stack([member(part) for member in self.members]) for part in wave.split(chunk)],
+                              dim=1)  # [members, B, classes]
         self.train(was_training)
-        return [self.labels[i] for i in indices.tolist()]
+
+        def names(scores: torch.Tensor) -> list[str]:
+            return [self.labels[i] for i in scores.argmax(-1).tolist()]
+
+        return names(log_probs.mean(0)), [names(member) for member in log_probs]
 
 
 class InstrumentClassifier(Judge):

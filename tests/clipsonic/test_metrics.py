@@ -15,6 +15,7 @@ from clipsonic.metrics import (
     MelStatistics,
     embed_audio,
     frechet_distance,
+    gaussian_statistics,
     knn_accuracy,
     load_embedding,
     nearest_references,
@@ -51,8 +52,12 @@ def test_frechet_distance_matches_the_closed_form_and_scipy():
     expected = ((mx - my) ** 2).sum() + np.trace(cx + cy - 2 * linalg.sqrtm(cx @ cy).real)
     assert frechet_distance(x, y) == pytest.approx(expected, rel=1e-6)
     assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
-    with pytest.raises(ValueError):
+    # A reference's statistics measured once stand for its vectors, on either side.
+    assert frechet_distance(x, gaussian_statistics(y)) == frechet_distance(gaussian_statistics(x), y) == frechet_distance(x, y)
+    with pytest.raises(ValueError, match="of one size"):
         frechet_distance(x, y[:, :3])
+    with pytest.raises(ValueError, match="at least 2 vectors"):
+        frechet_distance(x[:1], y)
 
 
 def test_mel_statistics_fad_separates_instruments():

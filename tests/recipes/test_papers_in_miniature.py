@@ -16,17 +16,18 @@ from recipes.experiments.results_page import VERDICTS, bootstrap_fad, findings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _summary(mean: float, low: float, high: float, count: int = 30) -> dict:
-    return {"mean": mean, "low": low, "high": high, "sem": 1.0, "median": mean, "count": count}
+def _summary(mean: float, low: float, high: float, count: int = 30, per_seed: tuple = ()) -> dict:
+    return {"mean": mean, "low": low, "high": high, "sem": 1.0, "median": mean, "count": count,
+            "per_seed": list(per_seed or (mean, mean))}
 
 
 def _results(sign: float) -> dict:
-    """Every compared difference at ``sign`` x 2 with an interval of +-1."""
+    """Every compared difference at ``sign`` x 2 with an interval of +-1, at both seeds (3 and 7)."""
     value = _summary(2 * sign, 2 * sign - 1, 2 * sign + 1)
     paired = {name: value for name in ("nit_text_minus_clipsep_text", "nit_image_minus_clipsep_image")}
     generation = {name: value for name in ("recognition_pd_minus_zs", "recognition_image_minus_zs", "fad_zs_minus_pd",
                                            "recognition_dpm_minus_ddim")}
-    return {"paired": paired, "generation_paired": generation}
+    return {"paired": paired, "generation_paired": generation, "seeds": [3, 7]}
 
 
 def test_findings_follow_the_numbers():
@@ -44,8 +45,18 @@ def test_findings_follow_the_numbers():
     for low, high, outcome in ((-0.03, 0.03, "holds"), (-0.08, 0.03, "not shown"), (-0.12, -0.07, "contradicted")):
         dpm["generation_paired"]["recognition_dpm_minus_ddim"] = _summary((low + high) / 2, low, high)
         assert findings(dpm)[5]["outcome"] == outcome, (low, high)
+    # An interval clear of the line is not enough: every seed's own difference must lie there too.
+    for sign in (+1, -1):
+        split = _results(sign)
+        split["paired"]["nit_text_minus_clipsep_text"] = _summary(2 * sign, 2 * sign - 1, 2 * sign + 1,
+                                                                  per_seed=(4.5 * sign, -0.5 * sign))
+        first = findings(split)[0]
+        assert first["outcome"] == "not shown" and "but seed 7's own difference does not" in first["statement"]
+        assert f"seed 3 {4.5 * sign:+.2f} dB, seed 7 {-0.5 * sign:+.2f} dB" in first["measured"]
+        assert [f["outcome"] for f in findings(split)[1:]] == [findings(_results(sign))[1]["outcome"]] * 5
     undefined = _results(1)
-    undefined["paired"]["nit_text_minus_clipsep_text"] = _summary(3.0, float("nan"), float("nan"), count=1)
+    undefined["paired"]["nit_text_minus_clipsep_text"] = _summary(3.0, float("nan"), float("nan"), count=1,
+                                                                  per_seed=(3.0,))
     first = findings(undefined)[0]
     assert first["outcome"] == "not shown" and "no interval with 1 values" in first["statement"]
 
@@ -105,6 +116,10 @@ def test_tiny_profile_writes_the_results_page(tmp_path):
         low, high = (f"{100 * f(generation['single_judges']):.0f}" for f in (min, max))
         assert f" | {low} to {high}% | " in page
     assert "the timbre judges, 2 trained alike" in page
+    # Every paired difference has its seed's own value, and the page shows it.
+    for name, value in [*results["paired"].items(), *results["generation_paired"].items()]:
+        assert len(value["per_seed"]) == 1, name
+    assert "| each seed |" in page and "seed 1 " in page
     # Each finding on the page is the one its numbers give.
     assert [f["outcome"] for f in results["findings"]] == [f["outcome"] for f in findings(results)]
     for finding in results["findings"]:

@@ -85,6 +85,9 @@ def test_an_ensemble_votes_with_its_judges_mean_log_probabilities():
         assert torch.allclose(ensemble(waves), torch.stack(each).mean(0))
     expected = [ensemble.labels[i] for i in torch.stack(each).mean(0).argmax(-1).tolist()]
     assert ensemble.predict(waves, chunk=4) == expected
+    verdict, alone = ensemble.verdicts(waves, chunk=4)  # each member judging once serves both
+    assert verdict == expected and alone == [member.predict(waves) for member in ensemble.members]
+    assert single.verdicts(waves) == (single.predict(waves), [single.predict(waves)])
     with pytest.raises(ValueError, match="ensemble must be at least 1"):
         judge_from_renders(n_clips=11, steps=1, ensemble=0)
     with pytest.raises(ValueError, match="the same labels"):
