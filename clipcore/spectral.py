@@ -210,11 +210,19 @@ class MelConfig:
         return (frames - 1) * self.hop_length
 
 
+def _full_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is in a half-precision type (bf16 or float16), else as it is."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 class MelSpectrogram(torch.nn.Module):
     """Log-mel spectrogram and its Griffin-Lim inverse.
 
     ``forward`` maps ``[..., samples]`` waveforms to ``[..., n_mels, frames]`` natural-log
-    magnitudes ``log(max(mel, log_floor))``; ``inverse`` maps them back to waveforms.
+    magnitudes ``log(max(mel, log_floor))``; ``inverse`` maps them back to waveforms. Both
+    run in float32 (or float64, when given) outside autocast: under bf16 mixed precision a
+    bf16 mel would round the diffusion model's targets to three significant digits, and
+    Griffin-Lim has no bf16 complex type.
     """
 
     def __init__(self, config: MelConfig = MelConfig()):
@@ -235,9 +243,10 @@ class MelSpectrogram(torch.nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """``[..., samples]`` -> ``[..., n_mels, frames]`` log-mel."""
-        mag = stft(wave, self._stft).abs()  # [..., F, T]
-        mel = torch.matmul(mag.transpose(-1, -2), self.fbank.to(mag.dtype)).transpose(-1, -2)
-        return torch.log(torch.clamp(mel, min=self.config.log_floor))
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            mag = stft(_full_precision(wave), self._stft).abs()  # [..., F, T]
+            mel = torch.matmul(mag.transpose(-1, -2), self.fbank.to(mag.dtype)).transpose(-1, -2)
+            return torch.log(torch.clamp(mel, min=self.config.log_floor))
 
     def inverse(self, log_mel: torch.Tensor, n_iter: int = 32, length: int | None = None) -> torch.Tensor:
         """Griffin-Lim inverse.
@@ -250,6 +259,10 @@ class MelSpectrogram(torch.nn.Module):
         Returns:
             ``[..., length]`` waveform.
         """
+        with torch.autocast(device_type=log_mel.device.type, enabled=False):
+            return self._griffin_lim(_full_precision(log_mel), n_iter, length)
+
+    def _griffin_lim(self, log_mel: torch.Tensor, n_iter: int, length: int | None) -> torch.Tensor:
         frames = log_mel.shape[-1]
         length = self.config.samples(frames) if length is None else length
         mel = torch.exp(log_mel)

@@ -255,7 +255,7 @@ class CLIPSonicSystem(LightningModule):
         fake = sample_mels(
             self.ema, self.conditions(batch)[:count], real.shape[-1], list(range(count)),
             self.hparams.val_steps, self.hparams.val_guidance, self.hparams.val_sampler,
-        )
+        ).float()  # bf16 under bf16 mixed precision; the figures and the vocoder take float32
         vocoder = GriffinLim(mel=self.model.init_args.get("mel")).to(self.device)
         audio = vocoder(fake)
         for i, (r, f, wave) in enumerate(zip(real, fake, audio)):

@@ -92,6 +92,21 @@ def test_griffin_lim_output_length_and_content():
     assert (again - log_mel)[active].abs().mean() < 1.0
 
 
+def test_mel_and_its_inverse_stay_in_full_precision_under_bf16_autocast():
+    # Under bf16 mixed precision (Lightning's bf16-mixed) the mel is a diffusion model's target,
+    # and Griffin-Lim has no bf16 complex type: both run in float32 whatever autocast says.
+    mel = MelSpectrogram()
+    wave = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0)) * 0.1
+    reference = mel(wave)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = mel(wave)
+        from_bf16 = mel.inverse(reference.bfloat16(), n_iter=2)
+    assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, reference)
+    assert from_bf16.dtype == torch.float32 and torch.isfinite(from_bf16).all()
+    torch.testing.assert_close(from_bf16, mel.inverse(reference.bfloat16().float(), n_iter=2))
+    assert mel(wave.double()).dtype == torch.float64  # float64 is kept
+
+
 def test_custom_stft_config():
     config = STFTConfig(n_fft=512, hop_length=128, win_length=512)
     wave = torch.randn(1, 3000)

@@ -50,6 +50,19 @@ def test_recipe_fast_dev_run_on_toy_shards_with_precomputed_embeddings(toy):
     torch.testing.assert_close(cli.model.ema.cond_mean, model.cond_mean)
 
 
+def test_recipe_trains_in_bf16_mixed_precision_and_logs_its_validation_examples(toy, tmp_path):
+    # The validation examples are sampled under autocast: their bf16 mels went to Griffin-Lim,
+    # which has no bf16 complex type (ValueError before 2026-12-06).
+    root, encoder_name = toy
+    cli = main(_args(root, "--data.encoder", encoder_name, "--trainer.precision", "bf16-mixed",
+                     "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                     "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path)))
+    assert cli.trainer.precision == "bf16-mixed" and cli.trainer.global_step == 2
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    media = sorted(p.suffix for p in (tmp_path / "lightning_logs" / "version_0" / "media").iterdir())
+    assert media.count(".png") >= 2 and media.count(".wav") >= 2
+
+
 def test_recipe_run_from_frames_logs_media_saves_config_and_exports(toy, tmp_path):
     root, _ = toy
     main(_args(root, "--data.encoder", "null", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
