@@ -213,7 +213,9 @@ def clipsep_command(out: Path, p: Profile, shards: dict[str, str], folder: Path,
 
 def _bf16_in_hardware() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AMX): there bf16 autocast made
-    CLIPSep's width-16 step 1.4x faster; without it bf16 is emulated, and slower."""
+    CLIPSep's width-16 step 1.4x faster. Without it bf16 is emulated, and slower, or (AVX-512's
+    bf16 dot products alone, as on a Zen 4 EPYC) 1.08x faster in the training command, too
+    little to change the schedule (docs/quickstart_history.md, "bf16 without AMX")."""
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
