@@ -40,6 +40,10 @@ class Judge(nn.Module):
     def members(self) -> list["InstrumentClassifier"]:
         raise NotImplementedError
 
+    def member_log_probs(self, wave: torch.Tensor) -> torch.Tensor:
+        """``[B, S]`` waveforms -> ``[members, B, classes]``: each member's log-probabilities."""
+        return torch.stack([member(wave) for member in self.members])
+
     def predict(self, wave: torch.Tensor, chunk: int = 64) -> list[str]:
         """The label of each of ``[B, S]`` waveforms (judged ``chunk`` at a time)."""
         return self.verdicts(wave, chunk)[0]
@@ -56,8 +60,7 @@ class Judge(nn.Module):
         """
         was_training = self.training
         self.eval()
-        log_probs = torch.cat([torch.stack([member(part) for member in self.members]) for part in wave.split(chunk)],
-                              dim=1)  # [members, B, classes]
+        log_probs = torch.cat([self.member_log_probs(part) for part in wave.split(chunk)], dim=1)
         self.train(was_training)
 
         def names(scores: torch.Tensor) -> list[str]:
@@ -167,7 +170,7 @@ class JudgeEnsemble(Judge):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """``[B, S]`` waveforms -> ``[B, classes]`` the judges' mean log-probabilities."""
-        return torch.stack([judge(wave) for judge in self.judges]).mean(0)
+        return self.member_log_probs(wave).mean(0)
 
 
 def _renders(split: str, n_clips: int, transpose: int = 0, offscreen: float = 0.0, first: int = 0) -> list:
