@@ -107,6 +107,11 @@ def magnitude_phase(spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return spec.abs(), spec.angle()
 
 
+def _full_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is in a half-precision type (bf16 or float16), else as it is."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 # --- log-frequency warp (official CLIPSep) ------------------------------------------------
 
 LOG_ROWS = 256
@@ -149,14 +154,17 @@ def _resample_rows(spec: torch.Tensor, height: torch.Tensor) -> torch.Tensor:
     """Bilinear resampling (align_corners) of the rows of ``[B, C, H, T]`` at ``height``.
 
     Frames are left alone: ``grid_sample`` sees each frame as a column of width one, so
-    nothing depends on the number of frames (and ONNX export keeps it dynamic).
+    nothing depends on the number of frames (and ONNX export keeps it dynamic). A bf16 or
+    float16 ``spec`` (a mask under mixed precision) is resampled in float32 and returned in
+    its own dtype: heights rounded to bf16 read up to a row away from where they should.
     """
     batch, channels, rows, frames = spec.shape
-    columns = spec.permute(0, 1, 3, 2).reshape(batch, channels * frames, rows, 1)
-    grid = torch.stack([torch.zeros_like(height), height], dim=-1).to(spec.dtype)
+    full = _full_precision(spec)
+    columns = full.permute(0, 1, 3, 2).reshape(batch, channels * frames, rows, 1)
+    grid = torch.stack([torch.zeros_like(height), height], dim=-1).to(full.dtype)
     grid = grid[None, :, None, :].expand(batch, -1, -1, -1)
     out = F.grid_sample(columns, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out.reshape(batch, channels, frames, -1).permute(0, 1, 3, 2)
+    return out.reshape(batch, channels, frames, -1).permute(0, 1, 3, 2).to(spec.dtype)
 
 
 def warp_to_log(spec: torch.Tensor, out_rows: int = LOG_ROWS) -> torch.Tensor:
@@ -208,11 +216,6 @@ class MelConfig:
     def samples(self, frames: int) -> int:
         """Number of samples that ``frames`` mel frames stand for."""
         return (frames - 1) * self.hop_length
-
-
-def _full_precision(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32 if it is in a half-precision type (bf16 or float16), else as it is."""
-    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 class MelSpectrogram(torch.nn.Module):
