@@ -67,10 +67,11 @@ class Profile:
 PROFILES = {
     # The quick start's world and training, but CLIPSep's four models at 2400 steps (the quick
     # start's 7200 to 8000 would not fit), three seeds and two generated clips per instrument and
-    # mode: the 2-hour budget (on a 2-core AMD EPYC, Zen 4, at a622970: 10 minutes for the data
-    # and the judges, then 27 a seed; 67 minutes with two seeds). A finding holds only where every
-    # seed agrees with it (results_page); the third seed was added after a two-seed page
-    # (06612b3), whose pooled NIT and PIT differences it went against when run alone (README).
+    # mode: the 2-hour budget (95 minutes on a 2-core Intel Xeon at 44e4a1f: 11 for the data and
+    # the judges, 28 a seed, 4.5 for the scores; a fourth seed would not fit). A finding holds
+    # only where every seed agrees with it (results_page); the third seed was added after a
+    # two-seed page (06612b3), whose pooled NIT and PIT differences it went against when run
+    # alone (README).
     # CLIPSep stays at the tiny preset's width 8 in float32, on the training split's first
     # train_clips (not the quick start's further clips for CLIPSep), mixed as they come (the
     # papers' training, not the quick start's distinct queries), as the results page was made.

@@ -71,8 +71,8 @@ def test_warp_then_unwarp_of_smooth_spectrogram():
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_unwarp_of_a_bf16_mask_reads_the_rows_a_float32_mask_reads(autocast):
-    # Under bf16 mixed precision CLIPSep's masks are bf16; heights rounded to bf16 read up to a
-    # row away (0.9 off in a [0, 1] mask before), so the resampling runs in float32.
+    # A bf16 mask (a network's output under bf16 mixed precision): heights rounded to bf16 read
+    # up to a row away (0.9 off in a [0, 1] mask before), so the resampling runs in float32.
     mask = torch.rand(2, 3, 256, 20, generator=torch.Generator().manual_seed(0)).bfloat16()
     reference = spectral.unwarp_to_linear(mask.float())
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
