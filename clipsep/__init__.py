@@ -13,7 +13,7 @@ from clipcore.lazy import lazy_exports
 _EXPORTS = {
     "Separator": "clipsep.separate",
     "Separation": "clipsep.separate",
-    "QueryError": "clipsep.separate",
+    "QueryError": "clipsep.queries",
     "CLIPSep": "clipsep.model",
     "SeparatorSpec": "clipsep.batch",
 }

@@ -39,22 +39,9 @@ spec such as ``ViT-B-32/openai`` or ``ViT-B-32=/path/weights.bin``); otherwise t
 :meth:`Separator.save_pretrained` writes); otherwise the spec recorded in the model's
 provenance (``clipsep convert`` records ``ViT-B-32/openai``).
 
-Text through the diffusion prior (``prior``): CLIPSep learns from image embeddings only,
-and CLIP's text embeddings lie apart from them (the modality gap), so a text query is an
-input the network never saw. With a prior (CLIPSonic's text-to-image-embedding model,
-:class:`clipcore.prior.DiffusionPrior`) each text query is first mapped to an image
-embedding, as CLIPSonic's "pd" mode does; query ``k`` samples from its own noise stream,
-seeded by ``prior_seed``, so its embedding does not depend on the other queries. Image
-queries are unchanged.
-
-Text carried across the modality gap (``gap``): with no training, each text query is
-placed where image embeddings lie, by statistics of both modalities measured on training
-data (:meth:`clipcore.modality_gap.ModalityGap.cross`: the means, and the spreads along
-the image embeddings' principal axes).
-
-Query scale: this project trains on unit-norm CLIP embeddings; the official release was
-trained on raw CLIP outputs, so a model converted from it (``from_official``, or a
-folder whose provenance says ``query_normalization: none``) is fed raw embeddings.
+Queries (text, images, embeddings; text through a diffusion prior or across the modality
+gap; the query scale of official checkpoints) are made into query vectors by
+:class:`clipsep.queries.QueryEmbedder`, whose notes say how.
 """
 
 from __future__ import annotations
@@ -63,25 +50,23 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from clipcore.audio import AudioError
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
 from clipcore.errors import ClipAudioError
-from clipcore.files import load_image
 from clipcore.modality_gap import ModalityGap
-from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
+from clipcore.query import QueryEncoder
 from clipcore.spectral import stft
 from clipsep.masks import check_mask_power, masked_stems
 from clipsep.model import CLIPSep
+from clipsep.queries import Query, QueryEmbedder, QueryError, load_query_encoder
 from clipsep.stem_files import BLOCK_SECONDS, output_files, query_keys, separate_to_files, stem_names
 from clipsep.streaming import OverlapAdd, crossfade_window, segment_starts, stream_separation
 
 if TYPE_CHECKING:
-    import PIL.Image
-
     from clipcore.prior import DiffusionPrior
 
 __all__ = [
@@ -92,13 +77,6 @@ __all__ = [
     "masked_stems",
     "segment_starts",
 ]
-
-Query = Union[str, os.PathLike, "PIL.Image.Image", torch.Tensor]
-
-
-class QueryError(ClipAudioError):
-    """A query that cannot be used (empty text, unreadable image), in one sentence."""
-
 
 @dataclass
 class Separation:
@@ -133,17 +111,13 @@ class Separator:
         binary: binary masks (``> 0.5``, as in the paper's evaluation) instead of soft.
         mask_power: the soft masks raised to this power (above 0; 1: the network's
             probabilities as they are; above 1: sharper). Not with ``binary``.
-        templates: text prompt template(s) with ``{}``; default ``"a photo of {}"``.
-        normalize_queries: feed the model unit-norm CLIP embeddings (this project's
-            training) or raw ones (the official release; a template ensemble then averages
-            raw embeddings, as the official evaluation does). Default: raw when the model's
-            provenance says ``query_normalization: none`` (set by ``clipsep convert``).
-        prior: a :class:`clipcore.prior.DiffusionPrior` (or its folder) that maps text
-            queries to image embeddings first; None: text embeddings as they are.
-        prior_seed: seed of the prior's sampling (each text query gets its own stream).
-        gap: a :class:`clipcore.modality_gap.ModalityGap` (or its file) of the query
-            encoder: text queries are carried across it (see the module notes); not with
-            ``prior``.
+        templates, normalize_queries, prior, prior_seed, gap: how queries become query
+            vectors (:class:`clipsep.queries.QueryEmbedder`); ``normalize_queries`` defaults
+            to raw embeddings when the model's provenance says ``query_normalization: none``
+            (set by ``clipsep convert``), else unit-norm ones.
+
+    Attributes:
+        queries: the :class:`~clipsep.queries.QueryEmbedder` that embeds the queries.
     """
 
     def __init__(
@@ -162,11 +136,6 @@ class Separator:
         gap: ModalityGap | str | os.PathLike | None = None,
         mask_power: float = 1.0,
     ):
-        if query_encoder.embed_dim != model.query_dim:
-            raise CheckpointError(
-                f"the query encoder {query_encoder.name} gives {query_encoder.embed_dim}-d embeddings "
-                f"but the separation model expects {model.query_dim}-d queries."
-            )
         if not 0.0 <= overlap <= 0.5:
             raise ValueError(f"overlap must be between 0 and 0.5 of a segment, got {overlap}.")
         if batch_size < 1:
@@ -174,9 +143,12 @@ class Separator:
         if segment is not None and not segment > 0:
             raise ValueError(f"segment must be a positive number of seconds, got {segment}.")
         check_mask_power(mask_power, binary)
-        self.device = torch.device(device)
+        if normalize_queries is None:
+            normalize_queries = (model.provenance or {}).get("query_normalization") != "none"
+        self.queries = QueryEmbedder(query_encoder, model.query_dim, device, templates, normalize_queries, prior,
+                                     prior_seed, gap)
+        self.device = self.queries.device
         self.model = model.to(self.device).eval()
-        self.query_encoder = query_encoder.to(self.device).eval()
         self.sample_rate = model.sample_rate
         hop, block = model.stft.hop_length, model.frames_multiple
         samples = model.segment_samples if segment is None else round(segment * self.sample_rate)
@@ -187,43 +159,20 @@ class Separator:
         self.batch_size = batch_size
         self.binary = binary
         self.mask_power = float(mask_power)
-        self.templates = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
-        if not self.templates or not all("{}" in t for t in self.templates):
-            raise QueryError(f"prompt templates need a {{}} for the query text, got {self.templates}.")
-        if normalize_queries is None:
-            normalize_queries = (model.provenance or {}).get("query_normalization") != "none"
-        self.normalize_queries = normalize_queries
-        self.prior = None if prior is None else self._checked_prior(prior)
-        self.prior_seed = prior_seed
-        self.gap = None if gap is None else self._checked_gap(gap)
 
     def with_prior(self, prior: DiffusionPrior | str | os.PathLike, prior_seed: int = 0) -> "Separator":
         """This separator with its text queries through ``prior`` (or its folder); the
         model, query encoder and settings are shared, not copied."""
         other = copy.copy(self)
-        other.prior, other.prior_seed = self._checked_prior(prior), prior_seed
+        other.queries = self.queries.with_prior(prior, prior_seed)
         return other
 
     def with_gap(self, gap: ModalityGap | str | os.PathLike) -> "Separator":
         """This separator with its text queries carried across ``gap`` (or its file); the
         model, query encoder and settings are shared, not copied."""
         other = copy.copy(self)
-        other.gap = self._checked_gap(gap)
+        other.queries = self.queries.with_gap(gap)
         return other
-
-    def _checked_gap(self, gap: ModalityGap | str | os.PathLike) -> ModalityGap:
-        if self.prior is not None or not self.normalize_queries:
-            raise QueryError("crossing the modality gap is for unit-norm text queries as they are: not with a diffusion "
-                             "prior, nor with a model that reads raw CLIP embeddings (an official checkpoint).")
-        return ModalityGap.of_width(gap, self.model.query_dim)
-
-    def _checked_prior(self, prior: DiffusionPrior | str | os.PathLike) -> DiffusionPrior:
-        if getattr(self, "gap", None) is not None:
-            raise QueryError("text queries go through a diffusion prior or across the modality gap, not both.")
-        if not self.normalize_queries:
-            raise QueryError("a diffusion prior gives unit-norm CLIP embeddings, but this model reads raw ones "
-                             "(an official checkpoint); use the prior with a model trained on unit-norm queries.")
-        return _load_prior(prior, self.model.query_dim, self.device)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -254,7 +203,7 @@ class Separator:
                     f"{directory}: has no {QUERY_ENCODER_DIR}/ folder and names no query encoder; "
                     "pass one (a folder, or an open_clip spec such as ViT-B-32=/path/to/weights.bin)."
                 )
-        return cls(model, _load_encoder(query_encoder), device=device, **settings)
+        return cls(model, load_query_encoder(query_encoder), device=device, **settings)
 
     @classmethod
     def from_official(
@@ -269,7 +218,7 @@ class Separator:
         from clipsep.convert import load_official_model
 
         model = load_official_model(path)  # its provenance says query_normalization: none
-        return cls(model, _load_encoder(query_encoder), device=device, **settings)
+        return cls(model, load_query_encoder(query_encoder), device=device, **settings)
 
     @classmethod
     def load(
@@ -300,95 +249,22 @@ class Separator:
         return directory
 
     # ------------------------------------------------------------------ queries
+    @property
+    def query_encoder(self) -> QueryEncoder:
+        """The CLIP encoder of the queries."""
+        return self.queries.encoder
+
     def encode_queries(self, queries: Sequence[Query] | torch.Tensor) -> torch.Tensor:
-        """Embed queries: text (``str``), images (a ``Path`` or a PIL image), or embeddings.
+        """``[K, D]`` query vectors of K queries: see :meth:`clipsep.queries.QueryEmbedder.encode`."""
+        return self.queries.encode(queries)
 
-        A ``str`` is always text; give image files as :class:`pathlib.Path`.
-
-        Args:
-            queries: K queries, or a ``[K, D]`` tensor of embeddings.
-
-        Returns:
-            ``[K, D]`` float32 on the separator's device.
-
-        Raises:
-            QueryError: no queries or an empty text.
-            ImageError: an unreadable image.
-        """
-        if isinstance(queries, torch.Tensor):
-            if queries.dim() != 2 or queries.shape[1] != self.model.query_dim or not len(queries):
-                raise QueryError(f"query embeddings must be [K, {self.model.query_dim}], got {list(queries.shape)}.")
-            return queries.to(self.device, torch.float32)
-        if isinstance(queries, (str, os.PathLike)) or not len(queries):
-            raise QueryError("give a list of one or more queries.")
-        texts: list[str] = []
-        images: list = []  # PIL images
-        tensors: list[torch.Tensor] = []
-        rows: list[tuple[str, int]] = []  # (kind, index among the queries of that kind)
-        for query in queries:
-            if isinstance(query, str):
-                if not query.strip():
-                    raise QueryError("a text query is empty.")
-                rows.append(("text", len(texts)))
-                texts.append(query.strip())
-            elif isinstance(query, torch.Tensor):
-                rows.append(("tensor", len(tensors)))
-                tensors.append(query)
-            else:
-                rows.append(("image", len(images)))
-                images.append(load_image(query) if isinstance(query, os.PathLike) else query)
-        embedded: dict[str, torch.Tensor] = {}
-        if texts:
-            embedded["text"] = self.embed_text(texts)
-        if images:
-            embedded["image"] = self.embed_images(images)
-        if tensors:
-            embedded["tensor"] = torch.cat([self.encode_queries(tensor.reshape(1, -1)) for tensor in tensors])
-        return torch.stack([embedded[kind][index] for kind, index in rows]).to(self.device, torch.float32)
-
-    @torch.no_grad()
     def embed_text(self, texts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
-        """Text queries at the scale the model reads (see ``normalize_queries``), through
-        the diffusion prior or carried across the modality gap when the separator has one.
+        """``[K, D]`` query vectors of K texts: see :meth:`clipsep.queries.QueryEmbedder.embed_text`."""
+        return self.queries.embed_text(texts, templates)
 
-        Args:
-            texts: K query texts.
-            templates: template(s) with ``{}`` (default: the separator's); several are
-                averaged (unit-norm: renormalized mean; raw: mean of raw outputs).
-
-        Returns:
-            ``[K, D]`` float32 on the separator's device.
-        """
-        encoder = self.query_encoder
-        templates = self.templates if templates is None else [templates] if isinstance(templates, str) else list(templates)
-        if self.normalize_queries:
-            embeddings = encoder.encode_text(list(texts), templates=templates)
-            if self.gap is not None:
-                return self.gap.cross(embeddings)
-            if self.prior is None:
-                return embeddings
-            generators = [torch.Generator(self.device).manual_seed(self.prior_seed) for _ in texts]
-            return self.prior.sample(embeddings.to(self.device), generator=generators)
-        return encoder.encode_text_raw(list(texts), templates)
-
-    @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
-        """Image queries at the scale the model reads (see ``normalize_queries``).
-
-        Args:
-            images: a list of K PIL images, uint8 ``[K, 3, H, W]``, or uint8
-                ``[K, F, 3, H, W]`` (F frames per query, averaged as in training).
-
-        Returns:
-            ``[K, D]`` float32 on the separator's device.
-        """
-        encoder = self.query_encoder
-        if self.normalize_queries:
-            return encoder.encode_image(images)
-        if isinstance(images, torch.Tensor) and images.dim() == 5:
-            count, frames = images.shape[:2]
-            return self.embed_images(images.flatten(0, 1)).view(count, frames, -1).mean(1)
-        return encoder.model.encode_image(encoder.preprocess(images)).float()
+        """``[K, D]`` query vectors of K images: see :meth:`clipsep.queries.QueryEmbedder.embed_images`."""
+        return self.queries.embed_images(images)
 
     # ------------------------------------------------------------------ separation
     @torch.inference_mode()
@@ -562,18 +438,3 @@ def _checked(blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
             raise AudioError("the mixture contains non-finite samples (NaN or infinity).")
         channels = block.shape[0]
         yield block.detach().to("cpu", torch.float32)
-
-
-def _load_prior(prior: DiffusionPrior | str | os.PathLike, embed_dim: int, device: torch.device) -> DiffusionPrior:
-    from clipcore.prior import DiffusionPrior
-
-    if not isinstance(prior, DiffusionPrior):
-        return DiffusionPrior.load(prior, embed_dim=embed_dim, map_location=device).eval()
-    if prior.embed_dim != embed_dim:
-        raise CheckpointError(f"the diffusion prior gives {prior.embed_dim}-d embeddings but the separation model "
-                              f"expects {embed_dim}-d queries.")
-    return prior.to(device).eval()
-
-
-def _load_encoder(spec: QueryEncoder | str | os.PathLike) -> QueryEncoder:
-    return spec if isinstance(spec, QueryEncoder) else QueryEncoder.load(spec)

@@ -105,7 +105,7 @@ def run_separate(args: argparse.Namespace) -> int:
     sources, failures = discover(args.inputs, exclude=out)
     if not sources:
         return summarize([], failures, out)
-    from clipsep.separate import QueryError  # here: open_clip is slow to import for --help
+    from clipsep.queries import QueryError  # here: open_clip is slow to import for --help
 
     devices = worker_devices(resolve_device(args.device), args.devices, launch.local_rank)
     if launch.local_world_size > 1 and devices[0] == "cpu" and "OMP_NUM_THREADS" not in os.environ:

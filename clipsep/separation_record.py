@@ -69,7 +69,7 @@ def run_record(queries: list[tuple[str, str]], separator: Separator, checkpoint:
             "segment_seconds": round(separator.segment_samples / separator.model.sample_rate, 4),
             "binary": separator.binary,
             "mask_power": separator.mask_power,
-            "templates": list(separator.templates),
+            "templates": list(separator.queries.templates),
             "prior": None,
             **settings,
         },

@@ -66,7 +66,7 @@ def test_official_checkpoint_fine_tunes_on_raw_text_queries_with_a_frozen_encode
     assert model.provenance["query_normalization"] == "none"
     assert model.provenance["init_from"] == str(official_file)
     separator = Separator(model, QueryEncoder.tiny(embed_dim=512))
-    assert separator.normalize_queries is False  # still answers text as the official model did
+    assert separator.queries.normalize_queries is False  # still answers text as the official model did
 
 
 def test_raw_query_checkpoint_refuses_image_embeddings(official_file):

@@ -210,14 +210,14 @@ def test_checkpoint_folder_official_file_and_wrong_kinds(encoder, tmp_path):
     from_file = Separator.load(tmp_path / "best_model.pt", query_encoder=tmp_path / "ckpt" / "query_encoder")
     # The official network reads raw CLIP outputs, not unit-norm embeddings.
     raw = encoder.model.encode_text(encoder.tokenize(["a photo of violin"])).float()
-    assert not from_file.normalize_queries and loaded.normalize_queries
+    assert not from_file.queries.normalize_queries and loaded.queries.normalize_queries
     torch.testing.assert_close(from_file.encode_queries(["violin"]), raw)
     assert abs(raw.norm().item() - 1) > 0.05
     raw_expected = Separator(model, encoder, normalize_queries=False).separate(wave, RATE, ["violin"]).stems
     torch.testing.assert_close(from_file.separate(wave, RATE, ["violin"]).stems, raw_expected)
     assert not torch.allclose(raw_expected, expected, atol=1e-4)
     converted = convert_official(tmp_path / "best_model.pt", tmp_path / "converted")
-    assert not Separator.load(converted, query_encoder=encoder).normalize_queries
+    assert not Separator.load(converted, query_encoder=encoder).queries.normalize_queries
 
     with pytest.raises(CheckpointError, match="needs a query encoder"):
         Separator.load(tmp_path / "best_model.pt")

@@ -34,7 +34,7 @@ def test_text_is_carried_across_the_gap_and_images_are_not(parts):
     text = plain.encode_queries(["cello", "harp"])
     torch.testing.assert_close(crossing.encode_queries(["cello", "harp"]), gap.cross(text))
     derived = plain.with_gap(folder / "gap.json")
-    assert derived.model is plain.model and plain.gap is None
+    assert derived.model is plain.model and plain.queries.gap is None
     torch.testing.assert_close(derived.encode_queries(["cello", "harp"]), gap.cross(text))
     assert not torch.allclose(crossing.encode_queries(["cello"]), text[:1], atol=1e-3)
     image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)

@@ -45,7 +45,7 @@ def test_with_prior_shares_the_model_and_leaves_the_separator_as_it_was(parts):
     direct = Separator(model, encoder, segment=1.0, overlap=0.3, batch_size=2, prior=prior, prior_seed=7)
     wave = torch.randn(1, 40000, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(derived.separate(wave, 16000, ["cello"]).stems, direct.separate(wave, 16000, ["cello"]).stems)
-    assert derived.model is plain.model and plain.prior is None
+    assert derived.model is plain.model and plain.queries.prior is None
     assert not torch.allclose(plain.encode_queries(["cello"]), derived.encode_queries(["cello"]), atol=1e-3)
     with pytest.raises(QueryError, match="raw"):
         Separator(model, encoder, normalize_queries=False).with_prior(prior)
