@@ -246,6 +246,7 @@ class DiffusionPrior(Pretrained, nn.Module):
         steps: int = 25,
         guidance: float = 2.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        seed: int | None = None,
     ) -> torch.Tensor:
         """Sample image embeddings for text embeddings.
 
@@ -256,6 +257,8 @@ class DiffusionPrior(Pretrained, nn.Module):
             generator: random generator for the noise, or a list of ``B`` generators, one
                 per row, so that row ``i`` depends only on its own text and ``generator[i]``
                 (not on the other rows of the batch).
+            seed: instead of ``generator``, one noise stream per row seeded with ``seed``:
+                each text gets the image embedding it would get alone.
 
         Returns:
             float32 ``[B, D]`` L2-normalized image embeddings on the prior's device.
@@ -266,7 +269,11 @@ class DiffusionPrior(Pretrained, nn.Module):
             )
         if steps < 1:
             raise PriorError(f"steps must be at least 1, got {steps}.")
+        if seed is not None and generator is not None:
+            raise PriorError("give the prior a seed or random generators, not both.")
         device, dtype = self.text_mean.device, self.transformer.dtype
+        if seed is not None:
+            generator = [torch.Generator(device).manual_seed(seed) for _ in range(len(text_embeddings))]
         scheduler = getattr(diffusers, self.sampler).from_config(self.scheduler_config)
         scheduler.set_timesteps(steps, device=device)
         condition = self.normalize_text(text_embeddings.to(device=device, dtype=self.text_mean.dtype)).to(dtype)

@@ -204,8 +204,7 @@ class QueryEmbedder:
             return self.gap.cross(embeddings)
         if self.prior is None:
             return embeddings
-        generators = [torch.Generator(self.device).manual_seed(self.prior_seed) for _ in texts]
-        return self.prior.sample(embeddings.to(self.device), generator=generators)
+        return self.prior.sample(embeddings.to(self.device), seed=self.prior_seed)
 
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:

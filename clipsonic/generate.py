@@ -271,8 +271,7 @@ class Generator:
         if mode == "pd":
             # One noise stream per prompt, each from the seed: a prompt's condition does not
             # depend on the other prompts of the call.
-            generators = [torch.Generator(self.device).manual_seed(seed) for _ in texts]
-            embeddings = self.prior().sample(embeddings, generator=generators)
+            embeddings = self.prior().sample(embeddings, seed=seed)
         elif mode == "gap":
             if self.gap is None:
                 raise GenerationError('mode "gap" needs a modality gap file (recipes/measure_gap.py).')

@@ -128,7 +128,7 @@ PROFILES = {
                   test_clips=44, align_steps=150,
                   align_images=100,
                   clipsep_steps=120, prior_steps=60, clipsonic_steps=40, gen_samples=1, gen_steps=10,
-                  judge_clips=110, judge_steps=150, guidance_choices=(3.0,)),
+                  judge_clips=55, judge_steps=100, guidance_choices=(3.0,)),
 }
 
 ENCODER_NAME = "clip-toy"

@@ -47,3 +47,15 @@ def test_prior_rows_with_their_own_generators_do_not_depend_on_the_batch(positio
     torch.testing.assert_close(batch[position : position + 1], alone, atol=1e-5, rtol=0)
     with pytest.raises(PriorError, match="3 random generators for 4"):
         prior.sample(text, steps=5, generator=streams[:3])
+
+
+def test_a_seed_gives_each_row_the_stream_it_would_have_alone():
+    prior = DiffusionPrior.tiny(seed=0)
+    text = unit_vectors(3, seed=2)
+    seeded = prior.sample(text, steps=5, seed=7)
+    streams = [torch.Generator().manual_seed(7) for _ in range(3)]
+    torch.testing.assert_close(seeded, prior.sample(text, steps=5, generator=streams), atol=0, rtol=0)
+    torch.testing.assert_close(seeded[2:], prior.sample(text[2:], steps=5, seed=7), atol=1e-5, rtol=0)
+    assert not torch.allclose(seeded, prior.sample(text, steps=5, seed=8), atol=1e-3)
+    with pytest.raises(PriorError, match="a seed or random generators, not both"):
+        prior.sample(text, steps=5, seed=7, generator=torch.Generator().manual_seed(7))

@@ -10,7 +10,7 @@ below 1%:
   frames agree at worst), the hits among the 44 test clips follow Binomial(44, 1/11), and
   a retrieval of 0.3 or more (14 clips) has probability 2e-5.
 - The timbre judge: a verdict that ignored the audio would be right with probability 1/11
-  on each of the 330 test crops; 60% right has probability below 1e-100.
+  on each of the 165 test crops; 60% right has probability below 1e-50.
 
 Separation and generation have no floor at this size: on the miniature world, even 300
 CLIPSep steps and 100 CLIPSonic steps do not reach query-dependent output (measured: SDR
