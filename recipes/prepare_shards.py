@@ -13,7 +13,6 @@ imported inside the functions that need it, and a worker that only decodes start
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import hashlib
 import json
@@ -29,7 +28,8 @@ from tqdm import tqdm
 from clipcore.errors import UsageError, report_errors
 from clipcore.files import atomic_write
 from clipcore.supervised import SupervisedPool
-from clipcore.video import VIDEO_EXTENSIONS, Clip, VideoError, probe, read_clip
+from clipcore.video import Clip, VideoError, read_clip
+from clipcore.video_library import LAYOUTS, clip_spans, read_video_list
 
 EPILOG = """\
 inputs:
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", type=Path, help="a folder of videos or a CSV file listing them")
     parser.add_argument("out_dir", type=Path, help="folder for the shards")
-    parser.add_argument("--layout", choices=["auto", "generic", "vggsound", "music"], default="auto",
+    parser.add_argument("--layout", choices=["auto", *LAYOUTS], default="auto",
                         help="CSV layout (default: auto)")
     parser.add_argument("--video-root", type=Path, help="where CSV rows' files are (default: the CSV's folder)")
     parser.add_argument("--split", help="vggsound layout: keep rows of this split only (train or test)")
@@ -126,119 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _index_videos(root: Path) -> dict[str, Path]:
-    """Map file stems to video files below ``root``."""
-    return {p.stem: p for p in sorted(root.rglob("*")) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()}
-
-
-def _float(value: str, where: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise UsageError(f"{where}: {value!r} is not a number of seconds.") from None
-
-
-def _detect_layout(first: list[str], path: Path) -> str:
-    cells = [c.strip().lower() for c in first]
-    if {"path", "file", "filename", "video"} & set(cells):
-        return "generic"
-    if len(cells) == 4 and cells[3] in {"train", "test", "val", "validation"}:
-        return "vggsound"
-    if len(cells) >= 4 and cells[2].isdigit():
-        return "music"
-    raise UsageError(f"{path}: cannot tell the CSV layout from its first row; pass --layout.")
-
-
 def read_entries(args: argparse.Namespace) -> tuple[list[Entry], list[tuple[str, str]]]:
-    """The input videos, and rows that name no existing file (with a reason)."""
-    source: Path = args.input
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-        entries = [
-            Entry(str(p), p.relative_to(source).with_suffix("").as_posix(), p.parent.name if p.parent != source else None)
-            for p in files
-        ]
-        return entries, []
-    if not source.is_file():
-        raise UsageError(f"{source}: no such file or folder.")
-    root = args.video_root or source.parent
-    if not root.is_dir():
-        raise UsageError(f"{root}: video root is not a folder.")
-    try:
-        with open(source, newline="", encoding="utf-8") as handle:
-            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UsageError(f"{source}: cannot be read as CSV ({error}).") from None
-    if not rows:
-        raise UsageError(f"{source}: lists no videos.")
-    layout = args.layout if args.layout != "auto" else _detect_layout(rows[0], source)
-    entries, missing = [], []
-    if layout == "generic":
-        header = [c.strip().lower() for c in rows[0]]
-        column = next((header.index(n) for n in ("path", "file", "filename", "video") if n in header), None)
-        if column is None:
-            raise UsageError(f"{source}: the header has no 'path' column.")
-
-        def get(row: list[str], name: str) -> str | None:
-            """The row's value in column ``name``, or None where it is missing or empty."""
-            index = header.index(name) if name in header else len(row)
-            return row[index].strip() or None if index < len(row) else None
-
-        for number, row in enumerate(rows[1:], 2):
-            path = root / row[column].strip()
-            start, end = get(row, "start"), get(row, "end")
-            entry = Entry(str(path), path.with_suffix("").name, get(row, "label"),
-                          _float(start, f"{source}:{number}") if start else 0.0,
-                          _float(end, f"{source}:{number}") if end else None)
-            (entries.append(entry) if path.is_file() else missing.append((str(path), "no such file")))
-        return entries, missing
-    index = _index_videos(root)
-    for number, row in enumerate(rows, 1):
-        if layout == "vggsound":
-            if len(row) < 4:
-                raise UsageError(f"{source}:{number}: expected 4 columns (youtube_id,start,label,split).")
-            ytid, start, label, split = (c.strip() for c in row[:4])
-            if args.split and split != args.split:
-                continue
-            start_s = _float(start, f"{source}:{number}")
-            cut = index.get(f"{ytid}_{int(start_s):06d}")
-            if cut is not None:
-                entries.append(Entry(str(cut), f"{ytid}_{int(start_s):06d}", label))
-            elif ytid in index:
-                entries.append(Entry(str(index[ytid]), ytid, label, start_s, start_s + 10.0))
-            else:
-                missing.append((f"{ytid}_{int(start_s):06d}", f"no video file for this row below {root}"))
-        else:
-            if len(row) < 4:
-                raise UsageError(f"{source}:{number}: expected 4 columns (audio path,frames folder,count,label).")
-            video_id, label = Path(row[0].strip()).stem, row[3].strip()
-            if video_id in index:
-                entries.append(Entry(str(index[video_id]), video_id, label))
-            else:
-                missing.append((video_id, f"no video file for this row below {root}"))
-    return entries, missing
+    """The input videos (:func:`clipcore.video_library.read_video_list`), and rows that name
+    no existing file (with a reason)."""
+    videos, missing = read_video_list(args.input, args.video_root, args.layout, args.split)
+    return [Entry(v.path, v.video_id, v.label, v.start, v.end) for v in videos], missing
 
 
 def plan_clips(entry: Entry, clip_seconds: float, min_seconds: float) -> tuple[str, list[ClipJob], str | None]:
     """The clips of one input: ``(path, clips, None)`` or ``(path, [], reason)``.
     Reads only the file's header."""
-    try:
-        info = probe(entry.path)
-    except VideoError as error:
-        return entry.path, [], str(error)
-    if not info.has_audio:
-        return entry.path, [], f"{entry.path}: has no audio track."
-    if not info.has_video:
-        return entry.path, [], f"{entry.path}: has no video track."
-    end = min(info.common_duration, entry.end) if entry.end is not None else info.common_duration
-    length = end - entry.start
-    count = int(length / clip_seconds + 1e-6)
-    if count == 0:
-        if length < min_seconds:
-            return entry.path, [], f"{entry.path}: {max(length, 0):.1f} s is shorter than --min-seconds {min_seconds:g}."
-        return entry.path, [ClipJob(entry.path, entry.video_id, entry.label, entry.start, end)], None
-    starts = [entry.start + k * clip_seconds for k in range(count)]
-    return entry.path, [ClipJob(entry.path, entry.video_id, entry.label, s, s + clip_seconds) for s in starts], None
+    spans, reason = clip_spans(entry.path, clip_seconds, min_seconds, entry.start, entry.end)
+    return entry.path, [ClipJob(entry.path, entry.video_id, entry.label, a, b) for a, b in spans], reason
 
 
 # ----------------------------------------------------------------------------- writing

@@ -1,0 +1,171 @@
+"""Video collections as training data: which files, which labels, and which part of each.
+
+A collection is a folder of video files (labels from the folder names) or a CSV file that
+lists them, in one of three layouts: ``generic`` (a header with a ``path`` column, and
+optional ``label``, ``start`` and ``end``), ``vggsound`` (VGGSound's ``vggsound.csv``) or
+``music`` (the CLIPSep lists of MUSIC). ``recipes/prepare_shards.py`` cuts each listed part
+into clips (:func:`clip_spans`) and writes them as shards; labelled audio without pictures
+is :mod:`clipcore.sound_library`'s.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipcore.errors import UsageError
+from clipcore.video import VIDEO_EXTENSIONS, VideoError, probe
+
+__all__ = ["LAYOUTS", "ListedVideo", "read_video_list", "clip_spans"]
+
+LAYOUTS = ("generic", "vggsound", "music")
+VGGSOUND_SECONDS = 10.0
+"""How much of a full video a ``vggsound`` row names, from its start."""
+
+
+@dataclass(frozen=True)
+class ListedVideo:
+    """One video of a collection: its path, its id, its label, and the part to use
+    (``start`` to ``end`` seconds; ``end`` None: to the end of the file)."""
+
+    path: str
+    video_id: str
+    label: str | None = None
+    start: float = 0.0
+    end: float | None = None
+
+
+def _videos_below(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+
+
+def _seconds(value: str, where: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"{where}: {value!r} is not a number of seconds.") from None
+
+
+def _detect_layout(first: list[str], path: Path) -> str:
+    cells = [c.strip().lower() for c in first]
+    if {"path", "file", "filename", "video"} & set(cells):
+        return "generic"
+    if len(cells) == 4 and cells[3] in {"train", "test", "val", "validation"}:
+        return "vggsound"
+    if len(cells) >= 4 and cells[2].isdigit():
+        return "music"
+    raise UsageError(f"{path}: cannot tell the CSV layout from its first row; pass --layout.")
+
+
+def read_video_list(source: Path, video_root: Path | None = None, layout: str = "auto",
+                    split: str | None = None) -> tuple[list[ListedVideo], list[tuple[str, str]]]:
+    """The videos of a folder or CSV file, and the rows that name no existing file.
+
+    Args:
+        source: a folder (every video file below it; id = the path below it without
+            extension, label = the file's folder unless that is ``source``) or a CSV file.
+        video_root: where a CSV's files are, looked up recursively by name for the
+            ``vggsound`` and ``music`` layouts (default: the CSV's folder).
+        layout: ``"auto"`` (told from the first row) or one of :data:`LAYOUTS`.
+        split: ``vggsound`` layout: keep the rows of this split only.
+
+    Returns:
+        the videos, and ``(row's file or id, reason)`` for each row without a file.
+
+    Raises:
+        UsageError: no such input, an unreadable or empty CSV, or a malformed row (one
+            sentence naming the file and row).
+    """
+    if source.is_dir():
+        return [ListedVideo(str(p), p.relative_to(source).with_suffix("").as_posix(),
+                            p.parent.name if p.parent != source else None) for p in _videos_below(source)], []
+    if not source.is_file():
+        raise UsageError(f"{source}: no such file or folder.")
+    root = video_root or source.parent
+    if not root.is_dir():
+        raise UsageError(f"{root}: video root is not a folder.")
+    try:
+        with open(source, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UsageError(f"{source}: cannot be read as CSV ({error}).") from None
+    if not rows:
+        raise UsageError(f"{source}: lists no videos.")
+    layout = layout if layout != "auto" else _detect_layout(rows[0], source)
+    if layout == "generic":
+        return _generic_rows(rows, source, root)
+    index = {p.stem: p for p in _videos_below(root)}
+    videos, missing = [], []
+    for number, row in enumerate(rows, 1):
+        if layout == "vggsound":
+            if len(row) < 4:
+                raise UsageError(f"{source}:{number}: expected 4 columns (youtube_id,start,label,split).")
+            ytid, start, label, row_split = (c.strip() for c in row[:4])
+            if split and row_split != split:
+                continue
+            start_s = _seconds(start, f"{source}:{number}")
+            cut = f"{ytid}_{int(start_s):06d}"  # the usual 10-second download, read whole
+            if cut in index:
+                videos.append(ListedVideo(str(index[cut]), cut, label))
+            elif ytid in index:  # the full video, read from the row's start
+                videos.append(ListedVideo(str(index[ytid]), ytid, label, start_s, start_s + VGGSOUND_SECONDS))
+            else:
+                missing.append((cut, f"no video file for this row below {root}"))
+        else:
+            if len(row) < 4:
+                raise UsageError(f"{source}:{number}: expected 4 columns (audio path,frames folder,count,label).")
+            video_id, label = Path(row[0].strip()).stem, row[3].strip()
+            if video_id in index:
+                videos.append(ListedVideo(str(index[video_id]), video_id, label))
+            else:
+                missing.append((video_id, f"no video file for this row below {root}"))
+    return videos, missing
+
+
+def _generic_rows(rows: list[list[str]], source: Path, root: Path) -> tuple[list[ListedVideo], list[tuple[str, str]]]:
+    """The ``generic`` layout: a header row, then one video per row (paths below ``root``)."""
+    header = [c.strip().lower() for c in rows[0]]
+    column = next((header.index(n) for n in ("path", "file", "filename", "video") if n in header), None)
+    if column is None:
+        raise UsageError(f"{source}: the header has no 'path' column.")
+
+    def get(row: list[str], name: str) -> str | None:
+        """The row's value in column ``name``, or None where it is missing or empty."""
+        index = header.index(name) if name in header else len(row)
+        return row[index].strip() or None if index < len(row) else None
+
+    videos, missing = [], []
+    for number, row in enumerate(rows[1:], 2):
+        path = root / row[column].strip()
+        start, end = get(row, "start"), get(row, "end")
+        video = ListedVideo(str(path), path.with_suffix("").name, get(row, "label"),
+                            _seconds(start, f"{source}:{number}") if start else 0.0,
+                            _seconds(end, f"{source}:{number}") if end else None)
+        (videos.append(video) if path.is_file() else missing.append((str(path), "no such file")))
+    return videos, missing
+
+
+def clip_spans(path: str, clip_seconds: float, min_seconds: float, start: float = 0.0,
+               end: float | None = None) -> tuple[list[tuple[float, float]], str | None]:
+    """Back-to-back clips of a video from ``start`` to ``end`` seconds (None: its end),
+    within the time both its tracks cover, from its header: ``(spans, None)`` or ``([],
+    reason)``. A part shorter than one clip gives one clip of its length if that is at
+    least ``min_seconds``."""
+    try:
+        info = probe(path)
+    except VideoError as error:
+        return [], str(error)
+    if not info.has_audio:
+        return [], f"{path}: has no audio track."
+    if not info.has_video:
+        return [], f"{path}: has no video track."
+    end = min(info.common_duration, end) if end is not None else info.common_duration
+    length = end - start
+    count = int(length / clip_seconds + 1e-6)
+    if count == 0:
+        if length < min_seconds:
+            return [], f"{path}: {max(length, 0):.1f} s is shorter than --min-seconds {min_seconds:g}."
+        return [(start, end)], None
+    starts = [start + k * clip_seconds for k in range(count)]
+    return [(first, first + clip_seconds) for first in starts], None
