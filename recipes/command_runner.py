@@ -3,7 +3,8 @@
 The quick start and the experiments are sequences of the project's own commands
 (``recipes/*.py``, ``clipsep``, ``clipsonic``). :class:`Runner` prints each one as
 ``$ ...``, writes its output to ``OUT/logs/<name>.log``, times it, and runs independent
-commands side by side (one lane per core).
+commands side by side: in fixed lanes (one per core), or from a pool from which each core,
+when free, takes the next command whose inputs are ready.
 """
 
 from __future__ import annotations
@@ -79,30 +80,68 @@ class Runner:
         ``(name, function)`` calls of this process, run in order; an item may name the
         work of other lanes it needs as a third element, ``(name, work, ("other",))``, and
         then starts once that is done. Returns what each call returned, by name."""
-        values: dict[str, Any] = {}
-        done = {item[0]: threading.Event() for lane in lanes for item in lane}
-        failed = threading.Event()
+        items = []
+        for lane in lanes:
+            previous: tuple[str, ...] = ()
+            for name, work, *needs in lane:
+                items.append((name, work, (*previous, *(needs[0] if needs else ()))))
+                previous = (name,)
+        return self.pool(items, workers=len(lanes))
 
-        def run(lane):
-            try:
-                for name, work, *needs in lane:
-                    for need in needs[0] if needs else ():
-                        done[need].wait()
-                    if failed.is_set():
-                        return
+    def pool(self, items: list[tuple], workers: int = 2) -> dict[str, Any]:
+        """Run ``(name, work)`` or ``(name, work, needs)`` items (commands or calls, as in
+        :meth:`lanes`) on ``workers`` threads: each thread, when free, takes the first item
+        in list order whose ``needs`` (names of other items) are done, so work goes to
+        whichever core frees first. Returns what each call returned, by name.
+
+        Raises:
+            ValueError: an item needs a name that no item has.
+            StepFailed: a command failed (no further item starts).
+        """
+        names = {item[0] for item in items}
+        unknown = {need for item in items for need in (item[2] if len(item) > 2 else ())} - names
+        if unknown:
+            raise ValueError(f"no item is called {', '.join(sorted(unknown))}.")
+        values: dict[str, Any] = {}
+        pending, done, running, failed = list(items), set(), [0], []
+        state = threading.Condition()
+        threads = 1 if workers > 1 else 2
+
+        def take() -> tuple | None:
+            with state:
+                while pending and not failed:
+                    ready = next((item for item in pending
+                                  if all(need in done for need in (item[2] if len(item) > 2 else ()))), None)
+                    if ready is not None:
+                        pending.remove(ready)
+                        running[0] += 1
+                        return ready
+                    if running[0] == 0:
+                        failed.append("")  # the other threads stop waiting too
+                        state.notify_all()
+                        raise ValueError(f"{', '.join(item[0] for item in pending)} need each other.")
+                    state.wait()
+                return None
+
+        def work_through() -> None:
+            while (item := take()) is not None:
+                name, work = item[:2]
+                try:
                     if callable(work):
                         values[name] = self.call(name, work)
                     else:
-                        self.command(name, work, threads=1 if len(lanes) > 1 else 2)
-                    done[name].set()
-            except BaseException:
-                failed.set()  # no lane waits for work that will not come
-                for event in done.values():
-                    event.set()
-                raise
+                        self.command(name, work, threads=threads)
+                except BaseException:
+                    failed.append(name)  # no item starts after a failure
+                    raise
+                finally:
+                    with state:
+                        running[0] -= 1
+                        done.add(name)
+                        state.notify_all()
 
-        with ThreadPoolExecutor(len(lanes)) as pool:
-            for future in [pool.submit(run, lane) for lane in lanes]:
+        with ThreadPoolExecutor(workers) as executor:
+            for future in [executor.submit(work_through) for _ in range(workers)]:
                 future.result()
         return values
 

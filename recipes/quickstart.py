@@ -29,9 +29,9 @@ in ``OUT/logs/``); two independent commands share the two cores where they can:
    (prompts never seen in alignment, e.g. "someone plays the cello"; zero-shot: CLIPSep
    never saw text) and the same text through the diffusion
    prior (``--prior``) or carried across CLIP's modality gap as measured on the prior's
-   training pairs (``recipes/measure_gap.py``, ``--gap``: no training), run in CLIPSep's
-   lane of step 3 while CLIPSonic still trains; ``clipsonic generate`` in image, zero-shot
-   and prior modes;
+   training pairs (``recipes/measure_gap.py``, ``--gap``: no training), run in step 3 once
+   CLIPSep and the prior are trained, while CLIPSonic still trains; ``clipsonic generate``
+   in image, zero-shot and prior modes;
 6. the report (``OUT/report.json``; everything behind it in ``OUT/details.json``): SDR
    improvement per query kind and per instrument, recognition per mode, the CLIP's gap,
    each mean with its 95% interval (``recipes/quickstart_report.py``).
@@ -100,6 +100,7 @@ class Profile:
     gen_seconds: float = 1.0
     mask_power: float = 1.5
     mask_power_zero_shot: float = 1.0
+    overlap: float = 0.25
 
 
 PROFILES = {
@@ -242,14 +243,15 @@ def clipsonic_command(out: Path, p: Profile, shards: dict[str, str], folder: Pat
 
 
 def train(runner: Runner, out: Path, p: Profile, shards: dict[str, str], separations: list[tuple]) -> None:
-    """Step 3: CLIPSep and the prior in one lane, CLIPSonic in the other. The commands of
-    ``separations`` (step 5's, which need only CLIPSep and the prior) follow in the first lane,
-    which would otherwise wait for CLIPSonic."""
+    """Step 3: CLIPSonic on one core, CLIPSep and then the prior on the other; step 5's
+    ``separations`` (which need only CLIPSep and the prior, ``(name, args, needs)``) go to
+    whichever core frees first, rather than wait for CLIPSonic."""
     with runner.step("3. training CLIPSep (image queries only), the diffusion prior and CLIPSonic; "
                      "then, beside CLIPSonic, step 5's separations"):
-        runner.lanes([("train_clipsep", clipsep_command(out, p, shards, out / "clipsep")),
-                      ("train_prior", prior_command(out, p, shards, out / "prior")), *separations],
-                     [("train_clipsonic", clipsonic_command(out, p, shards, out / "clipsonic"))])
+        runner.pool([("train_clipsonic", clipsonic_command(out, p, shards, out / "clipsonic")),
+                     ("train_clipsep", clipsep_command(out, p, shards, out / "clipsep")),
+                     ("train_prior", prior_command(out, p, shards, out / "prior"), ("train_clipsep",)),
+                     *separations])
 
 
 def train_judge(p: Profile):
@@ -305,33 +307,35 @@ def choose_guidance(runner: Runner, out: Path, p: Profile, shards: dict[str, str
         return {"chosen": {mode: p.guidance_choices[0] for mode in MODES}, "recognition": {}}
     queries = write_queries(read_clips(shards["validation"]), out / "validation", list(world.INSTRUMENTS))
     with runner.step("4. validation: CLIPSonic's guidance scale per query mode"):
-        lanes: list[list] = [[], []]
         files: dict[float, dict[str, dict]] = {g: {} for g in p.guidance_choices}
-        for i, (guidance, mode, command, paths) in enumerate(validation_generations(out, p, queries)):
+        commands = []
+        for guidance, mode, command, paths in validation_generations(out, p, queries):
             files[guidance][mode] = paths
-            lanes[i % 2].append((f"validation_{mode}_g{guidance:g}", command))
-        runner.lanes(*[lane for lane in lanes if lane])
+            commands.append((f"validation_{mode}_g{guidance:g}", command))
+        runner.pool(commands)
         scores = {g: evaluate_generation(judge, files[g], p.gen_seconds) for g in p.guidance_choices}
     chosen = {mode: max(p.guidance_choices, key=lambda g: scores[g][mode]["recognition"]["mean"]) for mode in MODES}
     return {"chosen": chosen, "recognition": {f"{g:g}": {m: scores[g][m]["recognition"] for m in MODES}
                                               for g in p.guidance_choices}}
 
 
-def test_separations(out: Path, queries, p: Profile) -> tuple[list[tuple[str, list[str]]],
+def test_separations(out: Path, queries, p: Profile) -> tuple[list[tuple[str, list[str], tuple[str, ...]]],
                                                              dict[str, tuple[Path, dict]]]:
     """Step 5's separations of the test mixtures: ``clipsep separate`` with image queries,
     text, text through the prior and text across the gap (``recipes/measure_gap.py`` first),
-    the soft masks raised to ``p.mask_power`` (``p.mask_power_zero_shot`` for text).
+    the soft masks raised to ``p.mask_power`` (``p.mask_power_zero_shot`` for text), segments
+    overlapping by ``p.overlap``.
 
     Returns:
-        the commands, as ``(name, args)``, and per query kind the folder the stems go to and
-        the stem name of each instrument.
+        the commands, as ``(name, args, needs)`` (needs: the training commands of
+        :func:`train` and the gap's measure that they wait for), and per query kind the folder
+        the stems go to and the stem name of each instrument.
     """
     from clipsep.stem_files import stem_names
 
     mixtures = str(out / "test" / "mixtures")
     base = tool("clipsep") + ["separate", "--checkpoint", str(out / "clipsep" / "best"), "--overwrite",
-                              "--format", "wav", "--bit-depth", "32f"]
+                              "--format", "wav", "--bit-depth", "32f", "--overlap", f"{p.overlap:g}"]
     text = [a for name in queries.instruments for a in ("--query", name)] + _templates(world.HELDOUT_TEMPLATES)
     images = [a for name in queries.instruments for a in ("--query-image", str(queries.images[name]))]
     runs = {"image": images, "text": text, "text_prior": text + ["--prior", str(out / "prior")],
@@ -341,10 +345,12 @@ def test_separations(out: Path, queries, p: Profile) -> tuple[list[tuple[str, li
              "text": [("text", n) for n in queries.instruments]}
     stems = {kind: dict(zip(queries.instruments, stem_names(kinds["image" if kind == "image" else "text"], 0)))
              for kind in runs}
+    needs = {"image": ("train_clipsep",), "text": ("train_clipsep",), "text_prior": ("train_clipsep", "train_prior"),
+             "text_gap": ("train_clipsep", "measure_gap")}
     gap = recipe("measure_gap.py") + ["--pairs", str(out / "prior_pairs.npz"), "-o", str(out / "modality_gap.json")]
-    commands = [("measure_gap", gap), *((f"separate_{kind}", base + ["--mask-power", f"{powers[kind]:g}", "-o",
-                                                                     str(out / "separated" / kind), *args, mixtures])
-                                         for kind, args in runs.items())]
+    commands = [("measure_gap", gap, ("train_prior",)),
+                *((f"separate_{kind}", base + ["--mask-power", f"{powers[kind]:g}", "-o", str(out / "separated" / kind),
+                                               *args, mixtures], needs[kind]) for kind, args in runs.items())]
     return commands, {kind: (out / "separated" / kind, stems[kind]) for kind in runs}
 
 

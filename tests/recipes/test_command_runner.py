@@ -52,3 +52,26 @@ def test_a_failure_releases_the_lanes_that_wait_for_it(tmp_path):
         runner.lanes([("waits", lambda: ran.append("waits"), ("broken",))],
                      [("broken", [sys.executable, "-c", "import sys; sys.exit(1)"])])
     assert ran == []
+
+
+def test_a_pool_gives_work_to_whichever_thread_is_free(tmp_path):
+    # "long" is taken first and waits for "c"; dealt out in fixed lanes (long, b | a, c), b
+    # would wait behind it. The pool's other thread runs a, b and c in turn.
+    runner = Runner(tmp_path)
+    order = []
+    released = threading.Event()
+
+    def long():
+        order.append("long waits" if released.wait(timeout=10) else "long timed out")
+
+    values = runner.pool([("long", long), ("a", lambda: order.append("a")), ("b", lambda: order.append("b")),
+                          ("c", lambda: order.append("c") or released.set() or 3, ("a",))])
+    assert order == ["a", "b", "c", "long waits"] and values["c"] == 3
+
+
+def test_a_pool_refuses_needs_it_cannot_meet(tmp_path):
+    runner = Runner(tmp_path)
+    with pytest.raises(ValueError, match="no item is called missing"):
+        runner.pool([("a", lambda: None, ("missing",))])
+    with pytest.raises(ValueError, match="a, b need each other"):
+        runner.pool([("a", lambda: None, ("b",)), ("b", lambda: None, ("a",))])

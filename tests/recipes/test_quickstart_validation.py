@@ -60,8 +60,17 @@ def test_clipsep_trains_wider_in_bf16_and_fewer_steps_only_where_the_cpu_has_amx
 def test_zero_shot_text_keeps_the_networks_masks_and_queries_in_image_space_are_sharpened(tmp_path):
     profile = PROFILES["demo"]
     commands, _ = quickstart.test_separations(tmp_path, _queries(tmp_path / "test"), profile)
-    powers = {name: float(command[command.index("--mask-power") + 1]) for name, command in commands
-              if name.startswith("separate_")}
+    separations = {name: command for name, command, _ in commands if name.startswith("separate_")}
+    powers = {name: float(command[command.index("--mask-power") + 1]) for name, command in separations.items()}
     assert powers == {"separate_image": profile.mask_power, "separate_text": profile.mask_power_zero_shot,
                       "separate_text_prior": profile.mask_power, "separate_text_gap": profile.mask_power}
     assert profile.mask_power > profile.mask_power_zero_shot == 1.0
+    assert {float(command[command.index("--overlap") + 1]) for command in separations.values()} == {profile.overlap}
+
+
+def test_each_separation_waits_for_the_models_it_reads(tmp_path):
+    commands, _ = quickstart.test_separations(tmp_path, _queries(tmp_path / "test"), PROFILES["demo"])
+    needs = {name: set(wants) for name, _, wants in commands}
+    assert needs == {"measure_gap": {"train_prior"}, "separate_image": {"train_clipsep"},
+                     "separate_text": {"train_clipsep"}, "separate_text_prior": {"train_clipsep", "train_prior"},
+                     "separate_text_gap": {"train_clipsep", "measure_gap"}}
