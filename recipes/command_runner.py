@@ -103,20 +103,22 @@ class Runner:
         if unknown:
             raise ValueError(f"no item is called {', '.join(sorted(unknown))}.")
         values: dict[str, Any] = {}
-        pending, done, running, failed = list(items), set(), [0], []
+        pending, done, failed = list(items), set(), []
+        running = 0
         state = threading.Condition()
         threads = 1 if workers > 1 else 2
 
         def take() -> tuple | None:
+            nonlocal running
             with state:
                 while pending and not failed:
                     ready = next((item for item in pending
                                   if all(need in done for need in (item[2] if len(item) > 2 else ()))), None)
                     if ready is not None:
                         pending.remove(ready)
-                        running[0] += 1
+                        running += 1
                         return ready
-                    if running[0] == 0:
+                    if running == 0:
                         failed.append("")  # the other threads stop waiting too
                         state.notify_all()
                         raise ValueError(f"{', '.join(item[0] for item in pending)} need each other.")
@@ -124,6 +126,7 @@ class Runner:
                 return None
 
         def work_through() -> None:
+            nonlocal running
             while (item := take()) is not None:
                 name, work = item[:2]
                 try:
@@ -136,7 +139,7 @@ class Runner:
                     raise
                 finally:
                     with state:
-                        running[0] -= 1
+                        running -= 1
                         done.add(name)
                         state.notify_all()
 
