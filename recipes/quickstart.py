@@ -246,14 +246,14 @@ def clipsonic_command(out: Path, p: Profile, shards: dict[str, str], folder: Pat
 
 
 def train(runner: Runner, out: Path, p: Profile, shards: dict[str, str], separations: list[tuple]) -> None:
-    """Step 3: CLIPSonic on one core, CLIPSep and then the prior on the other; step 5's
-    ``separations`` (which need only CLIPSep and the prior, ``(name, args, needs)``) go to
-    whichever core frees first, rather than wait for CLIPSonic."""
+    """Step 3: CLIPSonic on one core, CLIPSep on the other, then the prior on the first core
+    free; step 5's ``separations`` (which need only CLIPSep and the prior, ``(name, args,
+    needs)``) go to whichever core frees first, rather than wait for CLIPSonic."""
     with runner.step("3. training CLIPSep (image queries only), the diffusion prior and CLIPSonic; "
                      "then, beside CLIPSonic, step 5's separations"):
         runner.pool([("train_clipsonic", clipsonic_command(out, p, shards, out / "clipsonic")),
                      ("train_clipsep", clipsep_command(out, p, shards, out / "clipsep")),
-                     ("train_prior", prior_command(out, p, shards, out / "prior"), ("train_clipsep",)),
+                     ("train_prior", prior_command(out, p, shards, out / "prior")),
                      *separations])
 
 
