@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
-from clipcore.errors import ClipAudioError
+from clipcore.errors import ClipAudioError, UsageError
 
-__all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image"]
+__all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image", "files_below",
+           "read_csv_rows"]
 
 
 def _read_umask() -> int:
@@ -119,3 +121,22 @@ def load_image(path: str | os.PathLike):
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ImageError(f"{path}: cannot be read as an image ({type(error).__name__}).") from None
+
+
+def files_below(root: Path, extensions: Sequence[str]) -> list[Path]:
+    """The files below ``root`` (recursively, sorted) whose suffix, in any case, is one of
+    ``extensions`` (``".wav"``, ...)."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+
+
+def read_csv_rows(path: Path) -> list[list[str]]:
+    """The rows of a UTF-8 CSV file that hold something (blank rows left out).
+
+    Raises:
+        UsageError: the file cannot be read as CSV (one sentence naming it).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UsageError(f"{path}: cannot be read as CSV ({error}).") from None

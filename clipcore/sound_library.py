@@ -13,7 +13,6 @@ read as spaces (``dog_bark`` is queried as "dog bark").
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import soundfile as sf
 
 from clipcore.audio import AudioError, load_audio
 from clipcore.errors import UsageError
+from clipcore.files import files_below, read_csv_rows
 
 __all__ = ["AUDIO_EXTENSIONS", "LabelledFile", "read_library", "clip_spans", "read_span", "label_embeddings"]
 
@@ -78,7 +78,7 @@ def read_library(source: Path, label_column: str = "label", label_pattern: str |
     except re.error as error:
         raise UsageError(f"--label-pattern {label_pattern!r} is not a regular expression ({error}).") from None
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        files = files_below(source, AUDIO_EXTENSIONS)
         if not files:
             raise UsageError(f"{source}: holds no audio files ({' '.join(AUDIO_EXTENSIONS)}).")
         return [LabelledFile(str(p), p.relative_to(source).with_suffix("").as_posix(),
@@ -87,11 +87,7 @@ def read_library(source: Path, label_column: str = "label", label_pattern: str |
     if not source.is_file():
         raise UsageError(f"{source}: no such file or folder.")
     root = root or source.parent
-    try:
-        with open(source, newline="", encoding="utf-8") as handle:
-            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UsageError(f"{source}: cannot be read as CSV ({error}).") from None
+    rows = read_csv_rows(source)
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
     column = next((header.index(name) for name in ("path", "file", "filename") if name in header), None)
     if column is None:

@@ -10,11 +10,11 @@ is :mod:`clipcore.sound_library`'s.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 from clipcore.errors import UsageError
+from clipcore.files import files_below, read_csv_rows
 from clipcore.video import VIDEO_EXTENSIONS, VideoError, probe
 
 __all__ = ["LAYOUTS", "ListedVideo", "read_video_list", "clip_spans"]
@@ -34,10 +34,6 @@ class ListedVideo:
     label: str | None = None
     start: float = 0.0
     end: float | None = None
-
-
-def _videos_below(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
 
 
 def _seconds(value: str, where: str) -> float:
@@ -79,23 +75,19 @@ def read_video_list(source: Path, video_root: Path | None = None, layout: str = 
     """
     if source.is_dir():
         return [ListedVideo(str(p), p.relative_to(source).with_suffix("").as_posix(),
-                            p.parent.name if p.parent != source else None) for p in _videos_below(source)], []
+                            p.parent.name if p.parent != source else None) for p in files_below(source, VIDEO_EXTENSIONS)], []
     if not source.is_file():
         raise UsageError(f"{source}: no such file or folder.")
     root = video_root or source.parent
     if not root.is_dir():
         raise UsageError(f"{root}: video root is not a folder.")
-    try:
-        with open(source, newline="", encoding="utf-8") as handle:
-            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UsageError(f"{source}: cannot be read as CSV ({error}).") from None
+    rows = read_csv_rows(source)
     if not rows:
         raise UsageError(f"{source}: lists no videos.")
     layout = layout if layout != "auto" else _detect_layout(rows[0], source)
     if layout == "generic":
         return _generic_rows(rows, source, root)
-    index = {p.stem: p for p in _videos_below(root)}
+    index = {p.stem: p for p in files_below(root, VIDEO_EXTENSIONS)}
     videos, missing = [], []
     for number, row in enumerate(rows, 1):
         if layout == "vggsound":

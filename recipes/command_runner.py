@@ -98,8 +98,8 @@ class Runner:
             ValueError: an item needs a name that no item has.
             StepFailed: a command failed (no further item starts).
         """
-        names = {item[0] for item in items}
-        unknown = {need for item in items for need in (item[2] if len(item) > 2 else ())} - names
+        items = [(name, work, tuple(needs[0]) if needs else ()) for name, work, *needs in items]
+        unknown = {need for _, _, needs in items for need in needs} - {name for name, _, _ in items}
         if unknown:
             raise ValueError(f"no item is called {', '.join(sorted(unknown))}.")
         values: dict[str, Any] = {}
@@ -112,8 +112,7 @@ class Runner:
             nonlocal running
             with state:
                 while pending and not failed:
-                    ready = next((item for item in pending
-                                  if all(need in done for need in (item[2] if len(item) > 2 else ()))), None)
+                    ready = next((item for item in pending if all(need in done for need in item[2])), None)
                     if ready is not None:
                         pending.remove(ready)
                         running += 1
@@ -128,7 +127,7 @@ class Runner:
         def work_through() -> None:
             nonlocal running
             while (item := take()) is not None:
-                name, work = item[:2]
+                name, work, _ = item
                 try:
                     if callable(work):
                         values[name] = self.call(name, work)
