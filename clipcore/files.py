@@ -8,13 +8,14 @@ import signal
 import tempfile
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from clipcore.errors import ClipAudioError, UsageError
 
-__all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image", "files_below",
-           "read_csv_rows"]
+__all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image", "ListedFile",
+           "files_below", "read_csv_rows"]
 
 
 def _read_umask() -> int:
@@ -121,6 +122,18 @@ def load_image(path: str | os.PathLike):
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ImageError(f"{path}: cannot be read as an image ({type(error).__name__}).") from None
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """One file of a collection (a video list, a sound library): where it is, its id, its
+    label, and the part to use (``start`` to ``end`` seconds; ``end`` None: to the end)."""
+
+    path: str
+    file_id: str
+    label: str | None = None
+    start: float = 0.0
+    end: float | None = None
 
 
 def files_below(root: Path, extensions: Sequence[str]) -> list[Path]:

@@ -14,7 +14,6 @@ read as spaces (``dog_bark`` is queried as "dog bark").
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,21 +22,11 @@ import soundfile as sf
 
 from clipcore.audio import AudioError, load_audio
 from clipcore.errors import UsageError
-from clipcore.files import files_below, read_csv_rows
+from clipcore.files import ListedFile, files_below, read_csv_rows
 
-__all__ = ["AUDIO_EXTENSIONS", "LabelledFile", "read_library", "clip_spans", "read_span", "label_embeddings"]
+__all__ = ["AUDIO_EXTENSIONS", "read_library", "clip_spans", "read_span", "label_embeddings"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
-
-
-@dataclass(frozen=True)
-class LabelledFile:
-    """One audio file of a library: its path, its id (path below the library, no
-    extension) and its label."""
-
-    path: str
-    file_id: str
-    label: str
 
 
 def _label(text: str | None, pattern: re.Pattern | None, stem: str, where: str) -> str:
@@ -57,7 +46,7 @@ def _label(text: str | None, pattern: re.Pattern | None, stem: str, where: str) 
 
 
 def read_library(source: Path, label_column: str = "label", label_pattern: str | None = None,
-                 root: Path | None = None) -> list[LabelledFile]:
+                 root: Path | None = None) -> list[ListedFile]:
     """The labelled files of a library folder or CSV file.
 
     Args:
@@ -81,7 +70,7 @@ def read_library(source: Path, label_column: str = "label", label_pattern: str |
         files = files_below(source, AUDIO_EXTENSIONS)
         if not files:
             raise UsageError(f"{source}: holds no audio files ({' '.join(AUDIO_EXTENSIONS)}).")
-        return [LabelledFile(str(p), p.relative_to(source).with_suffix("").as_posix(),
+        return [ListedFile(str(p), p.relative_to(source).with_suffix("").as_posix(),
                              _label(p.parent.name if p.parent != source else None, pattern, p.stem, str(p)))
                 for p in files]
     if not source.is_file():
@@ -101,7 +90,7 @@ def read_library(source: Path, label_column: str = "label", label_pattern: str |
     for number, row in enumerate(rows[1:], 2):
         path = root / row[column].strip() if column < len(row) else root
         cell = row[labels] if labels is not None and labels < len(row) else None
-        out.append(LabelledFile(str(path), path.with_suffix("").name, _label(cell, pattern, path.stem, f"{source}:{number}")))
+        out.append(ListedFile(str(path), path.with_suffix("").name, _label(cell, pattern, path.stem, f"{source}:{number}")))
     return out
 
 

@@ -10,30 +10,17 @@ is :mod:`clipcore.sound_library`'s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from clipcore.errors import UsageError
-from clipcore.files import files_below, read_csv_rows
+from clipcore.files import ListedFile, files_below, read_csv_rows
 from clipcore.video import VIDEO_EXTENSIONS, VideoError, probe
 
-__all__ = ["LAYOUTS", "ListedVideo", "read_video_list", "clip_spans"]
+__all__ = ["LAYOUTS", "read_video_list", "clip_spans"]
 
 LAYOUTS = ("generic", "vggsound", "music")
 VGGSOUND_SECONDS = 10.0
 """How much of a full video a ``vggsound`` row names, from its start."""
-
-
-@dataclass(frozen=True)
-class ListedVideo:
-    """One video of a collection: its path, its id, its label, and the part to use
-    (``start`` to ``end`` seconds; ``end`` None: to the end of the file)."""
-
-    path: str
-    video_id: str
-    label: str | None = None
-    start: float = 0.0
-    end: float | None = None
 
 
 def _seconds(value: str, where: str) -> float:
@@ -55,7 +42,7 @@ def _detect_layout(first: list[str], path: Path) -> str:
 
 
 def read_video_list(source: Path, video_root: Path | None = None, layout: str = "auto",
-                    split: str | None = None) -> tuple[list[ListedVideo], list[tuple[str, str]]]:
+                    split: str | None = None) -> tuple[list[ListedFile], list[tuple[str, str]]]:
     """The videos of a folder or CSV file, and the rows that name no existing file.
 
     Args:
@@ -74,7 +61,7 @@ def read_video_list(source: Path, video_root: Path | None = None, layout: str = 
             sentence naming the file and row).
     """
     if source.is_dir():
-        return [ListedVideo(str(p), p.relative_to(source).with_suffix("").as_posix(),
+        return [ListedFile(str(p), p.relative_to(source).with_suffix("").as_posix(),
                             p.parent.name if p.parent != source else None) for p in files_below(source, VIDEO_EXTENSIONS)], []
     if not source.is_file():
         raise UsageError(f"{source}: no such file or folder.")
@@ -99,9 +86,9 @@ def read_video_list(source: Path, video_root: Path | None = None, layout: str = 
             start_s = _seconds(start, f"{source}:{number}")
             cut = f"{ytid}_{int(start_s):06d}"  # the usual 10-second download, read whole
             if cut in index:
-                videos.append(ListedVideo(str(index[cut]), cut, label))
+                videos.append(ListedFile(str(index[cut]), cut, label))
             elif ytid in index:  # the full video, read from the row's start
-                videos.append(ListedVideo(str(index[ytid]), ytid, label, start_s, start_s + VGGSOUND_SECONDS))
+                videos.append(ListedFile(str(index[ytid]), ytid, label, start_s, start_s + VGGSOUND_SECONDS))
             else:
                 missing.append((cut, f"no video file for this row below {root}"))
         else:
@@ -109,13 +96,13 @@ def read_video_list(source: Path, video_root: Path | None = None, layout: str = 
                 raise UsageError(f"{source}:{number}: expected 4 columns (audio path,frames folder,count,label).")
             video_id, label = Path(row[0].strip()).stem, row[3].strip()
             if video_id in index:
-                videos.append(ListedVideo(str(index[video_id]), video_id, label))
+                videos.append(ListedFile(str(index[video_id]), video_id, label))
             else:
                 missing.append((video_id, f"no video file for this row below {root}"))
     return videos, missing
 
 
-def _generic_rows(rows: list[list[str]], source: Path, root: Path) -> tuple[list[ListedVideo], list[tuple[str, str]]]:
+def _generic_rows(rows: list[list[str]], source: Path, root: Path) -> tuple[list[ListedFile], list[tuple[str, str]]]:
     """The ``generic`` layout: a header row, then one video per row (paths below ``root``)."""
     header = [c.strip().lower() for c in rows[0]]
     column = next((header.index(n) for n in ("path", "file", "filename", "video") if n in header), None)
@@ -131,7 +118,7 @@ def _generic_rows(rows: list[list[str]], source: Path, root: Path) -> tuple[list
     for number, row in enumerate(rows[1:], 2):
         path = root / row[column].strip()
         start, end = get(row, "start"), get(row, "end")
-        video = ListedVideo(str(path), path.with_suffix("").name, get(row, "label"),
+        video = ListedFile(str(path), path.with_suffix("").name, get(row, "label"),
                             _seconds(start, f"{source}:{number}") if start else 0.0,
                             _seconds(end, f"{source}:{number}") if end else None)
         (videos.append(video) if path.is_file() else missing.append((str(path), "no such file")))

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clipcore.errors import UsageError, report_errors
-from clipcore.files import atomic_write
+from clipcore.files import ListedFile, atomic_write
 from clipcore.supervised import SupervisedPool
 from clipcore.video import Clip, VideoError, read_clip
 from clipcore.video_library import LAYOUTS, clip_spans, read_video_list
@@ -64,17 +64,6 @@ rerun with the same inputs and settings skips complete shards (OUT_DIR/plan.json
 records them). Files and clips that cannot be used are listed with a reason in the
 summary and in OUT_DIR/skipped.tsv (tracebacks of unforeseen failures in errors.log).
 """
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One input video: where it is, what to call it, and which part to use."""
-
-    path: str
-    video_id: str
-    label: str | None = None
-    start: float = 0.0
-    end: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,18 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- inputs
 
 
-def read_entries(args: argparse.Namespace) -> tuple[list[Entry], list[tuple[str, str]]]:
+def read_entries(args: argparse.Namespace) -> tuple[list[ListedFile], list[tuple[str, str]]]:
     """The input videos (:func:`clipcore.video_library.read_video_list`), and rows that name
     no existing file (with a reason)."""
-    videos, missing = read_video_list(args.input, args.video_root, args.layout, args.split)
-    return [Entry(v.path, v.video_id, v.label, v.start, v.end) for v in videos], missing
+    return read_video_list(args.input, args.video_root, args.layout, args.split)
 
 
-def plan_clips(entry: Entry, clip_seconds: float, min_seconds: float) -> tuple[str, list[ClipJob], str | None]:
+def plan_clips(entry: ListedFile, clip_seconds: float, min_seconds: float) -> tuple[str, list[ClipJob], str | None]:
     """The clips of one input: ``(path, clips, None)`` or ``(path, [], reason)``.
     Reads only the file's header."""
     spans, reason = clip_spans(entry.path, clip_seconds, min_seconds, entry.start, entry.end)
-    return entry.path, [ClipJob(entry.path, entry.video_id, entry.label, a, b) for a, b in spans], reason
+    return entry.path, [ClipJob(entry.path, entry.file_id, entry.label, a, b) for a, b in spans], reason
 
 
 # ----------------------------------------------------------------------------- writing
@@ -218,20 +206,19 @@ class ShardAssembler:
                 self.written += len(samples)
 
 
-def read_audio_entries(args: argparse.Namespace) -> list[Entry]:
+def read_audio_entries(args: argparse.Namespace) -> list[ListedFile]:
     """The files of a labelled sound library (see :func:`clipcore.sound_library.read_library`)."""
     from clipcore.sound_library import read_library
 
-    library = read_library(args.input, args.label_column, args.label_pattern, args.video_root)
-    return [Entry(item.path, item.file_id, item.label) for item in library]
+    return read_library(args.input, args.label_column, args.label_pattern, args.video_root)
 
 
-def plan_audio_clips(entry: Entry, clip_seconds: float, min_seconds: float) -> tuple[str, list[ClipJob], str | None]:
+def plan_audio_clips(entry: ListedFile, clip_seconds: float, min_seconds: float) -> tuple[str, list[ClipJob], str | None]:
     """The clips of one audio file, like :func:`plan_clips`'s."""
     from clipcore.sound_library import clip_spans
 
     spans, reason = clip_spans(entry.path, clip_seconds, min_seconds)
-    return entry.path, [ClipJob(entry.path, entry.video_id, entry.label, a, b) for a, b in spans], reason
+    return entry.path, [ClipJob(entry.path, entry.file_id, entry.label, a, b) for a, b in spans], reason
 
 
 def cut_audio_clip(job: ClipJob, settings: dict) -> tuple[np.ndarray, dict] | str:
@@ -257,7 +244,7 @@ class Steps:
     """What the recipe does with one kind of input: plan a file's clips, cut a clip (in a
     worker), encode it into shard members, and the settings that the plan record adds."""
 
-    plan: Callable[[Entry], tuple[str, list[ClipJob], str | None]]
+    plan: Callable[[ListedFile], tuple[str, list[ClipJob], str | None]]
     cut: Callable[[ClipJob], tuple | str]
     encode: Callable[..., EncodedSample]
     record: dict
@@ -274,7 +261,7 @@ def interleave_labels(jobs: list[ClipJob]) -> list[ClipJob]:
     return [queue[k] for k in range(max(map(len, queues), default=0)) for queue in queues if k < len(queue)]
 
 
-def _audio_steps(args: argparse.Namespace, encoder, entries: list[Entry], dataset: str) -> Steps:
+def _audio_steps(args: argparse.Namespace, encoder, entries: list[ListedFile], dataset: str) -> Steps:
     """The steps of a labelled sound library: each label's text embedding is computed here, once."""
     from clipcore.query import CLIPSEP_EVAL_TEMPLATES
     from clipcore.sound_library import label_embeddings
@@ -323,7 +310,7 @@ def prepare(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, dataset: str, encoder_name: str | None,
-             settings: dict, skipped: list[tuple[str, str]], entries: list[Entry]) -> int:
+             settings: dict, skipped: list[tuple[str, str]], entries: list[ListedFile]) -> int:
     """Probe the entries, plan the clips, then cut and write the shards not yet written."""
     jobs: list[ClipJob] = []
     failures: list[str] = []

@@ -117,19 +117,19 @@ def test_csv_layouts_map_rows_to_files(tmp_path):
         return read_entries(namespace)
 
     found, missing = entries("abcdefghijk,30,playing cello,train\nlmnopqrstuv,12,clarinet,test\nzzzzzzzzzzz,0,x,train\n")
-    assert [(Path(e.path).name, e.video_id, e.label, e.start, e.end) for e in found] == [
+    assert [(Path(e.path).name, e.file_id, e.label, e.start, e.end) for e in found] == [
         ("abcdefghijk_000030.mp4", "abcdefghijk_000030", "playing cello", 0.0, None),
         ("lmnopqrstuv.mp4", "lmnopqrstuv", "clarinet", 12.0, 22.0),
     ]
     assert [m[0] for m in missing] == ["zzzzzzzzzzz_000000"]
     found, _ = entries("abcdefghijk,30,playing cello,train\nlmnopqrstuv,12,clarinet,test\n", split="test")
-    assert [e.video_id for e in found] == ["lmnopqrstuv"]
+    assert [e.file_id for e in found] == ["lmnopqrstuv"]
 
     found, missing = entries("data/MUSIC/solo/audio/trumpet/000002.wav,data/MUSIC/solo/preprocessed/trumpet/000002,2,trumpet\n")
-    assert [(e.path, e.video_id, e.label) for e in found] == [(str(paths[2]), "000002", "trumpet")] and not missing
+    assert [(e.path, e.file_id, e.label) for e in found] == [(str(paths[2]), "000002", "trumpet")] and not missing
 
     found, missing = entries("label,path,start,end\nbrass,trumpet/000002.mp4,0.5,1.5\nnone,nowhere.mp4,,\n")
-    assert [(e.video_id, e.label, e.start, e.end) for e in found] == [("000002", "brass", 0.5, 1.5)]
+    assert [(e.file_id, e.label, e.start, e.end) for e in found] == [("000002", "brass", 0.5, 1.5)]
     assert missing == [(str(root / "nowhere.mp4"), "no such file")]
     _, clips, reason = plan_clips(found[0], clip_seconds=0.4, min_seconds=0.2)
     assert reason is None and [(c.start, c.end) for c in clips] == [(0.5, 0.9), (0.9, 1.3)]
