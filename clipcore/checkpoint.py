@@ -183,8 +183,9 @@ class Pretrained:
 
         Raises:
             CheckpointError: missing folder or files, a folder holding another class,
-                arguments the class does not take (a newer version's checkpoint), a
-                truncated or corrupt weights file, or weights that do not fit the model.
+                arguments the class does not take (a newer version's checkpoint) or
+                cannot be built from (an edited config), a truncated or corrupt weights
+                file, or weights that do not fit the model.
         """
         directory = Path(directory)
         config = read_config(directory)
@@ -202,7 +203,12 @@ class Pretrained:
                 f"{directory / CONFIG_NAME} gives {cls.__name__} arguments this version does not know "
                 f"({', '.join(unknown)}): it was written by a newer version of the project."
             )
-        model = cls(**arguments)
+        try:
+            model = cls(**arguments)
+        except (TypeError, ValueError, RuntimeError) as error:
+            reason = " ".join(str(error).split())[:300].rstrip(".")
+            raise CheckpointError(f"{directory / CONFIG_NAME}: cannot build a {cls.__name__} from its arguments "
+                                  f"({reason}).") from None
         model.provenance = config.get("provenance") or None
         assert isinstance(model, torch.nn.Module), "Pretrained is a mixin for nn.Module"
         _load_weights(model, directory, map_location)
@@ -221,7 +227,8 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{path}: is not valid JSON.") from None
-    if not isinstance(config, dict) or not {"class", "arguments"} <= config.keys():
+    if (not isinstance(config, dict) or not {"class", "arguments"} <= config.keys()
+            or not isinstance(config["class"], str) or not isinstance(config["arguments"], dict)):
         raise CheckpointError(f"{path}: is not a checkpoint config of this project.")
     version = config.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 from clipcore.errors import ClipAudioError, UsageError
 
 __all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image", "ListedFile",
-           "files_below", "read_csv_rows"]
+           "files_below", "read_csv_rows", "check_output_folder"]
 
 
 def _read_umask() -> int:
@@ -153,3 +153,20 @@ def read_csv_rows(path: Path) -> list[list[str]]:
             return [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise UsageError(f"{path}: cannot be read as CSV ({error}).") from None
+
+
+def check_output_folder(folder: str | os.PathLike, option: str = "-o") -> None:
+    """Refuse an output folder that cannot be made or written, before any work is done
+    (nothing is created here).
+
+    Raises:
+        UsageError: ``folder`` is a file, lies below a file, or is in a folder this process
+            cannot write (a read-only file system, say).
+    """
+    path = Path(folder).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies below the file {existing}"
+        raise UsageError(f"{option} {folder}: {where}, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {folder}: cannot write in {existing}.")

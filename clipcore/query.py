@@ -42,6 +42,7 @@ __all__ = [
     "CLIPSEP_EVAL_TEMPLATES",
     "tiny_clip_config",
     "mean_embedding",
+    "check_template",
 ]
 
 DEFAULT_TEMPLATE = "a photo of {}"
@@ -57,6 +58,22 @@ CLIPSEP_EVAL_TEMPLATES = (
 in the official ``evaluate.py``). The official list repeats the second template, so there
 it weighs twice, and it averages unnormalized embeddings; here each template weighs once
 and the average is taken after normalization."""
+
+
+def check_template(template: str) -> None:
+    """Check a prompt template: one ``{}`` (or several) for the query text, and no other
+    replacement field (``{{`` and ``}}`` are literal braces).
+
+    Raises:
+        ValueError: the template, and what is wrong with it, in one sentence.
+    """
+    try:
+        filled = template.format("\0")
+    except (IndexError, KeyError, ValueError):
+        raise ValueError(f"prompt template {template!r} can hold the query text only in {{}} "
+                         "(write {{ and }} for literal braces).") from None
+    if "\0" not in filled:
+        raise ValueError(f"prompt template {template!r} has no '{{}}' for the query text.")
 
 
 class QueryEncoderError(CheckpointError):
@@ -398,8 +415,7 @@ class QueryEncoder(Pretrained, nn.Module):
         if not templates:
             raise ValueError("templates is an empty list.")
         for template in templates:
-            if "{}" not in template:
-                raise ValueError(f"prompt template {template!r} has no '{{}}' for the query text.")
+            check_template(template)
         # The cache holds while the weights are unchanged: in-place updates (optimizer steps,
         # load_state_dict) bump the parameters' version counters.
         version = tuple((p.data_ptr(), p._version) for p in self.model.parameters())

@@ -10,6 +10,7 @@ is :mod:`clipcore.sound_library`'s.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from clipcore.errors import UsageError
@@ -24,10 +25,14 @@ VGGSOUND_SECONDS = 10.0
 
 
 def _seconds(value: str, where: str) -> float:
+    """A time in a CSV row: a finite number of seconds, 0 or more."""
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         raise UsageError(f"{where}: {value!r} is not a number of seconds.") from None
+    if not 0 <= seconds < math.inf:
+        raise UsageError(f"{where}: {value!r} is not a time in the video (a finite number of seconds, 0 or more).")
+    return seconds
 
 
 def _detect_layout(first: list[str], path: Path) -> str:
@@ -118,9 +123,11 @@ def _generic_rows(rows: list[list[str]], source: Path, root: Path) -> tuple[list
     for number, row in enumerate(rows[1:], 2):
         path = root / row[column].strip()
         start, end = get(row, "start"), get(row, "end")
-        video = ListedFile(str(path), path.with_suffix("").name, get(row, "label"),
-                            _seconds(start, f"{source}:{number}") if start else 0.0,
-                            _seconds(end, f"{source}:{number}") if end else None)
+        start_s = _seconds(start, f"{source}:{number}") if start else 0.0
+        end_s = _seconds(end, f"{source}:{number}") if end else None
+        if end_s is not None and end_s <= start_s:
+            raise UsageError(f"{source}:{number}: the end ({end_s:g} s) is not after the start ({start_s:g} s).")
+        video = ListedFile(str(path), path.with_suffix("").name, get(row, "label"), start_s, end_s)
         (videos.append(video) if path.is_file() else missing.append((str(path), "no such file")))
     return videos, missing
 

@@ -240,6 +240,8 @@ def process_file(
         for path in job.outputs.values():
             if path.resolve() == source:
                 raise UsageError(f"output {path} would overwrite the input.")
+            if path.is_dir():
+                raise UsageError(f"output {path} is a folder; the stem cannot be written there.")
             if path.exists() and not options.overwrite:
                 raise UsageError(f"{path} already exists (pass --overwrite to replace it).")
         started = time.perf_counter()

@@ -131,7 +131,10 @@ def load_official(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no such file.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never for a foreign file
+        raise CheckpointError(f"{path}: is not a PyTorch weights file, or holds Python objects besides tensors "
+                              "(which are never unpickled here).") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
         reason = " ".join(str(error).split())[:200]
         raise CheckpointError(f"{path}: is not a PyTorch weights file that can be read safely ({reason}).") from None
     for wrapper in ("state_dict", "model"):

@@ -37,7 +37,7 @@ from clipcore.cli import (
     return_large_buffers_to_the_system,
     stop_on_sigterm,
 )
-from clipcore.files import ImageError, load_image
+from clipcore.files import ImageError, check_output_folder, load_image
 from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, input_seconds, plan
 from clipsep.batch_workers import Tally, launcher_process, run_here, run_workers, worker_devices
 from clipsep.claims import STALE_SECONDS
@@ -47,6 +47,9 @@ from clipsep.stem_files import stem_names
 
 __all__ = ["add_separate_command", "run_separate", "summarize"]
 
+MAX_SEGMENT_SECONDS = 600.0
+"""Longest segment (seconds) one pass of the network may take (``--segment``)."""
+
 
 def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Check the queries: text not empty, images readable; duplicates dropped."""
@@ -54,8 +57,8 @@ def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
         raise UsageError("give at least one --query TEXT or --query-image IMAGE.")
     queries = []
     for kind, value in args.queries:
-        if kind == "text" and not value.strip():
-            raise UsageError("--query: the query text is empty.")
+        if not value.strip():
+            raise UsageError("--query: the query text is empty." if kind == "text" else "--query-image: the path is empty.")
         if kind == "image":
             try:
                 load_image(value)
@@ -76,11 +79,16 @@ def _separator_spec(args: argparse.Namespace) -> SeparatorSpec:
 
 def _check_values(args: argparse.Namespace) -> None:
     check_audio_output(args)
-    if args.segment is not None and not args.segment > 0:
-        raise UsageError(f"--segment must be a positive number of seconds, got {args.segment}.")
+    check_output_folder(args.out)
+    if args.segment is not None and not 0 < args.segment <= MAX_SEGMENT_SECONDS:
+        raise UsageError(f"--segment must be above 0 and at most {MAX_SEGMENT_SECONDS:g} seconds, got {args.segment}.")
+    if args.template:
+        from clipcore.query import check_template  # open_clip: imported only when templates are given
     for template in args.template or []:
-        if "{}" not in template:
-            raise UsageError(f"--template {template!r} has no {{}} to hold the query text.")
+        try:
+            check_template(template)
+        except ValueError as error:
+            raise UsageError(f"--template: {error}") from None
     if not 0 <= args.overlap <= 0.5:
         raise UsageError(f"--overlap must be between 0 and 0.5, got {args.overlap}.")
     if args.batch_size < 1:

@@ -62,6 +62,9 @@ MEL_CEILING = 4.0
 MAX_DURATION = 600.0
 """Longest duration (seconds) one generated clip may have."""
 
+MAX_SEED = 2**63 - 1
+"""Largest seed a random generator takes (sample ``n`` uses ``seed + n``)."""
+
 
 class GenerationError(ClipAudioError):
     """A generation request that cannot be served, described in one sentence."""
@@ -73,6 +76,12 @@ def make_scheduler(name: str, model: CLIPSonic):
         raise GenerationError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}.")
     cls, settings = SAMPLERS[name]
     return cls(**model.scheduler_config(), **settings)
+
+
+def _check_seed(seed: int, count: int) -> None:
+    """Refuse a seed whose ``count`` consecutive seeds a random generator cannot all take."""
+    if not 0 <= seed <= MAX_SEED - count + 1:
+        raise GenerationError(f"the seed must be between 0 and {MAX_SEED - count + 1}, not {seed}.")
 
 
 @torch.no_grad()
@@ -249,6 +258,7 @@ class Generator:
         """
         if (text is None) == (image is None):
             raise GenerationError("give either text or an image query, not both or neither.")
+        _check_seed(seed, 1)
         if mode is None:
             mode = "image" if image is not None else self.text_modes[0]
         if mode not in MODES:
@@ -308,11 +318,15 @@ class Generator:
             raise GenerationError("steps and the number of samples must be at least 1.")
         if not 0 < duration <= MAX_DURATION:
             raise GenerationError(f"duration must be above 0 and at most {MAX_DURATION:g} seconds, not {duration:g}.")
+        config = self.model.mel_config
+        if duration * config.sample_rate < config.n_fft:
+            raise GenerationError(f"duration must be at least {config.n_fft / config.sample_rate:g} seconds (one window "
+                                  f"of the mel spectrogram), not {duration:g}.")
+        _check_seed(seed, num_samples)
         if embeddings is None:
             embeddings = self.embed(text, image, mode, seed=seed)
         embeddings = embeddings.to(self.device, torch.float32)
         queries = embeddings.shape[0]
-        config = self.model.mel_config
         length = round(duration * config.sample_rate)
         frames = config.frames(length)
         rows = [(q, n) for q in range(queries) for n in range(num_samples)]

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from clipcore import cli
-from clipcore.audio import save_audio
-from clipcore.files import ImageError, load_image
+from clipcore.audio import check_finite, save_audio
+from clipcore.files import ImageError, check_output_folder, load_image
 from clipcore.naming import slugify, unique_names
 from clipsonic.generate import MAX_DURATION, MODES, SAMPLERS, GenerationError, Generator
 
@@ -63,6 +63,7 @@ def _check(args: argparse.Namespace) -> None:
     if not (args.guidance == args.guidance and abs(args.guidance) != float("inf")):
         raise cli.UsageError(f"--guidance must be a finite number, got {args.guidance}.")
     cli.check_audio_output(args)
+    check_output_folder(args.out)
     if args.mode == "image" and args.prompts:
         raise cli.UsageError('--mode image takes --image queries, not text prompts.')
     if args.mode not in (None, "image") and args.images:
@@ -99,6 +100,9 @@ def run_generate(args: argparse.Namespace) -> int:
     existing = [p for row in paths for p in row if p.exists()]
     if existing and not args.overwrite:
         raise cli.UsageError(f"{existing[0]} already exists (pass --overwrite to replace it).")
+    folders = [p for p in existing if p.is_dir()]
+    if folders:
+        raise cli.UsageError(f"{folders[0]}: is a folder; the file cannot be written there.")
     device = cli.resolve_device(args.device)
     try:
         generator = Generator.from_pretrained(
@@ -116,6 +120,9 @@ def run_generate(args: argparse.Namespace) -> int:
         )
     except GenerationError as error:
         raise cli.UsageError(str(error)) from None
+    for row, waves in zip(paths, result.waveforms):  # every file checked before any is written
+        for path, wave in zip(row, waves):
+            check_finite(wave, str(path))
     written = []
     for row, waves in zip(paths, result.waveforms):
         for path, wave in zip(row, waves):

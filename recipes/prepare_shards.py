@@ -16,6 +16,7 @@ import argparse
 import functools
 import hashlib
 import json
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clipcore.errors import UsageError, report_errors
-from clipcore.files import ListedFile, atomic_write
+from clipcore.files import ListedFile, atomic_write, check_output_folder
 from clipcore.supervised import SupervisedPool
 from clipcore.video import Clip, VideoError, read_clip
 from clipcore.video_library import LAYOUTS, clip_spans, read_video_list
@@ -281,13 +282,27 @@ def _describe(job: ClipJob, reason: str) -> str:
     return f"{job.path}: decoding the clip from {job.start:.1f} s {reason}; abandoned."
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse, one option at a time, a value the recipe cannot use (NaN fails every test)."""
+    checks = (
+        ("--clip-seconds", args.clip_seconds, 0 < args.clip_seconds < math.inf, "a positive number of seconds"),
+        ("--min-seconds", args.min_seconds, 0 < args.min_seconds < math.inf, "a positive number of seconds"),
+        ("--clip-timeout", args.clip_timeout, args.clip_timeout > 0, "a positive number of seconds"),
+        ("--fps", args.fps, 0 < args.fps <= 60, "above 0 and at most 60 frames per second"),
+        ("--sample-rate", args.sample_rate, 1000 <= args.sample_rate <= 192000, "between 1000 and 192000 Hz"),
+        ("--short-side", args.short_side, 16 <= args.short_side <= 4096, "between 16 and 4096 pixels"),
+        ("--shard-size", args.shard_size, args.shard_size >= 1, "at least 1"),
+        ("--workers", args.workers, args.workers >= 1, "at least 1"),
+    )
+    for option, value, valid, expected in checks:
+        if not valid:
+            raise UsageError(f"{option} must be {expected}, got {value:g}.")
+    check_output_folder(args.out_dir, "out_dir")
+
+
 def prepare(args: argparse.Namespace) -> int:
     """Run the recipe; returns the exit status."""
-    if args.clip_seconds <= 0 or args.min_seconds <= 0 or args.shard_size < 1 or args.workers < 1:
-        raise UsageError("--clip-seconds, --min-seconds, --shard-size and --workers must be positive.")
-    if args.fps <= 0 or args.sample_rate < 1000 or args.short_side < 16 or args.clip_timeout <= 0:
-        raise UsageError("--fps and --clip-timeout must be positive, --sample-rate at least 1000 and "
-                         "--short-side at least 16.")
+    _check_options(args)
     if args.audio and not args.clip_model:
         raise UsageError("--audio needs --clip-model: each label's CLIP text embedding is the query of its clips.")
     entries, skipped = (read_audio_entries(args), []) if args.audio else read_entries(args)

@@ -88,6 +88,19 @@ def test_not_a_checkpoint_folder(tmp_path):
         TinyNet.from_pretrained(tmp_path)
 
 
+def test_edited_configs_are_refused_in_one_sentence(tmp_path):
+    TinyNet().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for edit, expected in (({"class": 5}, "not a checkpoint config"), ({"arguments": [1]}, "not a checkpoint config"),
+                           ({"arguments": {"width": -3}}, r"cannot build a TinyNet from its arguments \(.*\)\.$"),
+                           ({"arguments": {"width": "seven"}}, r"cannot build a TinyNet from its arguments")):
+        (tmp_path / "config.json").write_text(json.dumps({**config, **edit}))
+        with pytest.raises(CheckpointError, match=expected):
+            TinyNet.from_pretrained(tmp_path)
+        with pytest.raises(CheckpointError, match=expected):
+            load_pretrained(tmp_path)
+
+
 def test_foreign_class_is_never_imported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"class": "subprocess.Popen", "arguments": {}}))
     with pytest.raises(CheckpointError, match="not a model of this project"):

@@ -94,4 +94,5 @@ def test_bad_checkpoints_are_refused_in_one_sentence(official_state, tmp_path, c
     assert main(["convert", "official", str(garbage), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "garbage.pt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "never unpickled here" in err and "weights_only" not in err  # torch's advice to unpickle is not passed on
     assert not (tmp_path / "out").exists()

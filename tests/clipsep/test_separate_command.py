@@ -108,6 +108,12 @@ def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
     assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", inside) == 1
     assert "would overwrite the input" in capsys.readouterr().err
     assert inside.read_bytes() == before
+    # Nor is a folder where a stem would go.
+    target.unlink()
+    target.mkdir()
+    assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path / "in" / "mix.wav") == 1
+    assert f"output {target} is a folder; the stem cannot be written there." in capsys.readouterr().err
+    assert target.is_dir() and not any(target.iterdir())
 
 
 def test_query_names_stay_inside_and_distinct(checkpoint, tmp_path, capsys):
@@ -147,20 +153,35 @@ def test_naming_helpers_on_hostile_text():
         (["--query-image", "{tmp}/bad.png"], "bad.png: cannot be read as an image"),
         (["-q", "x", "--format", "flac", "--bit-depth", "32f"], "32f needs --format wav"),
         (["-q", "x", "--overlap", "0.7"], "--overlap must be between 0 and 0.5"),
+        (["-q", "x", "--segment", "1e9"], "--segment must be above 0 and at most 600 seconds, got 1000000000.0."),
+        (["--query-image", ""], "--query-image: the path is empty."),
         (["-q", "x", "--mask-power", "0"], "--mask-power must be a positive finite number, got 0.0."),
         (["-q", "x", "--mask-power", "nan"], "--mask-power must be a positive finite number, got nan."),
         (["-q", "x", "--mask-power", "2", "--binary"], "--mask-power shapes soft masks; binary masks have no power."),
-        (["-q", "x", "--template", "a photo"], "has no {} to hold the query text"),
+        (["-q", "x", "--template", "a photo"], "--template: prompt template 'a photo' has no '{}' for the query text"),
+        (["-q", "x", "--template", "{}{}"], "--template: prompt template '{}{}' can hold the query text only in {}"),
+        (["-q", "x", "--template", "{} {x}"], "can hold the query text only in {}"),
     ],
 )
 def test_bad_queries_and_values(checkpoint, tmp_path, capsys, args, message):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     save_audio(tmp_path / "mix.wav", _noise(1, 1000), 16000)
-    args = [a.format(tmp=tmp_path) for a in args]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert _run(checkpoint, *args, "-o", tmp_path / "out", tmp_path / "mix.wav") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_that_cannot_be_one_is_refused_before_any_work(checkpoint, tmp_path, capsys):
+    save_audio(tmp_path / "mix.wav", _noise(1, 1000), 16000)
+    (tmp_path / "file").write_text("keep me")
+    for out, message in ((tmp_path / "file", f"-o {tmp_path / 'file'}: is a file, not a folder."),
+                         (tmp_path / "file" / "out", f"-o {tmp_path / 'file' / 'out'}: lies below the file "
+                                                     f"{tmp_path / 'file'}, not a folder.")):
+        assert _run(checkpoint, "-q", "x", "-o", out, tmp_path / "mix.wav") == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"clipsep separate: error: {message}"]
+    assert (tmp_path / "file").read_text() == "keep me"
 
 
 def test_wrong_checkpoint_is_one_line_in_a_fresh_process(checkpoint, tmp_path):

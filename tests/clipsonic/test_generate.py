@@ -104,6 +104,14 @@ def test_requests_that_cannot_be_served_are_clear_errors(checkpoint, tmp_path):
         bare.generate(embeddings=unit_vectors(1), sampler="nope")
     with pytest.raises(GenerationError, match="duration"):
         bare.generate(embeddings=unit_vectors(1), duration=0)
+    with pytest.raises(GenerationError, match=r"duration must be at least 0.064 seconds \(one window"):
+        bare.generate(embeddings=unit_vectors(1), duration=0.0001)
+    with pytest.raises(GenerationError, match="the seed must be between 0 and 9223372036854775806, not -1"):
+        bare.generate(embeddings=unit_vectors(1), num_samples=2, seed=-1)
+    with pytest.raises(GenerationError, match="the seed must be between 0 and 9223372036854775807, not 10"):
+        bare.embed(text="a flute", mode="zs", seed=10**30)
+    with pytest.raises(GenerationError, match="can hold the query text only in"):
+        bare.embed(text="a flute", mode="zs", templates="{}{}")
     QueryEncoder.tiny(embed_dim=16).save_pretrained(tmp_path / "qe16")
     with pytest.raises(GenerationError, match="16-d"):
         Generator.from_pretrained(model_only, query_encoder=tmp_path / "qe16").embed(text="a flute")

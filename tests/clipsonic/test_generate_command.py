@@ -89,6 +89,12 @@ def test_loud_output_is_rescaled_not_clipped(folders, tmp_path):
         (["--checkpoint", "{root}/model_only", "--query-encoder", "{root}/query_encoder", "x", "--mode", "pd"], "prior"),
         (["--checkpoint", "{root}/query_encoder", "x"], "not a clipsonic.model.CLIPSonic"),
         (["--checkpoint", "{root}/full", "x", "--vocoder", "{root}"], "not a vocoder folder"),
+        (["--checkpoint", "{root}/full", "x", "--template", "{{}}{{}}"], "can hold the query text only in {}"),
+        (["--checkpoint", "{root}/full", "x", "--duration", "0.0001"], "(one window of the mel spectrogram)"),
+        (["--checkpoint", "{root}/full", "x", "--seed", "99999999999999999999999"], "the seed must be between 0 and"),
+        (["--checkpoint", "{root}/full", "x", "-o", "{root}/harp.png"], "harp.png: is a file, not a folder."),
+        # A guidance scale that overflows the samples (from the second step): refused, nothing written.
+        (["--checkpoint", "{root}/full", "a", "b", "--guidance=-1e30", "--steps", "2"], "refusing to write non-finite"),
     ],
 )
 def test_bad_input_is_one_line_and_nothing_written(folders, tmp_path, capsys, args, message):
@@ -112,6 +118,16 @@ def test_existing_outputs_are_kept_without_overwrite(folders, tmp_path, capsys):
     assert (out / "rain.wav").read_bytes() == b"keep me"
     assert main(args + ["--overwrite"]) == 0
     assert sf.info(str(out / "rain.wav")).frames == 3200
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_file_is_written(folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "b.wav").mkdir(parents=True)
+    args = ["generate", "--checkpoint", str(folders / "full"), "a", "b", "--steps", "1", "--duration", "0.2",
+            "-o", str(out), "--overwrite"]
+    assert main(args) == 2
+    assert f"{out / 'b.wav'}: is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["b.wav"]
 
 
 @pytest.mark.slow  # seven generations: about a minute on 2 busy cores

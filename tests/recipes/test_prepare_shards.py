@@ -4,6 +4,7 @@ import argparse
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import soundfile as sf
 import torch
 
 from clipcore import synthetic
+from clipcore.errors import UsageError
 from clipcore.shard_stream import ShardStream
 from clipcore.video import read_clip
 from recipes.prepare_shards import main, plan_clips, read_entries
@@ -173,3 +175,31 @@ def test_help_and_bad_input(tmp_path, capsys):
     status, _, stderr = _run(capsys, empty, tmp_path / "out")
     assert status == 2 and "no usable video files" in stderr
     assert not (tmp_path / "out").exists()
+    # Each option's bad value is named alone, NaN and infinity included.
+    for option, value, expected in (("--clip-seconds", "nan", "--clip-seconds must be a positive number of seconds, got nan."),
+                                    ("--min-seconds", "0", "--min-seconds must be a positive number of seconds, got 0."),
+                                    ("--clip-timeout", "nan", "--clip-timeout must be a positive number of seconds"),
+                                    ("--fps", "inf", "--fps must be above 0 and at most 60 frames per second, got inf."),
+                                    ("--sample-rate", "10000000", "--sample-rate must be between 1000 and 192000 Hz"),
+                                    ("--short-side", "100000", "--short-side must be between 16 and 4096 pixels"),
+                                    ("--workers", "0", "--workers must be at least 1, got 0.")):
+        status, _, stderr = _run(capsys, empty, tmp_path / "out", option, value)
+        lines = stderr.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and expected in lines[0], (option, stderr)
+        assert not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("keep me")
+    status, _, stderr = _run(capsys, empty, tmp_path / "file")
+    assert status == 2 and f"out_dir {tmp_path / 'file'}: is a file, not a folder." in stderr
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_a_listed_part_must_lie_in_the_video(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"")
+    for start, end, expected in (("-3", "1", "'-3' is not a time in the video"), ("inf", "", "'inf' is not a time"),
+                                 ("0", "nan", "'nan' is not a time"), ("5", "2", "the end (2 s) is not after the start (5 s)")):
+        table = tmp_path / "list.csv"
+        table.write_text(f"path,label,start,end\na.mp4,cello,{start},{end}\n")
+        with pytest.raises(UsageError, match=rf"list.csv:2: {re.escape(expected)}"):
+            read_entries(argparse.Namespace(input=table, video_root=videos, layout="auto", split=None))
