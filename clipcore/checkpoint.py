@@ -158,9 +158,18 @@ class Pretrained:
 
         Returns:
             The folder.
+
+        Raises:
+            CheckpointError: weights or buffers hold NaN or infinity (a diverged training,
+                say): nothing is written.
         """
         assert isinstance(self, torch.nn.Module), "Pretrained is a mixin for nn.Module"
         directory = Path(directory)
+        broken = [name for name, tensor in self.state_dict().items()
+                  if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+        if broken:
+            raise CheckpointError(f"{directory}: refusing to save a {type(self).__name__} whose weights hold NaN or "
+                                  f"infinity ({len(broken)} tensors, {broken[0]} the first).")
         config = {
             "class": _qualified_name(type(self)),
             "format_version": FORMAT_VERSION,

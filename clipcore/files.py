@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import signal
 import tempfile
@@ -10,12 +12,12 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from clipcore.errors import ClipAudioError, UsageError
 
 __all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image", "ListedFile",
-           "files_below", "read_csv_rows", "check_output_folder"]
+           "files_below", "read_csv_rows", "check_output_folder", "check_not_an_input", "write_json"]
 
 
 def _read_umask() -> int:
@@ -81,8 +83,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object],
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        UsageError: ``path`` is a folder, or its folder cannot be made or written
+            (:func:`check_output_folder`).
     """
     path = Path(path)
+    check_output_folder(path.parent, option=None)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder; a file cannot be written there.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:
@@ -155,18 +164,49 @@ def read_csv_rows(path: Path) -> list[list[str]]:
         raise UsageError(f"{path}: cannot be read as CSV ({error}).") from None
 
 
-def check_output_folder(folder: str | os.PathLike, option: str = "-o") -> None:
+def check_output_folder(folder: str | os.PathLike, option: str | None = "-o") -> None:
     """Refuse an output folder that cannot be made or written, before any work is done
-    (nothing is created here).
+    (nothing is created here). ``option``: the command-line option that names it, put
+    before it in the message.
 
     Raises:
         UsageError: ``folder`` is a file, lies below a file, or is in a folder this process
             cannot write (a read-only file system, say).
     """
+    named = f"{option} {folder}" if option else str(folder)
     path = Path(folder).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         where = "is a file" if existing == path else f"lies below the file {existing}"
-        raise UsageError(f"{option} {folder}: {where}, not a folder.")
+        raise UsageError(f"{named}: {where}, not a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {folder}: cannot write in {existing}.")
+        raise UsageError(f"{named}: cannot write in {existing}.")
+
+
+def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output file that is one of the command's inputs (``option -> path``).
+
+    Raises:
+        UsageError: naming the output and the option that reads it.
+    """
+    target = Path(output).resolve()
+    for option, path in inputs.items():
+        if path is not None and Path(path).resolve() == target:
+            raise UsageError(f"{output}: is the input of {option}; writing it there would destroy it.")
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, content: Any, indent: int = 2) -> Path:
+    """Write ``content`` as standard JSON, atomically: NaN and infinity (an interval of one
+    value, a score of silence) become ``null``, which every JSON reader takes."""
+    text = json.dumps(_finite_or_none(content), indent=indent, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))

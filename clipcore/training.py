@@ -50,9 +50,11 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from clipcore.checkpoint import QUERY_ENCODER_DIR, Pretrained, git_commit
-from clipcore.errors import report_errors
+from clipcore.errors import ClipAudioError, UsageError, report_errors
+from clipcore.files import check_output_folder
 
 __all__ = [
     "TrainingCLI",
@@ -273,6 +275,24 @@ class TrainingCLI(LightningCLI):
         elif config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
             root = config.trainer.get("default_root_dir") or os.getcwd()
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        # Folders the trained model goes to, checked before any training rather than after it.
+        for option in ("export", "model.export_dir", "trainer.default_root_dir"):
+            if config.get(option) is not None:
+                check_output_folder(config.get(option), f"--{option}")
+        resume = config.get("ckpt_path")
+        if resume is not None and resume not in ("last", "best", "hpc", "registry") and not Path(resume).is_file():
+            raise UsageError(f"--ckpt_path {resume}: no such checkpoint file.")
+
+    def instantiate_classes(self) -> None:
+        """Build the data, the system and the trainer; a setting they refuse (a negative
+        rate, an unknown preset) is reported in one line, not as a traceback."""
+        try:
+            super().instantiate_classes()
+        except ClipAudioError:
+            raise
+        except (ValueError, TypeError, MisconfigurationException) as error:
+            reason = " ".join(str(error).split())
+            raise UsageError(f"the run cannot be built from its settings: {reason}") from None
 
 
 def run_recipe(main: Callable[[], object], name: str) -> None:

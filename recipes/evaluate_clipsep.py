@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import random
 import sys
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from tqdm import tqdm
 
 from clipcore.audio import load_audio
 from clipcore.errors import UsageError, report_errors
-from clipcore.files import atomic_write
+from clipcore.files import check_not_an_input, write_json
 from clipcore.query import CLIPSEP_EVAL_TEMPLATES, DEFAULT_TEMPLATE
 from clipsep.masks import check_mask_power
 from clipsep.metrics import separation_scores, summarize
@@ -237,9 +236,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.out:
+        check_not_an_input(args.out, {"--targets": args.targets, "--interference": args.interference})
     results = evaluate(args)
     if args.out:
-        atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(results, indent=1) + "\n"))
+        write_json(args.out, results, indent=1)
     print(format_table(results["summary"]))
     if results["skipped"]:
         print(f"skipped {len(results['skipped'])} mixtures (reasons in the JSON results).")

@@ -16,7 +16,7 @@ CLIP space and, with labelled references, the k-NN recognition accuracy (see
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from clipcore.errors import UsageError, report_errors
-from clipcore.files import atomic_write
+from clipcore.files import check_not_an_input, write_json
 from clipcore.shard_stream import ShardStream
 from clipsonic.generate import MODES, SAMPLERS, Generator
 from clipsonic.metrics import embed_audio, frechet_distance, knn_accuracy, load_embedding, nearest_references, query_relevance
@@ -140,12 +140,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Refuse, before any model is loaded, values the evaluation cannot use."""
+    if not 0 < args.duration < math.inf:
+        raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}.")
+    if not math.isfinite(args.guidance):
+        raise UsageError(f"--guidance must be a finite number, got {args.guidance}.")
+    for option, value in (("--k", args.k), ("--max-references", args.max_references), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{option} must be at least 1, got {value}.")
+    if args.prompts is not None and not Path(args.prompts).is_file():
+        raise UsageError(f"--prompts {args.prompts}: no such file.")
+    if args.out:
+        check_not_an_input(args.out, {"--prompts": args.prompts, "--gap": args.gap})
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    _check(args)
     report = evaluate(args)
     print(table(report))
     if args.out:
-        atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+        write_json(args.out, report)
         print(f"wrote {args.out}")
     return report
 

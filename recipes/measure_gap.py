@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from clipcore.errors import UsageError, report_errors
+from clipcore.files import check_not_an_input
 from clipcore.modality_gap import ModalityGap
 
 
@@ -39,13 +40,17 @@ def main(argv: list[str] | None = None) -> ModalityGap:
     from clipcore.prior_system import compute_pairs, load_pairs
     from clipcore.query import QueryEncoder
 
+    check_not_an_input(args.out, {"--pairs": args.pairs})
     if args.shards is None:
         text, image = load_pairs(args.pairs)
     elif args.encoder is None:
         raise UsageError("--shards needs --encoder, the query encoder whose gap is measured.")
     else:
         text, image = compute_pairs(args.shards, QueryEncoder.load(args.encoder), args.template, args.max_samples)
-    gap = ModalityGap.measure(image, text)
+    try:
+        gap = ModalityGap.measure(image, text)
+    except ValueError as error:  # too few pairs, or texts all alike
+        raise UsageError(f"{args.pairs or args.shards}: {error}") from None
     gap.save(args.out)
     print(f"{args.out}: the gap of {len(text)} text and image embeddings ({gap.embed_dim}-d)", flush=True)
     return gap

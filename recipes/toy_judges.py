@@ -14,6 +14,7 @@ moved out of register::
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import cast
 
@@ -287,8 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offscreen", type=float, default=0.3,
                         help="off-screen sound level, in training and in the test renders that have it (default: 0.3)")
     args = parser.parse_args(argv)
-    if args.ensemble < 1:
-        parser.error(f"--ensemble must be at least 1, not {args.ensemble}")
+    for option, value in (("--train-clips", args.train_clips), ("--test-clips", args.test_clips),
+                          ("--steps", args.steps), ("--ensemble", args.ensemble)):
+        if value < 1:
+            parser.error(f"{option} must be at least 1, not {value}")
+    if not 0.1 <= args.seconds <= 30:
+        parser.error(f"--seconds must be between 0.1 and 30, not {args.seconds}")
+    if not 0 <= args.offscreen < math.inf:
+        parser.error(f"--offscreen must be a finite level of 0 or more, not {args.offscreen}")
     judge = judge_from_renders(args.train_clips, args.seconds, args.steps, args.offscreen, ensemble=args.ensemble)
     tests = {"clean_test": {}, "offscreen_test": {"offscreen": args.offscreen},
              "transposed_test": {"transpose": args.transpose}}

@@ -101,6 +101,16 @@ def test_edited_configs_are_refused_in_one_sentence(tmp_path):
             load_pretrained(tmp_path)
 
 
+def test_weights_holding_nan_or_infinity_are_never_saved(tmp_path):
+    net = TinyNet()
+    with torch.no_grad():
+        net.out.bias[1] = float("nan")
+    with pytest.raises(CheckpointError, match=r"refusing to save a TinyNet whose weights hold NaN or infinity "
+                                              r"\(1 tensors, out.bias the first\)"):
+        net.save_pretrained(tmp_path / "diverged")
+    assert not (tmp_path / "diverged").exists()
+
+
 def test_foreign_class_is_never_imported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"class": "subprocess.Popen", "arguments": {}}))
     with pytest.raises(CheckpointError, match="not a model of this project"):

@@ -1,5 +1,7 @@
-"""Files made under interruption: a signal between creating a file and recording it."""
+"""Files made under interruption: a signal between creating a file and recording it; where files
+cannot be written; standard JSON."""
 
+import json
 import os
 import signal
 
@@ -9,7 +11,8 @@ import torch
 import clipcore.audio_blocks as audio_blocks
 from clipcore.audio_blocks import StemSpool
 from clipcore.cli import stop_on_sigterm
-from clipcore.files import atomic_write, interrupts_held
+from clipcore.errors import UsageError
+from clipcore.files import atomic_write, check_not_an_input, interrupts_held, write_json
 
 
 @pytest.fixture
@@ -70,3 +73,28 @@ def test_a_committed_spool_is_marked_and_its_temporary_file_removed(tmp_path):
     spool.write(torch.full((1, 160), 0.25))
     spool.commit()
     assert spool.committed and [p.name for p in tmp_path.iterdir()] == ["violin.wav"]
+
+
+def test_a_file_cannot_be_written_where_a_folder_is_or_below_a_file(tmp_path):
+    (tmp_path / "notes").write_text("keep me")
+    (tmp_path / "stems").mkdir()
+    for target, message in ((tmp_path / "stems", f"{tmp_path / 'stems'}: is a folder; a file cannot be written there."),
+                            (tmp_path / "notes" / "x.json", f"{tmp_path / 'notes'}: is a file, not a folder."),
+                            (tmp_path / "notes" / "a" / "x.json", f"{tmp_path / 'notes' / 'a'}: lies below the file "
+                                                                  f"{tmp_path / 'notes'}, not a folder.")):
+        with pytest.raises(UsageError) as raised:
+            atomic_write(target, lambda tmp: tmp.write_text("new"))
+        assert str(raised.value) == message
+    assert (tmp_path / "notes").read_text() == "keep me" and not any((tmp_path / "stems").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "stems"]
+
+
+def test_json_is_standard_and_an_input_is_never_an_output(tmp_path):
+    path = write_json(tmp_path / "r.json", {"mean": 1.5, "low": float("nan"), "seeds": [float("inf"), 2]})
+    text = path.read_text()
+    assert json.loads(text) == {"mean": 1.5, "low": None, "seeds": [None, 2]}
+    assert "NaN" not in text and "Infinity" not in text
+    (tmp_path / "pairs.npz").write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"pairs.npz: is the input of --pairs; writing it there would destroy it."):
+        check_not_an_input(tmp_path / "sub" / ".." / "pairs.npz", {"--other": None, "--pairs": tmp_path / "pairs.npz"})
+    check_not_an_input(tmp_path / "gap.json", {"--pairs": tmp_path / "pairs.npz"})

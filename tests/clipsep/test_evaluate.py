@@ -44,11 +44,14 @@ def _args(data, *extra):
 
 
 def test_protocol_json_and_table(data, tmp_path, capsys):
+    targets = (data / "targets.csv").read_bytes()
+    assert main(_args(data, "--out", str(data / "targets.csv"))) == 2  # an input is never an output
+    assert "is the input of --targets" in capsys.readouterr().err and (data / "targets.csv").read_bytes() == targets
     out = tmp_path / "results.json"
     assert main(_args(data, "--out", str(out))) == 0
     table = capsys.readouterr().out
     assert "mean ± s.e." in table and "ensemble" in table and "sdri" in table
-    results = json.loads(out.read_text())
+    results = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
     assert len(results["items"]) == 3 and results["skipped"] == []
     lines = (data / "interference.csv").read_text().splitlines()
     for item in results["items"]:

@@ -115,6 +115,14 @@ def test_evaluation_recipe_runs_all_modes_on_toy_shards(tmp_path, capsys):
             "--duration", "0.3", "--k", "1", "--out", str(out)]
     with pytest.raises(UsageError, match="mode gap needs --gap FILE"):
         evaluate(args)
+    for bad, message in ((["--duration", "nan"], "--duration must be a positive number of seconds, got nan."),
+                         (["--guidance", "inf"], "--guidance must be a finite number, got inf."),
+                         (["--k", "0"], "--k must be at least 1, got 0."),
+                         (["--gap", str(tmp_path / "gap.json"), "--out", str(tmp_path / "gap.json")],
+                          "gap.json: is the input of --gap")):
+        with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+            evaluate([*args, *bad])
+    assert ModalityGap.load(tmp_path / "gap.json").embed_dim == gap.embed_dim  # the input is intact
     report = evaluate([*args, "--gap", str(tmp_path / "gap.json")])
     assert json.loads(out.read_text()) == report
     assert report["reference_clips"] == 4 and report["queries"] == 4

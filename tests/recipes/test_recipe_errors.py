@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from clipcore.errors import UsageError
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -18,3 +22,21 @@ def test_missing_shards_give_one_line_and_a_failing_status(tmp_path):
     assert result.returncode == 2  # bad input: clipcore.errors.EXIT_BAD_INPUT
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"train_clipsep: error: no shards match {tmp_path}/none-*.tar."
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model.preset", "nope"], "the run cannot be built from its settings: preset must be one of paper, tiny, not 'nope'."),
+    (["--trainer.max_steps", "-5"], "the run cannot be built from its settings: `max_steps` must be a non-negative"),
+    (["--model.export_dir", "{tmp}/notes.txt"], "--model.export_dir {tmp}/notes.txt: is a file, not a folder."),
+    (["--ckpt_path", "{tmp}/none.ckpt"], "--ckpt_path {tmp}/none.ckpt: no such checkpoint file."),
+])
+def test_settings_the_run_cannot_use_are_refused_before_training(tmp_path, args, message):
+    from recipes.train_clipsep import main  # in this process: a recipe's start-up is seconds
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    argv = ["fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"),
+            "--trainer.default_root_dir", str(tmp_path / "run"), *[a.format(tmp=tmp_path) for a in args]]
+    with pytest.raises(UsageError) as raised:
+        main(argv)
+    assert str(raised.value).startswith(message.format(tmp=tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and not (tmp_path / "run" / "checkpoints").exists()
