@@ -29,7 +29,7 @@ from webdataset.tariterators import tarfile_samples
 
 from clipcore.files import atomic_write
 from clipcore.prior import DiffusionPrior, PriorError
-from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
+from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder, check_template
 from clipcore.shards import expand_shards
 from clipcore.training import export_pretrained
 
@@ -232,6 +232,11 @@ class PriorDataModule(LightningDataModule):
             raise PriorError("computing pairs from shards needs an encoder (e.g. ViT-L-14/openai).")
         if not 0.0 <= val_fraction < 1.0:
             raise PriorError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        for template in templates or []:
+            try:
+                check_template(template)
+            except ValueError as error:
+                raise PriorError(f"templates: {error}") from None
         self.save_hyperparameters()
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None

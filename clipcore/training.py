@@ -279,6 +279,9 @@ class TrainingCLI(LightningCLI):
         for option in ("export", "model.export_dir", "trainer.default_root_dir"):
             if config.get(option) is not None:
                 check_output_folder(config.get(option), f"--{option}")
+        interval = config.trainer.get("val_check_interval")
+        if interval is not None and not interval > 0:
+            raise UsageError(f"--trainer.val_check_interval must be positive, got {interval}.")
         resume = config.get("ckpt_path")
         if resume is not None and resume not in ("last", "best", "hpc", "registry") and not Path(resume).is_file():
             raise UsageError(f"--ckpt_path {resume}: no such checkpoint file.")

@@ -91,6 +91,13 @@ class CLIPSonicSystem(LightningModule):
         super().__init__()
         if preset not in CLIPSonic.PRESETS:
             raise ValueError(f"preset must be one of {', '.join(CLIPSonic.PRESETS)}, not {preset!r}.")
+        ranges = {"ema_decay": (ema_decay, 0 <= ema_decay < 1, "at least 0 and below 1"),
+                  "condition_dropout": (condition_dropout, 0 <= condition_dropout <= 1, "between 0 and 1"),
+                  "snr_gamma": (snr_gamma, snr_gamma is None or 0 < snr_gamma < math.inf, "positive (or null)"),
+                  "val_steps": (val_steps, val_steps >= 1, "at least 1")}
+        for name, (value, valid, expected) in ranges.items():
+            if not valid:
+                raise ValueError(f"{name} must be {expected}, not {value}.")
         self.save_hyperparameters()
         start = initial_model(init_from, CLIPSonic) if init_from is not None else None
         if start is not None:

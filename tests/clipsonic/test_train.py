@@ -138,3 +138,15 @@ def test_min_snr_weights(prediction_type):
     expected = torch.where(snr < 5, natural, 5 / (snr + 1) if prediction_type == "v_prediction" else 5 / snr)
     assert torch.allclose(system.loss_weights(t), expected)
     assert system.loss_weights(t)[0] < 0.5 * natural[0]  # the cleanest step is damped
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"ema_decay": 2.0}, "ema_decay must be at least 0 and below 1, not 2.0."),
+    ({"condition_dropout": 1.5}, "condition_dropout must be between 0 and 1, not 1.5."),
+    ({"snr_gamma": -1.0}, "snr_gamma must be positive (or null), not -1.0."),
+    ({"val_steps": 0}, "val_steps must be at least 1, not 0."),
+])
+def test_settings_out_of_range_are_refused_by_name(setting, message):
+    with pytest.raises(ValueError) as raised:
+        CLIPSonicSystem(**setting)
+    assert str(raised.value) == message

@@ -75,11 +75,13 @@ def test_fit_from_toy_shards_computes_and_caches_pairs(tmp_path):
 
 def test_bad_input_exits_with_one_line(tmp_path, monkeypatch, capsys):
     _pairs(tmp_path / "pairs.npz", dim=16)
-    for bad, named in ((tmp_path / "missing.npz", "missing.npz"), (tmp_path / "pairs.npz", "16-d")):
+    for bad, named, extra in ((tmp_path / "missing.npz", "missing.npz", []), (tmp_path / "pairs.npz", "16-d", []),
+                              (tmp_path / "pairs.npz", "templates: prompt template '{}{}' can hold the query text "
+                               "only in {}", ["--data.templates", '["{}{}"]'])):
         monkeypatch.setattr(sys, "argv", [
             str(RECIPE), "fit", "--config", str(TOY), "--data.shards", "null", "--data.cache", "null",
             "--data.pairs", f"[{bad}]", "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.logger", "false", *QUIET,
+            "--trainer.logger", "false", *QUIET, *extra,
         ])
         with pytest.raises(SystemExit) as exit_info:  # as `python recipes/train_prior.py ...` runs it
             runpy.run_path(str(RECIPE), run_name="__main__")
