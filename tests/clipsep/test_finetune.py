@@ -76,8 +76,8 @@ def test_raw_query_checkpoint_refuses_image_embeddings(official_file):
 
 
 def test_project_checkpoint_keeps_unit_queries_and_its_query_encoder(tmp_path):
-    trained = CLIPSepSystem(preset="tiny", model_args={"layers": 5}, query_encoder=str(tmp_path / "encoder"))
     QueryEncoder.tiny(embed_dim=32).save_pretrained(tmp_path / "encoder")
+    trained = CLIPSepSystem(preset="tiny", model_args={"layers": 5}, query_encoder=str(tmp_path / "encoder"))
     trained.export(tmp_path / "run")
     system = CLIPSepSystem(init_from=str(tmp_path / "run"))
     assert not system.raw_queries and system.query_encoder == str(tmp_path / "run" / "query_encoder")

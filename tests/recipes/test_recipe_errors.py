@@ -30,6 +30,8 @@ def test_missing_shards_give_one_line_and_a_failing_status(tmp_path):
     (["--model.export_dir", "{tmp}/notes.txt"], "--model.export_dir {tmp}/notes.txt: is a file, not a folder."),
     (["--ckpt_path", "{tmp}/none.ckpt"], "--ckpt_path {tmp}/none.ckpt: no such checkpoint file."),
     (["--trainer.val_check_interval", "0"], "--trainer.val_check_interval must be positive, got 0."),
+    (["--model.query_encoder", "{tmp}/no_encoder"], "the run cannot be built from its settings: query_encoder "
+                                                   "{tmp}/no_encoder: no such checkpoint folder."),
 ])
 def test_settings_the_run_cannot_use_are_refused_before_training(tmp_path, args, message):
     from recipes.train_clipsep import main  # in this process: a recipe's start-up is seconds
