@@ -184,6 +184,10 @@ class CLIPSepSystem(LightningModule):
         if rate is not None and rate != self.model.sample_rate:
             raise CheckpointError(f"the data are at {rate} Hz but {self._described_model()} works at "
                                   f"{self.model.sample_rate} Hz.")
+        segment = getattr(getattr(data, "hparams", None), "segment_samples", None)
+        if segment is not None and segment < self.model.stft.n_fft:
+            raise CheckpointError(f"data.segment_samples {segment} is shorter than one STFT window of "
+                                  f"{self._described_model()} ({self.model.stft.n_fft} samples).")
 
     def _described_model(self) -> str:
         return f"the model of {self.hparams.init_from}" if self.hparams.init_from else "the model"

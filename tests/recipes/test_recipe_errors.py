@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clipcore.errors import UsageError
+from clipcore.errors import ClipAudioError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,3 +43,17 @@ def test_settings_the_run_cannot_use_are_refused_before_training(tmp_path, args,
         main(argv)
     assert str(raised.value).startswith(message.format(tmp=tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "keep me" and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_segment_shorter_than_the_models_window_is_refused_before_training(tmp_path):
+    from clipcore.synthetic import write_toy_shards
+    from recipes.train_clipsep import main
+
+    write_toy_shards(tmp_path / "shards", 2, seed=0, duration=1.0, frame_size=32)
+    shards = str(tmp_path / "shards" / "*.tar")
+    with pytest.raises(ClipAudioError) as raised:
+        main(["fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), "--data.train_shards", shards,
+              "--data.val_shards", shards, "--data.in_memory", "false", "--data.segment_samples", "100",
+              "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false"])
+    assert str(raised.value) == "data.segment_samples 100 is shorter than one STFT window of the model (1024 samples)."
+    assert not (tmp_path / "run" / "checkpoints").exists()
