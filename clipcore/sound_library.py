@@ -71,7 +71,7 @@ def read_library(source: Path, label_column: str = "label", label_pattern: str |
         if not files:
             raise UsageError(f"{source}: holds no audio files ({' '.join(AUDIO_EXTENSIONS)}).")
         return [ListedFile(str(p), p.relative_to(source).with_suffix("").as_posix(),
-                             _label(p.parent.name if p.parent != source else None, pattern, p.stem, str(p)))
+                           _label(p.parent.name if p.parent != source else None, pattern, p.stem, str(p)))
                 for p in files]
     if not source.is_file():
         raise UsageError(f"{source}: no such file or folder.")

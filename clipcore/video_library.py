@@ -67,7 +67,7 @@ def read_video_list(source: Path, video_root: Path | None = None, layout: str = 
     """
     if source.is_dir():
         return [ListedFile(str(p), p.relative_to(source).with_suffix("").as_posix(),
-                            p.parent.name if p.parent != source else None) for p in files_below(source, VIDEO_EXTENSIONS)], []
+                           p.parent.name if p.parent != source else None) for p in files_below(source, VIDEO_EXTENSIONS)], []
     if not source.is_file():
         raise UsageError(f"{source}: no such file or folder.")
     root = video_root or source.parent
