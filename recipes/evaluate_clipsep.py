@@ -170,6 +170,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         except (OSError, ValueError) as error:  # domain errors (ClipAudioError) included
             skipped.append({"index": index, "target": target.video_id, "reason": str(error)})
             continue
+        if np.array_equal(source, noise):  # BSS-Eval cannot tell two equal references apart
+            skipped.append({"index": index, "target": target.video_id,
+                            "reason": f"{other.audio}: the interference is the target itself"})
+            continue
         mixture = source + noise
         stems = separator.separate(torch.from_numpy(mixture), SAMPLE_RATE, queries).stems[:, 0]  # [K, S]
         scores = separation_scores(

@@ -90,6 +90,16 @@ def test_missing_files_are_skipped_and_bad_input_is_one_line(data, tmp_path, cap
     results = json.loads(out.read_text())
     assert len(results["items"]) == 1 and results["skipped"][0]["target"] == "x"
     capsys.readouterr()
+    # A list whose only interference is the target itself: skipped (BSS-Eval's references
+    # would be equal), and with nothing left to evaluate, one line.
+    args[args.index("--interference") + 1] = str(broken.with_name("itself.csv"))
+    args[args.index("--targets") + 1] = str(broken.with_name("itself.csv"))
+    broken.with_name("itself.csv").write_text(rows[0] + "\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "evaluate_clipsep: error: no mixture could be evaluated (first problem: "
+        f"{rows[0].split(',')[0]}: the interference is the target itself).")
     assert main(_args(data, "--data-root", str(tmp_path / "missing"))) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err and "Traceback" not in err
