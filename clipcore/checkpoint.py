@@ -18,6 +18,7 @@ import importlib
 import inspect
 import json
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -40,6 +41,7 @@ __all__ = [
     "QUERY_ENCODER_DIR",
     "FORMAT_VERSION",
     "read_config",
+    "read_torch_file",
     "load_pretrained",
     "git_commit",
     "library_versions",
@@ -246,6 +248,27 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
             f"({FORMAT_VERSION}); upgrade the library."
         )
     return config
+
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """Read a file that ``torch.save`` wrote (a foreign checkpoint, a Lightning one) on the
+    CPU, never unpickling code: ``torch.load(weights_only=True)``, which takes tensors and
+    plain values only.
+
+    Raises:
+        CheckpointError: a missing file, or one that cannot be read so, in one sentence.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never for a foreign file
+        raise CheckpointError(f"{path}: is not a PyTorch weights file, or holds Python objects besides tensors "
+                              "(which are never unpickled here).") from None
+    except Exception as error:  # noqa: BLE001 - arbitrary bytes fail in many ways (EOFError, KeyError, ...)
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: is not a PyTorch weights file that can be read safely ({reason}).") from None
 
 
 def _load_weights(model: torch.nn.Module, directory: Path, map_location) -> None:

@@ -52,7 +52,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from clipcore.checkpoint import QUERY_ENCODER_DIR, Pretrained, git_commit
+from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, Pretrained, git_commit, read_torch_file
 from clipcore.errors import ClipAudioError, UsageError, report_errors
 from clipcore.files import check_output_folder
 
@@ -266,6 +266,42 @@ class TrainingCLI(LightningCLI):
         })
         parser.add_lightning_class_args(RankRandomState, "random_state")
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's step: the model settings a ``--ckpt_path`` file holds replace those of
+        the command line and config files (a resumed run builds the model it saved). Here
+        the file is read safely first (one sentence if it is not a Lightning checkpoint),
+        and each setting it replaces is named in a warning instead of dropped silently."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or not Path(path).is_file():
+            return
+        try:
+            checkpoint = read_torch_file(path)
+        except CheckpointError as error:
+            raise UsageError(f"--ckpt_path {error}") from None
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            raise UsageError(f"--ckpt_path {path}: is not a Lightning checkpoint (it holds no state_dict).")
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        settings = self.config[subcommand].model.as_dict()
+        foreign = sorted(hparams.keys() - settings.keys())
+        if "class_path" not in hparams and foreign:
+            named = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise UsageError(f"--ckpt_path {path}: is the checkpoint of another system (its settings {named} "
+                             "are not this recipe's).")
+        before = _flat(settings)
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        after = _flat(self.config[subcommand].model.as_dict())
+        replaced = [f"--model.{key} ({before.get(key)!r} -> {after.get(key)!r})"
+                    for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+        if replaced:
+            rank_zero_warn(f"--ckpt_path {path}: the model's settings are the checkpoint's; it replaces "
+                           f"{'; '.join(replaced)}.", category=UserWarning)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.get("enable_checkpointing") is False:  # Lightning refuses a ModelCheckpoint then
@@ -296,6 +332,17 @@ class TrainingCLI(LightningCLI):
         except (ValueError, TypeError, MisconfigurationException) as error:
             reason = " ".join(str(error).split())
             raise UsageError(f"the run cannot be built from its settings: {reason}") from None
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as one level of dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def run_recipe(main: Callable[[], object], name: str) -> None:

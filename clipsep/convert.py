@@ -15,13 +15,12 @@ import argparse
 import hashlib
 import json
 import os
-import pickle
 import re
 from pathlib import Path
 
 import torch
 
-from clipcore.checkpoint import CheckpointError
+from clipcore.checkpoint import CheckpointError, read_torch_file
 from clipcore.cli import UsageError
 from clipsep.model import CLIPSep
 
@@ -126,17 +125,7 @@ def load_official(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointError: a missing file or one that is not a plain tensor dictionary.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never for a foreign file
-        raise CheckpointError(f"{path}: is not a PyTorch weights file, or holds Python objects besides tensors "
-                              "(which are never unpickled here).") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
-        reason = " ".join(str(error).split())[:200]
-        raise CheckpointError(f"{path}: is not a PyTorch weights file that can be read safely ({reason}).") from None
+    state = read_torch_file(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

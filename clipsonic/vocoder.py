@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from clipcore.checkpoint import CONFIG_NAME, CheckpointError, Pretrained, read_config
+from clipcore.checkpoint import CONFIG_NAME, CheckpointError, Pretrained, read_config, read_torch_file
 from clipcore.spectral import MelConfig, MelSpectrogram
 
 __all__ = ["GriffinLim", "HiFiGAN", "load_vocoder", "VOCODER_NAMES"]
@@ -213,10 +213,7 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     )
     for path in candidates:
         if path.is_file():
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as error:  # noqa: BLE001 - any unreadable file is one clear error
-                raise CheckpointError(f"{path}: cannot be read as weights ({type(error).__name__}).") from None
+            state = read_torch_file(path)
             state = state.get("generator", state) if isinstance(state, dict) else state
             if not isinstance(state, dict):
                 raise CheckpointError(f"{path}: holds no state dict.")

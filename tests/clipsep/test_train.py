@@ -129,11 +129,14 @@ def test_recipe_saves_config_and_exports_best_and_last(toy_shards, tmp_path):
     assert pngs and not readable_image_problems(np.asarray(Image.open(pngs[0]).convert("RGB")))
 
     # `test` reads test_shards with the saved config and the last checkpoint.
+    # A setting the checkpoint replaces (Lightning builds the model it saved) is named, not dropped silently.
     (last,) = tmp_path.glob("**/last.ckpt")
-    tested = train_main([
-        "test", "--config", str(log_dir / "config.yaml"),
-        "--data.test_shards", str(toy_shards / "val" / "*.tar"), "--ckpt_path", str(last),
-    ])
+    with pytest.warns(UserWarning, match=r"it replaces --model.val_examples \(3 -> 1\)\.$"):
+        tested = train_main([
+            "test", "--config", str(log_dir / "config.yaml"), "--model.val_examples", "3",
+            "--data.test_shards", str(toy_shards / "val" / "*.tar"), "--ckpt_path", str(last),
+        ])
+    assert tested.model.hparams.val_examples == 1
     metrics = tested.trainer.callback_metrics
     assert {"test/loss", "test/sdr", "test/sdri"} <= metrics.keys()
     assert torch.isfinite(metrics["test/loss"])

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from clipcore.errors import ClipAudioError, UsageError
 
@@ -29,6 +30,12 @@ def test_missing_shards_give_one_line_and_a_failing_status(tmp_path):
     (["--trainer.max_steps", "-5"], "the run cannot be built from its settings: `max_steps` must be a non-negative"),
     (["--model.export_dir", "{tmp}/notes.txt"], "--model.export_dir {tmp}/notes.txt: is a file, not a folder."),
     (["--ckpt_path", "{tmp}/none.ckpt"], "--ckpt_path {tmp}/none.ckpt: no such checkpoint file."),
+    (["--ckpt_path", "{tmp}/notes.txt"], "--ckpt_path {tmp}/notes.txt: is not a PyTorch weights file, or holds "
+                                         "Python objects besides tensors (which are never unpickled here)."),
+    (["--ckpt_path", "{tmp}/tensor.ckpt"], "--ckpt_path {tmp}/tensor.ckpt: is not a Lightning checkpoint (it holds no "
+                                           "state_dict)."),
+    (["--ckpt_path", "{tmp}/prior.ckpt"], "--ckpt_path {tmp}/prior.ckpt: is the checkpoint of another system (its "
+                                          "settings embed_dim, prior_args are not this recipe's)."),
     (["--trainer.val_check_interval", "0"], "--trainer.val_check_interval must be positive, got 0."),
     (["--model.query_encoder", "{tmp}/no_encoder"], "the run cannot be built from its settings: query_encoder "
                                                    "{tmp}/no_encoder: no such checkpoint folder."),
@@ -37,6 +44,8 @@ def test_settings_the_run_cannot_use_are_refused_before_training(tmp_path, args,
     from recipes.train_clipsep import main  # in this process: a recipe's start-up is seconds
 
     (tmp_path / "notes.txt").write_text("keep me")
+    torch.save(torch.zeros(2), tmp_path / "tensor.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"embed_dim": 8, "prior_args": {}}}, tmp_path / "prior.ckpt")
     argv = ["fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"),
             "--trainer.default_root_dir", str(tmp_path / "run"), *[a.format(tmp=tmp_path) for a in args]]
     with pytest.raises(UsageError) as raised:
