@@ -130,6 +130,11 @@ class ShardStream(IterableDataset):
       * ``epoch_length=None`` (one pass): the shards are read once, split among
         consumers by shard when there are enough shards, otherwise by sample.
 
+    Corrupt samples and unreadable shards are skipped with a warning; a stream that can
+    use none of what it reads (a consumer's whole part of a one-pass read, or many
+    resampled shard reads in a row) stops with :class:`~clipcore.shards.ShardError`
+    naming the last problem, rather than validating on nothing.
+
     Args:
         shards: see :func:`clipcore.shards.expand_shards`.
         num_sources: clips per mixture (N).
@@ -191,6 +196,7 @@ class ShardStream(IterableDataset):
         self.epoch, self.rank, self.world_size = 0, 0, 1
         self.resume_offset = 0  # batches of this epoch done before a restart
         self.skipped = 0  # samples skipped by this process (per worker with workers)
+        self.last_skip: str | None = None  # why the last one was
         self._pending = 0
 
     def __len__(self) -> int:
@@ -225,7 +231,8 @@ class ShardStream(IterableDataset):
 
     def _read(self, url: str) -> Iterator[dict]:
         def on_error(error: Exception) -> bool:
-            self._skip(f"{url}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+            first = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)  # tarfile: (why, ...)
+            self._skip(f"{url}: {first.splitlines()[0] if first else type(error).__name__}")
             return True
 
         if not self.in_memory:
@@ -258,6 +265,7 @@ class ShardStream(IterableDataset):
                 raise ShardError(
                     f"{empty} shard reads in a row gave no samples to consumer {consumer} of {consumers} "
                     "(ranks x workers); are the shards readable and do they hold enough samples?"
+                    + (f" The last problem: {self.last_skip}" if self.last_skip else "")
                 )
 
     def _one_pass(self, rng: np.random.Generator, consumer: int, consumers: int) -> Iterator[dict]:
@@ -272,6 +280,7 @@ class ShardStream(IterableDataset):
 
     def _skip(self, reason: str) -> None:
         self.skipped += 1
+        self.last_skip = reason
         self._pending += 1
         if self.skipped <= WARN_FIRST or self.skipped % 100 == 0:
             warnings.warn(f"skipped ({self.skipped} so far): {reason}", CorruptSampleWarning, stacklevel=2)
@@ -279,11 +288,13 @@ class ShardStream(IterableDataset):
     def _batches(self, raw: Iterator[dict], rng: np.random.Generator, limit: int | None) -> Iterator[MixBatch]:
         need = self.batch_size * self.num_sources
         clips: list[_Clip] = []
-        made = 0
+        made = used = 0
+        skipped_before = self.skipped
         if limit == 0:
             return
         for clip in self._grouped(self._decoded(raw, rng)):
             clips.append(clip)
+            used += 1
             if len(clips) == need:
                 yield self._mix(clips, rng)
                 clips, made = [], made + 1
@@ -291,6 +302,9 @@ class ShardStream(IterableDataset):
                     return
         if not self.train and len(clips) >= self.num_sources:  # a last, smaller batch
             yield self._mix(clips[: len(clips) // self.num_sources * self.num_sources], rng)
+        if used == 0 and self.skipped > skipped_before:  # a pass over unreadable shards yields nothing
+            shards = self.urls[0] if len(self.urls) == 1 else f"{len(self.urls)} shards ({self.urls[0]}, ...)"
+            raise ShardError(f"no sample of {shards} could be used; the last problem: {self.last_skip}")
 
     def _decoded(self, raw: Iterator[dict], rng: np.random.Generator) -> Iterator[_Clip]:
         """The usable clips of ``raw``; a corrupt sample is skipped (and counted), 200 in a

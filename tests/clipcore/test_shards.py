@@ -2,6 +2,7 @@
 
 import io
 import multiprocessing
+import re
 import socket
 import tarfile
 from types import SimpleNamespace
@@ -265,6 +266,18 @@ def test_a_systematic_failure_stops_the_stream_with_a_reason(shards, monkeypatch
     with pytest.warns(CorruptSampleWarning), pytest.raises(ShardError, match="20 samples in a row.*another-encoder.npy"):
         list(stream)
     assert stream.skipped == 20
+
+
+@pytest.mark.parametrize("epoch_length", [None, 2])
+def test_shards_that_are_not_tar_files_stop_the_stream_naming_the_problem(tmp_path, epoch_length):
+    # One pass (validation) yielded nothing, so training ran without validation; resampled
+    # (training) named no shard.
+    for name in ("a.tar", "b.tar"):
+        (tmp_path / name).write_bytes(bytes(range(256)) * 40)
+    stream = _stream(str(tmp_path / "*.tar"), train=epoch_length is not None, epoch_length=epoch_length)
+    with pytest.warns(CorruptSampleWarning), pytest.raises(ShardError) as caught:
+        list(stream)
+    assert re.search(rf"{tmp_path}/[ab]\.tar: invalid header$", str(caught.value)), str(caught.value)
 
 
 def _shard_with_a_corrupt_run(path, good, corrupt):
