@@ -126,6 +126,9 @@ def load_official(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         CheckpointError: a missing file or one that is not a plain tensor dictionary.
     """
     state = read_torch_file(path)
+    if isinstance(state, dict) and "pytorch-lightning_version" in state:
+        raise CheckpointError(f"{path}: is a training checkpoint of Lightning, not a released model; use the folder "
+                              "its run exported (<log_dir>/pretrained/best, or the recipe's --export).")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

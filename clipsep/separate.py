@@ -209,15 +209,21 @@ class Separator:
     def from_official(
         cls,
         path: str | os.PathLike,
-        query_encoder: QueryEncoder | str | os.PathLike,
+        query_encoder: QueryEncoder | str | os.PathLike | None,
         device: str | torch.device = "cpu",
         **settings,
     ) -> "Separator":
         """A separator from the checkpoint file released with the paper (``best_model.pt``),
-        read without unpickling objects; the official model uses ``ViT-B-32/openai``."""
+        read without unpickling objects; the official model uses ``ViT-B-32/openai``, which
+        the file does not name: None is refused once the file is known to be one."""
         from clipsep.convert import load_official_model
 
         model = load_official_model(path)  # its provenance says query_normalization: none
+        if query_encoder is None:
+            raise CheckpointError(
+                f"{path}: an official checkpoint file needs a query encoder "
+                "(for the released model: ViT-B-32/openai, or ViT-B-32=/path/to/weights.bin offline)."
+            )
         return cls(model, load_query_encoder(query_encoder), device=device, **settings)
 
     @classmethod
@@ -231,11 +237,6 @@ class Separator:
         """:meth:`from_pretrained` for a folder, :meth:`from_official` for a file."""
         path = Path(checkpoint)
         if path.is_file():
-            if query_encoder is None:
-                raise CheckpointError(
-                    f"{path}: an official checkpoint file needs a query encoder "
-                    "(for the released model: ViT-B-32/openai, or ViT-B-32=/path/to/weights.bin offline)."
-                )
             return cls.from_official(path, query_encoder, device=device, **settings)
         if not path.exists():
             raise CheckpointError(f"{path}: no such checkpoint folder or file.")

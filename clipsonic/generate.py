@@ -289,6 +289,20 @@ class Generator:
         return embeddings
 
     @torch.no_grad()
+    def check_duration(self, duration: float) -> None:
+        """Refuse a clip length the model cannot make: above 0, at least one window of its
+        mel spectrogram and at most :data:`MAX_DURATION` seconds.
+
+        Raises:
+            GenerationError: naming the duration and the limit it breaks.
+        """
+        if not 0 < duration <= MAX_DURATION:
+            raise GenerationError(f"duration must be above 0 and at most {MAX_DURATION:g} seconds, not {duration:g}.")
+        config = self.model.mel_config
+        if duration * config.sample_rate < config.n_fft:
+            raise GenerationError(f"duration must be at least {config.n_fft / config.sample_rate:g} seconds (one window "
+                                  f"of the mel spectrogram), not {duration:g}.")
+
     def generate(
         self,
         text: str | list[str] | None = None,
@@ -316,12 +330,8 @@ class Generator:
         """
         if steps < 1 or num_samples < 1:
             raise GenerationError("steps and the number of samples must be at least 1.")
-        if not 0 < duration <= MAX_DURATION:
-            raise GenerationError(f"duration must be above 0 and at most {MAX_DURATION:g} seconds, not {duration:g}.")
+        self.check_duration(duration)
         config = self.model.mel_config
-        if duration * config.sample_rate < config.n_fft:
-            raise GenerationError(f"duration must be at least {config.n_fft / config.sample_rate:g} seconds (one window "
-                                  f"of the mel spectrogram), not {duration:g}.")
         _check_seed(seed, num_samples)
         if embeddings is None:
             embeddings = self.embed(text, image, mode, seed=seed)

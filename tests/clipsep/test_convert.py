@@ -96,3 +96,7 @@ def test_bad_checkpoints_are_refused_in_one_sentence(official_state, tmp_path, c
     assert "garbage.pt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "never unpickled here" in err and "weights_only" not in err  # torch's advice to unpickle is not passed on
     assert not (tmp_path / "out").exists()
+    training = tmp_path / "last.ckpt"  # what a training run leaves in checkpoints/: its export is the model
+    torch.save({"pytorch-lightning_version": "2.6.6", "state_dict": {"model.mask_bias": torch.zeros(1)}}, training)
+    assert main(["convert", "official", str(training), "--out", str(tmp_path / "out")]) == 2
+    assert "last.ckpt: is a training checkpoint of Lightning, not a released model" in capsys.readouterr().err

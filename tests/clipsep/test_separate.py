@@ -221,6 +221,9 @@ def test_checkpoint_folder_official_file_and_wrong_kinds(encoder, tmp_path):
 
     with pytest.raises(CheckpointError, match="needs a query encoder"):
         Separator.load(tmp_path / "best_model.pt")
+    (tmp_path / "notes.pt").write_text("not weights")  # a file that is no checkpoint is named as such first
+    with pytest.raises(CheckpointError, match="notes.pt: is not a PyTorch weights file"):
+        Separator.load(tmp_path / "notes.pt")
     with pytest.raises(CheckpointError, match="not a clipsep.model.CLIPSep"):
         Separator.load(tmp_path / "ckpt" / "query_encoder")
     model.save_pretrained(tmp_path / "bare")

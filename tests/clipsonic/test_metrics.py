@@ -7,7 +7,7 @@ import torch
 from scipy import linalg
 
 from clipcore import synthetic
-from clipcore.errors import UsageError
+from clipcore.errors import ClipAudioError, UsageError
 from clipcore.modality_gap import ModalityGap
 from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
@@ -118,9 +118,12 @@ def test_evaluation_recipe_runs_all_modes_on_toy_shards(tmp_path, capsys):
     for bad, message in ((["--duration", "nan"], "--duration must be a positive number of seconds, got nan."),
                          (["--guidance", "inf"], "--guidance must be a finite number, got inf."),
                          (["--k", "0"], "--k must be at least 1, got 0."),
+                         (["--duration", "0.001"], "--duration must be at least"),  # a traceback in the references' mels
+                         (["--encoder", "other", "--gap", str(tmp_path / "gap.json")],
+                          "could be used; the last problem: .* no other.npy member"),  # "no reference clips" before
                          (["--gap", str(tmp_path / "gap.json"), "--out", str(tmp_path / "gap.json")],
                           "gap.json: is the input of --gap")):
-        with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        with pytest.raises(ClipAudioError, match=message.replace("(", r"\(")):
             evaluate([*args, *bad])
     assert ModalityGap.load(tmp_path / "gap.json").embed_dim == gap.embed_dim  # the input is intact
     report = evaluate([*args, "--gap", str(tmp_path / "gap.json")])
