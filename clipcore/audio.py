@@ -21,9 +21,11 @@ from clipcore.files import atomic_write
 __all__ = [
     "AudioError",
     "MAX_CHANNELS",
+    "MIN_SAMPLE_RATE",
     "BIT_DEPTHS",
     "CLIP_MODES",
     "AUDIO_EXTENSIONS",
+    "open_audio",
     "load_audio",
     "save_audio",
     "output_format",
@@ -36,6 +38,9 @@ __all__ = [
 
 MAX_CHANNELS = 8
 """Largest channel count accepted (7.1 surround)."""
+
+MIN_SAMPLE_RATE = 1000
+"""Lowest sample rate accepted in an input file: below it, a file holds no sound to hear."""
 
 BIT_DEPTHS = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
 """Bit depth names accepted by :func:`save_audio`, and their soundfile subtypes."""
@@ -56,6 +61,36 @@ class AudioError(ClipAudioError):
     """A problem with an audio file or waveform, described in one sentence."""
 
 
+def open_audio(path: str | os.PathLike) -> sf.SoundFile:
+    """Open an audio file for reading, its header checked.
+
+    Raises:
+        AudioError: missing, a folder, unreadable or not audio, more than
+            :data:`MAX_CHANNELS` channels, a rate below :data:`MIN_SAMPLE_RATE`, or zero
+            samples; one sentence naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file.")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file.")
+    try:
+        handle = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise AudioError(f"{path}: cannot be read as audio ({_reason(error)}).") from None
+    problem = None
+    if handle.channels > MAX_CHANNELS:
+        problem = f"has {handle.channels} channels; at most {MAX_CHANNELS} are supported"
+    elif handle.samplerate < MIN_SAMPLE_RATE:
+        problem = f"has a sample rate of {handle.samplerate} Hz; audio needs at least {MIN_SAMPLE_RATE} Hz"
+    elif handle.frames == 0:
+        problem = "contains zero samples"
+    if problem is not None:
+        handle.close()
+        raise AudioError(f"{path}: {problem}.")
+    return handle
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int | None = None,
@@ -72,28 +107,16 @@ def load_audio(
         ``(wave, rate)``: float32 ``[channels, samples]`` and its sample rate.
 
     Raises:
-        AudioError: missing, unreadable or not audio, zero samples, non-finite samples,
-            or more than :data:`MAX_CHANNELS` channels.
+        AudioError: as :func:`open_audio`, or non-finite samples.
     """
     path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file.")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file.")
-    try:
-        with sf.SoundFile(str(path)) as handle:
-            channels = handle.channels
-            if channels > MAX_CHANNELS:
-                raise AudioError(
-                    f"{path}: has {channels} channels; at most {MAX_CHANNELS} are supported."
-                )
+    with open_audio(path) as handle:
+        try:
             data = handle.read(dtype="float32", always_2d=True)
-            rate = handle.samplerate
-    except AudioError:
-        raise
-    except (sf.LibsndfileError, RuntimeError, OSError) as error:
-        raise AudioError(f"{path}: cannot be read as audio ({_reason(error)}).") from None
-    if data.shape[0] == 0:
+        except (sf.LibsndfileError, RuntimeError, OSError) as error:
+            raise AudioError(f"{path}: cannot be read as audio ({_reason(error)}).") from None
+        rate = handle.samplerate
+    if data.shape[0] == 0:  # a header that counts samples the file does not hold
         raise AudioError(f"{path}: contains zero samples.")
     wave = torch.from_numpy(np.ascontiguousarray(data.T))
     if not torch.isfinite(wave).all():

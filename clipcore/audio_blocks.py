@@ -33,10 +33,10 @@ import torch
 from clipcore.audio import (
     BIT_DEPTHS,
     FORMATS,
-    MAX_CHANNELS,
     AudioError,
     _reason,
     check_finite,
+    open_audio,
     output_format,
     output_gain,
     scale_for_output,
@@ -59,28 +59,14 @@ class AudioReader:
         frames: its length in samples per channel.
 
     Raises:
-        AudioError: missing, a folder, unreadable or not audio, zero samples, or too
-            many channels (on opening); non-finite samples or a read failure (while
-            reading, naming the file).
+        AudioError: on opening, as :func:`clipcore.audio.open_audio`; while reading,
+            non-finite samples or a read failure (naming the file).
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not self.path.exists():
-            raise AudioError(f"{self.path}: no such file.")
-        if self.path.is_dir():
-            raise AudioError(f"{self.path}: is a folder, not an audio file.")
-        try:
-            self._handle = sf.SoundFile(str(self.path))
-        except (sf.LibsndfileError, RuntimeError, OSError) as error:
-            raise AudioError(f"{self.path}: cannot be read as audio ({_reason(error)}).") from None
+        self._handle = open_audio(self.path)
         self.sample_rate, self.channels, self.frames = self._handle.samplerate, self._handle.channels, self._handle.frames
-        if self.channels > MAX_CHANNELS:
-            self.close()
-            raise AudioError(f"{self.path}: has {self.channels} channels; at most {MAX_CHANNELS} are supported.")
-        if self.frames == 0:
-            self.close()
-            raise AudioError(f"{self.path}: contains zero samples.")
 
     def blocks(self, frames: int, mono: bool = False) -> Iterator[torch.Tensor]:
         """The file from its start in blocks of ``frames`` samples (the last may be shorter).

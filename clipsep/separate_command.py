@@ -37,6 +37,7 @@ from clipcore.cli import (
     return_large_buffers_to_the_system,
     stop_on_sigterm,
 )
+from clipcore.errors import EXIT_BAD_INPUT, EXIT_PARTIAL
 from clipcore.files import ImageError, check_output_folder, load_image
 from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, input_seconds, plan
 from clipsep.batch_workers import Tally, launcher_process, run_here, run_workers, worker_devices
@@ -99,7 +100,7 @@ def _check_values(args: argparse.Namespace) -> None:
 
 
 def run_separate(args: argparse.Namespace) -> int:
-    """Run ``clipsep separate``; returns 0, or 1 if any input failed."""
+    """Run ``clipsep separate``; returns its exit status (:func:`summarize`)."""
     queries = _queries(args)
     _check_values(args)
     launch = launcher_process()
@@ -163,7 +164,12 @@ def _run_jobs(jobs, durations, spec, separator, embeddings, options, devices, la
 
 def summarize(results: list[FileResult], failures: list[FileResult], out: Path, elsewhere: int = 0,
               prefix: str = "") -> int:
-    """Print what was written (stdout) and what failed (stderr); 1 if anything failed.
+    """Print what was written (stdout) and what failed (stderr).
+
+    Returns:
+        The exit status: 0, or :data:`~clipcore.errors.EXIT_PARTIAL` (1) if some inputs
+        failed, or :data:`~clipcore.errors.EXIT_BAD_INPUT` (2) if every input this process
+        took failed (nothing done, as for any bad input).
 
     Args:
         results: the inputs this process (or its workers) took, and those skipped as finished.
@@ -189,7 +195,9 @@ def summarize(results: list[FileResult], failures: list[FileResult], out: Path, 
         print(f"{prefix}{len(failed)} input(s) failed:", file=sys.stderr)
         for result in failed:
             print(f"  {result.source}: {result.error}", file=sys.stderr)
-    return 1 if failed else 0
+    if not failed:
+        return 0
+    return EXIT_BAD_INPUT if len(failed) == len(failures) + len(results) else EXIT_PARTIAL
 
 
 def add_separate_command(subparsers: "argparse._SubParsersAction") -> None:

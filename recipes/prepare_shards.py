@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from clipcore.audio import MIN_SAMPLE_RATE
 from clipcore.errors import UsageError, report_errors
 from clipcore.files import ListedFile, atomic_write, check_output_folder
 from clipcore.supervised import SupervisedPool
@@ -289,7 +290,8 @@ def _check_options(args: argparse.Namespace) -> None:
         ("--min-seconds", args.min_seconds, 0 < args.min_seconds < math.inf, "a positive number of seconds"),
         ("--clip-timeout", args.clip_timeout, args.clip_timeout > 0, "a positive number of seconds"),
         ("--fps", args.fps, 0 < args.fps <= 60, "above 0 and at most 60 frames per second"),
-        ("--sample-rate", args.sample_rate, 1000 <= args.sample_rate <= 192000, "between 1000 and 192000 Hz"),
+        ("--sample-rate", args.sample_rate, MIN_SAMPLE_RATE <= args.sample_rate <= 192000,
+         f"between {MIN_SAMPLE_RATE} and 192000 Hz"),
         ("--short-side", args.short_side, 16 <= args.short_side <= 4096, "between 16 and 4096 pixels"),
         ("--shard-size", args.shard_size, args.shard_size >= 1, "at least 1"),
         ("--workers", args.workers, args.workers >= 1, "at least 1"),

@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 
 from clipcore.audio import AudioError, load_audio, save_audio
+from clipcore.audio_blocks import AudioReader
 
 
 def _tone(seconds=0.25, rate=16000, channels=1):
@@ -85,6 +86,14 @@ def test_zero_samples(tmp_path):
     sf.write(path, np.zeros((0, 1), dtype=np.float32), 16000)
     with pytest.raises(AudioError, match="empty.wav: contains zero samples"):
         load_audio(path)
+
+
+def test_a_rate_below_audio_is_refused_by_both_readers(tmp_path):
+    path = tmp_path / "one-hertz.wav"  # was separated, and written back at 1 Hz
+    sf.write(path, np.zeros((100, 1), dtype=np.float32), 1)
+    for read in (load_audio, AudioReader):
+        with pytest.raises(AudioError, match=r"one-hertz.wav: has a sample rate of 1 Hz; audio needs at least 1000 Hz\.$"):
+            read(path)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -93,7 +93,7 @@ def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
     # A file that is not this command's (no separation.json beside it) is never replaced.
     (out / "mix" / "separation.json").unlink()
     target.write_bytes(b"keep me")
-    assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "in" / "mix.wav") == 1
+    assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "in" / "mix.wav") == 2  # its only input failed: nothing done
     assert "already exists (pass --overwrite to replace it)" in capsys.readouterr().err
     assert target.read_bytes() == b"keep me"
     assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path / "in" / "mix.wav") == 0
@@ -105,13 +105,13 @@ def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
     inside = out / "violin" / "violin.wav"
     save_audio(inside, _noise(1, 5000), 16000)
     before = inside.read_bytes()
-    assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", inside) == 1
+    assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", inside) == 2  # its only input failed: nothing done
     assert "would overwrite the input" in capsys.readouterr().err
     assert inside.read_bytes() == before
     # Nor is a folder where a stem would go.
     target.unlink()
     target.mkdir()
-    assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path / "in" / "mix.wav") == 1
+    assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path / "in" / "mix.wav") == 2
     assert f"output {target} is a folder; the stem cannot be written there." in capsys.readouterr().err
     assert target.is_dir() and not any(target.iterdir())
 

@@ -11,6 +11,7 @@ import soundfile as sf
 
 from clipcore.query import CLIPSEP_EVAL_TEMPLATES, QueryEncoder
 from clipcore.shard_stream import CorruptSampleWarning, ShardStream
+from clipcore.shards import ShardError
 from clipcore.sound_library import read_library
 from clipcore.synthetic import make_clip, write_toy_shards
 from recipes.prepare_shards import ClipJob, interleave_labels, main
@@ -57,9 +58,8 @@ def test_library_folder_to_audio_shards_that_mix_with_video_shards(tmp_path, enc
     assert batch.embeddings.shape == (4, 2, 32)
     assert batch.text_queries.sum() == 4 and (~batch.text_queries).sum() == 4  # both kinds in one batch
 
-    with pytest.warns(CorruptSampleWarning, match="labelled audio without frames"):  # frames wanted: none there
-        assert list(ShardStream(str(tmp_path / "audio" / "*.tar"), batch_size=1, segment_samples=8191,
-                                train=False)) == []
+    with pytest.warns(CorruptSampleWarning), pytest.raises(ShardError, match="labelled audio without frames"):
+        list(ShardStream(str(tmp_path / "audio" / "*.tar"), batch_size=1, segment_samples=8191, train=False))
 
 
 def test_labels_from_a_csv_column_or_a_file_name_pattern(tmp_path):
