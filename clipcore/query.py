@@ -222,15 +222,12 @@ class QueryEncoder(Pretrained, nn.Module):
             QueryEncoderError: unknown names or tags, missing files, failed downloads
                 (the message says how to pass a local weights file instead).
         """
+        cls.check_spec(spec, model)
         text = os.fspath(spec)
         if Path(text).is_dir():
-            if not (Path(text) / CONFIG_NAME).is_file():
-                raise QueryEncoderError(f"{text}: is a folder without {CONFIG_NAME}, not a query encoder checkpoint.")
             encoder = cls.from_pretrained(text)
         elif model is not None or "=" in text:
             arch, _, weights = (model, "", text) if model is not None else text.partition("=")
-            if not Path(weights).is_file():
-                raise QueryEncoderError(f"{weights}: no such open_clip weights file.")
             if "/" in arch and not arch.endswith(".json"):
                 arch, tag = arch.split("/", 1)
                 encoder = cls._from_tag(arch, tag, name, cache_dir, weights=weights)
@@ -238,20 +235,41 @@ class QueryEncoder(Pretrained, nn.Module):
                 encoder = cls._from_weights(arch, weights, name)
         else:
             arch, _, tag = text.partition("/")
-            if not tag:
-                raise QueryEncoderError(
-                    f"query encoder {text!r}: give a checkpoint folder, ARCH/TAG (e.g. ViT-B-32/openai) "
-                    "or ARCH=WEIGHTS_FILE (e.g. ViT-B-32=/models/open_clip_pytorch_model.bin)."
-                )
-            if get_model_config(arch) is None:
-                raise QueryEncoderError(
-                    f"{text}: is neither a query encoder checkpoint folder nor an open_clip ARCH/TAG name "
-                    f"(open_clip has no model {arch!r})."
-                )
             encoder = cls._from_tag(arch, tag, name, cache_dir)
         if name is not None:
             encoder.name = name
         return encoder.to(device=device, dtype=dtype) if dtype is not None else encoder.to(device)
+
+    @staticmethod
+    def check_spec(spec: str | os.PathLike, model: str | None = None) -> None:
+        """Refuse, without loading or downloading anything, a spec :meth:`load` cannot use:
+        a folder without ``config.json``, a weights file that is not there, a name open_clip
+        does not know (a path that does not exist is such a name).
+
+        Raises:
+            QueryEncoderError: in one sentence naming the spec.
+        """
+        text = os.fspath(spec)
+        if Path(text).is_dir():
+            if not (Path(text) / CONFIG_NAME).is_file():
+                raise QueryEncoderError(f"{text}: is a folder without {CONFIG_NAME}, not a query encoder checkpoint.")
+            return
+        if model is not None or "=" in text:
+            weights = text if model is not None else text.partition("=")[2]
+            if not Path(weights).is_file():
+                raise QueryEncoderError(f"{weights}: no such open_clip weights file.")
+            return
+        arch, _, tag = text.partition("/")
+        if not tag:
+            raise QueryEncoderError(
+                f"query encoder {text!r}: give a checkpoint folder, ARCH/TAG (e.g. ViT-B-32/openai) "
+                "or ARCH=WEIGHTS_FILE (e.g. ViT-B-32=/models/open_clip_pytorch_model.bin)."
+            )
+        if not arch or text.startswith((".", "~")):
+            raise QueryEncoderError(f"{text}: no such query encoder folder.")
+        if get_model_config(arch) is None:
+            raise QueryEncoderError(f"{text}: no such query encoder folder, nor an open_clip ARCH/TAG name "
+                                    f"(open_clip has no model {arch!r}).")
 
     @classmethod
     def _from_tag(

@@ -165,10 +165,12 @@ class CLIPSepSystem(LightningModule):
         if query_encoder is None and init_from is not None:
             bundled = Path(init_from) / QUERY_ENCODER_DIR
             query_encoder = str(bundled) if bundled.is_dir() else facts.get("query_encoder")
-        if query_encoder is not None and query_encoder.startswith(("/", ".")) and not Path(query_encoder).exists():
-            # Loaded only when frames need it, or at export: a path that is not there would
+        if query_encoder is not None:
+            # Loaded only when frames need it, or at export: a spec it cannot use would
             # otherwise surface after training, or be recorded in the export as it is.
-            raise ValueError(f"query_encoder {query_encoder}: no such checkpoint folder.")
+            from clipcore.query import QueryEncoder
+
+            QueryEncoder.check_spec(query_encoder)
         self.query_encoder = query_encoder
         object.__setattr__(self, "encoder", None)  # frozen, loaded when needed, not checkpointed
         # Mean SDR / SDRi of the non-silent estimates (the official evaluation's rule), and

@@ -176,9 +176,9 @@ def test_load_errors_are_one_clear_sentence(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(QueryEncoderError, match="no pretrained tag 'nonsense'"):
         QueryEncoder.load(f"ViT-B-32/nonsense={tmp_path / 'weights.bin'}")
-    with pytest.raises(QueryEncoderError, match="neither a query encoder checkpoint folder.*no model 'ViT-Q-99'"):
+    with pytest.raises(QueryEncoderError, match="ViT-Q-99/openai: no such query encoder folder, nor .* no model 'ViT-Q-99'"):
         QueryEncoder.load("ViT-Q-99/openai")
-    with pytest.raises(QueryEncoderError, match="runs/missing/clip: is neither"):
+    with pytest.raises(QueryEncoderError, match="runs/missing/clip: no such query encoder folder, nor"):
         QueryEncoder.load("runs/missing/clip")
     with pytest.raises(QueryEncoderError, match="no model 'ViT-Q-99'"):
         QueryEncoder.load(f"ViT-Q-99={tmp_path / 'weights.bin'}")

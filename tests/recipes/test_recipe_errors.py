@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipcore.errors import ClipAudioError, UsageError
+from clipcore.errors import ClipAudioError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_missing_shards_give_one_line_and_a_failing_status(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "train_clipsep.py"), "fit",
-         "--config", str(ROOT / "recipes" / "configs" / "clipsep" / "toy.yaml"),
+         "--config", str(ROOT / "recipes" / "configs" / "clipsep" / "toy.yaml"), "--model.query_encoder", "null",
          "--data.train_shards", str(tmp_path / "none-*.tar"), "--data.val_shards", str(tmp_path / "none-*.tar"),
          "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"],
         capture_output=True, text=True, cwd=tmp_path,
@@ -37,8 +37,10 @@ def test_missing_shards_give_one_line_and_a_failing_status(tmp_path):
     (["--ckpt_path", "{tmp}/prior.ckpt"], "--ckpt_path {tmp}/prior.ckpt: is the checkpoint of another system (its "
                                           "settings embed_dim, prior_args are not this recipe's)."),
     (["--trainer.val_check_interval", "0"], "--trainer.val_check_interval must be positive, got 0."),
-    (["--model.query_encoder", "{tmp}/no_encoder"], "the run cannot be built from its settings: query_encoder "
-                                                   "{tmp}/no_encoder: no such checkpoint folder."),
+    (["--model.query_encoder", "{tmp}/no_encoder"], "{tmp}/no_encoder: no such query encoder folder."),
+    (["--model.query_encoder", "ViT-Q-99/openai"], "ViT-Q-99/openai: no such query encoder folder, nor an open_clip "
+                                                   "ARCH/TAG name (open_clip has no model 'ViT-Q-99')."),
+    (["--model.query_encoder", "ViT-B-32=/no/weights.bin"], "/no/weights.bin: no such open_clip weights file."),
 ])
 def test_settings_the_run_cannot_use_are_refused_before_training(tmp_path, args, message):
     from recipes.train_clipsep import main  # in this process: a recipe's start-up is seconds
@@ -46,9 +48,9 @@ def test_settings_the_run_cannot_use_are_refused_before_training(tmp_path, args,
     (tmp_path / "notes.txt").write_text("keep me")
     torch.save(torch.zeros(2), tmp_path / "tensor.ckpt")
     torch.save({"state_dict": {}, "hyper_parameters": {"embed_dim": 8, "prior_args": {}}}, tmp_path / "prior.ckpt")
-    argv = ["fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"),
+    argv = ["fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), "--model.query_encoder", "null",
             "--trainer.default_root_dir", str(tmp_path / "run"), *[a.format(tmp=tmp_path) for a in args]]
-    with pytest.raises(UsageError) as raised:
+    with pytest.raises(ClipAudioError) as raised:
         main(argv)
     assert str(raised.value).startswith(message.format(tmp=tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "keep me" and not (tmp_path / "run" / "checkpoints").exists()
@@ -61,7 +63,8 @@ def test_a_segment_shorter_than_the_models_window_is_refused_before_training(tmp
     write_toy_shards(tmp_path / "shards", 2, seed=0, duration=1.0, frame_size=32)
     shards = str(tmp_path / "shards" / "*.tar")
     with pytest.raises(ClipAudioError) as raised:
-        main(["fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), "--data.train_shards", shards,
+        main(["fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), "--model.query_encoder", "null",
+              "--data.train_shards", shards,
               "--data.val_shards", shards, "--data.in_memory", "false", "--data.segment_samples", "100",
               "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false"])
     assert str(raised.value) == "data.segment_samples 100 is shorter than one STFT window of the model (1024 samples)."
