@@ -7,12 +7,11 @@ score intervals for proportions (accuracy, recognition). All figures are on the 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from clipcore.files import atomic_write
+from clipcore.files import write_json
 from clipcore.miniature import world
 
 __all__ = ["clip_facts", "judge_facts", "write_report", "print_report"]
@@ -103,7 +102,7 @@ def write_report(out: Path, facts: dict, found: dict, run: dict) -> dict:
     report = build_report(facts, found["separation"], found["generation"])
     details = {**run, **facts, "separation": found["separation"], "generation": found["generation"]}
     for name, content in (("report.json", report), ("details.json", details)):
-        atomic_write(out / name, lambda tmp: tmp.write_text(json.dumps(content, indent=2) + "\n"))
+        write_json(out / name, content)  # standard JSON: an interval of one value is null, not NaN
     return report
 
 

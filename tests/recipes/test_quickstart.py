@@ -47,7 +47,15 @@ def quickstart(tmp_path_factory):
         capture_output=True, text=True, timeout=1500,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
-    return out, result.stdout, json.loads((out / "report.json").read_text())
+    return out, result.stdout, _standard_json(out / "report.json")
+
+
+def _standard_json(path):
+    """The file's JSON, which must be standard: no bare NaN or Infinity (null instead)."""
+    def refuse(token):
+        raise AssertionError(f"{path.name} holds {token}, which standard JSON readers refuse")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def test_report_has_the_documented_keys_and_is_printed(quickstart):
@@ -110,7 +118,7 @@ def test_the_aligned_clip_and_the_judge_beat_input_blind_output(quickstart):
 
 def test_separation_and_generation_figures_are_finite_and_consistent(quickstart):
     out, _, report = quickstart
-    details = json.loads((out / "details.json").read_text())
+    details = _standard_json(out / "details.json")
     for kind in ("image", "text", "text_prior", "text_gap"):
         sdri = details["separation"][kind]["sdri"]
         assert sdri["count"] == 2 * details["separation"]["mixtures"] and math.isfinite(sdri["mean"]), kind
