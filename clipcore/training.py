@@ -289,7 +289,7 @@ class TrainingCLI(LightningCLI):
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         settings = self.config[subcommand].model.as_dict()
         foreign = sorted(hparams.keys() - settings.keys())
-        if "class_path" not in hparams and foreign:
+        if foreign and "class_path" not in hparams and "class_path" not in settings:
             named = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise UsageError(f"--ckpt_path {path}: is the checkpoint of another system (its settings {named} "
                              "are not this recipe's).")
