@@ -7,6 +7,7 @@ partial is ever written under a final file name.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -22,6 +23,8 @@ __all__ = [
     "AudioError",
     "MAX_CHANNELS",
     "MIN_SAMPLE_RATE",
+    "MAX_SAMPLE_RATE",
+    "check_sample_rate",
     "BIT_DEPTHS",
     "CLIP_MODES",
     "AUDIO_EXTENSIONS",
@@ -41,6 +44,9 @@ MAX_CHANNELS = 8
 
 MIN_SAMPLE_RATE = 1000
 """Lowest sample rate accepted in an input file: below it, a file holds no sound to hear."""
+
+MAX_SAMPLE_RATE = 768000
+"""Highest sample rate accepted (the highest any audio interface records)."""
 
 BIT_DEPTHS = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
 """Bit depth names accepted by :func:`save_audio`, and their soundfile subtypes."""
@@ -81,14 +87,26 @@ def open_audio(path: str | os.PathLike) -> sf.SoundFile:
     problem = None
     if handle.channels > MAX_CHANNELS:
         problem = f"has {handle.channels} channels; at most {MAX_CHANNELS} are supported"
-    elif handle.samplerate < MIN_SAMPLE_RATE:
-        problem = f"has a sample rate of {handle.samplerate} Hz; audio needs at least {MIN_SAMPLE_RATE} Hz"
+    elif not MIN_SAMPLE_RATE <= handle.samplerate <= MAX_SAMPLE_RATE:
+        problem = f"has a sample rate of {handle.samplerate} Hz; audio needs {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz"
     elif handle.frames == 0:
         problem = "contains zero samples"
     if problem is not None:
         handle.close()
         raise AudioError(f"{path}: {problem}.")
     return handle
+
+
+def check_sample_rate(rate: int, name: str = "the sample rate") -> None:
+    """Refuse a rate that is not a whole number of Hz from :data:`MIN_SAMPLE_RATE` to
+    :data:`MAX_SAMPLE_RATE`.
+
+    Raises:
+        AudioError: naming ``name`` and the value.
+    """
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{name} must be a whole number of Hz from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}, "
+                         f"not {rate!r}.")
 
 
 def load_audio(

@@ -200,6 +200,7 @@ class Pretrained:
         """
         directory = Path(directory)
         config = read_config(directory)
+        _check_device(directory, map_location)
         expected = _qualified_name(cls)
         if config["class"] != expected:
             raise CheckpointError(
@@ -269,6 +270,19 @@ def read_torch_file(path: str | os.PathLike) -> Any:
     except Exception as error:  # noqa: BLE001 - arbitrary bytes fail in many ways (EOFError, KeyError, ...)
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:200] if str(error) else type(error).__name__
         raise CheckpointError(f"{path}: is not a PyTorch weights file that can be read safely ({reason}).") from None
+
+
+def _check_device(directory: Path, map_location: str | torch.device) -> None:
+    """Refuse a device name torch does not know, or a device this machine lacks, before
+    the weights are read (their reader would call either a corrupt file)."""
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError):
+        raise CheckpointError(f"cannot load {directory} onto device {map_location!r}: torch has no such device "
+                              "(cpu, cuda, cuda:1, mps, ...).") from None
+    module = getattr(torch, device.type, None)
+    if device.type != "cpu" and module is not None and hasattr(module, "is_available") and not module.is_available():
+        raise CheckpointError(f"cannot load {directory} onto device {map_location!r}: this machine has none.")
 
 
 def _load_weights(model: torch.nn.Module, directory: Path, map_location) -> None:

@@ -33,6 +33,7 @@ from open_clip.tokenizer import HFTokenizer
 from torch import nn
 
 from clipcore.checkpoint import CONFIG_NAME, CheckpointError, Pretrained
+from clipcore.files import ImageError
 from clipcore.naming import slugify
 
 __all__ = [
@@ -349,10 +350,10 @@ class QueryEncoder(Pretrained, nn.Module):
         """
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[1] != 3:
-                raise ValueError(f"images must be [B, 3, H, W], got shape {list(images.shape)}.")
+                raise ImageError(f"images must be [B, 3, H, W], got shape {list(images.shape)}.")
             return self._preprocess_batch(images)
         if len(images) == 0:
-            raise ValueError("images is an empty list.")
+            raise ImageError("images is an empty list.")
         return torch.cat([self._preprocess_batch(_as_tensor(image)[None]) for image in images])
 
     def _preprocess_batch(self, images: torch.Tensor) -> torch.Tensor:
@@ -362,8 +363,12 @@ class QueryEncoder(Pretrained, nn.Module):
         elif images.is_floating_point():
             pixels = images.to(device).float()
         else:
-            raise ValueError(f"images must be uint8 or float, got {images.dtype}.")
+            raise ImageError(f"images must be uint8 or float, got {images.dtype}.")
         height, width = pixels.shape[-2:]
+        if not (height and width):
+            raise ImageError(f"images must be at least 1 x 1 pixel, got {height} x {width}.")
+        if not torch.isfinite(pixels).all():
+            raise ImageError("images hold NaN or infinity.")
         target_h, target_w = self.image_size
         if self.resize_mode == "shortest":
             scale = max(target_h / height, target_w / width)
@@ -476,11 +481,11 @@ def _as_tensor(image: Any) -> torch.Tensor:
     """A PIL image or ``[3, H, W]`` tensor as a ``[3, H, W]`` tensor."""
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"an image tensor must be [3, H, W], got shape {list(image.shape)}.")
+            raise ImageError(f"an image tensor must be [3, H, W], got shape {list(image.shape)}.")
         return image
     if hasattr(image, "convert"):
         return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-    raise ValueError(f"images must be uint8 tensors or PIL images, got {type(image).__name__}.")
+    raise ImageError(f"images must be uint8 tensors or PIL images, got {type(image).__name__}.")
 
 
 _NETWORK_ERRORS = ("ConnectionError", "Timeout", "URLError", "gaierror", "OfflineModeIsEnabled",

@@ -153,8 +153,11 @@ class QueryEmbedder:
             ImageError: an unreadable image.
         """
         if isinstance(queries, torch.Tensor):
-            if queries.dim() != 2 or queries.shape[1] != self.query_dim or not len(queries):
-                raise QueryError(f"query embeddings must be [K, {self.query_dim}], got {list(queries.shape)}.")
+            if queries.dim() != 2 or queries.shape[1] != self.query_dim or not len(queries) or queries.is_complex():
+                raise QueryError(f"query embeddings must be a real [K, {self.query_dim}] tensor, got "
+                                 f"{list(queries.shape)} ({queries.dtype}).")
+            if not torch.isfinite(queries).all():
+                raise QueryError("query embeddings hold NaN or infinity.")
             return queries.to(self.device, torch.float32)
         if isinstance(queries, (str, os.PathLike)) or not len(queries):
             raise QueryError("give a list of one or more queries.")
@@ -189,13 +192,16 @@ class QueryEmbedder:
         the diffusion prior or carried across the modality gap when there is one.
 
         Args:
-            texts: K query texts.
+            texts: K query texts (a string alone is one).
             templates: template(s) with ``{}`` (default: these queries'); several are
                 averaged (unit-norm: renormalized mean; raw: mean of raw outputs).
 
         Returns:
             ``[K, D]`` float32 on the device.
         """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or not all(isinstance(text, str) and text.strip() for text in texts):
+            raise QueryError("text queries must be one or more non-empty strings.")
         templates = self.templates if templates is None else [templates] if isinstance(templates, str) else list(templates)
         if not self.normalize_queries:
             return self.encoder.encode_text_raw(list(texts), templates)

@@ -47,6 +47,7 @@ gap; the query scale of official checkpoints) are made into query vectors by
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from clipcore.audio import AudioError
+from clipcore.audio import AudioError, check_sample_rate
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
 from clipcore.errors import ClipAudioError
+from clipcore.files import check_output_folder
 from clipcore.modality_gap import ModalityGap
 from clipcore.query import QueryEncoder
 from clipcore.spectral import stft
@@ -64,7 +66,7 @@ from clipsep.masks import check_mask_power, masked_stems
 from clipsep.model import CLIPSep
 from clipsep.queries import Query, QueryEmbedder, QueryError, load_query_encoder
 from clipsep.stem_files import BLOCK_SECONDS, output_files, query_keys, separate_to_files, stem_names
-from clipsep.streaming import OverlapAdd, crossfade_window, segment_starts, stream_separation
+from clipsep.streaming import MAX_SEGMENT_SECONDS, OverlapAdd, crossfade_window, segment_starts, stream_separation
 
 if TYPE_CHECKING:
     from clipcore.prior import DiffusionPrior
@@ -137,11 +139,11 @@ class Separator:
         mask_power: float = 1.0,
     ):
         if not 0.0 <= overlap <= 0.5:
-            raise ValueError(f"overlap must be between 0 and 0.5 of a segment, got {overlap}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        if segment is not None and not segment > 0:
-            raise ValueError(f"segment must be a positive number of seconds, got {segment}.")
+            raise ClipAudioError(f"overlap must be between 0 and 0.5 of a segment, got {overlap}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ClipAudioError(f"batch_size must be a whole number, at least 1, got {batch_size!r}.")
+        if segment is not None and not 0 < segment <= MAX_SEGMENT_SECONDS:
+            raise ClipAudioError(f"segment must be above 0 and at most {MAX_SEGMENT_SECONDS:g} seconds, got {segment}.")
         check_mask_power(mask_power, binary)
         if normalize_queries is None:
             normalize_queries = (model.provenance or {}).get("query_normalization") != "none"
@@ -349,6 +351,7 @@ class Separator:
             AudioError: an empty, misshapen or non-finite block. QueryError: bad queries.
             ClipAudioError: ``noise=True`` with a model that has no noise heads.
         """
+        check_sample_rate(sample_rate)
         num_noise = self._noise_heads(noise)
         embeddings = self.encode_queries(queries)
 
@@ -401,6 +404,9 @@ class Separator:
         Raises:
             AudioError: a bad input file or output option. QueryError: bad queries.
         """
+        check_output_folder(out_dir, None)
+        if not 0 < block_seconds < math.inf:
+            raise ClipAudioError(f"block_seconds must be a positive number of seconds, got {block_seconds}.")
         heads = self.model.num_noise_heads if noise else 0
         names = stem_names(query_keys(queries), heads)
         outputs = output_files(Path(out_dir), names, format, residual, heads)

@@ -45,12 +45,9 @@ from clipsep.claims import STALE_SECONDS
 from clipsep.masks import check_mask_power
 from clipsep.separation_record import run_record
 from clipsep.stem_files import stem_names
+from clipsep.streaming import MAX_SEGMENT_SECONDS
 
 __all__ = ["add_separate_command", "run_separate", "summarize"]
-
-MAX_SEGMENT_SECONDS = 600.0
-"""Longest segment (seconds) one pass of the network may take (``--segment``)."""
-
 
 def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Check the queries: text not empty, images readable; duplicates dropped."""

@@ -24,7 +24,10 @@ import numpy as np
 import soxr
 import torch
 
-__all__ = ["segment_starts", "crossfade_window", "OverlapAdd", "Resampler", "stream_separation"]
+__all__ = ["MAX_SEGMENT_SECONDS", "segment_starts", "crossfade_window", "OverlapAdd", "Resampler", "stream_separation"]
+
+MAX_SEGMENT_SECONDS = 600.0
+"""Longest segment (seconds) one pass of the network may take."""
 
 SegmentFn = Callable[[torch.Tensor], torch.Tensor]
 """``[B, C, L]`` mixture segments -> ``[B, N, C, L]`` separated segments (N outputs)."""

@@ -31,6 +31,7 @@ with seed ``seed + n``, whatever the batch size.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +42,13 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from tqdm.auto import tqdm
 
 from clipcore.errors import ClipAudioError
+from clipcore.files import load_image
 from clipcore.modality_gap import ModalityGap, ModalityGapError, text_modes
 from clipsonic.model import CLIPSonic
 from clipsonic.vocoder import load_vocoder
 
-__all__ = ["Generator", "Generation", "GenerationError", "SAMPLERS", "MODES", "make_scheduler", "sample_mels"]
+__all__ = ["Generator", "Generation", "GenerationError", "SAMPLERS", "MODES", "MAX_GUIDANCE", "check_guidance",
+           "make_scheduler", "sample_mels"]
 
 SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
     "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "trailing"}),
@@ -65,6 +68,10 @@ MAX_DURATION = 600.0
 MAX_SEED = 2**63 - 1
 """Largest seed a random generator takes (sample ``n`` uses ``seed + n``)."""
 
+MAX_GUIDANCE = 100.0
+"""Largest guidance scale (in magnitude) :meth:`Generator.generate` takes; the papers use 1
+to 10, and far larger scales only overflow."""
+
 
 class GenerationError(ClipAudioError):
     """A generation request that cannot be served, described in one sentence."""
@@ -78,8 +85,20 @@ def make_scheduler(name: str, model: CLIPSonic):
     return cls(**model.scheduler_config(), **settings)
 
 
+def check_guidance(guidance: float, name: str = "guidance") -> None:
+    """Refuse a guidance scale that is not a number of magnitude at most :data:`MAX_GUIDANCE`.
+
+    Raises:
+        GenerationError: naming ``name`` (an option, say) and the value.
+    """
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not abs(guidance) <= MAX_GUIDANCE:
+        raise GenerationError(f"{name} must be a number from -{MAX_GUIDANCE:g} to {MAX_GUIDANCE:g}, not {guidance!r}.")
+
+
 def _check_seed(seed: int, count: int) -> None:
     """Refuse a seed whose ``count`` consecutive seeds a random generator cannot all take."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise GenerationError(f"the seed must be a whole number, not {seed!r}.")
     if not 0 <= seed <= MAX_SEED - count + 1:
         raise GenerationError(f"the seed must be between 0 and {MAX_SEED - count + 1}, not {seed}.")
 
@@ -163,6 +182,8 @@ class Generator:
 
     def __init__(self, model: CLIPSonic, query_encoder=None, prior=None, vocoder=None, device="cpu", batch_size: int = 16,
                  gap: ModalityGap | str | os.PathLike | None = None):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise GenerationError(f"batch_size must be a whole number, at least 1, not {batch_size!r}.")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
@@ -247,7 +268,8 @@ class Generator:
 
         Args:
             text: a prompt or a list of prompts (modes ``"zs"``, ``"pd"``, ``"gap"``).
-            image: a PIL image, a list of them, or uint8 ``[Q, 3, H, W]`` (mode ``"image"``).
+            image: a PIL image or an image file's path, a list of them, or uint8
+                ``[Q, 3, H, W]`` (mode ``"image"``).
             mode: one of :data:`MODES`; by default ``"image"`` for images, for text the first of
                 :attr:`text_modes` (``"gap"`` with a gap, else ``"pd"`` with a prior, else ``"zs"``).
             seed: seed of the prior's sampling (with the prior's default steps and guidance);
@@ -267,10 +289,14 @@ class Generator:
             raise GenerationError(f'mode "{mode}" takes {"an image" if mode == "image" else "text"} queries.')
         encoder = self.query_encoder()
         if mode == "image":
-            images = image if isinstance(image, (list, torch.Tensor)) else [image]
+            images = image if isinstance(image, (list, tuple, torch.Tensor)) else [image]
             if isinstance(images, torch.Tensor) and images.dim() == 3:
                 images = images[None]
+            elif not isinstance(images, torch.Tensor):  # files by their path, as `clipsep separate` takes them
+                images = [load_image(Path(i)) if isinstance(i, (str, os.PathLike)) else i for i in images]
             return encoder.encode_image(images).to(self.device)
+        if not isinstance(text, (str, list, tuple)) or not all(isinstance(t, str) for t in text):
+            raise GenerationError(f"text must be a prompt or a list of prompts, not {type(text).__name__}.")
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or any(not t.strip() for t in texts):
             raise GenerationError("a text query is empty.")
@@ -328,14 +354,15 @@ class Generator:
             duration: seconds per clip.
             progress: show a progress bar counting sampler steps.
         """
-        if steps < 1 or num_samples < 1:
-            raise GenerationError("steps and the number of samples must be at least 1.")
+        self._check_settings(steps, guidance, num_samples)
         self.check_duration(duration)
         config = self.model.mel_config
         _check_seed(seed, num_samples)
         if embeddings is None:
             embeddings = self.embed(text, image, mode, seed=seed)
-        embeddings = embeddings.to(self.device, torch.float32)
+        elif text is not None or image is not None:
+            raise GenerationError("give text, an image query or embeddings, not several.")
+        embeddings = self._checked_conditions(embeddings)
         queries = embeddings.shape[0]
         length = round(duration * config.sample_rate)
         frames = config.frames(length)
@@ -351,4 +378,27 @@ class Generator:
                 waves.append(self.vocoder(mel, length))
         mel = torch.cat(mels).view(queries, num_samples, *mels[0].shape[1:])
         wave = torch.cat(waves).view(queries, num_samples, length)
+        if not (torch.isfinite(mel).all() and torch.isfinite(wave).all()):
+            raise GenerationError(f"sampling diverged (non-finite values) at guidance {guidance:g}; lower it.")
         return Generation(wave, mel, embeddings, self.sample_rate)
+
+    def _check_settings(self, steps: int, guidance: float, num_samples: int) -> None:
+        """Refuse sampler settings :meth:`generate` cannot use, naming the value."""
+        most = self.model.scheduler_config()["num_train_timesteps"]
+        for name, value, top in (("steps", steps, most), ("the number of samples", num_samples, None)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1 or (top and value > top):
+                limit = f"between 1 and {top} (the training schedule's steps)" if top else "at least 1"
+                raise GenerationError(f"{name} must be a whole number {limit}, not {value!r}.")
+        check_guidance(guidance)
+
+    def _checked_conditions(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``embeddings`` as float32 ``[Q, D]`` on the device, refused unless it is Q >= 1
+        finite rows of the model's condition width D."""
+        width = self.model.embed_dim
+        if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[0] < 1 \
+                or embeddings.shape[1] != width or embeddings.is_complex():
+            shape = list(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+            raise GenerationError(f"embeddings must be a real [Q, {width}] tensor with Q >= 1, not {shape}.")
+        if not torch.isfinite(embeddings).all():
+            raise GenerationError("the conditions hold NaN or infinity (from the embeddings or images given).")
+        return embeddings.to(self.device, torch.float32)

@@ -22,7 +22,7 @@ from clipcore import cli
 from clipcore.audio import check_finite, save_audio
 from clipcore.files import ImageError, check_output_folder, load_image
 from clipcore.naming import slugify, unique_names
-from clipsonic.generate import MAX_DURATION, MODES, SAMPLERS, GenerationError, Generator
+from clipsonic.generate import MAX_DURATION, MODES, SAMPLERS, GenerationError, Generator, check_guidance
 
 __all__ = ["add_generate_command", "run_generate", "output_paths"]
 
@@ -60,8 +60,7 @@ def _check(args: argparse.Namespace) -> None:
         raise cli.UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if not 0 < args.duration <= MAX_DURATION:
         raise cli.UsageError(f"--duration must be above 0 and at most {MAX_DURATION:g} seconds, got {args.duration:g}.")
-    if not (args.guidance == args.guidance and abs(args.guidance) != float("inf")):
-        raise cli.UsageError(f"--guidance must be a finite number, got {args.guidance}.")
+    check_guidance(args.guidance, "--guidance")
     cli.check_audio_output(args)
     check_output_folder(args.out)
     if args.mode == "image" and args.prompts:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from clipcore.errors import UsageError, report_errors
 from clipcore.files import check_not_an_input, write_json
 from clipcore.shard_stream import ShardStream
-from clipsonic.generate import MODES, SAMPLERS, GenerationError, Generator
+from clipsonic.generate import MODES, SAMPLERS, GenerationError, Generator, check_guidance
 from clipsonic.metrics import embed_audio, frechet_distance, knn_accuracy, load_embedding, nearest_references, query_relevance
 
 
@@ -148,8 +148,7 @@ def _check(args: argparse.Namespace) -> None:
     """Refuse, before any model is loaded, values the evaluation cannot use."""
     if not 0 < args.duration < math.inf:
         raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}.")
-    if not math.isfinite(args.guidance):
-        raise UsageError(f"--guidance must be a finite number, got {args.guidance}.")
+    check_guidance(args.guidance, "--guidance")
     for option, value in (("--k", args.k), ("--max-references", args.max_references), ("--batch-size", args.batch_size)):
         if value < 1:
             raise UsageError(f"{option} must be at least 1, got {value}.")

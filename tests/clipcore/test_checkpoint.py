@@ -78,6 +78,15 @@ def test_missing_and_truncated_weights(tmp_path):
         TinyNet.from_pretrained(tmp_path)
 
 
+def test_a_device_torch_lacks_or_this_machine_lacks_is_named_not_called_corrupt(tmp_path):
+    TinyNet().save_pretrained(tmp_path)  # "model.safetensors: is truncated or corrupt (device tpu is invalid)" before
+    with pytest.raises(CheckpointError, match="onto device 'tpu': torch has no such device"):
+        TinyNet.from_pretrained(tmp_path, map_location="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(CheckpointError, match="onto device 'cuda:0': this machine has none"):
+            TinyNet.from_pretrained(tmp_path, map_location="cuda:0")
+
+
 def test_not_a_checkpoint_folder(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint folder"):
         TinyNet.from_pretrained(tmp_path / "missing")

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clipcore.audio import AudioError
+from clipcore.audio import AudioError, save_audio
 from clipcore.checkpoint import CheckpointError
+from clipcore.errors import ClipAudioError
 from clipcore.files import ImageError
 from clipcore.query import QueryEncoder
 from clipsep.convert import convert_official, official_key_map
@@ -193,6 +194,38 @@ def test_bad_waves_and_queries(encoder, tmp_path):
         separator.encode_queries([tmp_path / "broken.png"])
     with pytest.raises(CheckpointError, match="16-d queries"):
         Separator(_model(), QueryEncoder.tiny(embed_dim=32))
+
+
+@pytest.mark.parametrize("call, message", [  # each returned NaN or silent stems, a traceback, or was taken
+    (lambda s, w: s.separate(w, 10**12, ["violin"]), "the sample rate must be a whole number of Hz from 1000 to 768000"),
+    (lambda s, w: s.separate(w, 0, ["violin"]), "not 0"),
+    (lambda s, w: s.separate(w, RATE, torch.full((1, 16), float("nan"))), "query embeddings hold NaN or infinity"),
+    (lambda s, w: s.separate(w, RATE, [torch.full((16,), float("inf"))]), "query embeddings hold NaN or infinity"),
+    (lambda s, w: s.embed_images(torch.full((1, 3, 8, 8), float("nan"))), "images hold NaN or infinity"),
+    (lambda s, w: s.separate(w, RATE, [5]), "images must be uint8 tensors or PIL images, got int"),
+    (lambda s, w: s.embed_text([]), "text queries must be one or more non-empty strings"),
+    (lambda s, w: Separator(s.model, s.query_encoder, segment=math.inf), "segment must be above 0 and at most 600"),
+    (lambda s, w: Separator(s.model, s.query_encoder, batch_size=2.5), "batch_size must be a whole number"),
+])
+def test_bad_rates_queries_and_settings_are_one_sentence(encoder, call, message):
+    with pytest.raises(ClipAudioError, match=message):
+        call(Separator(_model(), encoder), _signal(0.5))
+
+
+def test_a_text_given_alone_is_one_query(encoder):
+    separator = Separator(_model(), encoder)  # a str was read as a sequence of one-letter queries
+    torch.testing.assert_close(separator.embed_text("violin"), separator.embed_text(["violin"]))
+
+
+def test_separate_file_checks_its_output_folder_and_block_length(encoder, tmp_path):
+    separator = Separator(_model(), encoder)
+    save_audio(tmp_path / "mix.wav", _signal(0.5), RATE)
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(ClipAudioError, match="afile: is a file, not a folder"):  # FileExistsError before
+        separator.separate_file(tmp_path / "mix.wav", ["violin"], tmp_path / "afile")
+    with pytest.raises(ClipAudioError, match="block_seconds must be a positive number of seconds, got 0"):
+        separator.separate_file(tmp_path / "mix.wav", ["violin"], tmp_path / "out", block_seconds=0)
+    assert (tmp_path / "afile").read_text() == "keep me" and not (tmp_path / "out").exists()
 
 
 def test_checkpoint_folder_official_file_and_wrong_kinds(encoder, tmp_path):

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from clipcore.errors import ClipAudioError
 from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
 from clipcore.synthetic import render_frame
@@ -85,6 +87,33 @@ def test_text_modes_and_image_mode_use_the_folder_parts(checkpoint, generator):
     torch.testing.assert_close(image, encoder.encode_image(torch.from_numpy(frame).permute(2, 0, 1)[None]))
     result = generator.generate(text=["a flute", "a drum"], mode="pd", steps=2, num_samples=3, duration=0.2)
     assert result.waveforms.shape == (2, 3, 3200)
+
+
+@pytest.mark.parametrize("request_, message", [  # each gave NaN audio, a traceback from torch, or was taken
+    (dict(guidance=float("nan")), "guidance must be a number from -100 to 100, not nan"),
+    (dict(guidance=1e30), "guidance must be a number from -100 to 100"),
+    (dict(steps=2.5), "steps must be a whole number between 1 and 1000"),
+    (dict(steps=10**6), "steps must be a whole number between 1 and 1000"),
+    (dict(num_samples=0), "the number of samples must be a whole number at least 1, not 0"),
+    (dict(seed=1.5), "the seed must be a whole number, not 1.5"),
+    (dict(embeddings=torch.full((1, 32), float("nan"))), "the conditions hold NaN or infinity"),
+    (dict(embeddings=torch.zeros(1, 16)), r"embeddings must be a real \[Q, 32\] tensor with Q >= 1, not \[1, 16\]"),
+    (dict(embeddings=torch.zeros(0, 32)), r"not \[0, 32\]"),
+    (dict(embeddings=torch.zeros(1, 32), text="a flute"), "give text, an image query or embeddings, not several"),
+    (dict(image=torch.full((3, 8, 8), float("nan"))), "images hold NaN or infinity"),
+    (dict(image=torch.zeros(3, 0, 8, dtype=torch.uint8)), "images must be at least 1 x 1 pixel, got 0 x 8"),
+    (dict(text=[5]), "text must be a prompt or a list of prompts"),
+])
+def test_requests_that_would_give_nan_or_a_traceback_are_refused(generator, request_, message):
+    with pytest.raises(ClipAudioError, match=message):
+        generator.generate(**{"steps": 2, "duration": 0.3, **request_})
+
+
+def test_an_image_query_may_be_a_file(generator, tmp_path):
+    picture = render_frame("cello", size=32, seed=0)
+    Image.fromarray(picture).save(tmp_path / "cello.png")
+    from_file = generator.embed(image=tmp_path / "cello.png")
+    torch.testing.assert_close(from_file, generator.embed(image=Image.open(tmp_path / "cello.png")))
 
 
 def test_requests_that_cannot_be_served_are_clear_errors(checkpoint, tmp_path):

@@ -93,8 +93,9 @@ def test_loud_output_is_rescaled_not_clipped(folders, tmp_path):
         (["--checkpoint", "{root}/full", "x", "--duration", "0.0001"], "(one window of the mel spectrogram)"),
         (["--checkpoint", "{root}/full", "x", "--seed", "99999999999999999999999"], "the seed must be between 0 and"),
         (["--checkpoint", "{root}/full", "x", "-o", "{root}/harp.png"], "harp.png: is a file, not a folder."),
-        # A guidance scale that overflows the samples (from the second step): refused, nothing written.
-        (["--checkpoint", "{root}/full", "a", "b", "--guidance=-1e30", "--steps", "2"], "refusing to write non-finite"),
+        # A guidance scale that would overflow the samples: refused before any sampling.
+        (["--checkpoint", "{root}/full", "a", "b", "--guidance=-1e30", "--steps", "2"],
+         "--guidance must be a number from -100 to 100, not -1e+30."),
     ],
 )
 def test_bad_input_is_one_line_and_nothing_written(folders, tmp_path, capsys, args, message):

@@ -116,7 +116,7 @@ def test_evaluation_recipe_runs_all_modes_on_toy_shards(tmp_path, capsys):
     with pytest.raises(UsageError, match="mode gap needs --gap FILE"):
         evaluate(args)
     for bad, message in ((["--duration", "nan"], "--duration must be a positive number of seconds, got nan."),
-                         (["--guidance", "inf"], "--guidance must be a finite number, got inf."),
+                         (["--guidance", "inf"], "--guidance must be a number from -100 to 100, not inf."),
                          (["--k", "0"], "--k must be at least 1, got 0."),
                          (["--duration", "0.001"], "--duration must be at least"),  # a traceback in the references' mels
                          (["--encoder", "other", "--gap", str(tmp_path / "gap.json")],
