@@ -27,9 +27,11 @@ def add_export_command(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from clipcore.files import check_output_folder
     from clipsep.export_onnx import export_onnx
     from clipsep.separate import Separator
 
+    check_output_folder(args.onnx, "--onnx")  # before the model is loaded
     separator = Separator.load(args.checkpoint, query_encoder=args.query_encoder, templates=args.template)
     paths = export_onnx(separator, args.onnx)
     for path in paths.values():

@@ -35,7 +35,7 @@ from clipcore.checkpoint import CheckpointError
 from clipcore.errors import ClipAudioError
 from clipcore.files import load_image
 from clipcore.modality_gap import ModalityGap
-from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder
+from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder, check_template
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -96,8 +96,13 @@ class QueryEmbedder:
         self.encoder = query_encoder.to(self.device).eval()
         self.query_dim = query_dim
         self.templates = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
-        if not self.templates or not all("{}" in t for t in self.templates):
-            raise QueryError(f"prompt templates need a {{}} for the query text, got {self.templates}.")
+        if not self.templates:
+            raise QueryError("templates is an empty list.")
+        for template in self.templates:
+            try:
+                check_template(template)
+            except ValueError as error:
+                raise QueryError(str(error)) from None
         self.normalize_queries = normalize_queries
         self.gap: ModalityGap | None = None
         self.prior = None if prior is None else self._checked_prior(prior)

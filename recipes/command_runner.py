@@ -204,10 +204,13 @@ def fresh_run_folder(given: Path, marker: str, kind: str, note: str) -> Path:
     earlier run of the same recipe (``marker`` file inside; ``note`` is written to it).
 
     Raises:
-        UsageError: ``given`` holds files and is not such a folder (``kind`` names the recipe's folders).
+        UsageError: ``given`` is a file, lies below one, or holds files and is not such a
+            folder (``kind`` names the recipe's folders).
     """
     from clipcore.errors import UsageError
+    from clipcore.files import check_output_folder
 
+    check_output_folder(given, "--out")
     out = given.resolve()
     if out.exists() and any(out.iterdir()):
         if not (out / marker).exists():

@@ -69,3 +69,14 @@ def test_a_bad_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["export", "--onnx", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_where_a_file_is_or_a_bad_template_is_one_line_before_loading(exported, tmp_path, capsys):
+    _, onnx_folder = exported
+    checkpoint = onnx_folder.parent / "ckpt"
+    (tmp_path / "afile").write_text("keep me")  # a FileExistsError traceback before
+    assert main(["export", "--onnx", str(tmp_path / "afile"), "--checkpoint", str(checkpoint)]) == 2
+    assert "--onnx " + str(tmp_path / "afile") + ": is a file, not a folder." in capsys.readouterr().err
+    assert main(["export", "--onnx", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--template", "{} {}"]) == 2
+    assert "prompt template '{} {}' can hold the query text only in {}" in capsys.readouterr().err  # was exported
+    assert (tmp_path / "afile").read_text() == "keep me" and not (tmp_path / "out").exists()

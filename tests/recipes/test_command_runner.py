@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from recipes.command_runner import Runner, StepFailed
+from clipcore.errors import UsageError
+from recipes.command_runner import Runner, StepFailed, fresh_run_folder
 
 
 def test_lanes_run_commands_and_calls_and_return_what_the_calls_returned(tmp_path):
@@ -75,3 +76,21 @@ def test_a_pool_refuses_needs_it_cannot_meet(tmp_path):
         runner.pool([("a", lambda: None, ("missing",))])
     with pytest.raises(ValueError, match="a, b need each other"):
         runner.pool([("a", lambda: None, ("b",)), ("b", lambda: None, ("a",))])
+
+
+def test_a_run_folder_is_refused_where_a_file_is_and_kept_when_it_is_not_the_recipes(tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me")  # the quick start's and papers' --out: a traceback before
+    for given, message in ((tmp_path / "afile", "is a file, not a folder"),
+                           (tmp_path / "afile" / "run", "lies below the file")):
+        with pytest.raises(UsageError, match=f"--out {given}: {message}"):
+            fresh_run_folder(given, ".recipe", "recipe", "note")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "data.txt").write_text("keep me too")
+    with pytest.raises(UsageError, match="is not empty and not a recipe folder"):
+        fresh_run_folder(tmp_path / "other", ".recipe", "recipe", "note")
+    earlier = fresh_run_folder(tmp_path / "run", ".recipe", "recipe", "note")
+    (earlier / "old.txt").write_text("from the earlier run")
+    again = fresh_run_folder(tmp_path / "run", ".recipe", "recipe", "note")
+    assert again == earlier and sorted(p.name for p in again.iterdir()) == [".recipe"]
+    assert "replacing the previous run" in capsys.readouterr().out
+    assert (tmp_path / "afile").read_text() == "keep me" and (tmp_path / "other" / "data.txt").is_file()
