@@ -22,7 +22,7 @@ import numpy as np
 from clipcore.audio_blocks import AudioReader
 from clipcore.cli import stop_on_sigterm
 from clipcore.errors import UsageError
-from clipcore.files import atomic_write
+from clipcore.files import atomic_write, check_output_folder
 from clipcore.plots import linear_bins, save_figure, spectrogram_figure
 
 __all__ = ["add_server_arguments", "import_gradio", "serve", "overview_spectrogram", "spectrogram_png", "zip_folder"]
@@ -41,6 +41,21 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     parser.add_argument("--work-dir", type=Path, default=None, metavar="DIR",
                         help="where the page writes what it makes (default: a temporary folder, removed at exit)")
+
+
+def check_server_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before any model loads, server options that cannot serve: a port out of
+    range, an empty host, a ``--work-dir`` where a file is.
+
+    Raises:
+        UsageError: naming the option and its value.
+    """
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
+    if not args.host.strip():
+        raise UsageError("--host: the address is empty.")
+    if args.work_dir is not None:
+        check_output_folder(args.work_dir, "--work-dir")
 
 
 def import_gradio():
@@ -64,10 +79,10 @@ def serve(build_page: Callable[[Path], object], args: argparse.Namespace, name: 
             when ``--work-dir`` is not given.
 
     Raises:
-        UsageError: the port is taken or out of range.
+        UsageError: the options are refused (:func:`check_server_arguments`), or the page
+            cannot be served there (a port taken, a host this machine does not have).
     """
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
+    check_server_arguments(args)
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as temporary:
         work_dir = (args.work_dir or Path(temporary)).resolve()
         page = build_page(work_dir)
@@ -78,7 +93,8 @@ def serve(build_page: Callable[[Path], object], args: argparse.Namespace, name: 
             page.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(work_dir)],
                         show_error=True, quiet=True, inbrowser=False)
         except OSError as error:
-            raise UsageError(f"--port {args.port}: cannot serve on {args.host} ({error}).") from None
+            reason = str(error).split(". ")[0].rstrip(".")  # its first sentence: Gradio's advice names its settings
+            raise UsageError(f"--host {args.host} --port {args.port}: cannot serve there ({reason}).") from None
 
 
 def overview_spectrogram(path: str | os.PathLike, columns: int = COLUMNS) -> tuple[np.ndarray, float, int]:

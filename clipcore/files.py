@@ -174,6 +174,8 @@ def check_output_folder(folder: str | os.PathLike, option: str | None = "-o") ->
             cannot write (a read-only file system, say).
     """
     named = f"{option} {folder}" if option else str(folder)
+    if not str(folder):  # an unset shell variable, say: never the current folder by accident
+        raise UsageError(f"{option or 'the output folder'}: the path is empty.")
     path = Path(folder).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():

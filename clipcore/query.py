@@ -410,6 +410,8 @@ class QueryEncoder(Pretrained, nn.Module):
             flat = self.encode_image(images.flatten(0, 1), batch_size=batch_size)
             return mean_embedding(flat.view(batch, frames, -1))
         count = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+        if count == 0:
+            raise ImageError("no images to encode.")
         outputs = []
         for start in range(0, count, batch_size):
             pixels = self.preprocess(images[start:start + batch_size])

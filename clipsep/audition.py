@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from clipcore.audition import add_server_arguments, import_gradio, serve, spectrogram_png, zip_folder
+from clipcore.audition import add_server_arguments, check_server_arguments, import_gradio, serve, spectrogram_png, zip_folder
 from clipcore.cli import add_device_argument, resolve_device
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import load_image
@@ -201,6 +201,7 @@ def build_page(audition: AuditionSeparator):
 def run_audition(args: argparse.Namespace) -> int:
     """Run ``clipsep audition``: load the separator and serve the page until Ctrl-C."""
     import_gradio()  # before the model loads: a missing extra is said at once
+    check_server_arguments(args)
     from clipsep.batch import SeparatorSpec
 
     check_mask_power(args.mask_power, name="--mask-power")

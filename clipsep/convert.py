@@ -22,6 +22,7 @@ import torch
 
 from clipcore.checkpoint import CheckpointError, read_torch_file
 from clipcore.cli import UsageError
+from clipcore.files import check_output_folder
 from clipsep.model import CLIPSep
 
 __all__ = ["official_key_map", "from_official", "load_official", "load_official_model", "add_convert_command"]
@@ -181,9 +182,10 @@ def convert_official(path: str | Path, out: str | Path) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_output_folder(args.out, "--out")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder.")
+    if out.is_dir() and any(out.iterdir()):  # another checkpoint's query_encoder/ would stay beside the new model
+        raise UsageError(f"--out {out}: is a folder that is not empty; convert into a new one.")
     convert_official(args.file, out)
     print(f"wrote {out}")
     return 0

@@ -164,7 +164,7 @@ class QueryEmbedder:
             if not torch.isfinite(queries).all():
                 raise QueryError("query embeddings hold NaN or infinity.")
             return queries.to(self.device, torch.float32)
-        if isinstance(queries, (str, os.PathLike)) or not len(queries):
+        if queries is None or isinstance(queries, (str, os.PathLike)) or not len(queries):
             raise QueryError("give a list of one or more queries.")
         texts: list[str] = []
         images: list = []  # PIL images

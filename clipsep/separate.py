@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from clipcore.audio import AudioError, check_sample_rate
+from clipcore.audio import MAX_CHANNELS, AudioError, check_sample_rate
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
 from clipcore.errors import ClipAudioError
 from clipcore.files import check_output_folder
@@ -300,10 +300,12 @@ class Separator:
             ClipAudioError: ``noise=True`` with a model that has no noise heads.
         """
         num_noise = self._noise_heads(noise)
+        wave = torch.as_tensor(wave) if not isinstance(wave, torch.Tensor) else wave  # a NumPy array, say
         if wave.dim() == 1:
             wave = wave[None]
-        if wave.dim() != 2 or wave.shape[-1] == 0:
-            raise AudioError(f"the mixture must be a non-empty [channels, samples] waveform, got {list(wave.shape)}.")
+        if wave.dim() != 2 or not 1 <= wave.shape[0] <= MAX_CHANNELS or wave.shape[-1] == 0 or wave.is_complex():
+            raise AudioError(f"the mixture must be a real [channels, samples] waveform of 1 to {MAX_CHANNELS} channels "
+                             f"and at least one sample, got {list(wave.shape)} ({wave.dtype}).")
         if not torch.isfinite(wave).all():
             raise AudioError("the mixture contains non-finite samples (NaN or infinity).")
         mixture = wave.detach().to("cpu", torch.float32)
@@ -318,6 +320,8 @@ class Separator:
             done += mix.shape[-1]
             if progress is not None:
                 progress(mix.shape[-1] / sample_rate)
+        if not torch.isfinite(outputs).all():  # a finite mixture far beyond full scale overflows the STFT
+            raise AudioError(f"the mixture's level is beyond what can be separated (peak {wave.abs().max().item():.3g}).")
         stems = outputs[:num_queries]
         return Separation(
             stems=stems,
@@ -405,6 +409,10 @@ class Separator:
             AudioError: a bad input file or output option. QueryError: bad queries.
         """
         check_output_folder(out_dir, None)
+        keys = query_keys(queries)
+        repeated = next((value for index, (_, value) in enumerate(keys) if (keys[index][0], value) in keys[:index]), None)
+        if repeated is not None:
+            raise QueryError(f"the query {repeated!r} is given twice; each query names one stem file.")
         if not 0 < block_seconds < math.inf:
             raise ClipAudioError(f"block_seconds must be a positive number of seconds, got {block_seconds}.")
         heads = self.model.num_noise_heads if noise else 0

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipcore.audio import save_audio
-from clipcore.audition import add_server_arguments, import_gradio, serve
+from clipcore.audition import add_server_arguments, check_server_arguments, import_gradio, serve
 from clipcore.cli import add_device_argument, resolve_device
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import load_image
@@ -142,8 +142,12 @@ def build_page(audition: AuditionGenerator):
 def run_audition(args: argparse.Namespace) -> int:
     """Run ``clipsonic audition``: load the generator and serve the page until Ctrl-C."""
     import_gradio()  # before the model loads: a missing extra is said at once
+    check_server_arguments(args)
     generator = Generator.from_pretrained(args.checkpoint, query_encoder=args.query_encoder, prior=args.prior,
                                           vocoder=args.vocoder, device=resolve_device(args.device), gap=args.gap)
+    generator.query_encoder()  # loaded now, so that a bad --query-encoder or --prior is said before serving
+    if generator.has_prior:
+        generator.prior()
     serve(lambda work_dir: build_page(AuditionGenerator(generator, work_dir)), args, "clipsonic-audition")
     return 0
 

@@ -44,6 +44,7 @@ import yaml  # noqa: E402
 
 from clipcore.checkpoint import git_commit  # noqa: E402
 from clipcore.errors import EXIT_PARTIAL, report_errors  # noqa: E402
+from clipcore.files import check_output_folder  # noqa: E402
 from clipcore.miniature import world  # noqa: E402
 from recipes import quickstart  # noqa: E402
 from recipes.command_runner import Runner, StepFailed, fresh_run_folder, tool  # noqa: E402
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_output_folder(args.docs, "--docs")  # written last, after about 95 minutes
     out = fresh_run_folder(args.out, MARKER, "papers_in_miniature",
                            "An output folder of recipes/experiments/papers_in_miniature.py (replaced when run again).\n")
     try:

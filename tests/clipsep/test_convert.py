@@ -82,6 +82,13 @@ def test_cli_converts_a_released_file(official_state, tmp_path, capsys):
     assert model.provenance["query_encoder"] == "ViT-B-32/openai"
     assert model.provenance["query_normalization"] == "none"
     torch.testing.assert_close(model.mask_bias, official_state["module.synth_net.bias"])
+    # Again into that folder, or into an empty path (an unset variable): refused, nothing replaced.
+    before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    for out, message in ((tmp_path / "ckpt", "is a folder that is not empty; convert into a new one."),
+                         ("", "--out: the path is empty.")):
+        assert main(["convert", "official", str(released), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
 
 
 def test_bad_checkpoints_are_refused_in_one_sentence(official_state, tmp_path, capsys):

@@ -183,7 +183,7 @@ def test_image_and_embedding_queries(encoder, tmp_path):
 
 def test_bad_waves_and_queries(encoder, tmp_path):
     separator = Separator(_model(), encoder)
-    with pytest.raises(AudioError, match="non-empty"):
+    with pytest.raises(AudioError, match="at least one sample"):
         separator.separate(torch.zeros(1, 0), RATE, ["violin"])
     with pytest.raises(AudioError, match="non-finite"):
         separator.separate(torch.tensor([[0.0, float("nan"), 0.0]]), RATE, ["violin"])
@@ -206,10 +206,21 @@ def test_bad_waves_and_queries(encoder, tmp_path):
     (lambda s, w: s.embed_text([]), "text queries must be one or more non-empty strings"),
     (lambda s, w: Separator(s.model, s.query_encoder, segment=math.inf), "segment must be above 0 and at most 600"),
     (lambda s, w: Separator(s.model, s.query_encoder, batch_size=2.5), "batch_size must be a whole number"),
+    (lambda s, w: s.separate(torch.zeros(0, 100), RATE, ["violin"]), r"1 to 8 channels .* got \[0, 100\]"),
+    (lambda s, w: s.separate(w.T.repeat(1, 2), RATE, ["violin"]), r"1 to 8 channels .* got \[8000, 2\]"),  # [S, C]
+    (lambda s, w: s.separate(w * 1e38, RATE, ["violin"]), "the mixture's level is beyond what can be separated"),
+    (lambda s, w: s.separate(w, RATE, None), "give a list of one or more queries"),
+    (lambda s, w: s.embed_images([]), "no images to encode"),
 ])
 def test_bad_rates_queries_and_settings_are_one_sentence(encoder, call, message):
     with pytest.raises(ClipAudioError, match=message):
         call(Separator(_model(), encoder), _signal(0.5))
+
+
+def test_a_numpy_mixture_is_taken_as_a_tensor_is(encoder):
+    separator, wave = Separator(_model(), encoder), _signal(0.5)
+    from_numpy = separator.separate(wave.numpy(), RATE, ["violin"]).stems  # an AttributeError before
+    torch.testing.assert_close(from_numpy, separator.separate(wave, RATE, ["violin"]).stems)
 
 
 def test_a_text_given_alone_is_one_query(encoder):
@@ -225,6 +236,8 @@ def test_separate_file_checks_its_output_folder_and_block_length(encoder, tmp_pa
         separator.separate_file(tmp_path / "mix.wav", ["violin"], tmp_path / "afile")
     with pytest.raises(ClipAudioError, match="block_seconds must be a positive number of seconds, got 0"):
         separator.separate_file(tmp_path / "mix.wav", ["violin"], tmp_path / "out", block_seconds=0)
+    with pytest.raises(QueryError, match="the query 'violin' is given twice"):  # a zip() ValueError before
+        separator.separate_file(tmp_path / "mix.wav", ["violin", "violin"], tmp_path / "out")
     assert (tmp_path / "afile").read_text() == "keep me" and not (tmp_path / "out").exists()
 
 

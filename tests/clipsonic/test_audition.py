@@ -69,3 +69,20 @@ def test_the_page_is_bound_to_this_machine_on_port_7860_by_default():
 
     args = build_parser("clipsonic", DESCRIPTION, COMMANDS).parse_args(["audition", "--checkpoint", "ckpt"])
     assert (args.host, args.port, args.work_dir, args.device) == ("127.0.0.1", 7860, None, "auto")
+
+
+@pytest.mark.parametrize("options, message", [  # each served the page (or was blamed on the port) before
+    (["--work-dir", "{tmp}/afile"], "--work-dir {tmp}/afile: is a file, not a folder."),
+    (["--prior", "{tmp}/nope"], "{tmp}/nope: is neither a prior checkpoint"),
+    (["--query-encoder", "{tmp}/nope"], "{tmp}/nope: no such query encoder folder."),
+    (["--host", ""], "--host: the address is empty."),
+    (["--port", "0"], "--port must be between 1 and 65535, got 0."),
+])
+def test_options_that_cannot_serve_are_refused_before_the_page_starts(checkpoint, tmp_path, capsys, options, message):
+    from clipsonic.cli import main
+
+    (tmp_path / "afile").write_text("keep me")
+    code = main(["audition", "--checkpoint", str(checkpoint), *[o.format(tmp=tmp_path) for o in options]])
+    captured = capsys.readouterr()
+    assert code == 2 and message.format(tmp=tmp_path) in captured.err and "Serving on" not in captured.out
+    assert (tmp_path / "afile").read_text() == "keep me"
