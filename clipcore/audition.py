@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 import tempfile
 import zipfile
 from pathlib import Path
@@ -45,7 +46,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_server_arguments(args: argparse.Namespace) -> None:
     """Refuse, before any model loads, server options that cannot serve: a port out of
-    range, an empty host, a ``--work-dir`` where a file is.
+    range or taken, an empty host or one this machine does not have, a ``--work-dir`` where
+    a file is.
 
     Raises:
         UsageError: naming the option and its value.
@@ -56,6 +58,13 @@ def check_server_arguments(args: argparse.Namespace) -> None:
         raise UsageError("--host: the address is empty.")
     if args.work_dir is not None:
         check_output_folder(args.work_dir, "--work-dir")
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+        try:  # a port taken or a host this machine lacks, said before a model loads
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            probe.bind((args.host, args.port))
+        except OSError as error:
+            raise UsageError(f"--host {args.host} --port {args.port}: cannot serve there "
+                             f"({error.strerror or error}).") from None
 
 
 def import_gradio():

@@ -77,6 +77,7 @@ def test_the_page_is_bound_to_this_machine_on_port_7860_by_default():
     (["--query-encoder", "{tmp}/nope"], "{tmp}/nope: no such query encoder folder."),
     (["--host", ""], "--host: the address is empty."),
     (["--port", "0"], "--port must be between 1 and 65535, got 0."),
+    (["--host", "bogus.invalid"], "--host bogus.invalid --port 7860: cannot serve there"),  # "blamed on the port"
 ])
 def test_options_that_cannot_serve_are_refused_before_the_page_starts(checkpoint, tmp_path, capsys, options, message):
     from clipsonic.cli import main
@@ -86,3 +87,18 @@ def test_options_that_cannot_serve_are_refused_before_the_page_starts(checkpoint
     captured = capsys.readouterr()
     assert code == 2 and message.format(tmp=tmp_path) in captured.err and "Serving on" not in captured.out
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_a_port_in_use_is_refused_before_the_page_starts(checkpoint, capsys):
+    import socket
+
+    from clipsonic.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["audition", "--checkpoint", str(checkpoint), "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert f"--host 127.0.0.1 --port {port}: cannot serve there (Address already in use)." in captured.err
+    assert "Serving on" not in captured.out
