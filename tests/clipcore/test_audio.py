@@ -92,7 +92,7 @@ def test_a_rate_below_audio_is_refused_by_both_readers(tmp_path):
     path = tmp_path / "one-hertz.wav"  # was separated, and written back at 1 Hz
     sf.write(path, np.zeros((100, 1), dtype=np.float32), 1)
     for read in (load_audio, AudioReader):
-        with pytest.raises(AudioError, match=r"one-hertz.wav: has a sample rate of 1 Hz; audio needs at least 1000 Hz\.$"):
+        with pytest.raises(AudioError, match=r"one-hertz.wav: has a sample rate of 1 Hz; audio needs 1000 to 768000 Hz\.$"):
             read(path)
 
 

@@ -97,7 +97,9 @@ def test_two_ranks_split_a_folder(checkpoint, tmp_path):
                                                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1"))
              for rank in range(2)]
     outputs = [rank.communicate(timeout=600) for rank in ranks]
-    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    assert [rank.returncode for rank in ranks] == [0, 0], "\n".join(  # each rank's failures, whole
+        f"rank {index} stdout:\n{stdout[-1500:]}\nrank {index} stderr:\n{stderr[-3000:]}"
+        for index, (stdout, stderr) in enumerate(outputs))
     done = [set(_written(stdout)) for stdout, _ in outputs]
     assert not done[0] & done[1]  # no input done twice
     assert done[0] | done[1] == {str(path) for path in sorted(inputs.iterdir())}  # none missed
