@@ -410,13 +410,13 @@ class Separator:
         """
         check_output_folder(out_dir, None)
         keys = query_keys(queries)
-        repeated = next((value for index, (_, value) in enumerate(keys) if (keys[index][0], value) in keys[:index]), None)
-        if repeated is not None:
-            raise QueryError(f"the query {repeated!r} is given twice; each query names one stem file.")
+        repeated = [value for index, (kind, value) in enumerate(keys) if (kind, value) in keys[:index]]
+        if repeated:
+            raise QueryError(f"the query {repeated[0]!r} is given twice; each query names one stem file.")
         if not 0 < block_seconds < math.inf:
             raise ClipAudioError(f"block_seconds must be a positive number of seconds, got {block_seconds}.")
         heads = self.model.num_noise_heads if noise else 0
-        names = stem_names(query_keys(queries), heads)
+        names = stem_names(keys, heads)
         outputs = output_files(Path(out_dir), names, format, residual, heads)
         separate_to_files(self, Path(path), outputs, queries, residual=residual, noise=noise, mono=mono,
                           format=format, bit_depth=bit_depth, clip=clip, block_seconds=block_seconds,

@@ -49,6 +49,7 @@ from clipsep.streaming import MAX_SEGMENT_SECONDS
 
 __all__ = ["add_separate_command", "run_separate", "summarize"]
 
+
 def _queries(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Check the queries: text not empty, images readable; duplicates dropped."""
     if not args.queries:
