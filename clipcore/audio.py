@@ -72,8 +72,8 @@ def open_audio(path: str | os.PathLike) -> sf.SoundFile:
 
     Raises:
         AudioError: missing, a folder, unreadable or not audio, more than
-            :data:`MAX_CHANNELS` channels, a rate below :data:`MIN_SAMPLE_RATE`, or zero
-            samples; one sentence naming the file.
+            :data:`MAX_CHANNELS` channels, a rate outside :data:`MIN_SAMPLE_RATE` to
+            :data:`MAX_SAMPLE_RATE`, or zero samples; one sentence naming the file.
     """
     path = Path(path)
     if not path.exists():

@@ -26,7 +26,8 @@ from clipcore.errors import UsageError
 from clipcore.files import atomic_write, check_output_folder
 from clipcore.plots import linear_bins, save_figure, spectrogram_figure
 
-__all__ = ["add_server_arguments", "import_gradio", "serve", "overview_spectrogram", "spectrogram_png", "zip_folder"]
+__all__ = ["add_server_arguments", "check_server_arguments", "import_gradio", "serve", "overview_spectrogram",
+           "spectrogram_png", "zip_folder"]
 
 DEFAULT_PORT = 7860
 N_FFT = 1024
