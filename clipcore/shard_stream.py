@@ -288,13 +288,12 @@ class ShardStream(IterableDataset):
     def _batches(self, raw: Iterator[dict], rng: np.random.Generator, limit: int | None) -> Iterator[MixBatch]:
         need = self.batch_size * self.num_sources
         clips: list[_Clip] = []
-        made = used = 0
+        made = 0
         skipped_before = self.skipped
         if limit == 0:
             return
         for clip in self._grouped(self._decoded(raw, rng)):
             clips.append(clip)
-            used += 1
             if len(clips) == need:
                 yield self._mix(clips, rng)
                 clips, made = [], made + 1
@@ -302,7 +301,7 @@ class ShardStream(IterableDataset):
                     return
         if not self.train and len(clips) >= self.num_sources:  # a last, smaller batch
             yield self._mix(clips[: len(clips) // self.num_sources * self.num_sources], rng)
-        if used == 0 and self.skipped > skipped_before:  # a pass over unreadable shards yields nothing
+        if made == 0 and not clips and self.skipped > skipped_before:  # a pass over unreadable shards: nothing used
             shards = self.urls[0] if len(self.urls) == 1 else f"{len(self.urls)} shards ({self.urls[0]}, ...)"
             raise ShardError(f"no sample of {shards} could be used; the last problem: {self.last_skip}")
 
