@@ -300,7 +300,7 @@ class Separator:
             ClipAudioError: ``noise=True`` with a model that has no noise heads.
         """
         num_noise = self._noise_heads(noise)
-        wave = torch.as_tensor(wave) if not isinstance(wave, torch.Tensor) else wave  # a NumPy array, say
+        wave = torch.as_tensor(wave)  # a tensor as it is; a NumPy array, say, as one
         if wave.dim() == 1:
             wave = wave[None]
         if wave.dim() != 2 or not 1 <= wave.shape[0] <= MAX_CHANNELS or wave.shape[-1] == 0 or wave.is_complex():

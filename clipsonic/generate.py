@@ -315,18 +315,18 @@ class Generator:
         return embeddings
 
     @torch.no_grad()
-    def check_duration(self, duration: float) -> None:
+    def check_duration(self, duration: float, name: str = "duration") -> None:
         """Refuse a clip length the model cannot make: above 0, at least one window of its
         mel spectrogram and at most :data:`MAX_DURATION` seconds.
 
         Raises:
-            GenerationError: naming the duration and the limit it breaks.
+            GenerationError: naming ``name`` (an option, say), the value and the limit it breaks.
         """
         if not 0 < duration <= MAX_DURATION:
-            raise GenerationError(f"duration must be above 0 and at most {MAX_DURATION:g} seconds, not {duration:g}.")
+            raise GenerationError(f"{name} must be above 0 and at most {MAX_DURATION:g} seconds, not {duration:g}.")
         config = self.model.mel_config
         if duration * config.sample_rate < config.n_fft:
-            raise GenerationError(f"duration must be at least {config.n_fft / config.sample_rate:g} seconds (one window "
+            raise GenerationError(f"{name} must be at least {config.n_fft / config.sample_rate:g} seconds (one window "
                                   f"of the mel spectrogram), not {duration:g}.")
 
     def generate(

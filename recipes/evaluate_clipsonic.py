@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from clipcore.errors import UsageError, report_errors
 from clipcore.files import check_not_an_input, write_json
 from clipcore.shard_stream import ShardStream
-from clipsonic.generate import MODES, SAMPLERS, GenerationError, Generator, check_guidance
+from clipsonic.generate import MODES, SAMPLERS, Generator, check_guidance
 from clipsonic.metrics import embed_audio, frechet_distance, knn_accuracy, load_embedding, nearest_references, query_relevance
 
 
@@ -54,10 +54,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     generator = Generator.from_pretrained(args.checkpoint, query_encoder=args.query_encoder, prior=args.prior,
                                           vocoder=args.vocoder, device=args.device, batch_size=args.batch_size,
                                           gap=args.gap)
-    try:
-        generator.check_duration(args.duration)
-    except GenerationError as error:
-        raise UsageError(f"--{error}") from None
+    generator.check_duration(args.duration, "--duration")
     needs = {"pd": (generator.has_prior, "--prior DIR"), "gap": (generator.gap is not None, "--gap FILE")}
     for mode, (offered, option) in needs.items():
         if mode in args.modes and not offered:
