@@ -7,7 +7,6 @@ partial is ever written under a final file name.
 
 from __future__ import annotations
 
-import numbers
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from clipcore.errors import ClipAudioError
+from clipcore.errors import ClipAudioError, is_whole_number
 from clipcore.files import atomic_write
 
 __all__ = [
@@ -104,7 +103,7 @@ def check_sample_rate(rate: int, name: str = "the sample rate") -> None:
     Raises:
         AudioError: naming ``name`` and the value.
     """
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+    if not is_whole_number(rate) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise AudioError(f"{name} must be a whole number of Hz from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}, "
                          f"not {rate!r}.")
 

@@ -13,6 +13,7 @@ line on stderr and an exit status:
 
 from __future__ import annotations
 
+import numbers
 import sys
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_INTERRUPTED",
     "report_errors",
+    "is_whole_number",
 ]
 
 EXIT_PARTIAL = 1
@@ -36,6 +38,12 @@ class ClipAudioError(ValueError):
 
 class UsageError(ClipAudioError):
     """A bad command-line value, described in one sentence."""
+
+
+def is_whole_number(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python's or NumPy's) and not a bool, which Python
+    counts as one: the test behind every "must be a whole number" message."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def report_errors(prog: str, main: Callable[[], Any], interrupted: str = "interrupted.") -> int:

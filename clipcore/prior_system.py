@@ -29,7 +29,7 @@ from webdataset.tariterators import tarfile_samples
 
 from clipcore.files import atomic_write
 from clipcore.prior import DiffusionPrior, PriorError
-from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder, check_template
+from clipcore.query import QueryEncoder, prompt_templates
 from clipcore.shards import expand_shards
 from clipcore.training import export_pretrained
 
@@ -94,7 +94,7 @@ def compute_pairs(
     Returns:
         float32 text ``[N, D]`` and image ``[N, D]``: one pair per image and caption.
     """
-    templates = list(templates or [DEFAULT_TEMPLATE])
+    templates = prompt_templates(templates)
     member = f"{encoder.name}.npy"
     texts, images, skipped = [], [], 0
     pending: list[tuple[list[str], list[torch.Tensor]]] = []
@@ -232,11 +232,10 @@ class PriorDataModule(LightningDataModule):
             raise PriorError("computing pairs from shards needs an encoder (e.g. ViT-L-14/openai).")
         if not 0.0 <= val_fraction < 1.0:
             raise PriorError(f"val_fraction must be in [0, 1), got {val_fraction}.")
-        for template in templates or []:
-            try:
-                check_template(template)
-            except ValueError as error:
-                raise PriorError(f"templates: {error}") from None
+        try:
+            prompt_templates(templates)
+        except ValueError as error:
+            raise PriorError(f"templates: {error}") from None
         self.save_hyperparameters()
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None

@@ -44,6 +44,7 @@ __all__ = [
     "tiny_clip_config",
     "mean_embedding",
     "check_template",
+    "prompt_templates",
 ]
 
 DEFAULT_TEMPLATE = "a photo of {}"
@@ -75,6 +76,27 @@ def check_template(template: str) -> None:
                          "(write {{ and }} for literal braces).") from None
     if "\0" not in filled:
         raise ValueError(f"prompt template {template!r} has no '{{}}' for the query text.")
+
+
+def prompt_templates(templates: str | Sequence[str] | None) -> list[str]:
+    """The prompt templates of an ensemble, each checked by :func:`check_template`.
+
+    Args:
+        templates: one template, a list of them, or ``None`` (or ``""``) for
+            :data:`DEFAULT_TEMPLATE`.
+
+    Returns:
+        The templates as a list.
+
+    Raises:
+        ValueError: an empty list, or a template that cannot hold the query text.
+    """
+    listed = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
+    if not listed:
+        raise ValueError("templates is an empty list.")
+    for template in listed:
+        check_template(template)
+    return listed
 
 
 class QueryEncoderError(CheckpointError):
@@ -436,11 +458,7 @@ class QueryEncoder(Pretrained, nn.Module):
         """
         if isinstance(texts, str):
             raise ValueError("texts must be a list of strings, not one string.")
-        templates = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
-        if not templates:
-            raise ValueError("templates is an empty list.")
-        for template in templates:
-            check_template(template)
+        templates = prompt_templates(templates)
         # The cache holds while the weights are unchanged: in-place updates (optimizer steps,
         # load_state_dict) bump the parameters' version counters.
         version = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
@@ -470,7 +488,7 @@ class QueryEncoder(Pretrained, nn.Module):
         Returns:
             float32 ``[B, D]`` on the encoder's device: the mean of the raw text-tower outputs.
         """
-        templates = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
+        templates = prompt_templates(templates)
         raw = [self.model.encode_text(self.tokenize([t.format(x) for x in texts])).float() for t in templates]
         return torch.stack(raw).mean(0)
 

@@ -35,7 +35,7 @@ from clipcore.checkpoint import CheckpointError
 from clipcore.errors import ClipAudioError
 from clipcore.files import load_image
 from clipcore.modality_gap import ModalityGap
-from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder, check_template
+from clipcore.query import QueryEncoder, prompt_templates
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -95,14 +95,10 @@ class QueryEmbedder:
         self.device = torch.device(device)
         self.encoder = query_encoder.to(self.device).eval()
         self.query_dim = query_dim
-        self.templates = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
-        if not self.templates:
-            raise QueryError("templates is an empty list.")
-        for template in self.templates:
-            try:
-                check_template(template)
-            except ValueError as error:
-                raise QueryError(str(error)) from None
+        try:
+            self.templates = prompt_templates(templates)
+        except ValueError as error:
+            raise QueryError(str(error)) from None
         self.normalize_queries = normalize_queries
         self.gap: ModalityGap | None = None
         self.prior = None if prior is None else self._checked_prior(prior)
@@ -207,7 +203,10 @@ class QueryEmbedder:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts or not all(isinstance(text, str) and text.strip() for text in texts):
             raise QueryError("text queries must be one or more non-empty strings.")
-        templates = self.templates if templates is None else [templates] if isinstance(templates, str) else list(templates)
+        try:
+            templates = self.templates if templates is None else prompt_templates(templates)
+        except ValueError as error:
+            raise QueryError(str(error)) from None
         if not self.normalize_queries:
             return self.encoder.encode_text_raw(list(texts), templates)
         embeddings = self.encoder.encode_text(list(texts), templates=templates)

@@ -57,7 +57,7 @@ import torch
 
 from clipcore.audio import MAX_CHANNELS, AudioError, check_sample_rate
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
-from clipcore.errors import ClipAudioError
+from clipcore.errors import ClipAudioError, is_whole_number
 from clipcore.files import check_output_folder
 from clipcore.modality_gap import ModalityGap
 from clipcore.query import QueryEncoder
@@ -140,7 +140,7 @@ class Separator:
     ):
         if not 0.0 <= overlap <= 0.5:
             raise ClipAudioError(f"overlap must be between 0 and 0.5 of a segment, got {overlap}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not is_whole_number(batch_size) or batch_size < 1:
             raise ClipAudioError(f"batch_size must be a whole number, at least 1, got {batch_size!r}.")
         if segment is not None and not 0 < segment <= MAX_SEGMENT_SECONDS:
             raise ClipAudioError(f"segment must be above 0 and at most {MAX_SEGMENT_SECONDS:g} seconds, got {segment}.")

@@ -82,13 +82,12 @@ def _check_values(args: argparse.Namespace) -> None:
     if args.segment is not None and not 0 < args.segment <= MAX_SEGMENT_SECONDS:
         raise UsageError(f"--segment must be above 0 and at most {MAX_SEGMENT_SECONDS:g} seconds, got {args.segment}.")
     if args.template:
-        from clipcore.query import check_template  # open_clip: imported only when templates are given
+        from clipcore.query import prompt_templates  # open_clip: imported only when templates are given
 
-        for template in args.template:
-            try:
-                check_template(template)
-            except ValueError as error:
-                raise UsageError(f"--template: {error}") from None
+        try:
+            prompt_templates(args.template)
+        except ValueError as error:
+            raise UsageError(f"--template: {error}") from None
     if not 0 <= args.overlap <= 0.5:
         raise UsageError(f"--overlap must be between 0 and 0.5, got {args.overlap}.")
     if args.batch_size < 1:

@@ -41,7 +41,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from tqdm.auto import tqdm
 
-from clipcore.errors import ClipAudioError
+from clipcore.errors import ClipAudioError, is_whole_number
 from clipcore.files import load_image
 from clipcore.modality_gap import ModalityGap, ModalityGapError, text_modes
 from clipsonic.model import CLIPSonic
@@ -97,7 +97,7 @@ def check_guidance(guidance: float, name: str = "guidance") -> None:
 
 def _check_seed(seed: int, count: int) -> None:
     """Refuse a seed whose ``count`` consecutive seeds a random generator cannot all take."""
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+    if not is_whole_number(seed):
         raise GenerationError(f"the seed must be a whole number, not {seed!r}.")
     if not 0 <= seed <= MAX_SEED - count + 1:
         raise GenerationError(f"the seed must be between 0 and {MAX_SEED - count + 1}, not {seed}.")
@@ -182,7 +182,7 @@ class Generator:
 
     def __init__(self, model: CLIPSonic, query_encoder=None, prior=None, vocoder=None, device="cpu", batch_size: int = 16,
                  gap: ModalityGap | str | os.PathLike | None = None):
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not is_whole_number(batch_size) or batch_size < 1:
             raise GenerationError(f"batch_size must be a whole number, at least 1, not {batch_size!r}.")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -386,7 +386,7 @@ class Generator:
         """Refuse sampler settings :meth:`generate` cannot use, naming the value."""
         most = self.model.scheduler_config()["num_train_timesteps"]
         for name, value, top in (("steps", steps, most), ("the number of samples", num_samples, None)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1 or (top and value > top):
+            if not is_whole_number(value) or value < 1 or (top and value > top):
                 limit = f"between 1 and {top} (the training schedule's steps)" if top else "at least 1"
                 raise GenerationError(f"{name} must be a whole number {limit}, not {value!r}.")
         check_guidance(guidance)

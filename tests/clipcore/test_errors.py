@@ -1,10 +1,11 @@
 """One error base and one exit-status convention for every command line and recipe."""
 
+import numpy as np
 import pytest
 
 from clipcore.audio import AudioError
 from clipcore.checkpoint import CheckpointError
-from clipcore.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ClipAudioError, UsageError, report_errors
+from clipcore.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ClipAudioError, UsageError, is_whole_number, report_errors
 from clipcore.files import ImageError
 from clipcore.prior import PriorError
 from clipcore.query import QueryEncoderError
@@ -42,3 +43,8 @@ def test_interruption_is_status_130_and_bugs_keep_their_traceback(capsys):
     assert capsys.readouterr().err == "prepare: interrupted; rerun to resume.\n"
     with pytest.raises(ZeroDivisionError):
         report_errors("prepare", lambda: 1 / 0)
+
+
+def test_a_whole_number_is_any_integer_but_a_bool():
+    assert all(is_whole_number(value) for value in (0, -3, 10**30, np.int64(7), np.uint8(1)))
+    assert not any(is_whole_number(value) for value in (True, False, 1.0, 1.5, "1", None, np.float32(2)))

@@ -105,8 +105,14 @@ def test_default_template_and_cache(encoder):
 
 
 def test_bad_text_inputs_are_refused(encoder):
-    with pytest.raises(ValueError, match="no '\\{\\}'"):
-        encoder.encode_text(["violin"], templates=["a photo"])
+    # Both text paths (normalized and the official CLIPSep's raw) check their templates.
+    for encode in (encoder.encode_text, encoder.encode_text_raw):
+        with pytest.raises(ValueError, match="no '\\{\\}'"):
+            encode(["violin"], templates=["a photo"])
+        with pytest.raises(ValueError, match="literal braces"):
+            encode(["violin"], templates="a {} of {0}")
+        with pytest.raises(ValueError, match="empty list"):
+            encode(["violin"], templates=[])
     with pytest.raises(ValueError, match="list of strings"):
         encoder.encode_text("violin")
 
