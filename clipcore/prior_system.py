@@ -29,7 +29,8 @@ from webdataset.tariterators import tarfile_samples
 
 from clipcore.files import atomic_write
 from clipcore.prior import DiffusionPrior, PriorError
-from clipcore.query import QueryEncoder, prompt_templates
+from clipcore.prompts import prompt_templates
+from clipcore.query import QueryEncoder
 from clipcore.shards import expand_shards
 from clipcore.training import export_pretrained
 

@@ -8,7 +8,7 @@ L2-normalized embedding space::
     encoder = QueryEncoder.load("runs/clip")              # project checkpoint folder
     encoder = QueryEncoder.tiny(seed=0)                   # small random CLIP for tests
     image_emb = encoder.encode_image(frames_uint8)        # [B, D]
-    text_emb = encoder.encode_text(["violin"], templates=CLIPSEP_EVAL_TEMPLATES)
+    text_emb = encoder.encode_text(["violin"], templates=CLIPSEP_EVAL_TEMPLATES)  # clipcore.prompts
 
 The wrapped open_clip model is ``encoder.model``; it is frozen (no gradients) unless its
 parameters are explicitly unfrozen for training (see :meth:`QueryEncoder.preprocess` and
@@ -35,69 +35,14 @@ from torch import nn
 from clipcore.checkpoint import CONFIG_NAME, CheckpointError, Pretrained
 from clipcore.files import ImageError
 from clipcore.naming import slugify
+from clipcore.prompts import prompt_templates
 
 __all__ = [
     "QueryEncoder",
     "QueryEncoderError",
-    "DEFAULT_TEMPLATE",
-    "CLIPSEP_EVAL_TEMPLATES",
     "tiny_clip_config",
     "mean_embedding",
-    "check_template",
-    "prompt_templates",
 ]
-
-DEFAULT_TEMPLATE = "a photo of {}"
-"""The text prompt of CLIPSep training-free text queries (``"a photo of {query}"``)."""
-
-CLIPSEP_EVAL_TEMPLATES = (
-    "a photo of {}.",
-    "a photo of the small {}.",
-    "a low resolution photo of a {}.",
-    "a photo of many {}.",
-)
-"""The four prompt templates of the CLIPSep evaluation's prompt ensemble (``--prompt_ens``
-in the official ``evaluate.py``). The official list repeats the second template, so there
-it weighs twice, and it averages unnormalized embeddings; here each template weighs once
-and the average is taken after normalization."""
-
-
-def check_template(template: str) -> None:
-    """Check a prompt template: one ``{}`` (or several) for the query text, and no other
-    replacement field (``{{`` and ``}}`` are literal braces).
-
-    Raises:
-        ValueError: the template, and what is wrong with it, in one sentence.
-    """
-    try:
-        filled = template.format("\0")
-    except (IndexError, KeyError, ValueError):
-        raise ValueError(f"prompt template {template!r} can hold the query text only in {{}} "
-                         "(write {{ and }} for literal braces).") from None
-    if "\0" not in filled:
-        raise ValueError(f"prompt template {template!r} has no '{{}}' for the query text.")
-
-
-def prompt_templates(templates: str | Sequence[str] | None) -> list[str]:
-    """The prompt templates of an ensemble, each checked by :func:`check_template`.
-
-    Args:
-        templates: one template, a list of them, or ``None`` (or ``""``) for
-            :data:`DEFAULT_TEMPLATE`.
-
-    Returns:
-        The templates as a list.
-
-    Raises:
-        ValueError: an empty list, or a template that cannot hold the query text.
-    """
-    listed = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
-    if not listed:
-        raise ValueError("templates is an empty list.")
-    for template in listed:
-        check_template(template)
-    return listed
-
 
 class QueryEncoderError(CheckpointError):
     """A query encoder that cannot be built or loaded, described in one sentence."""

@@ -129,7 +129,7 @@ def label_embeddings(encoder, labels: Sequence[str], templates: Sequence[str]) -
         encoder: a ``clipcore.query.QueryEncoder``.
         labels: the labels.
         templates: prompt templates with ``{}`` (``recipes/prepare_shards.py`` uses
-            ``clipcore.query.CLIPSEP_EVAL_TEMPLATES``, the CLIPSep evaluation's four).
+            ``clipcore.prompts.CLIPSEP_EVAL_TEMPLATES``, the CLIPSep evaluation's four).
     """
     unique = sorted(set(labels))
     table = encoder.encode_text_raw(unique, list(templates)).cpu().numpy().astype(np.float32)

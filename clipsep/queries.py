@@ -35,7 +35,8 @@ from clipcore.checkpoint import CheckpointError
 from clipcore.errors import ClipAudioError
 from clipcore.files import load_image
 from clipcore.modality_gap import ModalityGap
-from clipcore.query import QueryEncoder, prompt_templates
+from clipcore.prompts import prompt_templates
+from clipcore.query import QueryEncoder
 
 if TYPE_CHECKING:
     import PIL.Image

@@ -39,6 +39,7 @@ from clipcore.cli import (
 )
 from clipcore.errors import EXIT_BAD_INPUT, EXIT_PARTIAL
 from clipcore.files import ImageError, check_output_folder, load_image
+from clipcore.prompts import prompt_templates
 from clipsep.batch import ERROR_LOG, FileResult, OutputOptions, SeparatorSpec, discover, input_seconds, plan
 from clipsep.batch_workers import Tally, launcher_process, run_here, run_workers, worker_devices
 from clipsep.claims import STALE_SECONDS
@@ -82,8 +83,6 @@ def _check_values(args: argparse.Namespace) -> None:
     if args.segment is not None and not 0 < args.segment <= MAX_SEGMENT_SECONDS:
         raise UsageError(f"--segment must be above 0 and at most {MAX_SEGMENT_SECONDS:g} seconds, got {args.segment}.")
     if args.template:
-        from clipcore.query import prompt_templates  # open_clip: imported only when templates are given
-
         try:
             prompt_templates(args.template)
         except ValueError as error:

@@ -62,7 +62,8 @@ from clipcore import synthetic
 from clipcore.checkpoint import git_commit
 from clipcore.errors import UsageError, report_errors
 from clipcore.miniature import drawings, world
-from clipcore.query import DEFAULT_TEMPLATE, QueryEncoder, tiny_clip_config
+from clipcore.prompts import DEFAULT_TEMPLATE
+from clipcore.query import QueryEncoder, tiny_clip_config
 from clipcore.shards import expand_shards
 
 

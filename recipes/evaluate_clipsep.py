@@ -41,7 +41,7 @@ from tqdm import tqdm
 from clipcore.audio import load_audio
 from clipcore.errors import UsageError, report_errors
 from clipcore.files import check_not_an_input, write_json
-from clipcore.query import CLIPSEP_EVAL_TEMPLATES, DEFAULT_TEMPLATE
+from clipcore.prompts import CLIPSEP_EVAL_TEMPLATES, DEFAULT_TEMPLATE
 from clipsep.masks import check_mask_power
 from clipsep.metrics import separation_scores, summarize
 from clipsep.separate import Separator

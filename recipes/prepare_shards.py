@@ -265,7 +265,7 @@ def interleave_labels(jobs: list[ClipJob]) -> list[ClipJob]:
 
 def _audio_steps(args: argparse.Namespace, encoder, entries: list[ListedFile], dataset: str) -> Steps:
     """The steps of a labelled sound library: each label's text embedding is computed here, once."""
-    from clipcore.query import CLIPSEP_EVAL_TEMPLATES
+    from clipcore.prompts import CLIPSEP_EVAL_TEMPLATES
     from clipcore.sound_library import label_embeddings
 
     templates = list(CLIPSEP_EVAL_TEMPLATES)

@@ -9,13 +9,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from clipcore.query import (
-    CLIPSEP_EVAL_TEMPLATES,
-    DEFAULT_TEMPLATE,
-    QueryEncoder,
-    QueryEncoderError,
-    mean_embedding,
-)
+from clipcore.prompts import CLIPSEP_EVAL_TEMPLATES, DEFAULT_TEMPLATE
+from clipcore.query import QueryEncoder, QueryEncoderError, mean_embedding
 
 
 @pytest.fixture(scope="module")

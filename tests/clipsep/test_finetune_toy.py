@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from clipcore.query import CLIPSEP_EVAL_TEMPLATES, QueryEncoder
+from clipcore.prompts import CLIPSEP_EVAL_TEMPLATES
+from clipcore.query import QueryEncoder
 from clipcore.shard_stream import ShardStream
 from clipcore.synthetic import make_clip
 from clipsep.metrics import separation_scores

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clipcore.query import CLIPSEP_EVAL_TEMPLATES, QueryEncoder
+from clipcore.prompts import CLIPSEP_EVAL_TEMPLATES
+from clipcore.query import QueryEncoder
 from clipcore.shard_stream import CorruptSampleWarning, ShardStream
 from clipcore.shards import ShardError
 from clipcore.sound_library import read_library
