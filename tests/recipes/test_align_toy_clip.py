@@ -1,5 +1,7 @@
-"""The toy CLIP of the miniature MUSIC world keeps a modality gap like real CLIP's while
-retrieval with held-out prompts works."""
+"""The toy CLIP's alignment recipe: it saves an encoder whose recorded figures (modality gap,
+retrieval with held-out prompts) are reproduced from the saved files, and refuses bad
+settings. That the gap lies in real CLIP's band and retrieval works is checked on the CLIP
+the quick start aligns (``tests/recipes/test_quickstart.py``)."""
 
 import json
 
@@ -12,20 +14,10 @@ from recipes import align_toy_clip
 
 @pytest.fixture(scope="module")
 def aligned(tmp_path_factory):
-    """A short alignment (the recipe's default runs 500 steps on 300 pictures each)."""
+    """A very short alignment (the recipe's default runs 500 steps on 300 pictures each)."""
     out = tmp_path_factory.mktemp("clip") / "encoder"
-    assert align_toy_clip.main([str(out), "--images", "40", "--steps", "250"]) == 0
+    assert align_toy_clip.main([str(out), "--images", "10", "--steps", "20"]) == 0
     return out
-
-
-def test_the_gap_lies_in_the_band_and_retrieval_beats_chance(aligned):
-    facts = json.loads((aligned / "config.json").read_text())["provenance"]
-    assert 0.2 <= facts["matching_cosine"] <= 0.4, facts  # real CLIP: about 0.3
-    assert facts["mismatched_cosine"] < facts["matching_cosine"] - 0.1, facts
-    assert facts["centroid_cosine"] < 0.6, facts  # image and text lie in separate cones
-    # 110 test pictures x 6 held-out phrasings, 11 instruments: a CLIP at chance (1/11)
-    # reaches 30% with probability below 1e-9.
-    assert facts["retrieval_heldout_prompts"] >= 0.3, facts
 
 
 def test_the_saved_encoder_reproduces_the_recorded_figures(aligned):

@@ -67,6 +67,7 @@ def test_realistic_files_give_their_clips_or_their_reason(downloads, tmp_path, w
     assert "is truncated" in skipped["cut.mkv"]
 
 
+@pytest.mark.slow
 def test_hundreds_of_clips_with_two_workers_and_a_hanging_one(tmp_path):
     """A worker frozen by SIGSTOP hangs for real (no Python can interrupt it): the watchdog
     kills it, lists its clip as abandoned, and the other clips are all written."""

@@ -5,7 +5,8 @@ CLIP alignment -> CLIPSep, prior and CLIPSonic training -> ``clipsep separate`` 
 
 The floors are set so that output that ignores its input passes them with probability
 below 1%:
-- The aligned CLIP: if pictures (or prompts) told it nothing, each test clip's nearest
+- The aligned CLIP: its modality gap lies in real CLIP's band (matching image-text cosine
+  from 0.2 to 0.4). If pictures (or prompts) told it nothing, each test clip's nearest
   held-out prompt would name its instrument with probability 1/11; counted per clip (its
   frames agree at worst), the hits among the 44 test clips follow Binomial(44, 1/11), and
   a retrieval of 0.3 or more (14 clips) has probability 2e-5.
@@ -112,7 +113,10 @@ def test_the_aligned_clip_and_the_judge_beat_input_blind_output(quickstart):
     clip, sonic = report["clip"], report["clipsonic"]
     assert binom.sf(13, 44, 1 / 11) < 0.01
     assert clip["retrieval_heldout_prompts"] >= 0.3, clip
-    assert clip["matching_cosine"] <= 0.45 and clip["mismatched_cosine"] < clip["matching_cosine"], clip  # the gap
+    # The modality gap, in real CLIP's band (matching cosine about 0.3), on the CLIP the run uses.
+    assert 0.2 <= clip["matching_cosine"] <= 0.4, clip
+    assert clip["mismatched_cosine"] < clip["matching_cosine"] - 0.1, clip
+    assert clip["centroid_cosine"] < 0.6, clip  # image and text lie in separate cones
     assert sonic["judge_accuracy_real"] >= 0.6, sonic
 
 

@@ -20,35 +20,41 @@ from recipes.toy_judges import (
 
 @pytest.fixture(scope="module")
 def judge():
-    return judge_from_renders(n_clips=66, seconds=1.0, steps=120)
+    """A small judge, 36 s on one core (the quick start trains on 330 renders of each kind
+    for 600 steps; its CI run, whose test checks that judge too, on 55 for 100)."""
+    return judge_from_renders(n_clips=44, seconds=1.0, steps=100, vocoded=1.0)
 
 
+@pytest.mark.slow
 def test_the_judge_names_clean_test_renders(judge):
     report = judge_report(judge, *render_crops("test", 44, 1.0, per_clip=2, seed=1))
-    # 88 crops, 11 instruments: a judge at chance (1/11) reaches 80% with probability < 1e-30
-    # (this fixture's judge: 92%).
-    assert report["accuracy"]["mean"] >= 0.8, report
+    # 88 crops, 11 instruments: a judge at chance (1/11) reaches 70% with probability < 1e-40
+    # (this fixture's judge: 85%).
+    assert report["accuracy"]["mean"] >= 0.7, report
     assert set(report["by_instrument"]) == set(world.INSTRUMENTS)
 
 
+@pytest.mark.slow
 def test_the_judge_beats_chance_on_pitch_shifted_renders(judge):
     """Test renders moved 7 semitones up or down, out of the training melodies' register:
     a register detector would fail here; timbre still tells."""
     waves, labels = render_crops("test", 44, 1.0, per_clip=2, seed=2, transpose=7)
     report = judge_report(judge, waves, labels)
-    # At chance (1/11) 88 crops reach 50% with probability < 1e-15 (this fixture's judge: 75%).
+    # At chance (1/11) 88 crops reach 50% with probability < 1e-15 (this fixture's judge: 72%).
     assert report["accuracy"]["mean"] >= 0.5, report
 
 
+@pytest.mark.slow
 def test_the_judge_beats_chance_under_offscreen_sound(judge):
     """Test renders with the training videos' off-screen sound (another instrument, drums or
     noise, 7 to 17 dB below the instrument): what a generator of such videos makes."""
     waves, labels = render_crops("test", 44, 1.0, per_clip=2, seed=3, offscreen=0.3)
     report = judge_report(judge, waves, labels)
-    # At chance (1/11) 88 crops reach 50% with probability < 1e-15 (this fixture's judge: 85%).
+    # At chance (1/11) 88 crops reach 50% with probability < 1e-15 (this fixture's judge: 80%).
     assert report["accuracy"]["mean"] >= 0.5, report
 
 
+@pytest.mark.slow
 def test_the_judge_hears_the_instrument_through_the_vocoder(judge):
     """Test renders with off-screen sound through CLIPSonic's mel and Griffin-Lim, the path
     every generated clip takes: a judge trained on renders alone misnamed a sixth of such
@@ -58,24 +64,26 @@ def test_the_judge_hears_the_instrument_through_the_vocoder(judge):
     assert vocoded.shape == waves.shape and torch.isfinite(vocoded).all()
     assert not torch.allclose(vocoded, waves, atol=1e-3)  # the round trip changes the waveform (its phase)
     report = judge_report(judge, vocoded, labels)
-    # At chance (1/11) 88 crops reach 50% with probability < 1e-15 (this fixture's judge: 72%).
+    # At chance (1/11) 88 crops reach 50% with probability < 1e-15 (this fixture's judge: 67%).
     assert report["accuracy"]["mean"] >= 0.5, report
 
 
+@pytest.mark.slow
 def test_the_judge_is_the_same_whatever_the_global_random_state():
     waves, _ = render_crops("test", 11, 1.0, per_clip=1, seed=4)
     torch.manual_seed(1)
-    first = judge_from_renders(n_clips=11, seconds=1.0, steps=3)
+    first = judge_from_renders(n_clips=11, seconds=1.0, steps=3, vocoded=1.0)
     torch.manual_seed(2)
-    second = judge_from_renders(n_clips=11, seconds=1.0, steps=3)
+    second = judge_from_renders(n_clips=11, seconds=1.0, steps=3, vocoded=1.0)
     with torch.no_grad():
         assert torch.equal(first(waves), second(waves))
 
 
+@pytest.mark.slow
 def test_an_ensemble_votes_with_its_judges_mean_log_probabilities():
     waves, _ = render_crops("test", 11, 1.0, per_clip=1, seed=5)
-    single = judge_from_renders(n_clips=11, seconds=1.0, steps=3)
-    ensemble = judge_from_renders(n_clips=11, seconds=1.0, steps=3, ensemble=3)
+    single = judge_from_renders(n_clips=11, seconds=1.0, steps=3, vocoded=1.0)
+    ensemble = judge_from_renders(n_clips=11, seconds=1.0, steps=3, vocoded=1.0, ensemble=3)
     assert isinstance(single, InstrumentClassifier) and single.members == [single]
     assert isinstance(ensemble, JudgeEnsemble) and len(ensemble.members) == 3
     with torch.no_grad():
