@@ -33,6 +33,7 @@ from open_clip.tokenizer import HFTokenizer
 from torch import nn
 
 from clipcore.checkpoint import CONFIG_NAME, CheckpointError, Pretrained
+from clipcore.embeddings import mean_embedding
 from clipcore.files import ImageError
 from clipcore.naming import slugify
 from clipcore.prompts import prompt_templates
@@ -41,7 +42,6 @@ __all__ = [
     "QueryEncoder",
     "QueryEncoderError",
     "tiny_clip_config",
-    "mean_embedding",
 ]
 
 class QueryEncoderError(CheckpointError):
@@ -58,20 +58,6 @@ def tiny_clip_config(embed_dim: int = 32) -> dict[str, Any]:
         "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "head_width": 16, "layers": 2},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     }
-
-
-def mean_embedding(embeddings: torch.Tensor, dim: int = -2) -> torch.Tensor:
-    """Average normalized embeddings along ``dim`` and renormalize.
-
-    Args:
-        embeddings: ``[..., F, D]`` (with the default ``dim``), e.g. per-frame embeddings.
-        dim: the axis to average.
-
-    Returns:
-        ``[..., D]`` L2-normalized float32.
-    """
-    embeddings = F.normalize(embeddings.float(), dim=-1)
-    return F.normalize(embeddings.mean(dim=dim), dim=-1)
 
 
 def _build_clip(model_config: dict[str, Any]) -> open_clip.CLIP | open_clip.CustomTextCLIP | open_clip.CoCa:

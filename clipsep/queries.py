@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 import torch
 
 from clipcore.checkpoint import CheckpointError
+from clipcore.embeddings import checked_embeddings
 from clipcore.errors import ClipAudioError
 from clipcore.files import load_image
 from clipcore.modality_gap import ModalityGap
@@ -155,12 +156,10 @@ class QueryEmbedder:
             ImageError: an unreadable image.
         """
         if isinstance(queries, torch.Tensor):
-            if queries.dim() != 2 or queries.shape[1] != self.query_dim or not len(queries) or queries.is_complex():
-                raise QueryError(f"query embeddings must be a real [K, {self.query_dim}] tensor, got "
-                                 f"{list(queries.shape)} ({queries.dtype}).")
-            if not torch.isfinite(queries).all():
-                raise QueryError("query embeddings hold NaN or infinity.")
-            return queries.to(self.device, torch.float32)
+            try:
+                return checked_embeddings(queries, self.query_dim, "query embeddings").to(self.device)
+            except ValueError as error:
+                raise QueryError(str(error)) from None
         if queries is None or isinstance(queries, (str, os.PathLike)) or not len(queries):
             raise QueryError("give a list of one or more queries.")
         texts: list[str] = []

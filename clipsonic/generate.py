@@ -41,6 +41,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from tqdm.auto import tqdm
 
+from clipcore.embeddings import checked_embeddings
 from clipcore.errors import ClipAudioError, is_whole_number
 from clipcore.files import load_image
 from clipcore.modality_gap import ModalityGap, ModalityGapError, text_modes
@@ -394,11 +395,7 @@ class Generator:
     def _checked_conditions(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``embeddings`` as float32 ``[Q, D]`` on the device, refused unless it is Q >= 1
         finite rows of the model's condition width D."""
-        width = self.model.embed_dim
-        if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[0] < 1 \
-                or embeddings.shape[1] != width or embeddings.is_complex():
-            shape = list(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
-            raise GenerationError(f"embeddings must be a real [Q, {width}] tensor with Q >= 1, not {shape}.")
-        if not torch.isfinite(embeddings).all():
-            raise GenerationError("the conditions hold NaN or infinity (from the embeddings or images given).")
-        return embeddings.to(self.device, torch.float32)
+        try:
+            return checked_embeddings(embeddings, self.model.embed_dim).to(self.device)
+        except ValueError as error:
+            raise GenerationError(str(error)) from None

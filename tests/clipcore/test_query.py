@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from clipcore.embeddings import mean_embedding
 from clipcore.prompts import CLIPSEP_EVAL_TEMPLATES, DEFAULT_TEMPLATE
-from clipcore.query import QueryEncoder, QueryEncoderError, mean_embedding
+from clipcore.query import QueryEncoder, QueryEncoderError
 
 
 @pytest.fixture(scope="module")

@@ -201,6 +201,9 @@ def test_bad_waves_and_queries(encoder, tmp_path):
     (lambda s, w: s.separate(w, 0, ["violin"]), "not 0"),
     (lambda s, w: s.separate(w, RATE, torch.full((1, 16), float("nan"))), "query embeddings hold NaN or infinity"),
     (lambda s, w: s.separate(w, RATE, [torch.full((16,), float("inf"))]), "query embeddings hold NaN or infinity"),
+    (lambda s, w: s.separate(w, RATE, torch.zeros(1, 8)), r"query embeddings must be a real \[K, 16\] tensor with K >= 1, "
+                                                          r"not \[1, 8\] \(torch.float32\)"),
+    (lambda s, w: s.separate(w, RATE, torch.zeros(1, 16, dtype=torch.complex64)), r"not \[1, 16\] \(torch.complex64\)"),
     (lambda s, w: s.embed_images(torch.full((1, 3, 8, 8), float("nan"))), "images hold NaN or infinity"),
     (lambda s, w: s.separate(w, RATE, [5]), "images must be uint8 tensors or PIL images, got int"),
     (lambda s, w: s.embed_text([]), "text queries must be one or more non-empty strings"),
