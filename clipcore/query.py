@@ -8,7 +8,7 @@ L2-normalized embedding space::
     encoder = QueryEncoder.load("runs/clip")              # project checkpoint folder
     encoder = QueryEncoder.tiny(seed=0)                   # small random CLIP for tests
     image_emb = encoder.encode_image(frames_uint8)        # [B, D]
-    text_emb = encoder.encode_text(["violin"], templates=CLIPSEP_EVAL_TEMPLATES)  # clipcore.prompts
+    text_emb = encoder.encode_text(["violin"], templates=CLIPSEP_EVAL_TEMPLATES)  # from clipcore.prompts
 
 The wrapped open_clip model is ``encoder.model``; it is frozen (no gradients) unless its
 parameters are explicitly unfrozen for training (see :meth:`QueryEncoder.preprocess` and
