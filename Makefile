@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Two pytest-xdist workers, a test file each at a time, the longest files first (tests/conftest.py
-# orders them and gives each worker its share of the cores): about 16 minutes on 2 cores against 21
-# in one process. `TEST_WORKERS=0 make test` runs in one process.
+# orders them and gives each worker its share of the cores): about 13 minutes on 2 cores (one process
+# took 21 when the suite took 16 this way). `TEST_WORKERS=0 make test` runs in one process.
 TEST_WORKERS ?= 2
 PYTEST := $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
