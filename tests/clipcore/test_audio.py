@@ -26,6 +26,12 @@ def test_load_formats(tmp_path, ext, subtype):
     assert rate == 16000
     assert wave.dtype == torch.float32 and wave.shape[0] == 2
     assert abs(wave.shape[1] - 4000) < 2000  # lossy codecs pad a little
+    tone = _tone(channels=2)
+    if subtype == "PCM_16":  # lossless: the samples written, to 16-bit rounding
+        torch.testing.assert_close(wave, tone, atol=1e-4, rtol=0)
+    else:  # lossy: each channel's tone (220 and 330 Hz) at its own pitch, to a 4-Hz bin
+        peak_hz = torch.fft.rfft(wave[:, :4000] * torch.hann_window(4000)).abs().argmax(-1) * 16000 / 4000
+        torch.testing.assert_close(peak_hz, torch.tensor([220.0, 330.0]), atol=4.0, rtol=0)
 
 
 def test_downmix_and_resample(tmp_path):

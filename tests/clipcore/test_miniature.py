@@ -1,7 +1,10 @@
 """The miniature MUSIC world: deterministic renders, real instruments in overlapping registers."""
 
+import math
+
 import numpy as np
 import pytest
+from scipy.signal import find_peaks
 
 from clipcore.miniature import sound, world
 from clipcore.miniature.drawings import draw
@@ -60,10 +63,15 @@ def test_melodies_stay_in_each_instruments_range_and_ranges_overlap():
 def test_a_rendered_note_sounds_at_its_pitch(name, key):
     wave = sound.render(sound.voice(name).program, [sound.Note(0.0, 0.9, key, 100)], RATE, RATE)
     spectrum = np.abs(np.fft.rfft(wave[1600:14400] * np.hanning(12800)))
-    freqs = np.fft.rfftfreq(12800, 1 / RATE)
-    peaks = freqs[np.argsort(spectrum)[-3:]]  # the strongest partials are harmonics of the note
     f0 = sound.midi_to_hz(key)
-    assert all(min(abs(p / f0 - round(p / f0)), 1) < 0.03 and round(p / f0) >= 1 for p in peaks), (peaks, f0)
+    # The five strongest partials (spectral peaks at least half the note's frequency apart)...
+    peaks, _ = find_peaks(spectrum, distance=round(0.5 * f0 / (RATE / 12800)))
+    ratios = np.fft.rfftfreq(12800, 1 / RATE)[peaks[np.argsort(spectrum[peaks])[-5:]]] / f0
+    # ... are harmonics of the note, and not all of a multiple of it: a note an octave (or a
+    # twelfth) too high has only even (or only every third) harmonics of the one asked for.
+    harmonics = [round(ratio) for ratio in ratios]
+    assert all(h >= 1 and abs(ratio - h) < 0.03 for ratio, h in zip(ratios, harmonics)), (ratios, f0)
+    assert math.gcd(*harmonics) == 1, harmonics
 
 
 def test_drawings_vary_and_differ_between_instruments():

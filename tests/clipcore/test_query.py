@@ -190,10 +190,12 @@ def test_load_errors_are_one_clear_sentence(tmp_path):
         QueryEncoder.load(tmp_path)
 
 
-def test_device_and_dtype(tmp_path, encoder):
+def test_bfloat16_weights_give_float32_embeddings_of_the_same_images(tmp_path, encoder):
     encoder.save_pretrained(tmp_path / "clip")
     half = QueryEncoder.load(tmp_path / "clip", dtype=torch.bfloat16)
     assert next(half.model.parameters()).dtype == torch.bfloat16
     embedding = half.encode_image(_images())
     assert embedding.dtype == torch.float32
-    assert torch.allclose(embedding, encoder.encode_image(_images()), atol=0.1)
+    # bfloat16 rounding moves these unit vectors by 0.0025 at most; the images' mean embedding
+    # lies 0.04 from them, the same images flipped 0.08.
+    assert torch.allclose(embedding, encoder.encode_image(_images()), atol=0.01)

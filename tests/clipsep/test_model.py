@@ -19,8 +19,12 @@ def test_shapes_and_one_unet_pass_for_k_queries():
     model = CLIPSep.tiny(query_dim=16).eval()
     mag = torch.rand(2, 1, 513, 128)
     queries = torch.randn(2, 3, 16)
+    passes = []
+    model.down[0].register_forward_hook(lambda *_: passes.append(1))
     with torch.no_grad():
         joint = model.mask_logits(mag, queries)
+    assert len(passes) == 1  # three queries, one pass through the U-Net
+    with torch.no_grad():
         single = torch.cat([model.mask_logits(mag, queries[:, k]) for k in range(3)], dim=1)
         mask, noise = model(mag, queries)
     assert joint.shape == (2, 3, 256, 128)

@@ -174,11 +174,15 @@ def test_an_interruption_just_after_claiming_releases_the_claim(checkpoint, tmp_
     separator = Separator.from_pretrained(checkpoint)
     jobs = plan(sorted(inputs.iterdir()), tmp_path / "out", ["violin"], OutputOptions(), 0)
 
+    claim_file = tmp_path / "out" / CLAIMS_DIR / f"{jobs[0].folder.name}.claim"
+    held = []
+
     def report(kind, index, payload):
         if kind == "start":  # claimed, not yet separating: Ctrl-C here
+            held.append(claim_file.exists())
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_jobs(jobs, separator, separator.encode_queries(["violin"]), OutputOptions(), report)
-    assert not (tmp_path / "out" / CLAIMS_DIR / f"{jobs[0].folder.name}.claim").exists()
+    assert held == [True] and not claim_file.exists()
     assert claim(tmp_path / "out", jobs[0].folder.name, time.time()) is not None  # a rerun takes it at once

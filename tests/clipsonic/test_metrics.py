@@ -80,8 +80,10 @@ def test_pluggable_embedding_factory_and_resampling():
     out = embed_audio(model, wave, 16000)
     assert out.shape == (2, 10, 1)  # resampled to 8 kHz, 800-sample frames
     torch.testing.assert_close(out[:, 2:-2], torch.full((2, 6, 1), 0.25, dtype=torch.float64), atol=1e-3, rtol=0)
-    for spec in ("nothing", "no_such_module:f", "math:no_such_function"):
-        with pytest.raises(ValueError):
+    for spec, reason in (("nothing", "use 'mel-stats' or 'package.module:factory'"),
+                         ("no_such_module:f", "cannot be imported \\(No module named 'no_such_module'\\)"),
+                         ("math:no_such_function", "cannot be imported \\(module 'math' has no attribute")):
+        with pytest.raises(ValueError, match=f"embedding '{spec}'.* {reason}"):
             load_embedding(spec)
 
 

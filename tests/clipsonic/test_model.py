@@ -1,3 +1,5 @@
+import librosa
+import numpy as np
 import pytest
 import torch
 
@@ -74,6 +76,13 @@ def test_normalization_round_trips_and_mel_is_the_project_convention(model):
     wave = torch.randn(2, 3200) * 0.1
     mel = model.log_mel(wave)
     assert mel.shape == (2, 64, 21)
+    # The convention (AudioLDM's and HiFi-GAN's at 16 kHz): magnitudes of centred, reflect-padded
+    # frames through Slaney mel filters, natural log floored at 1e-5; librosa computes it apart.
+    c = model.mel_config
+    reference = librosa.feature.melspectrogram(
+        y=wave.numpy(), sr=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
+        n_mels=c.n_mels, fmin=c.f_min, fmax=c.f_max, power=1.0, htk=False, norm="slaney", pad_mode="reflect")
+    torch.testing.assert_close(mel, torch.from_numpy(np.log(np.maximum(reference, c.log_floor))), atol=1e-4, rtol=0)
     torch.testing.assert_close(model.denormalize(model.normalize(mel)), mel, atol=1e-5, rtol=1e-5)
 
 
