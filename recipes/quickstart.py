@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quickstart",
         description="Train CLIPSep, CLIPSonic and the prior on the miniature MUSIC world, query them with text and "
-                    "images, and report how well it works on its test split (25 to 35 minutes on 2 CPU cores, by the CPU).",
+                    "images, and report how well it works on its test split (23 to 37 minutes on 2 CPU cores, by CPU and hour).",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output folder (default: runs/quickstart)")
     parser.add_argument("--profile", choices=list(PROFILES), default="demo",

@@ -7,8 +7,8 @@
 
 The resolved configuration is saved as ``config.yaml`` in the run's log folder and the
 seed comes from it (``seed_everything``). After every validation the model is exported
-(``save_pretrained``) to ``<log_dir>/pretrained/last`` and, at the lowest validation loss,
-``<log_dir>/pretrained/best``, with the git commit and the resolved configuration as
+(``save_pretrained``) to ``<log_dir>/pretrained/last`` and, at the highest validation SDR
+improvement (``val/sdri``), ``<log_dir>/pretrained/best``, with the git commit and the resolved configuration as
 provenance; ``clipsep separate --checkpoint <log_dir>/pretrained/best`` uses it directly.
 """
 
