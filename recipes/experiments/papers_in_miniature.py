@@ -49,7 +49,6 @@ from clipcore.miniature import world  # noqa: E402
 from recipes import quickstart  # noqa: E402
 from recipes.command_runner import Runner, StepFailed, fresh_run_folder, tool  # noqa: E402
 
-SEPARATORS = ("clipsep", "nit", "label", "pit")
 MARKER = ".papers_in_miniature"
 
 
