@@ -45,11 +45,12 @@ from clipcore.embeddings import checked_embeddings
 from clipcore.errors import ClipAudioError, is_whole_number
 from clipcore.files import load_image
 from clipcore.modality_gap import ModalityGap, ModalityGapError, text_modes
+from clipcore.spectral import MelConfig
 from clipsonic.model import CLIPSonic
 from clipsonic.vocoder import load_vocoder
 
 __all__ = ["Generator", "Generation", "GenerationError", "SAMPLERS", "MODES", "MAX_GUIDANCE", "check_guidance",
-           "make_scheduler", "sample_mels"]
+           "check_output_memory", "make_scheduler", "sample_mels"]
 
 SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
     "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "trailing"}),
@@ -94,6 +95,29 @@ def check_guidance(guidance: float, name: str = "guidance") -> None:
     """
     if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not abs(guidance) <= MAX_GUIDANCE:
         raise GenerationError(f"{name} must be a number from -{MAX_GUIDANCE:g} to {MAX_GUIDANCE:g}, not {guidance!r}.")
+
+
+def check_output_memory(queries: int, num_samples: int, duration: float, config: MelConfig = MelConfig()) -> None:
+    """Refuse a request whose clips (waveforms and mels in float32, all held until returned)
+    would take more than half of this machine's memory, before any sampling starts.
+
+    Args:
+        queries, num_samples, duration: the request: clips per query, seconds per clip.
+        config: the model's mel settings (default: the project's convention).
+
+    Raises:
+        GenerationError: naming the request and the memory it would take.
+    """
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no such query on this system (Windows)
+        return
+    length = round(duration * config.sample_rate)
+    need = queries * num_samples * (length + config.n_mels * config.frames(length)) * 4
+    if need > memory / 2:
+        raise GenerationError(f"{queries} queries x {num_samples} samples of {duration:g} s would hold "
+                              f"{need / 2**30:.1f} GB of audio and mels, more than half of this machine's "
+                              f"{memory / 2**30:.0f} GB; generate fewer at a time.")
 
 
 def _check_seed(seed: int, count: int) -> None:
@@ -367,6 +391,7 @@ class Generator:
         queries = embeddings.shape[0]
         length = round(duration * config.sample_rate)
         frames = config.frames(length)
+        check_output_memory(queries, num_samples, duration, config)
         rows = [(q, n) for q in range(queries) for n in range(num_samples)]
         chunks = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         mels, waves = [], []

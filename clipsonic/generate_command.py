@@ -22,7 +22,15 @@ from clipcore import cli
 from clipcore.audio import check_finite, save_audio
 from clipcore.files import ImageError, check_output_folder, load_image
 from clipcore.naming import slugify, unique_names
-from clipsonic.generate import MAX_DURATION, MODES, SAMPLERS, GenerationError, Generator, check_guidance
+from clipsonic.generate import (
+    MAX_DURATION,
+    MODES,
+    SAMPLERS,
+    GenerationError,
+    Generator,
+    check_guidance,
+    check_output_memory,
+)
 
 __all__ = ["add_generate_command", "run_generate", "output_paths"]
 
@@ -94,6 +102,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if not prompts and not images:
         raise cli.UsageError("give at least one prompt (as an argument or with --prompts-file) or --image.")
     pictures = [_load_image(path) for path in images]
+    try:  # before a name is made for every clip
+        check_output_memory(len(prompts) + len(images), args.num_samples, args.duration)
+    except GenerationError as error:
+        raise cli.UsageError(str(error)) from None
     out = Path(args.out)
     paths = output_paths(prompts, images, args.num_samples, out, args.format)
     existing = [p for row in paths for p in row if p.exists()]
