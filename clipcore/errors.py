@@ -42,7 +42,7 @@ class UsageError(ClipAudioError):
 
 def is_whole_number(value: Any) -> bool:
     """Whether ``value`` is an integer (Python's or NumPy's) and not a bool, which Python
-    counts as one: the test behind every "must be a whole number" message."""
+    counts as one: the test of the Python API's integer arguments ("must be a whole number")."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 

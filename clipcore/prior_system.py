@@ -95,7 +95,10 @@ def compute_pairs(
     Returns:
         float32 text ``[N, D]`` and image ``[N, D]``: one pair per image and caption.
     """
-    templates = prompt_templates(templates)
+    try:
+        templates = prompt_templates(templates or None)  # none given: the default template
+    except ValueError as error:
+        raise PriorError(f"templates: {error}") from None
     member = f"{encoder.name}.npy"
     texts, images, skipped = [], [], 0
     pending: list[tuple[list[str], list[torch.Tensor]]] = []
@@ -234,7 +237,7 @@ class PriorDataModule(LightningDataModule):
         if not 0.0 <= val_fraction < 1.0:
             raise PriorError(f"val_fraction must be in [0, 1), got {val_fraction}.")
         try:
-            prompt_templates(templates)
+            prompt_templates(templates or None)
         except ValueError as error:
             raise PriorError(f"templates: {error}") from None
         self.save_hyperparameters()

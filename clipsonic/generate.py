@@ -97,27 +97,46 @@ def check_guidance(guidance: float, name: str = "guidance") -> None:
         raise GenerationError(f"{name} must be a number from -{MAX_GUIDANCE:g} to {MAX_GUIDANCE:g}, not {guidance!r}.")
 
 
-def check_output_memory(queries: int, num_samples: int, duration: float, config: MelConfig = MelConfig()) -> None:
-    """Refuse a request whose clips (waveforms and mels in float32, all held until returned)
-    would take more than half of this machine's memory, before any sampling starts.
+def check_output_memory(queries: int, num_samples: int, duration: float, config: MelConfig = MelConfig(),
+                        device: torch.device | str = "cpu") -> None:
+    """Refuse a request whose clips would not fit in memory, before the diffusion sampling.
+
+    The clips' waveforms and mels (float32) are held until returned, and twice while they are
+    gathered into one tensor; that peak may take at most half of the memory of ``device`` (on
+    the CPU: the machine's, or its container's limit when lower).
 
     Args:
         queries, num_samples, duration: the request: clips per query, seconds per clip.
         config: the model's mel settings (default: the project's convention).
+        device: where the clips are made.
 
     Raises:
         GenerationError: naming the request and the memory it would take.
     """
+    memory = _memory_of(torch.device(device))
+    length = round(duration * config.sample_rate)
+    peak = 2 * queries * num_samples * (length + config.n_mels * config.frames(length)) * 4
+    if memory is not None and peak > memory / 2:
+        raise GenerationError(f"{queries} queries x {num_samples} samples of {duration:g} s would take "
+                              f"{peak / 1e9:.1f} GB of audio and mels at their peak, more than half of the "
+                              f"{memory / 1e9:.0f} GB on {device}; generate fewer at a time.")
+
+
+def _memory_of(device: torch.device) -> int | None:
+    """Bytes of memory on ``device`` (for the CPU: physical memory, or a lower cgroup limit);
+    ``None`` where this system does not tell."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no such query on this system (Windows)
-        return
-    length = round(duration * config.sample_rate)
-    need = queries * num_samples * (length + config.n_mels * config.frames(length)) * 4
-    if need > memory / 2:
-        raise GenerationError(f"{queries} queries x {num_samples} samples of {duration:g} s would hold "
-                              f"{need / 2**30:.1f} GB of audio and mels, more than half of this machine's "
-                              f"{memory / 2**30:.0f} GB; generate fewer at a time.")
+    except (AttributeError, ValueError, OSError):  # no such query here (Windows)
+        return None
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
+        try:
+            memory = min(memory, int(Path(limit).read_text()))
+        except (OSError, ValueError):  # no such file, or "max"
+            pass
+    return memory
 
 
 def _check_seed(seed: int, count: int) -> None:
@@ -391,7 +410,7 @@ class Generator:
         queries = embeddings.shape[0]
         length = round(duration * config.sample_rate)
         frames = config.frames(length)
-        check_output_memory(queries, num_samples, duration, config)
+        check_output_memory(queries, num_samples, duration, config, self.device)
         rows = [(q, n) for q in range(queries) for n in range(num_samples)]
         chunks = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         mels, waves = [], []

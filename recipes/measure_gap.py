@@ -20,6 +20,7 @@ import argparse
 from clipcore.errors import UsageError, report_errors
 from clipcore.files import check_not_an_input
 from clipcore.modality_gap import ModalityGap
+from clipcore.prompts import prompt_templates
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> ModalityGap:
     from clipcore.query import QueryEncoder
 
     check_not_an_input(args.out, {"--pairs": args.pairs})
+    try:
+        prompt_templates(args.template)
+    except ValueError as error:
+        raise UsageError(f"--template: {error}") from None
     if args.shards is None:
         text, image = load_pairs(args.pairs)
     elif args.encoder is None:

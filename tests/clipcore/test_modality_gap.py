@@ -117,6 +117,8 @@ def test_the_recipe_measures_the_gap_of_embedding_pairs(tmp_path, capsys):
     assert "gap.json" in capsys.readouterr().out
     with pytest.raises(UsageError, match="--encoder"):
         measure_gap(["--shards", str(tmp_path / "*.tar"), "-o", str(tmp_path / "other.json")])
+    with pytest.raises(UsageError, match=r"--template: prompt template 'a photo' has no '\{\}'"):
+        measure_gap(["--shards", str(tmp_path / "*.tar"), "--template", "a photo", "-o", str(tmp_path / "other.json")])
     before = (tmp_path / "pairs.npz").read_bytes()
     with pytest.raises(UsageError, match=r"pairs.npz: is the input of --pairs; writing it there would destroy it."):
         measure_gap(["--pairs", str(tmp_path / "pairs.npz"), "-o", str(tmp_path / "pairs.npz")])

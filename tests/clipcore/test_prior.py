@@ -187,6 +187,11 @@ def test_pairs_are_computed_from_shards_of_images_and_captions(tmp_path):
     text2, image2 = compute_pairs(str(tmp_path / "embedded"), encoder, templates)
     assert torch.allclose(text2, text, atol=1e-5)
     assert torch.allclose(image2, direct[own], atol=2e-3)
+    # No templates is the default one; a template without {} is one sentence, not a traceback.
+    torch.testing.assert_close(compute_pairs(str(tmp_path / "plain"), encoder, [])[0][:frames],
+                               encoder.encode_text([f"a photo of {labels[0]}"], templates="{}").expand(frames, -1))
+    with pytest.raises(PriorError, match="templates: prompt template 'a photo' has no"):
+        compute_pairs(str(tmp_path / "plain"), encoder, ["a photo"])
 
 
 def _tar(path, members):

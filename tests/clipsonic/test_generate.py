@@ -96,7 +96,7 @@ def test_text_modes_and_image_mode_use_the_folder_parts(checkpoint, generator):
     (dict(steps=10**6), "steps must be a whole number between 1 and 1000"),
     (dict(num_samples=0), "the number of samples must be a whole number at least 1, not 0"),
     (dict(num_samples=10**9, embeddings=torch.zeros(1, 32)),
-     r"1 queries x 1000000000 samples of 0.3 s would hold \d+\.\d GB of audio and mels, more than half of this machine's"),
+     r"1 queries x 1000000000 samples of 0.3 s would take \d+\.\d GB of audio and mels at their peak, more than half"),
     (dict(seed=1.5), "the seed must be a whole number, not 1.5"),
     (dict(embeddings=torch.full((1, 32), float("nan"))), "embeddings hold NaN or infinity"),
     (dict(embeddings=torch.zeros(1, 16)), r"embeddings must be a real \[K, 32\] tensor with K >= 1, not \[1, 16\]"),

@@ -94,7 +94,7 @@ def test_loud_output_is_rescaled_not_clipped(folders, tmp_path):
         (["--checkpoint", "{root}/full", "x", "--seed", "99999999999999999999999"], "the seed must be between 0 and"),
         (["--checkpoint", "{root}/full", "x", "-o", "{root}/harp.png"], "harp.png: is a file, not a folder."),
         # 10^10 clips: refused before a file name is made for each (the names alone would fill memory).
-        (["--checkpoint", "{root}/full", "x", "-n", "10000000000"], "1 queries x 10000000000 samples of 0.2 s would hold"),
+        (["--checkpoint", "{root}/full", "x", "-n", "10000000000"], "1 queries x 10000000000 samples of 0.2 s would take"),
         # A guidance scale that would overflow the samples: refused before any sampling.
         (["--checkpoint", "{root}/full", "a", "b", "--guidance=-1e30", "--steps", "2"],
          "--guidance must be a number from -100 to 100, not -1e+30."),

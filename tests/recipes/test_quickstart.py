@@ -113,7 +113,8 @@ def test_the_aligned_clip_and_the_judge_beat_input_blind_output(quickstart):
     clip, sonic = report["clip"], report["clipsonic"]
     assert binom.sf(13, 44, 1 / 11) < 0.01
     assert clip["retrieval_heldout_prompts"] >= 0.3, clip
-    # The modality gap, in real CLIP's band (matching cosine about 0.3), on the CLIP the run uses.
+    # The modality gap, in real CLIP's band (matching cosine about 0.3), on the CLIP the run uses
+    # (a run of this profile at 2eb15d2: matching 0.317, mismatched 0.071, centroids 0.151, retrieval 0.42).
     assert 0.2 <= clip["matching_cosine"] <= 0.4, clip
     assert clip["mismatched_cosine"] < clip["matching_cosine"] - 0.1, clip
     assert clip["centroid_cosine"] < 0.6, clip  # image and text lie in separate cones
