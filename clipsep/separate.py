@@ -59,6 +59,7 @@ from clipcore.audio import MAX_CHANNELS, AudioError, check_sample_rate
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
 from clipcore.errors import ClipAudioError, is_whole_number
 from clipcore.files import check_output_folder
+from clipcore.memory import device_memory
 from clipcore.modality_gap import ModalityGap
 from clipcore.query import QueryEncoder
 from clipcore.spectral import stft
@@ -313,6 +314,7 @@ class Separator:
             mixture = mixture.mean(0, keepdim=True)
         embeddings = self.encode_queries(queries)
         num_queries = len(embeddings)
+        _check_output_memory(num_queries + num_noise + int(residual), mixture.shape, sample_rate)
         outputs = torch.empty(num_queries + num_noise, *mixture.shape)
         done = 0
         for mix, separated in self.stream([mixture], sample_rate, embeddings, noise=noise):
@@ -439,6 +441,16 @@ class Separator:
         mask_logits, noise_logits = self.model(mix_mag, queries)  # [B, K, 256, T], [B, M, 256, T]
         logits = torch.cat([mask_logits, noise_logits[:, :num_noise]], dim=1)
         return masked_stems(logits, spec, batch.shape[-1], cfg, self.binary, self.mask_power)
+
+
+def _check_output_memory(stems: int, shape: torch.Size, sample_rate: int) -> None:
+    """Refuse to hold ``stems`` stems of a ``[C, S]`` mixture (float32, in host memory) that
+    would take more than half of it: such inputs stream through ``separate_file`` instead."""
+    memory, need = device_memory("cpu"), stems * shape.numel() * 4
+    if memory is not None and need > memory / 2:
+        raise ClipAudioError(f"{stems} stems of {shape[-1] / sample_rate:.0f} s of {shape[0]}-channel audio would take "
+                             f"{need / 1e9:.1f} GB, more than half of the {memory / 1e9:.0f} GB here; separate "
+                             "long inputs with separate_file (or stream), which write stems as they go.")
 
 
 def _checked(blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:

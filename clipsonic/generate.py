@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from clipcore.embeddings import checked_embeddings
 from clipcore.errors import ClipAudioError, is_whole_number
 from clipcore.files import load_image
+from clipcore.memory import device_memory
 from clipcore.modality_gap import ModalityGap, ModalityGapError, text_modes
 from clipcore.spectral import MelConfig
 from clipsonic.model import CLIPSonic
@@ -113,30 +114,13 @@ def check_output_memory(queries: int, num_samples: int, duration: float, config:
     Raises:
         GenerationError: naming the request and the memory it would take.
     """
-    memory = _memory_of(torch.device(device))
+    memory = device_memory(device)
     length = round(duration * config.sample_rate)
     peak = 2 * queries * num_samples * (length + config.n_mels * config.frames(length)) * 4
     if memory is not None and peak > memory / 2:
         raise GenerationError(f"{queries} queries x {num_samples} samples of {duration:g} s would take "
                               f"{peak / 1e9:.1f} GB of audio and mels at their peak, more than half of the "
                               f"{memory / 1e9:.0f} GB on {device}; generate fewer at a time.")
-
-
-def _memory_of(device: torch.device) -> int | None:
-    """Bytes of memory on ``device`` (for the CPU: physical memory, or a lower cgroup limit);
-    ``None`` where this system does not tell."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no such query here (Windows)
-        return None
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
-        try:
-            memory = min(memory, int(Path(limit).read_text()))
-        except (OSError, ValueError):  # no such file, or "max"
-            pass
-    return memory
 
 
 def _check_seed(seed: int, count: int) -> None:

@@ -10,6 +10,7 @@ from clipcore.audio import AudioError, save_audio
 from clipcore.checkpoint import CheckpointError
 from clipcore.errors import ClipAudioError
 from clipcore.files import ImageError
+from clipcore.memory import device_memory
 from clipcore.query import QueryEncoder
 from clipsep.convert import convert_official, official_key_map
 from clipsep.model import CLIPSep
@@ -224,6 +225,15 @@ def test_a_numpy_mixture_is_taken_as_a_tensor_is(encoder):
     separator, wave = Separator(_model(), encoder), _signal(0.5)
     from_numpy = separator.separate(wave.numpy(), RATE, ["violin"]).stems  # an AttributeError before
     torch.testing.assert_close(from_numpy, separator.separate(wave, RATE, ["violin"]).stems)
+
+
+def test_stems_beyond_half_the_memory_are_refused_before_any_is_made(encoder):
+    # A minute of mono input and enough queries that their stems would fill the machine's
+    # memory: one sentence that points to separate_file, not an allocation failure.
+    wave, queries = torch.zeros(1, 60 * RATE), math.ceil(device_memory("cpu") / (60 * RATE * 4)) + 1
+    with pytest.raises(ClipAudioError, match=rf"{queries} stems of 60 s of 1-channel audio would take .* GB, more than "
+                                             r"half of the .* GB here; separate long inputs with separate_file"):
+        Separator(_model(), encoder).separate(wave, RATE, torch.randn(queries, 16))
 
 
 def test_a_text_given_alone_is_one_query(encoder):
