@@ -298,7 +298,8 @@ class Separator:
 
         Raises:
             AudioError: an empty or non-finite waveform. QueryError: bad queries.
-            ClipAudioError: ``noise=True`` with a model that has no noise heads.
+            ClipAudioError: ``noise=True`` with a model that has no noise heads; stems that
+                would take more than half of the memory (use :meth:`separate_file`).
         """
         num_noise = self._noise_heads(noise)
         wave = torch.as_tensor(wave)  # a tensor as it is; a NumPy array, say, as one
