@@ -11,7 +11,8 @@ import torch.nn.functional as F
 __all__ = ["checked_embeddings", "mean_embedding"]
 
 
-def checked_embeddings(embeddings: Any, width: int, name: str = "embeddings") -> torch.Tensor:
+def checked_embeddings(embeddings: Any, width: int, name: str = "embeddings",
+                       error: type[ValueError] = ValueError) -> torch.Tensor:
     """``embeddings`` as float32, refused unless it is a real ``[K, width]`` tensor of K >= 1
     finite rows.
 
@@ -19,20 +20,22 @@ def checked_embeddings(embeddings: Any, width: int, name: str = "embeddings") ->
         embeddings: the tensor to check.
         width: the embedding width D its consumer reads.
         name: what the message calls it.
+        error: the class of the error raised (the caller's own).
 
     Returns:
         float32 ``[K, D]`` on the tensor's device.
 
     Raises:
-        ValueError: naming ``name`` and its shape and type, or that it holds NaN or infinity.
+        ValueError: (``error``) naming ``name`` and its shape and type, or that it holds NaN
+            or infinity.
     """
     if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or not len(embeddings) \
             or embeddings.shape[1] != width or embeddings.is_complex():
         found = (f"{list(embeddings.shape)} ({embeddings.dtype})" if isinstance(embeddings, torch.Tensor)
                  else type(embeddings).__name__)
-        raise ValueError(f"{name} must be a real [K, {width}] tensor with K >= 1, not {found}.")
+        raise error(f"{name} must be a real [K, {width}] tensor with K >= 1, not {found}.")
     if not torch.isfinite(embeddings).all():
-        raise ValueError(f"{name} hold NaN or infinity.")
+        raise error(f"{name} hold NaN or infinity.")
     return embeddings.float()
 
 

@@ -95,10 +95,7 @@ def compute_pairs(
     Returns:
         float32 text ``[N, D]`` and image ``[N, D]``: one pair per image and caption.
     """
-    try:
-        templates = prompt_templates(templates or None)  # none given: the default template
-    except ValueError as error:
-        raise PriorError(f"templates: {error}") from None
+    templates = prompt_templates(templates or None, "templates", PriorError)  # none given: the default template
     member = f"{encoder.name}.npy"
     texts, images, skipped = [], [], 0
     pending: list[tuple[list[str], list[torch.Tensor]]] = []
@@ -236,10 +233,7 @@ class PriorDataModule(LightningDataModule):
             raise PriorError("computing pairs from shards needs an encoder (e.g. ViT-L-14/openai).")
         if not 0.0 <= val_fraction < 1.0:
             raise PriorError(f"val_fraction must be in [0, 1), got {val_fraction}.")
-        try:
-            prompt_templates(templates or None)
-        except ValueError as error:
-            raise PriorError(f"templates: {error}") from None
+        prompt_templates(templates or None, "templates", PriorError)
         self.save_hyperparameters()
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None

@@ -39,22 +39,28 @@ def check_template(template: str) -> None:
         raise ValueError(f"prompt template {template!r} has no '{{}}' for the query text.")
 
 
-def prompt_templates(templates: str | Sequence[str] | None) -> list[str]:
+def prompt_templates(templates: str | Sequence[str] | None, name: str | None = None,
+                     error: type[ValueError] = ValueError) -> list[str]:
     """The prompt templates of an ensemble, each checked by :func:`check_template`.
 
     Args:
         templates: one template, a list of them, or ``None`` (or ``""``) for
             :data:`DEFAULT_TEMPLATE`.
+        name: what the caller calls them (an option, say), put before the message.
+        error: the class of the error raised (the caller's own).
 
     Returns:
         The templates as a list.
 
     Raises:
-        ValueError: an empty list, or a template that cannot hold the query text.
+        ValueError: (``error``) an empty list, or a template that cannot hold the query text.
     """
     listed = [templates or DEFAULT_TEMPLATE] if templates is None or isinstance(templates, str) else list(templates)
-    if not listed:
-        raise ValueError("templates is an empty list.")
-    for template in listed:
-        check_template(template)
+    try:
+        if not listed:
+            raise ValueError("templates is an empty list.")
+        for template in listed:
+            check_template(template)
+    except ValueError as problem:
+        raise error(f"{name}: {problem}" if name else str(problem)) from None
     return listed

@@ -97,10 +97,7 @@ class QueryEmbedder:
         self.device = torch.device(device)
         self.encoder = query_encoder.to(self.device).eval()
         self.query_dim = query_dim
-        try:
-            self.templates = prompt_templates(templates)
-        except ValueError as error:
-            raise QueryError(str(error)) from None
+        self.templates = prompt_templates(templates, error=QueryError)
         self.normalize_queries = normalize_queries
         self.gap: ModalityGap | None = None
         self.prior = None if prior is None else self._checked_prior(prior)
@@ -156,10 +153,7 @@ class QueryEmbedder:
             ImageError: an unreadable image.
         """
         if isinstance(queries, torch.Tensor):
-            try:
-                return checked_embeddings(queries, self.query_dim, "query embeddings").to(self.device)
-            except ValueError as error:
-                raise QueryError(str(error)) from None
+            return checked_embeddings(queries, self.query_dim, "query embeddings", QueryError).to(self.device)
         if queries is None or isinstance(queries, (str, os.PathLike)) or not len(queries):
             raise QueryError("give a list of one or more queries.")
         texts: list[str] = []
@@ -203,10 +197,7 @@ class QueryEmbedder:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts or not all(isinstance(text, str) and text.strip() for text in texts):
             raise QueryError("text queries must be one or more non-empty strings.")
-        try:
-            templates = self.templates if templates is None else prompt_templates(templates)
-        except ValueError as error:
-            raise QueryError(str(error)) from None
+        templates = self.templates if templates is None else prompt_templates(templates, error=QueryError)
         if not self.normalize_queries:
             return self.encoder.encode_text_raw(list(texts), templates)
         embeddings = self.encoder.encode_text(list(texts), templates=templates)

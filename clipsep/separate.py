@@ -59,7 +59,7 @@ from clipcore.audio import MAX_CHANNELS, AudioError, check_sample_rate
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, load_pretrained
 from clipcore.errors import ClipAudioError, is_whole_number
 from clipcore.files import check_output_folder
-from clipcore.memory import device_memory
+from clipcore.memory import memory_exceeded
 from clipcore.modality_gap import ModalityGap
 from clipcore.query import QueryEncoder
 from clipcore.spectral import stft
@@ -447,8 +447,9 @@ class Separator:
 def _check_output_memory(stems: int, shape: torch.Size, sample_rate: int) -> None:
     """Refuse to hold ``stems`` stems of a ``[C, S]`` mixture (float32, in host memory) that
     would take more than half of it: such inputs stream through ``separate_file`` instead."""
-    memory, need = device_memory("cpu"), stems * shape.numel() * 4
-    if memory is not None and need > memory / 2:
+    need = stems * shape.numel() * 4
+    memory = memory_exceeded(need, "cpu")
+    if memory is not None:
         raise ClipAudioError(f"{stems} stems of {shape[-1] / sample_rate:.0f} s of {shape[0]}-channel audio would take "
                              f"{need / 1e9:.1f} GB, more than half of the {memory / 1e9:.0f} GB here; separate "
                              "long inputs with separate_file (or stream), which write stems as they go.")

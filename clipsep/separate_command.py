@@ -83,10 +83,7 @@ def _check_values(args: argparse.Namespace) -> None:
     if args.segment is not None and not 0 < args.segment <= MAX_SEGMENT_SECONDS:
         raise UsageError(f"--segment must be above 0 and at most {MAX_SEGMENT_SECONDS:g} seconds, got {args.segment}.")
     if args.template:
-        try:
-            prompt_templates(args.template)
-        except ValueError as error:
-            raise UsageError(f"--template: {error}") from None
+        prompt_templates(args.template, "--template", UsageError)
     if not 0 <= args.overlap <= 0.5:
         raise UsageError(f"--overlap must be between 0 and 0.5, got {args.overlap}.")
     if args.batch_size < 1:

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from clipcore.embeddings import checked_embeddings
 from clipcore.errors import ClipAudioError, is_whole_number
 from clipcore.files import load_image
-from clipcore.memory import device_memory
+from clipcore.memory import memory_exceeded
 from clipcore.modality_gap import ModalityGap, ModalityGapError, text_modes
 from clipcore.spectral import MelConfig
 from clipsonic.model import CLIPSonic
@@ -114,10 +114,10 @@ def check_output_memory(queries: int, num_samples: int, duration: float, config:
     Raises:
         GenerationError: naming the request and the memory it would take.
     """
-    memory = device_memory(device)
     length = round(duration * config.sample_rate)
     peak = 2 * queries * num_samples * (length + config.n_mels * config.frames(length)) * 4
-    if memory is not None and peak > memory / 2:
+    memory = memory_exceeded(peak, device)
+    if memory is not None:
         raise GenerationError(f"{queries} queries x {num_samples} samples of {duration:g} s would take "
                               f"{peak / 1e9:.1f} GB of audio and mels at their peak, more than half of the "
                               f"{memory / 1e9:.0f} GB on {device}; generate fewer at a time.")
@@ -423,7 +423,4 @@ class Generator:
     def _checked_conditions(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``embeddings`` as float32 ``[Q, D]`` on the device, refused unless it is Q >= 1
         finite rows of the model's condition width D."""
-        try:
-            return checked_embeddings(embeddings, self.model.embed_dim).to(self.device)
-        except ValueError as error:
-            raise GenerationError(str(error)) from None
+        return checked_embeddings(embeddings, self.model.embed_dim, error=GenerationError).to(self.device)

@@ -42,10 +42,7 @@ def main(argv: list[str] | None = None) -> ModalityGap:
     from clipcore.query import QueryEncoder
 
     check_not_an_input(args.out, {"--pairs": args.pairs})
-    try:
-        prompt_templates(args.template)
-    except ValueError as error:
-        raise UsageError(f"--template: {error}") from None
+    prompt_templates(args.template, "--template", UsageError)
     if args.shards is None:
         text, image = load_pairs(args.pairs)
     elif args.encoder is None:

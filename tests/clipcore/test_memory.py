@@ -3,7 +3,7 @@
 import os
 
 from clipcore import memory
-from clipcore.memory import device_memory
+from clipcore.memory import device_memory, memory_exceeded
 
 
 def test_the_cpu_has_the_machines_memory_or_a_lower_container_limit(tmp_path, monkeypatch):
@@ -15,3 +15,9 @@ def test_the_cpu_has_the_machines_memory_or_a_lower_container_limit(tmp_path, mo
     assert device_memory("cpu") == min(physical, 2**30)
     monkeypatch.setattr(memory, "CGROUP_LIMITS", (str(tmp_path / "v2"),))
     assert device_memory("cpu") == physical
+
+
+def test_a_request_is_refused_beyond_half_the_memory():
+    memory = device_memory("cpu")
+    assert memory_exceeded(memory // 2, "cpu") is None
+    assert memory_exceeded(memory // 2 + 1, "cpu") == memory
