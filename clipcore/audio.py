@@ -179,7 +179,7 @@ def output_format(path: Path, format: str | None, bit_depth: str, clip: str) -> 
     if fmt not in FORMATS:
         raise AudioError(f"{path}: unsupported output format {fmt!r}; use wav or flac.")
     if bit_depth not in BIT_DEPTHS:
-        raise AudioError(f"{path}: unsupported bit depth {bit_depth!r}; use 16, 24 or 32f.")
+        raise AudioError(f"{path}: unsupported bit depth {bit_depth!r}; use '16', '24' or '32f' (a string).")
     if fmt == "flac" and bit_depth == "32f":
         raise AudioError(f"{path}: FLAC stores 16 or 24 bits, not 32-bit float.")
     if clip not in CLIP_MODES:

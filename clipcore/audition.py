@@ -1,6 +1,6 @@
 """What the audition pages of ``clipsep audition`` and ``clipsonic audition`` share: the
-server options, Gradio (an optional extra), a spectrogram of an audio file of any length,
-and the archive of a run's files.
+server options, Gradio (an optional extra), a new folder for each run, a spectrogram of an
+audio file of any length, and the archive of a run's files.
 
 The pages are Gradio apps bound to 127.0.0.1 unless ``--host`` says otherwise. Gradio is
 imported only when a page starts (``pip install 'clipaudio[app]'``); Gradio's usage
@@ -26,8 +26,8 @@ from clipcore.errors import UsageError
 from clipcore.files import atomic_write, check_output_folder
 from clipcore.plots import linear_bins, save_figure, spectrogram_figure
 
-__all__ = ["add_server_arguments", "check_server_arguments", "import_gradio", "serve", "overview_spectrogram",
-           "spectrogram_png", "zip_folder"]
+__all__ = ["add_server_arguments", "check_server_arguments", "import_gradio", "serve", "new_run_folder",
+           "overview_spectrogram", "spectrogram_png", "zip_folder"]
 
 DEFAULT_PORT = 7860
 N_FFT = 1024
@@ -137,6 +137,21 @@ def overview_spectrogram(path: str | os.PathLike, columns: int = COLUMNS) -> tup
     values = np.stack(power, axis=1)
     db = 10 * np.log10(np.maximum(values, 1e-12))
     return np.maximum(db - db.max(), FLOOR_DB), per_column * hop / rate, rate
+
+
+def new_run_folder(work_dir: str | os.PathLike) -> Path:
+    """A new, empty ``work_dir/run-<n>`` (``n`` the lowest free number), made atomically: a
+    page restarted on the same ``--work-dir``, or two pages on one, never share a run folder."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        folder = work_dir / f"run-{number}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            number += 1
 
 
 def spectrogram_png(audio: str | os.PathLike, png: str | os.PathLike, title: str) -> Path:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 from clipcore.errors import ClipAudioError, UsageError
 
 __all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image", "ListedFile",
-           "files_below", "read_csv_rows", "check_output_folder", "check_not_an_input", "write_json"]
+           "files_below", "read_csv_rows", "check_output_folder", "remove_empty_folders", "check_not_an_input", "write_json"]
 
 
 def _read_umask() -> int:
@@ -195,6 +195,23 @@ def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.Pat
     for option, path in inputs.items():
         if path is not None and Path(path).resolve() == target:
             raise UsageError(f"{output}: is the input of {option}; writing it there would destroy it.")
+
+
+def remove_empty_folders(folder: str | os.PathLike) -> None:
+    """Remove ``folder`` and the folders below it, as long as no file is there (a failed
+    run's output folders, say); folders that hold a file stay, and so do their parents."""
+    folder = Path(folder)
+    for below in sorted((path for path in folder.rglob("*") if path.is_dir()), key=lambda p: len(p.parts),
+                        reverse=True):
+        _remove_folder_if_empty(below)
+    _remove_folder_if_empty(folder)
+
+
+def _remove_folder_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or gone
+        pass
 
 
 def _finite_or_none(value: Any) -> Any:

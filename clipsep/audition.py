@@ -18,15 +18,22 @@ goes on serving.
 from __future__ import annotations
 
 import argparse
-import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from clipcore.audition import add_server_arguments, check_server_arguments, import_gradio, serve, spectrogram_png, zip_folder
+from clipcore.audition import (
+    add_server_arguments,
+    check_server_arguments,
+    import_gradio,
+    new_run_folder,
+    serve,
+    spectrogram_png,
+    zip_folder,
+)
 from clipcore.cli import add_device_argument, resolve_device
 from clipcore.errors import ClipAudioError, UsageError
-from clipcore.files import load_image
+from clipcore.files import load_image, remove_empty_folders
 from clipcore.modality_gap import text_modes
 from clipsep.batch import OutputOptions, input_seconds, plan, process_file
 from clipsep.masks import check_mask_power
@@ -83,7 +90,6 @@ class AuditionSeparator:
         self.separators = {mode: ways[mode]() for mode in text_modes(gap=gap is not None, prior=prior is not None)}
         self.checkpoint, self.prior, self.prior_seed, self.gap = Path(checkpoint), prior, prior_seed, gap
         self.work_dir = Path(work_dir)
-        self._runs = itertools.count(1)
 
     @property
     def text_modes(self) -> list[str]:
@@ -125,7 +131,7 @@ class AuditionSeparator:
                              f"{TEXT_MODES[text_mode]}." if option else f"unknown text mode {text_mode!r}.")
         separator = self.separators[text_mode]
         embeddings = separator.encode_queries([value if kind == "text" else Path(value) for kind, value in queries])
-        folder = self.work_dir / f"run-{next(self._runs)}"
+        folder = new_run_folder(self.work_dir)
         settings = {"overlap": round(separator.overlap_samples / separator.segment_samples, 4), "mono": False,
                     "batch_size": separator.batch_size, "format": "wav", "bit_depth": "16", "clip_mode": "rescale",
                     "prior": {"path": str(Path(self.prior).resolve()), "seed": self.prior_seed}
@@ -155,6 +161,8 @@ class AuditionSeparator:
                 view.stems.append(StemView(job.source.name, name, audio, image))
         if view.stems:
             view.archive = zip_folder(folder / "stems", folder / "stems.zip")
+        else:
+            remove_empty_folders(folder)  # a run of failures leaves nothing (but an errors.log)
         return view
 
 

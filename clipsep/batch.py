@@ -25,7 +25,7 @@ import glob
 import re
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -39,7 +39,7 @@ from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import interrupts_held
 from clipcore.naming import safe_filename, unique_names
 from clipsep.claims import STALE_SECONDS, claim, tidy
-from clipsep.separation_record import RECORD_NAME, write_record
+from clipsep.separation_record import RECORD_NAME, recorded_elsewhere, write_record
 from clipsep.stem_files import output_files, separate_to_files
 
 if TYPE_CHECKING:
@@ -143,8 +143,10 @@ class FileJob:
         return next(iter(self.outputs.values())).parent
 
     def finished(self) -> bool:
-        """All outputs and ``separation.json`` are there (written last, so the input is done)."""
-        return (self.folder / RECORD_NAME).is_file() and all(path.is_file() for path in self.outputs.values())
+        """All outputs and ``separation.json`` are there (written last, so the input is
+        done), and the record names this input, unchanged since."""
+        return ((self.folder / RECORD_NAME).is_file() and all(path.is_file() for path in self.outputs.values())
+                and recorded_elsewhere(self.folder, self.source) is None)
 
 
 @dataclass
@@ -229,30 +231,41 @@ def process_file(
     embeddings: torch.Tensor,
     options: OutputOptions,
     progress: Callable[[float], None] | None = None,
+    leftovers: bool = False,
 ) -> FileResult:
     """Separate one file and write its stems; every failure becomes the result's
     one-sentence ``error`` (nothing is raised, the input is only read). Failures that are
     not the input's (a bug) are reported as internal errors, with the traceback appended
-    to ``options.error_log``."""
+    to ``options.error_log``. ``leftovers``: stems already there were left by an
+    interrupted process doing this input, and are replaced.
+
+    The stems and ``separation.json`` appear together: an interruption or failure while
+    the record is written removes the stems.
+    """
     result = FileResult(job.source)
     try:
-        source = job.source.resolve()
+        if not options.overwrite and (elsewhere := recorded_elsewhere(job.folder, job.source)):
+            raise UsageError(elsewhere)
         for path in job.outputs.values():
-            if path.resolve() == source:
-                raise UsageError(f"output {path} would overwrite the input.")
             if path.is_dir():
                 raise UsageError(f"output {path} is a folder; the stem cannot be written there.")
-            if path.exists() and not options.overwrite:
+            if path.exists() and not (options.overwrite or leftovers):
                 raise UsageError(f"{path} already exists (pass --overwrite to replace it).")
         started = time.perf_counter()
         levels = separate_to_files(separator, job.source, job.outputs, embeddings, residual=options.residual,
                                    noise=options.noise, mono=options.mono, format=options.format,
                                    bit_depth=options.bit_depth, clip=options.clip, progress=progress)
-        result.written = list(job.outputs.values())
         if options.provenance is not None:
             run = options.provenance
             run = {**run, "settings": {**run["settings"], "device": str(separator.device)}}
-            write_record(job.source, job.outputs, levels, time.perf_counter() - started, run)
+            try:
+                write_record(job.source, job.outputs, levels, time.perf_counter() - started, run)
+            except BaseException:  # Ctrl-C or a full disk: no stems without their record
+                with interrupts_held():
+                    for path in job.outputs.values():
+                        path.unlink(missing_ok=True)
+                raise
+        result.written = list(job.outputs.values())
     except (ClipAudioError, OSError, MemoryError, torch.OutOfMemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         result.error = message.removeprefix(f"{job.source}: ")
@@ -310,18 +323,22 @@ def run_jobs(
             continue
         held = None
         try:
-            with interrupts_held():  # a claim taken is a claim released below
-                held = claim(job.folder.parent, job.folder.name, started, options.claim_timeout)
+            try:
+                with interrupts_held():  # a claim taken is a claim released below
+                    held = claim(job.folder.parent, job.folder.name, started, options.claim_timeout,
+                                 str(job.source.resolve()))
+            except UsageError as conflict:  # held for another input of that name
+                report("done", index, FileResult(job.source, error=str(conflict)))
+                continue
             if held is None:
                 report("skip", index, "elsewhere")
                 continue
-            job_options = options
             if held.taken_over:  # an interrupted holder may have left stems and temporary files
                 for spool in job.folder.glob(f".*{SPOOL_SUFFIX}"):
                     spool.unlink(missing_ok=True)
-                job_options = replace(options, overwrite=True)
             report("start", index, None)
-            result = process_file(job, separator, embeddings, job_options, partial(_progress, held, report, index))
+            result = process_file(job, separator, embeddings, options, partial(_progress, held, report, index),
+                                  leftovers=held.taken_over)
         except BaseException:  # Ctrl-C or SIGTERM: a rerun takes the input again
             if held is not None:
                 held.release()

@@ -7,7 +7,7 @@ one, claims it with a marker ``OUT/.claims/<input name>.claim`` created with
 create succeeds does the input, the others go on to the next one. A long file thus holds
 back only the process that does it.
 
-The marker holds JSON ``{"host", "pid", "time"}`` and its modification time is renewed
+The marker holds JSON ``{"host", "pid", "time", "input"}`` and its modification time is renewed
 while the input is being separated (:meth:`Claim.refresh`). It is removed when the input's
 stems and ``separation.json`` are written; after a failure it records the reason
 (``"failed"``) and stays, so that no other process of the same run tries the input again.
@@ -23,7 +23,9 @@ A rerun (after preemption, a crash or Ctrl-C) takes over a claim that is stale:
 
 A claim taken over from a dead holder lets the new holder replace the stems that holder
 may have left (its run was interrupted after some stems were renamed into place) and
-remove its hidden temporary files.
+remove its hidden temporary files; a recorded failure gives no such leave (it may have been
+"that file already exists"). A claim held for another input (two commands writing one
+output folder, each with its own ``song.wav``) is a conflict, not work done elsewhere.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from clipcore.errors import UsageError
 
 __all__ = ["CLAIMS_DIR", "STALE_SECONDS", "Claim", "claim", "tidy"]
 
@@ -50,8 +54,8 @@ class Claim:
 
     Attributes:
         marker: the marker file.
-        taken_over: the claim was stale and taken over (the input's folder may hold what
-            the previous holder left).
+        taken_over: the claim was taken over from a holder that died at work (the input's
+            folder may hold what it left).
     """
 
     marker: Path
@@ -71,7 +75,8 @@ class Claim:
 
     def fail(self, reason: str) -> None:
         """The input failed: keep the marker, recording why (a new run retries it)."""
-        _write(self.marker, {"host": HOST, "pid": os.getpid(), "time": time.time(), "failed": reason})
+        holder = _holder(self.marker) or {}
+        _write(self.marker, {**holder, "host": HOST, "pid": os.getpid(), "time": time.time(), "failed": reason})
 
 
 def _write(marker: Path, holder: dict) -> None:
@@ -116,7 +121,8 @@ def _stale(marker: Path, holder: dict, stale_after: float, run_started: float) -
         return False
 
 
-def claim(folder: Path, name: str, run_started: float, stale_after: float = STALE_SECONDS) -> Claim | None:
+def claim(folder: Path, name: str, run_started: float, stale_after: float = STALE_SECONDS,
+          source: str | None = None) -> Claim | None:
     """Claim the input whose outputs go to ``folder/name``.
 
     Args:
@@ -125,9 +131,14 @@ def claim(folder: Path, name: str, run_started: float, stale_after: float = STAL
         run_started: when the run started (time.time()): failures recorded before it
             are retried.
         stale_after: seconds after which a claim that was not renewed is taken over.
+        source: the input's resolved path, recorded in the marker.
 
     Returns:
-        The claim, or None if another process holds it (or it failed in this run).
+        The claim, or None if another process holds it for the same input (or it failed
+        in this run).
+
+    Raises:
+        UsageError: another process holds it for another input.
     """
     marker = folder / CLAIMS_DIR / f"{name}.claim"
     taken_over = False
@@ -141,12 +152,17 @@ def claim(folder: Path, name: str, run_started: float, stale_after: float = STAL
             holder = _holder(marker)
             if holder is None:  # released meanwhile: try again
                 continue
-            if not _stale(marker, holder, stale_after, run_started) or not _take_over(marker, holder):
+            stale = _stale(marker, holder, stale_after, run_started)
+            if not stale and source is not None and holder.get("input", source) != source:
+                raise UsageError(f"{folder / name}/ is being written for {holder['input']} by another process "
+                                 f"(pid {holder.get('pid')} on {holder.get('host')}); separate this input into "
+                                 "another folder with -o.")
+            if not stale or not _take_over(marker, holder):
                 return None
-            taken_over = True
+            taken_over = "failed" not in holder
             continue
         with os.fdopen(handle, "w") as out:
-            out.write(json.dumps({"host": HOST, "pid": os.getpid(), "time": time.time()}))
+            out.write(json.dumps({"host": HOST, "pid": os.getpid(), "time": time.time(), "input": source}))
         return Claim(marker, taken_over, time.time())
     return None
 

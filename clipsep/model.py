@@ -185,6 +185,10 @@ class CLIPSep(Pretrained, nn.Module):
         self.noise_proj = nn.ModuleList(nn.Linear(mask_channels, mask_channels) for _ in range(noise_heads))
         self.mask_scale = nn.Parameter(torch.ones(mask_channels))
         self.mask_bias = nn.Parameter(torch.zeros(1))
+        # MAG_EPS as a one-element tensor, not a Python float: ONNX graph optimizers drop
+        # additions of a scalar within 1e-8 of zero (onnxscript's add-zero rule), which made
+        # the exported network's logits NaN wherever a frame is silent. Not saved.
+        self.register_buffer("mag_eps", torch.full((1,), MAG_EPS), persistent=False)
         if init == "official":
             self.apply(_official_init)
         # After the official initialisation: the rows keep PyTorch's N(0, 1), as the official nn.Embedding does.
@@ -221,7 +225,7 @@ class CLIPSep(Pretrained, nn.Module):
                 f"the number of frames ({mag_mix.shape[-1]}) must be a multiple of "
                 f"{self.frames_multiple} for a {len(self.down)}-level U-Net."
             )
-        x = self.input_norm(torch.log(warp_to_log(mag_mix + MAG_EPS, LOG_ROWS)))
+        x = self.input_norm(torch.log(warp_to_log(mag_mix + self.mag_eps, LOG_ROWS)))
         skips = []
         for level in self.down:
             skip, x = level(_channels_last(x))

@@ -323,8 +323,6 @@ class Separator:
             done += mix.shape[-1]
             if progress is not None:
                 progress(mix.shape[-1] / sample_rate)
-        if not torch.isfinite(outputs).all():  # a finite mixture far beyond full scale overflows the STFT
-            raise AudioError(f"the mixture's level is beyond what can be separated (peak {wave.abs().max().item():.3g}).")
         stems = outputs[:num_queries]
         return Separation(
             stems=stems,
@@ -355,7 +353,8 @@ class Separator:
             their stems, in order; together exactly the input.
 
         Raises:
-            AudioError: an empty, misshapen or non-finite block. QueryError: bad queries.
+            AudioError: an empty, misshapen or non-finite block, or one so loud that its
+                stems overflow. QueryError: bad queries.
             ClipAudioError: ``noise=True`` with a model that has no noise heads.
         """
         check_sample_rate(sample_rate)
@@ -369,8 +368,12 @@ class Separator:
             return OverlapAdd(segments, len(embeddings) + num_noise, channels, self.segment_samples,
                               self.overlap_samples, self.batch_size)
 
-        yield from stream_separation(_checked(blocks), sample_rate, self.sample_rate, len(embeddings) + num_noise,
-                                     engine)
+        for mix, separated in stream_separation(_checked(blocks), sample_rate, self.sample_rate,
+                                                len(embeddings) + num_noise, engine):
+            if not torch.isfinite(separated).all():  # a finite mixture far beyond full scale overflows the STFT
+                raise AudioError(f"the mixture's level is beyond what can be separated "
+                                 f"(peak {mix.abs().max().item():.3g}).")
+            yield mix, separated
 
     def separate_file(
         self,
@@ -412,6 +415,7 @@ class Separator:
             AudioError: a bad input file or output option. QueryError: bad queries.
         """
         check_output_folder(out_dir, None)
+        embeddings = self.encode_queries(queries)  # bad queries (a bare string, say) are one sentence
         keys = query_keys(queries)
         repeated = [value for index, (kind, value) in enumerate(keys) if (kind, value) in keys[:index]]
         if repeated:
@@ -421,7 +425,7 @@ class Separator:
         heads = self.model.num_noise_heads if noise else 0
         names = stem_names(keys, heads)
         outputs = output_files(Path(out_dir), names, format, residual, heads)
-        separate_to_files(self, Path(path), outputs, queries, residual=residual, noise=noise, mono=mono,
+        separate_to_files(self, Path(path), outputs, embeddings, residual=residual, noise=noise, mono=mono,
                           format=format, bit_depth=bit_depth, clip=clip, block_seconds=block_seconds,
                           progress=progress)
         return outputs

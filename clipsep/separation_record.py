@@ -3,7 +3,8 @@
 ``clipsep separate`` writes one beside the stems of every input, so that months later a
 sound designer can answer "which model and query made this stem?":
 
-- ``input``: path, sha256, sample rate, channels, seconds;
+- ``input``: path, sha256, size in bytes, modification time (``mtime_ns``), sample rate,
+  channels, seconds;
 - ``queries``: ``{"text": ...}`` or ``{"image": path, "sha256": ...}`` per query stem;
 - ``checkpoint``: path, sha256 of its weights file, and its own provenance;
 - ``settings``: segment, overlap, binary, mask power, mono, templates, prior, gap, device, batch size and
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from clipsep.separate import Separator
     from clipsep.stem_files import FileLevels
 
-__all__ = ["RECORD_NAME", "sha256_file", "run_record", "write_record"]
+__all__ = ["RECORD_NAME", "sha256_file", "run_record", "write_record", "recorded_elsewhere"]
 
 RECORD_NAME = "separation.json"
 
@@ -98,7 +99,7 @@ def write_record(source: Path, outputs: dict[str, Path], levels: FileLevels, sec
     energy, samples = levels.mixture_energy, levels.channels * levels.frames
     record = {
         "input": {
-            "path": str(source.resolve()),
+            **_identity(source),
             "sha256": sha256_file(source),
             "sample_rate": levels.sample_rate,
             "channels": levels.channels,
@@ -118,3 +119,34 @@ def write_record(source: Path, outputs: dict[str, Path], levels: FileLevels, sec
     }
     folder = next(iter(outputs.values())).parent
     return atomic_write(folder / RECORD_NAME, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def _identity(source: Path) -> dict[str, Any]:
+    """What tells an input file from another, or from an earlier version of itself, cheaply."""
+    stat = source.stat()
+    return {"path": str(source.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def recorded_elsewhere(folder: Path, source: Path) -> str | None:
+    """Why ``folder``'s stems are not ``source``'s, or None if they are (or no record says).
+
+    ``folder/separation.json`` names the input that made the folder's stems; another input
+    of the same name (``a/take.wav`` after ``b/take.wav``), or this one changed since,
+    must not be skipped as done, nor mixed into that folder.
+
+    Returns:
+        A sentence (which input the stems are of, and what to do), or None.
+    """
+    try:
+        recorded = json.loads((folder / RECORD_NAME).read_text())["input"]
+        made_by = {key: recorded[key] for key in ("path", "bytes", "mtime_ns") if key in recorded}
+    except (OSError, ValueError, KeyError, TypeError):  # no record (or one this reader cannot use)
+        return None
+    identity = _identity(source)
+    if made_by.get("path") != identity["path"]:
+        return (f"{folder}/ holds the stems of {made_by.get('path')} (its {RECORD_NAME}), another input of the "
+                "same name; separate this one into another folder with -o, or pass --overwrite to replace them.")
+    if any(made_by[key] != identity[key] for key in made_by):
+        return (f"{folder}/ holds the stems of an earlier version of this input (it changed since they were "
+                "made); pass --overwrite to separate it again.")
+    return None

@@ -6,7 +6,8 @@ the residual, mixture minus the stems) through a :class:`clipcore.audio_blocks.S
 a hidden temporary file in the output folder that becomes the stem only once the whole
 input is separated. Memory depends on the block and segment sizes, not on the input's
 length; a failure or an interruption (an exception, Ctrl-C, SIGTERM turned into an
-exception by the caller) leaves no stem, complete or partial, behind.
+exception by the caller) leaves no stem, complete or partial, behind, nor the stems'
+folder if it made it. No stem is ever written over the input.
 
 It returns the levels that ``separation.json`` records (:class:`FileLevels`), summed as
 the blocks pass.
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from clipcore.audio_blocks import AudioReader, StemSpool
-from clipcore.files import interrupts_held
+from clipcore.files import check_not_an_input, interrupts_held, remove_empty_folders
 from clipcore.naming import slugify, unique_names
 
 __all__ = ["RESIDUAL", "BLOCK_SECONDS", "FileLevels", "stem_names", "output_files", "query_keys", "separate_to_files"]
@@ -109,9 +110,13 @@ def separate_to_files(
 
     Raises:
         AudioError: a missing, unreadable, empty or non-finite input, or bad output
-            options. QueryError: bad queries.
+            options. QueryError: bad queries. UsageError: an output that is the input.
     """
+    for path in outputs.values():
+        check_not_an_input(path, {"the separation": source})
     embeddings = separator.encode_queries(queries)
+    folder = next(iter(outputs.values())).parent
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]  # the folders the spools make
     with AudioReader(source) as reader:
         channels = 1 if mono else reader.channels
         spools = []
@@ -137,6 +142,8 @@ def separate_to_files(
                     if spool.committed:
                         spool.path.unlink(missing_ok=True)
                     spool.discard()
+                if missing:
+                    remove_empty_folders(missing[-1])
             raise
     return FileLevels(reader.sample_rate, channels, spools[0].frames, mixture_energy,
                       [spool.peak for spool in spools], [spool.energy for spool in spools])

@@ -15,13 +15,12 @@ page goes on serving.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from clipcore.audio import save_audio
-from clipcore.audition import add_server_arguments, check_server_arguments, import_gradio, serve
+from clipcore.audition import add_server_arguments, check_server_arguments, import_gradio, new_run_folder, serve
 from clipcore.cli import add_device_argument, resolve_device
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import load_image
@@ -54,7 +53,6 @@ class AuditionGenerator:
     def __init__(self, generator: Generator, work_dir: str | Path):
         self.generator = generator
         self.work_dir = Path(work_dir)
-        self._runs = itertools.count(1)
 
     @property
     def modes(self) -> list[str]:
@@ -84,7 +82,7 @@ class AuditionGenerator:
         query = {"image": load_image(image)} if mode == "image" else {"text": prompt.strip()}
         result = self.generator.generate(**query, mode=mode, steps=int(steps), guidance=float(guidance),
                                          seed=int(seed), num_samples=int(count), duration=float(duration))
-        folder = self.work_dir / f"run-{next(self._runs)}"
+        folder = new_run_folder(self.work_dir)
         name = Path(image).stem if mode == "image" else prompt.strip()
         config = self.generator.model.mel_config
         clips = []

@@ -99,6 +99,18 @@ def test_a_bad_file_fails_alone_and_bad_queries_are_one_sentence(folders, tmp_pa
     assert [p.name for p in (tmp_path / "work").iterdir()] == ["run-1"]  # failed and refused runs leave nothing
 
 
+def test_a_restarted_page_on_the_same_work_dir_starts_a_new_run(folders, tmp_path):
+    checkpoint = folders / "clipsep"
+    separator = SeparatorSpec(str(checkpoint)).load("cpu")
+    first, restarted = (AuditionSeparator(separator, checkpoint, tmp_path / "work") for _ in range(2))
+    save_audio(tmp_path / "other.wav", torch.zeros(1, 8000) + 0.1, 16000)
+    first.separate([str(folders / "in" / "take 1.wav")], "cello", [])
+    view = restarted.separate([str(tmp_path / "other.wav")], "cello", [])  # was run-1 again: "already exists"
+    assert view.summary == "Separated 1 of 1 inputs." and view.archive.parent == tmp_path / "work" / "run-2"
+    with zipfile.ZipFile(view.archive) as archive:  # only this run's stems
+        assert sorted(archive.namelist()) == ["other/cello.wav", "other/residual.wav", "other/separation.json"]
+
+
 def test_the_page_is_bound_to_this_machine_on_port_7860_by_default():
     from clipcore.cli import build_parser
     from clipsep.cli import COMMANDS, DESCRIPTION

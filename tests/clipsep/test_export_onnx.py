@@ -1,4 +1,4 @@
-"""``clipsep export --onnx``: ONNX Runtime answers as PyTorch does, at any length and query count."""
+"""``clipsep export --onnx``: ONNX Runtime answers as PyTorch does, at any length and query count, silence included."""
 
 import json
 
@@ -32,6 +32,8 @@ def test_mask_network_matches_pytorch(exported, batch, frames_blocks, queries):
     session = ort.InferenceSession(str(folder / "mask_network.onnx"))
     generator = torch.Generator().manual_seed(frames_blocks)
     mag = torch.rand(batch, 1, 513, frames_blocks * model.frames_multiple, generator=generator) * 3
+    mag[..., 1] = 0  # a silent frame (digital silence before a song; NaN logits once)
+    mag[..., 2] *= 1e-9
     query = torch.randn(batch, queries, model.query_dim, generator=generator)
     mask_logits, noise_logits, masks = session.run(None, {"mag_mix": mag.numpy(), "queries": query.numpy()})
     with torch.no_grad():

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import soundfile as sf
 import torch
 from PIL import Image
 
@@ -251,7 +252,23 @@ def test_separate_file_checks_its_output_folder_and_block_length(encoder, tmp_pa
         separator.separate_file(tmp_path / "mix.wav", ["violin"], tmp_path / "out", block_seconds=0)
     with pytest.raises(QueryError, match="the query 'violin' is given twice"):  # a zip() ValueError before
         separator.separate_file(tmp_path / "mix.wav", ["violin", "violin"], tmp_path / "out")
+    with pytest.raises(QueryError, match="give a list of one or more queries"):  # "the query 't' is given twice"
+        separator.separate_file(tmp_path / "mix.wav", "violin", tmp_path / "out")
     assert (tmp_path / "afile").read_text() == "keep me" and not (tmp_path / "out").exists()
+
+
+def test_separate_file_never_writes_over_its_input_nor_leaves_a_failures_folder(encoder, tmp_path):
+    separator = Separator(_model(), encoder)
+    save_audio(tmp_path / "violin.wav", _signal(0.5), RATE)
+    before = (tmp_path / "violin.wav").read_bytes()
+    with pytest.raises(ClipAudioError, match="violin.wav: is the input of the separation"):
+        separator.separate_file(tmp_path / "violin.wav", ["violin"], tmp_path)
+    assert (tmp_path / "violin.wav").read_bytes() == before
+    # A finite input too loud to separate: named as the input's level, and no folder left.
+    sf.write(tmp_path / "loud.wav", (_signal(0.5) * 1e37).numpy().T, RATE, subtype="FLOAT")
+    with pytest.raises(AudioError, match="the mixture's level is beyond what can be separated"):
+        separator.separate_file(tmp_path / "loud.wav", ["violin"], tmp_path / "out" / "loud")
+    assert not (tmp_path / "out").exists()
 
 
 def test_checkpoint_folder_official_file_and_wrong_kinds(encoder, tmp_path):

@@ -14,9 +14,11 @@ from PIL import Image
 from clipcore.audio import save_audio
 from clipcore.naming import safe_filename, slugify, unique_names
 from clipcore.query import QueryEncoder
+from clipsep.batch import OutputOptions, SeparatorSpec, plan, process_file
 from clipsep.cli import main
 from clipsep.model import CLIPSep
 from clipsep.separate import Separator
+from clipsep.separation_record import run_record
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,7 @@ def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
     save_audio(inside, _noise(1, 5000), 16000)
     before = inside.read_bytes()
     assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", inside) == 2  # its only input failed: nothing done
-    assert "would overwrite the input" in capsys.readouterr().err
+    assert "is the input of the separation; writing it there would destroy it" in capsys.readouterr().err
     assert inside.read_bytes() == before
     # Nor is a folder where a stem would go.
     target.unlink()
@@ -114,6 +116,55 @@ def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
     assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path / "in" / "mix.wav") == 2
     assert f"output {target} is a folder; the stem cannot be written there." in capsys.readouterr().err
     assert target.is_dir() and not any(target.iterdir())
+
+
+def test_a_file_this_command_did_not_write_is_refused_at_every_rerun(checkpoint, tmp_path, capsys):
+    save_audio(tmp_path / "take.wav", _noise(1, 20000), 16000)
+    mine = tmp_path / "out" / "take" / "violin.wav"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own take")
+    for _ in range(3):  # the second run took the first's failure as leave to replace the file
+        assert _run(checkpoint, "-q", "violin", "-o", tmp_path / "out", tmp_path / "take.wav") == 2
+        assert "already exists (pass --overwrite to replace it)" in capsys.readouterr().err
+    assert mine.read_bytes() == b"the user's own take"
+
+
+def test_a_folder_of_stems_belongs_to_the_input_that_made_it(checkpoint, tmp_path, capsys):
+    first, second = tmp_path / "a" / "take.wav", tmp_path / "b" / "take.wav"
+    save_audio(first, _noise(1, 20000, seed=1), 16000)
+    save_audio(second, _noise(1, 20000, seed=2), 16000)
+    out = tmp_path / "out"
+    assert _run(checkpoint, "-q", "violin", "-o", out, first) == 0
+    capsys.readouterr()
+    made = _digest(out / "take")
+    # Another input of the same name, later: neither skipped as done nor mixed into a's stems.
+    for queries in (["-q", "violin"], ["-q", "tuba"]):
+        assert _run(checkpoint, *queries, "-o", out, second) == 2
+        assert f"{out / 'take'}/ holds the stems of {first.resolve()}" in capsys.readouterr().err
+        assert _digest(out / "take") == made
+    # The same input, changed since: not skipped.
+    save_audio(first, _noise(1, 20000, seed=3), 16000)
+    assert _run(checkpoint, "-q", "violin", "-o", out, first) == 2
+    assert "holds the stems of an earlier version of this input" in capsys.readouterr().err
+    assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", first) == 0
+    assert _run(checkpoint, "-q", "violin", "-o", out, first) == 0
+    assert "1 input(s) already separated" in capsys.readouterr().out
+
+
+def test_stems_appear_with_their_record_or_not_at_all(checkpoint, tmp_path, monkeypatch):
+    save_audio(tmp_path / "take.wav", _noise(1, 20000), 16000)
+    spec = SeparatorSpec(str(checkpoint))
+    separator = spec.load("cpu")
+    options = OutputOptions(provenance=run_record([("text", "violin")], separator, checkpoint, {}))
+    [job] = plan([tmp_path / "take.wav"], tmp_path / "out", ["violin"], options, noise_heads=0)
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the input's sha256 is read for the record
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("clipsep.batch.write_record", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        process_file(job, separator, separator.encode_queries(["violin"]), options)
+    assert not [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
 
 
 def test_query_names_stay_inside_and_distinct(checkpoint, tmp_path, capsys):

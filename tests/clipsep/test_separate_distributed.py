@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from clipcore.errors import UsageError
 from clipcore.query import QueryEncoder
 from clipsep.batch_workers import launcher_process
 from clipsep.claims import CLAIMS_DIR, claim
@@ -53,9 +54,23 @@ def test_one_claim_per_input_and_stale_claims_are_taken_over(tmp_path):
     # A failure of this run is not retried in it; a later run retries it.
     claim(tmp_path, "bad", started).fail("cannot be read as audio")
     assert claim(tmp_path, "bad", started) is None
-    assert claim(tmp_path, "bad", time.time() + 1).taken_over
+    retried = claim(tmp_path, "bad", time.time() + 1)
+    assert retried is not None and not retried.taken_over  # a failure ("it already exists") is no leave to replace
     second.release()
     assert not marker.exists()
+
+
+def test_a_claim_held_for_another_input_of_that_name_is_a_conflict(tmp_path):
+    started = time.time()
+    held = claim(tmp_path, "take", started, source="/mixes/a/take.wav")
+    assert held is not None
+    assert claim(tmp_path, "take", started, source="/mixes/a/take.wav") is None  # the same input: done elsewhere
+    with pytest.raises(UsageError, match=r"take/ is being written for /mixes/a/take.wav by another process"):
+        claim(tmp_path, "take", started, source="/mixes/b/take.wav")
+    held.fail("cannot be read as audio")
+    assert json.loads(held.marker.read_text())["input"] == "/mixes/a/take.wav"  # kept with the failure
+    with pytest.raises(UsageError, match="/mixes/a/take.wav"):
+        claim(tmp_path, "take", started, source="/mixes/b/take.wav")
 
 
 def test_launcher_environments():
@@ -161,7 +176,7 @@ def test_sigterm_removes_temporary_files_and_releases_the_claim(checkpoint, tmp_
     finally:
         process.kill()
     assert process.returncode not in (0, None) and "Traceback" not in err and "interrupted" in err
-    assert list((out / "take0").iterdir()) == []  # no stem, no temporary file
+    assert not (out / "take0").exists()  # no stem, no temporary file, nor the folder they were to go in
     assert not (out / CLAIMS_DIR / "take0.claim").exists()
 
 
