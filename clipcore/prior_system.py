@@ -32,7 +32,7 @@ from clipcore.prior import DiffusionPrior, PriorError
 from clipcore.prompts import prompt_templates
 from clipcore.query import QueryEncoder
 from clipcore.shards import expand_shards
-from clipcore.training import export_pretrained
+from clipcore.training import check_optimizer_settings, export_pretrained
 
 __all__ = ["PriorDataModule", "PriorSystem", "load_pairs", "save_pairs", "compute_pairs"]
 
@@ -323,6 +323,7 @@ class PriorSystem(LightningModule):
         super().__init__()
         if preset not in DiffusionPrior.PRESETS:
             raise PriorError(f"preset must be one of {', '.join(DiffusionPrior.PRESETS)}, not {preset!r}.")
+        check_optimizer_settings(learning_rate, warmup_steps, weight_decay)
         self.save_hyperparameters()
         arguments = {**DiffusionPrior.PRESETS[preset], **(prior_args or {}), "embed_dim": embed_dim}
         if init_from is not None:

@@ -19,6 +19,8 @@ samples. On top of that it adds:
   generators (Python, NumPy, torch, CUDA) from ``(seed_everything, global rank, global
   step)`` when training starts, so ranks draw different noise and a resumed run goes on
   with a fresh, reproducible stream instead of replaying the one from step 0.
+* :class:`RunCommit`: the git commit of the code, in every checkpoint and in the run's
+  ``hparams.yaml``.
 * ``--export`` (recipes that name an ``export`` folder): an :class:`ExportPretrained`
   callback that exports the model once training ends. Every system exports through
   :func:`export_pretrained`, which records the same provenance for all of them
@@ -53,17 +55,19 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, Pretrained, git_commit, read_torch_file
-from clipcore.errors import ClipAudioError, UsageError, report_errors
-from clipcore.files import check_output_folder
+from clipcore.errors import ClipAudioError, UsageError, is_whole_number, report_errors
+from clipcore.files import check_not_an_input, check_output_folder
 
 __all__ = [
     "TrainingCLI",
     "StepCheckpoint",
     "RankRandomState",
+    "RunCommit",
     "ExportPretrained",
     "export_pretrained",
     "training_provenance",
     "run_config",
+    "check_optimizer_settings",
     "rank_seed",
     "log_dir",
     "run_recipe",
@@ -135,8 +139,10 @@ class ExportPretrained(Callback):
     With ``best_and_last``, after each validation (not the sanity check) to
     ``dirpath/last`` and, when ``monitor`` is the best so far (the lowest, or with
     ``mode="max"`` the highest; a NaN is never better), to ``dirpath/best``: the first
-    validation's model is best until a better one comes, so ``best`` always exists;
-    otherwise once, when training ends, to ``dirpath``. A dev run (``fast_dev_run``) has
+    validation's model is best until a better one comes, so ``best`` always exists once a
+    validation ran; ``last`` is exported again when training ends after steps no
+    validation saw (or with no validation at all). Otherwise once, when training ends, to
+    ``dirpath``. A dev run (``fast_dev_run``) has
     no log folder, so it exports only when ``dirpath`` names one.
 
     Args:
@@ -155,13 +161,15 @@ class ExportPretrained(Callback):
         self.sign = 1.0 if mode == "min" else -1.0
         self.best = math.inf  # of sign * monitor
         self.has_best = False
+        self.exported_step = -1  # the step last/ holds
 
     def state_dict(self) -> dict[str, float]:
-        return {"best": self.best, "has_best": self.has_best}
+        return {"best": self.best, "has_best": self.has_best, "exported_step": self.exported_step}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.best = state_dict["best"]
         self.has_best = bool(state_dict.get("has_best", self.best < math.inf))
+        self.exported_step = int(state_dict.get("exported_step", -1))
 
     def _root(self, trainer) -> Path | None:
         if not trainer.is_global_zero or (trainer.fast_dev_run and not self.dirpath):
@@ -174,6 +182,7 @@ class ExportPretrained(Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         pl_module.export(root / "last", {"val_metrics": metrics})
+        self.exported_step = trainer.global_step
         if self.monitor not in metrics:
             rank_zero_warn(f"ExportPretrained: validation logged no {self.monitor!r} (it logged "
                            f"{', '.join(sorted(metrics)) or 'nothing'}), so best/ is not exported.", category=UserWarning)
@@ -186,10 +195,35 @@ class ExportPretrained(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         root = self._root(trainer)
-        if self.best_and_last or root is None:
+        if root is None or (self.best_and_last and self.exported_step == trainer.global_step):
             return
+        if self.best_and_last:
+            root = root / "last"
+            if not self.has_best:
+                rank_zero_warn("ExportPretrained: no validation chose a best model, so only last/ is exported.",
+                               category=UserWarning)
         pl_module.export(root)
         print(f"exported the model to {root}")
+
+
+def check_optimizer_settings(learning_rate: float, warmup_steps: int = 0, weight_decay: float = 0.0,
+                             decay_multiplier: float = 1.0) -> None:
+    """Refuse optimizer settings that would fail or misbehave only once training runs (a
+    system's ``__init__`` calls it, so that the recipe reports them in one line first).
+
+    Raises:
+        ValueError: a learning rate that is not a positive finite number, a negative
+            number of warm-up steps or weight decay, or a final learning-rate multiplier
+            outside (0, 1].
+    """
+    if not (isinstance(learning_rate, (int, float)) and 0 < learning_rate < math.inf):
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate}.")
+    if not (is_whole_number(warmup_steps) and warmup_steps >= 0):
+        raise ValueError(f"warmup_steps must be a whole number of steps, 0 or more, got {warmup_steps}.")
+    if not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
+        raise ValueError(f"weight_decay must be 0 or a positive number, got {weight_decay}.")
+    if not (isinstance(decay_multiplier, (int, float)) and 0 < decay_multiplier <= 1):
+        raise ValueError(f"decay_multiplier must lie in (0, 1], got {decay_multiplier}.")
 
 
 def rank_seed(seed: int, rank: int, step: int) -> int:
@@ -214,6 +248,22 @@ class RankRandomState(Callback):
         random.seed(value)
         np.random.seed(value)
         torch.manual_seed(value)  # also every CUDA device
+
+
+class RunCommit(Callback):
+    """Record the git commit of the code with each run: in every checkpoint
+    (``checkpoint["git_commit"]``) and in the loggers' hyperparameters (``hparams.yaml``
+    beside ``config.yaml``). None outside a git checkout."""
+
+    def __init__(self) -> None:
+        self.commit = git_commit()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"git_commit": self.commit})
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint["git_commit"] = self.commit
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -249,6 +299,7 @@ class TrainingCLI(LightningCLI):
                                 help=f"Folder for the trained model (default: <log_dir>/{self.export_folder}).")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
+        callbacks = [*callbacks, RunCommit()]
         if self.export_folder is not None:
             options = self.config_init[self.subcommand] if self.subcommand else self.config_init
             callbacks = [*callbacks, ExportPretrained(options.get("export"), folder=self.export_folder)]
@@ -273,6 +324,10 @@ class TrainingCLI(LightningCLI):
         and each setting it replaces is named in a warning instead of dropped silently."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path == "last":  # the file Lightning will resume from, read the same way
+            folder = _checkpoint_folder(self.config[subcommand])
+            found = sorted(folder.glob("last*.ckpt"), key=lambda file: file.stat().st_mtime) if folder else []
+            path = str(found[-1]) if found else None
         if not path or not Path(path).is_file():
             return
         try:
@@ -308,13 +363,13 @@ class TrainingCLI(LightningCLI):
             keys = self._parser(self.subcommand).callback_keys
             if "checkpoint" in keys:
                 keys.remove("checkpoint")
-        elif config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
-            root = config.trainer.get("default_root_dir") or os.getcwd()
-            config.checkpoint.dirpath = str(Path(root) / "checkpoints")
         # Folders the trained model goes to, checked before any training rather than after it.
+        inputs = _run_inputs(config)
         for option in ("export", "model.export_dir", "trainer.default_root_dir"):
             if config.get(option) is not None:
                 check_output_folder(config.get(option), f"--{option}")
+                if option != "trainer.default_root_dir":
+                    check_not_an_input(config.get(option), inputs)
         interval = config.trainer.get("val_check_interval")
         if interval is not None and not interval > 0:
             raise UsageError(f"--trainer.val_check_interval must be positive, got {interval}.")
@@ -324,7 +379,10 @@ class TrainingCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         """Build the data, the system and the trainer; a setting they refuse (a negative
-        rate, an unknown preset) is reported in one line, not as a traceback."""
+        rate, an unknown preset) is reported in one line, not as a traceback. The periodic
+        checkpoints go to ``<trainer.default_root_dir>/checkpoints`` unless
+        ``--checkpoint.dirpath`` says otherwise (set on the callback, not in the saved
+        config, so that a run started from another run's ``config.yaml`` writes its own)."""
         try:
             super().instantiate_classes()
         except ClipAudioError:
@@ -332,6 +390,32 @@ class TrainingCLI(LightningCLI):
         except (ValueError, TypeError, MisconfigurationException) as error:
             reason = " ".join(str(error).split())
             raise UsageError(f"the run cannot be built from its settings: {reason}") from None
+        folder = _checkpoint_folder(self.config[self.subcommand] if self.subcommand else self.config)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, StepCheckpoint) and callback.dirpath is None and folder is not None:
+                callback.dirpath = os.path.realpath(folder)
+
+
+def _checkpoint_folder(config) -> Path | None:
+    """Where the run's periodic checkpoints go (None: checkpointing is off)."""
+    if config.trainer.get("enable_checkpointing") is False or config.get("checkpoint") is None:
+        return None
+    if config.checkpoint.get("dirpath") is not None:
+        return Path(config.checkpoint.dirpath)
+    return Path(config.trainer.get("default_root_dir") or os.getcwd()) / "checkpoints"
+
+
+def _run_inputs(config) -> dict[str, str]:
+    """The run's settings that name existing files or folders it reads (``--model.query_encoder``,
+    ``--data.pairs``, ...), option -> path: an output must be none of them."""
+    inputs: dict[str, str] = {}
+    for section in ("model", "data"):
+        values = config.get(section)
+        for key, value in _flat(values.as_dict() if hasattr(values, "as_dict") else dict(values or {})).items():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str) and item and key != "export_dir" and Path(item).exists():
+                    inputs[f"--{section}.{key}"] = item
+    return inputs
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -40,13 +40,13 @@ from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError
-from clipcore.errors import ClipAudioError
+from clipcore.errors import ClipAudioError, UsageError, is_whole_number
 from clipcore.finetune import freeze as freeze_parts
 from clipcore.finetune import hold_frozen, initial_model
 from clipcore.media import log_media
 from clipcore.plots import figure_pixels, linear_bins, spectrogram_figure
 from clipcore.spectral import STFTConfig, stft
-from clipcore.training import ExportPretrained, export_pretrained
+from clipcore.training import ExportPretrained, check_optimizer_settings, export_pretrained
 from clipsep.convert import load_official_model
 from clipsep.losses import (
     best_permutation,
@@ -141,6 +141,10 @@ class CLIPSepSystem(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_optimizer_settings(learning_rate, warmup_steps, decay_multiplier=decay_multiplier)
+        if not (is_whole_number(decay_steps) and decay_steps >= 0):
+            raise ValueError(f"decay_steps must be a whole number of steps, 0 or more, got {decay_steps}.")
+        self._checkpoint_step = 0  # the step of a checkpoint loaded outside training (validate, test)
         rows = {"clip": 0, "label": len(labels or []), "pit": pit_outputs}.get(query_mode)
         if rows is None:
             raise ValueError(f"query_mode must be clip, label or pit, got {query_mode!r}.")
@@ -190,6 +194,12 @@ class CLIPSepSystem(LightningModule):
         if segment is not None and segment < self.model.stft.n_fft:
             raise CheckpointError(f"data.segment_samples {segment} is shorter than one STFT window of "
                                   f"{self._described_model()} ({self.model.stft.n_fft} samples).")
+        hop, multiple = self.model.stft.hop_length, self.model.frames_multiple
+        if segment is not None and (segment // hop + 1) % multiple:
+            fitting = max(1, round((segment + 1) / (multiple * hop))) * multiple * hop - 1
+            raise UsageError(f"data.segment_samples {segment} gives {segment // hop + 1} STFT frames, not a multiple "
+                             f"of {multiple} for {self._described_model()}'s U-Net; use k * {multiple} * {hop} - 1 "
+                             f"samples ({fitting}, say).")
 
     def _described_model(self) -> str:
         return f"the model of {self.hparams.init_from}" if self.hparams.init_from else "the model"
@@ -274,7 +284,8 @@ class CLIPSepSystem(LightningModule):
         """``loss`` (scalar, to minimise) and the mean mask activations, from :meth:`outputs`."""
         hp = self.hparams
         terms = {"mean_act": torch.sigmoid(out["mask"].float()).mean()}
-        if self.model.num_noise_heads and self.global_step >= hp.nit_warmup_steps:
+        step = max(self.global_step, self._checkpoint_step)  # validate/test start at step 0
+        if self.model.num_noise_heads and step >= hp.nit_warmup_steps:
             separation, _ = noise_invariant_loss(
                 out["mask"], out["noise"], out["targets"], out["weight"], hp.margin_weight, hp.margin
             )
@@ -294,6 +305,9 @@ class CLIPSepSystem(LightningModule):
         for name, value in terms.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch))
         return terms["loss"]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._checkpoint_step = int(checkpoint.get("global_step", 0))
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -26,7 +26,7 @@ from clipcore.finetune import freeze as freeze_parts
 from clipcore.finetune import hold_frozen, initial_model
 from clipcore.media import log_media
 from clipcore.plots import figure_pixels, mel_figure
-from clipcore.training import export_pretrained
+from clipcore.training import check_optimizer_settings, export_pretrained
 from clipsonic.generate import MEL_CEILING, sample_mels
 from clipsonic.model import PLACEHOLDER_MEL_MEAN, PLACEHOLDER_MEL_STD, CLIPSonic
 from clipsonic.vocoder import GriffinLim
@@ -91,6 +91,7 @@ class CLIPSonicSystem(LightningModule):
         super().__init__()
         if preset not in CLIPSonic.PRESETS:
             raise ValueError(f"preset must be one of {', '.join(CLIPSonic.PRESETS)}, not {preset!r}.")
+        check_optimizer_settings(learning_rate, warmup_steps, weight_decay)
         ranges = {"ema_decay": (ema_decay, 0 <= ema_decay < 1, "at least 0 and below 1"),
                   "condition_dropout": (condition_dropout, 0 <= condition_dropout <= 1, "between 0 and 1"),
                   "snr_gamma": (snr_gamma, snr_gamma is None or 0 < snr_gamma < math.inf, "positive (or null)"),

@@ -154,6 +154,16 @@ def test_test_step_reports_loss_sdr_and_sdri():
     assert np.isfinite(results["test/loss"])
 
 
+def test_a_checkpoint_loaded_to_validate_is_scored_with_the_loss_it_trained_with():
+    # `validate --ckpt_path` starts at global step 0: the loss was the plain one, not NIT's.
+    system = CLIPSepSystem(preset="tiny", model_args={"layers": 5}, nit_warmup_steps=10)
+    with torch.no_grad():
+        out = system.outputs(_toy_batch())
+        assert "mean_noise_act" not in system.loss_terms(out)  # before step 10: the plain loss
+        system.on_load_checkpoint({"global_step": 20})
+        assert "mean_noise_act" in system.loss_terms(out)
+
+
 def test_validation_scores_soft_masks_and_counts_near_silent_estimates():
     # A collapsed model: every mask is sigmoid(bias), a scaled copy of the mixture. Scored
     # as `clipsep separate` separates (soft masks) that is 0 dB SDRi, never a missing value;

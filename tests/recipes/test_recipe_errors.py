@@ -37,6 +37,12 @@ def test_missing_shards_give_one_line_and_a_failing_status(tmp_path):
     (["--ckpt_path", "{tmp}/prior.ckpt"], "--ckpt_path {tmp}/prior.ckpt: is the checkpoint of another system (its "
                                           "settings embed_dim, prior_args are not this recipe's)."),
     (["--trainer.val_check_interval", "0"], "--trainer.val_check_interval must be positive, got 0."),
+    (["--model.learning_rate", "-1"], "the run cannot be built from its settings: learning_rate must be a positive "
+                                      "number, got -1.0."),
+    (["--model.decay_multiplier", "-0.5"], "the run cannot be built from its settings: decay_multiplier must lie in "
+                                           "(0, 1], got -0.5."),
+    (["--model.query_encoder", "{tmp}/encoder", "--model.export_dir", "{tmp}/encoder"],
+     "{tmp}/encoder: is the input of --model.query_encoder; writing it there would destroy it."),
     (["--model.query_encoder", "{tmp}/no_encoder"], "{tmp}/no_encoder: no such query encoder folder."),
     (["--model.query_encoder", "ViT-Q-99/openai"], "ViT-Q-99/openai: no such query encoder folder, nor an open_clip "
                                                    "ARCH/TAG name (open_clip has no model 'ViT-Q-99')."),
@@ -46,6 +52,7 @@ def test_settings_the_run_cannot_use_are_refused_before_training(tmp_path, args,
     from recipes.train_clipsep import main  # in this process: a recipe's start-up is seconds
 
     (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "encoder").mkdir()
     torch.save(torch.zeros(2), tmp_path / "tensor.ckpt")
     torch.save({"state_dict": {}, "hyper_parameters": {"embed_dim": 8, "prior_args": {}}}, tmp_path / "prior.ckpt")
     argv = ["fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), "--model.query_encoder", "null",
@@ -69,3 +76,10 @@ def test_a_segment_shorter_than_the_models_window_is_refused_before_training(tmp
               "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false"])
     assert str(raised.value) == "data.segment_samples 100 is shorter than one STFT window of the model (1024 samples)."
     assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(ClipAudioError) as raised:  # a ValueError traceback at the first step before
+        main(["fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), "--model.query_encoder", "null",
+              "--data.train_shards", shards, "--data.val_shards", shards, "--data.in_memory", "false",
+              "--data.segment_samples", "16000", "--trainer.default_root_dir", str(tmp_path / "run"),
+              "--trainer.logger", "false"])
+    assert str(raised.value) == ("data.segment_samples 16000 gives 63 STFT frames, not a multiple of 32 for the model's "
+                                 "U-Net; use k * 32 * 256 - 1 samples (16383, say).")
