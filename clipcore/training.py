@@ -32,8 +32,9 @@ state, learning-rate schedule, global step and epoch, loop progress, callback st
 :class:`~clipcore.datamodule.ShardDataModule` is resumable). Not restored bit-exactly: the
 random generators and the rest of the interrupted epoch's shard stream are re-seeded
 from the step and position rather than rewound (the shuffle buffer is lost), so a
-resumed run is deterministic but not identical to an uninterrupted one; map-style
-loaders (the prior's pairs) restart the interrupted epoch's permutation.
+resumed run is deterministic but not identical to an uninterrupted one; a one-pass
+shard stream (``data.epoch_length: null``) and map-style loaders (the prior's pairs)
+restart the interrupted epoch's pass.
 """
 
 from __future__ import annotations
