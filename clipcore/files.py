@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator, Sequence
 from clipcore.errors import ClipAudioError, UsageError
 
 __all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image", "ListedFile",
-           "files_below", "read_csv_rows", "check_output_folder", "remove_empty_folders", "check_not_an_input", "write_json"]
+           "files_below", "read_csv_rows", "check_output_folder", "check_output_file", "remove_empty_folders",
+           "check_not_an_input", "write_json"]
 
 
 def _read_umask() -> int:
@@ -86,12 +87,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object],
 
     Raises:
         UsageError: ``path`` is a folder, or its folder cannot be made or written
-            (:func:`check_output_folder`).
+            (:func:`check_output_file`).
     """
     path = Path(path)
-    check_output_folder(path.parent, option=None)
-    if path.is_dir():
-        raise UsageError(f"{path}: is a folder; a file cannot be written there.")
+    check_output_file(path, option=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:
@@ -183,6 +182,22 @@ def check_output_folder(folder: str | os.PathLike, option: str | None = "-o") ->
         raise UsageError(f"{named}: {where}, not a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{named}: cannot write in {existing}.")
+
+
+def check_output_file(path: str | os.PathLike, option: str | None = "-o") -> None:
+    """Refuse an output file that cannot be written, before any work is done (nothing is
+    created here). ``option``: the command-line option that names it, put before it (or
+    before its folder) in the message.
+
+    Raises:
+        UsageError: ``path`` is empty or a folder, or its folder cannot be made or
+            written (:func:`check_output_folder`).
+    """
+    if not str(path):  # an unset shell variable, say
+        raise UsageError(f"{option or 'the output file'}: the path is empty.")
+    if Path(path).is_dir():
+        raise UsageError(f"{f'{option} {path}' if option else path}: is a folder; a file cannot be written there.")
+    check_output_folder(Path(path).parent, option)
 
 
 def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:

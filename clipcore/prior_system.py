@@ -14,7 +14,9 @@ import importlib
 import io
 import json
 import math
+import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +36,7 @@ from clipcore.query import QueryEncoder
 from clipcore.shards import expand_shards
 from clipcore.training import check_optimizer_settings, export_pretrained
 
-__all__ = ["PriorDataModule", "PriorSystem", "load_pairs", "save_pairs", "compute_pairs"]
+__all__ = ["PriorDataModule", "PriorSystem", "load_pairs", "save_pairs", "pairs_source", "compute_pairs"]
 
 _IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 
@@ -44,19 +46,21 @@ def load_pairs(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns:
         float32 text ``[N, D]`` and image ``[N, D]`` embeddings.
+
+    Raises:
+        PriorError: no such file, or one that is empty, truncated, of another format or
+            without two finite ``[N, D]`` arrays (one sentence naming it).
     """
     path = Path(path)
-    if not path.exists():
-        raise PriorError(f"{path}: no such pairs file or folder.")
-    try:
-        if path.is_dir():
+    if path.is_dir():
+        try:
             text = np.load(path / "text.npy", allow_pickle=False)
             image = np.load(path / "image.npy", allow_pickle=False)
-        else:
-            with np.load(path, allow_pickle=False) as arrays:
-                text, image = arrays["text"], arrays["image"]
-    except (OSError, ValueError, KeyError) as error:
-        raise PriorError(f"{path}: not a pairs file with 'text' and 'image' arrays ({error}).") from None
+        except (OSError, ValueError, EOFError) as error:
+            raise PriorError(f"{path}: not a pairs folder with readable text.npy and image.npy ({error}).") from None
+    else:
+        arrays = _read_npz(path, ("text", "image"))
+        text, image = arrays["text"], arrays["image"]
     if text.ndim != 2 or text.shape != image.shape or len(text) == 0:
         raise PriorError(f"{path}: text {text.shape} and image {image.shape} must both be [N, D] with N > 0.")
     if not (np.isfinite(text).all() and np.isfinite(image).all()):
@@ -64,14 +68,68 @@ def load_pairs(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(text.astype(np.float32)), torch.from_numpy(image.astype(np.float32))
 
 
-def save_pairs(path: str | Path, text: torch.Tensor, image: torch.Tensor) -> Path:
-    """Write pairs ``[N, D]`` as an ``.npz`` file (atomically)."""
+def _read_npz(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of a pairs ``.npz`` file, those it holds (read alone: a
+    record is read without the embeddings).
+
+    Raises:
+        PriorError: no such file, or one that is empty, truncated, of another format, or
+            without ``text`` and ``image`` (one sentence naming it).
+    """
+    if not path.exists():
+        raise PriorError(f"{path}: no such pairs file or folder.")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:  # an .npy file gives an array: TypeError
+            held = set(arrays.files)
+            found = {name: arrays[name] for name in names if name in held}
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as error:
+        raise PriorError(f"{path}: cannot be read as a pairs file (an .npz of 'text' and 'image' arrays); "
+                         f"it is empty, truncated or of another format ({error}).") from None
+    missing = [name for name in ("text", "image") if name not in held]
+    if missing:
+        raise PriorError(f"{path}: not a pairs file with 'text' and 'image' arrays (no {missing[0]!r}).")
+    return found
+
+
+def save_pairs(path: str | Path, text: torch.Tensor, image: torch.Tensor, source: dict | None = None) -> Path:
+    """Write pairs ``[N, D]`` as an ``.npz`` file (atomically).
+
+    Args:
+        path: the ``.npz`` file.
+        text: text embeddings ``[N, D]``.
+        image: image embeddings ``[N, D]``.
+        source: what the pairs were computed from (a cache's record, see
+            :func:`pairs_source`), stored as JSON in a ``source`` array.
+    """
+    arrays = {"text": text.float().cpu().numpy(), "image": image.float().cpu().numpy()}
+    if source is not None:
+        arrays["source"] = np.array(json.dumps(source))
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.savez(handle, text=text.float().cpu().numpy(), image=image.float().cpu().numpy())
+            np.savez(handle, **arrays)
 
     return atomic_write(path, write)
+
+
+def pairs_source(path: str | Path) -> dict | None:
+    """What the pairs of an ``.npz`` file were computed from, as :func:`save_pairs` recorded
+    it, or None for a file without that record.
+
+    Raises:
+        PriorError: the file cannot be read, or its record is not a JSON object.
+    """
+    path = Path(path)
+    recorded = _read_npz(path, ("source",)).get("source")
+    if recorded is None:
+        return None
+    try:
+        source = json.loads(str(recorded))
+    except ValueError:
+        source = None
+    if not isinstance(source, dict):
+        raise PriorError(f"{path}: its record of what the pairs were computed from is not a JSON object.")
+    return source
 
 
 def compute_pairs(
@@ -181,6 +239,13 @@ def load_caption_function(path: str) -> Callable[[str], list[str]]:
     return function
 
 
+def _file_identity(path: str) -> list:
+    """What tells a file from another, or from an earlier version of itself, cheaply:
+    ``[resolved path, bytes, modification time in ns]``."""
+    stat = os.stat(path)
+    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+
+
 def _natural(name: str) -> tuple:
     stem = name.rsplit(".", 1)[0]
     return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
@@ -202,9 +267,12 @@ class PriorDataModule(LightningDataModule):
         templates: prompt templates for ``json`` labels in ``shards``.
         captions: import path of a function giving a label's captions, used instead of
             the templates (``clipcore.synthetic.captions`` for the toy world).
-        cache: where to save pairs computed from ``shards`` (``.npz``), and to read them
-            from when it exists; with several processes (DDP) the first one computes
-            them and the others read the cache, so give one.
+        cache: where to save pairs computed from ``shards`` (``.npz``, with a record of
+            the shard files, encoder, captions, templates and sample limit), and to read
+            them from when it exists; a cache whose record differs from this run's (other
+            shards, or these changed since), or that has none, is refused. With several
+            processes (DDP) the first one computes them and the others read the cache, so
+            give one.
         max_samples: read at most this many shard samples.
         val_fraction: share of the pairs held out for validation.
         batch_size: pairs per batch.
@@ -242,10 +310,49 @@ class PriorDataModule(LightningDataModule):
         h = self.hparams
         encoder = QueryEncoder.tiny(seed=0) if h.encoder == "tiny" else QueryEncoder.load(h.encoder)
         captions_of = load_caption_function(h.captions) if h.captions else None
+        source = self._source()  # before the long work: its shards are there
         text, image = compute_pairs(h.shards, encoder, h.templates, h.max_samples, captions_of)
         if h.cache:
-            save_pairs(h.cache, text, image)
+            save_pairs(h.cache, text, image, source)
         return text, image
+
+    def _source(self) -> dict[str, Any]:
+        """What pairs computed now come from: the shards (spec, and each file's path, size
+        and modification time), the encoder (spec, local path resolved, and its files),
+        captions, templates and sample limit; as JSON would give it back."""
+        h = self.hparams
+        shard_files = [_file_identity(url) if os.path.isfile(url) else [url] for url in expand_shards(h.shards)]
+        encoder, encoder_files = h.encoder, []
+        weights = h.encoder.partition("=")[2] if "=" in h.encoder else h.encoder  # ARCH=FILE, or a folder
+        if h.encoder != "tiny" and os.path.exists(weights):
+            local = Path(weights).resolve()
+            encoder = str(local) if weights == h.encoder else f"{h.encoder.partition('=')[0]}={local}"
+            encoder_files = [_file_identity(str(path)) for path in
+                             (sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local])]
+        source = {"shards": h.shards, "shard_files": shard_files, "encoder": encoder, "encoder_files": encoder_files,
+                  "captions": h.captions, "templates": h.templates or None, "max_samples": h.max_samples}
+        return json.loads(json.dumps(source))
+
+    def _check_cache(self) -> None:
+        """Refuse a cache computed from other shards, encoder or settings than this run's,
+        or one that does not say what it was computed from.
+
+        Raises:
+            PriorError: naming the cache, what it was computed from, and what to do.
+        """
+        cache = self.hparams.cache
+        recorded = pairs_source(cache)
+        if recorded is None:
+            raise PriorError(f"data.cache {cache}: holds pairs without a record of the shards and encoder they were "
+                             "computed from (an older cache), so they cannot be checked against this run's; "
+                             "delete it or give another data.cache.")
+        current = self._source()
+        differing = [name.replace("_", " ") for name in current if name != "shards" and recorded.get(name) != current[name]]
+        if differing:
+            named = " and ".join([", ".join(differing[:-1]), differing[-1]] if len(differing) > 1 else differing)
+            raise PriorError(f"data.cache {cache}: holds pairs computed from the shards {recorded.get('shards')} "
+                             f"with the encoder {recorded.get('encoder')}, and this run's {named} differ; "
+                             "delete it or give another data.cache.")
 
     def prepare_data(self) -> None:
         """Compute and cache the pairs once (on the first process only)."""
@@ -262,6 +369,7 @@ class PriorDataModule(LightningDataModule):
                 raise PriorError(f"the pairs files {', '.join(h.pairs)} hold embeddings of different sizes.")
             text, image = torch.cat([t for t, _ in loaded]), torch.cat([i for _, i in loaded])
         elif h.cache and Path(h.cache).is_file():
+            self._check_cache()
             text, image = load_pairs(h.cache)
         else:
             text, image = self._compute()

@@ -63,6 +63,7 @@ class _Clip:
     label: str | None
     audio: torch.Tensor  # [S]
     query: torch.Tensor  # [D] float32 or [F, 3, H, W] uint8
+    length: int  # samples of audio before the padding
     text: bool = False  # the query is a text embedding (an audio shard's)
 
 
@@ -83,6 +84,8 @@ class MixBatch:
         skipped: samples or shards skipped (corrupt) while this batch was assembled.
         text_queries: bool ``[B, N]``, True where the query is a text embedding (with
             ``embeddings``), else None.
+        lengths: int64 ``[B, N]``: samples of each source before the silence that pads a
+            clip shorter than the segment, or None where not known.
     """
 
     mixture: torch.Tensor
@@ -93,6 +96,7 @@ class MixBatch:
     keys: list[list[str]]
     skipped: int = 0
     text_queries: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
 
     def _apply(self, fn) -> "MixBatch":
         changes = {f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
@@ -369,7 +373,8 @@ class ShardStream(IterableDataset):
         audio = resample(torch.from_numpy(data.mean(axis=1)), rate, self.sample_rate)[: self.segment_samples]
         if len(audio) == 0 or not torch.isfinite(audio).all():
             raise _CorruptSample(f"{key}: empty or non-finite audio.")
-        audio = torch.nn.functional.pad(audio, (0, self.segment_samples - len(audio)))
+        length = len(audio)
+        audio = torch.nn.functional.pad(audio, (0, self.segment_samples - length))
         text = meta.get("embedding") == "text"
         if text and not self.encoder:
             raise _CorruptSample(f"{key}: is labelled audio without frames; read its text embedding by setting "
@@ -384,7 +389,7 @@ class ShardStream(IterableDataset):
                 query = self._embedding(sample, indices, key) if self.encoder else self._frames(sample, indices)
         except (KeyError, ValueError, OSError, IndexError) as error:
             raise _CorruptSample(f"{key}: unreadable query member ({error}).") from None
-        return _Clip(str(sample["__key__"]), meta.get("label"), audio, query, text)
+        return _Clip(str(sample["__key__"]), meta.get("label"), audio, query, length, text)
 
     def _crop(self, sample: dict, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
         """The sample's audio crop (float32 ``[T, C]``), its rate and its first sample."""
@@ -462,6 +467,7 @@ class ShardStream(IterableDataset):
             keys=[[c.key for c in clips[i * n : (i + 1) * n]] for i in range(b)],
             skipped=skipped,
             text_queries=torch.tensor([c.text for c in clips]).view(b, n) if self.encoder else None,
+            lengths=torch.tensor([c.length for c in clips]).view(b, n),
         )
 
 

@@ -1,7 +1,9 @@
 """Video shards: the format, and writing and finding them.
 
 A shard is a webdataset tar file with one sample per video clip, key
-``<dataset>/<video_id>/<start_ms>`` and members ``flac`` (mono audio), ``0.jpg``,
+``<dataset>/<video_id>/<start_ms>`` (the video id with dots and slashes made underscores,
+and a short hash added where two videos would share it: :func:`distinct_key_ids`; the
+``json`` member holds the id as it is) and members ``flac`` (mono audio), ``0.jpg``,
 ``1.jpg``, ... (frames at ``fps``; frame ``k`` shows time ``(k + 0.5) / fps``), ``json``
 (metadata) and optionally ``<encoder>.npy`` (float16 CLIP image embeddings, frames x dim).
 
@@ -34,8 +36,10 @@ from webdataset.shardlists import expand_urls
 
 from clipcore.errors import ClipAudioError
 from clipcore.files import atomic_write
+from clipcore.naming import unique_names
 
-__all__ = ["ShardSample", "ShardError", "write_shard", "frame_embeddings", "expand_shards"]
+__all__ = ["ShardSample", "ShardError", "write_shard", "frame_embeddings", "expand_shards", "key_part",
+           "distinct_key_ids"]
 
 JPEG_QUALITY = 90
 
@@ -44,9 +48,26 @@ class ShardError(ClipAudioError):
     """Shards that cannot be used at all (none found, none readable), in one sentence."""
 
 
-def _safe(part: str) -> str:
-    # webdataset splits a member name at the first dot of its base name.
+def key_part(part: str) -> str:
+    """``part`` (a dataset name, a video id) made one part of a sample key: dots and
+    slashes become underscores (webdataset splits a member name at the first dot of its
+    base name), and nothing becomes ``_``."""
     return str(part).replace(".", "_").replace("/", "_") or "_"
+
+
+def distinct_key_ids(videos: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The video part of the sample keys of ``(video id, file)`` pairs, distinct for
+    distinct pairs: the id made safe for a key (dots and slashes become underscores), with
+    a short hash of the id and file added to every id whose safe form another pair shares
+    (``x/good`` and ``x_good``; one id for two files; ids that differ only in case, as
+    :func:`clipcore.naming.unique_names` compares them).
+
+    Returns:
+        ``{(video id, file): key part}`` for :attr:`ShardSample.key_id`.
+    """
+    pairs = sorted(set(videos))
+    names = unique_names([key_part(video_id) for video_id, _ in pairs], [f"{video_id}\n{file}" for video_id, file in pairs])
+    return dict(zip(pairs, names))
 
 
 @dataclass
@@ -65,6 +86,8 @@ class ShardSample:
         embeddings: ``{encoder name: [F, D] array}``, stored as float16 ``<name>.npy``.
         text_templates: for labelled audio (no frames): the prompt templates whose text
             embeddings of the label ``embeddings`` holds (``[1, D]``); None for video.
+        key_id: the video part of the key, where the video id made safe would be another
+            video's too (see :func:`distinct_key_ids`); None: the video id made safe.
     """
 
     dataset: str
@@ -77,11 +100,13 @@ class ShardSample:
     label: str | None = None
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     text_templates: list[str] | None = None
+    key_id: str | None = None
 
     @property
     def key(self) -> str:
-        """``<dataset>/<video_id>/<start_ms>``."""
-        return f"{_safe(self.dataset)}/{_safe(self.video_id)}/{int(round(self.start * 1000))}"
+        """``<dataset>/<video_id>/<start_ms>`` (``key_id`` in place of the video id, when given)."""
+        video = key_part(self.video_id) if self.key_id is None else self.key_id
+        return f"{key_part(self.dataset)}/{video}/{int(round(self.start * 1000))}"
 
     def members(self) -> dict[str, bytes]:
         """Tar members of this sample: ``{suffix: bytes}``."""

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from clipcore.audio import load_audio
 from clipcore.errors import UsageError, report_errors
-from clipcore.files import check_not_an_input, write_json
+from clipcore.files import check_not_an_input, check_output_file, write_json
 from clipcore.prompts import CLIPSEP_EVAL_TEMPLATES, DEFAULT_TEMPLATE
 from clipsep.masks import check_mask_power
 from clipsep.metrics import separation_scores, summarize
@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.out:
+    if args.out:  # before hours of separation
+        check_output_file(args.out, "--out")
         check_not_an_input(args.out, {"--targets": args.targets, "--interference": args.interference})
     results = evaluate(args)
     if args.out:

@@ -24,20 +24,27 @@ import torch
 import torch.nn.functional as F
 
 from clipcore.errors import UsageError, report_errors
-from clipcore.files import check_not_an_input, write_json
+from clipcore.files import check_not_an_input, check_output_file, write_json
 from clipcore.shard_stream import ShardStream
 from clipsonic.generate import MODES, SAMPLERS, Generator, check_guidance
 from clipsonic.metrics import embed_audio, frechet_distance, knn_accuracy, load_embedding, nearest_references, query_relevance
 
 
 def load_references(generator: Generator, shards: str, encoder: str | None, duration: float, limit: int):
-    """Reference clips: ``(audio [R, S], clip_embeddings [R, D], labels)``."""
+    """Reference clips: ``(audio [R, S], clip_embeddings [R, D], labels)``.
+
+    Raises:
+        UsageError: no reference clips, or ``duration`` longer than the shortest of them
+            (its end would be silence that FAD and relevance compare against).
+    """
     rate = generator.model.mel_config.sample_rate
-    stream = ShardStream(shards, num_sources=1, batch_size=16, segment_samples=round(duration * rate),
+    segment = round(duration * rate)
+    stream = ShardStream(shards, num_sources=1, batch_size=16, segment_samples=segment,
                          sample_rate=rate, encoder=encoder, query_frames=1, train=False)
-    audio, embeddings, labels = [], [], []
+    audio, embeddings, labels, lengths = [], [], [], []
     for batch in stream:
         audio.append(batch.sources[:, 0])
+        lengths.append(batch.lengths[:, 0])
         if batch.embeddings is not None:
             embeddings.append(F.normalize(batch.embeddings[:, 0].float(), dim=-1))
         else:
@@ -47,6 +54,11 @@ def load_references(generator: Generator, shards: str, encoder: str | None, dura
             break
     if not labels:
         raise UsageError(f"no reference clips in {shards}.")
+    shortest = int(torch.cat(lengths)[:limit].min())
+    if shortest < segment - 1:  # a sample short: the rounding of resampling
+        raise UsageError(f"--duration {duration:g} s is longer than the reference clips of {shards} (the shortest lasts "
+                         f"{shortest / rate:.2f} s), whose end would be compared as silence; give --duration "
+                         f"{math.floor(shortest / rate * 100) / 100:g} or less.")
     return torch.cat(audio)[:limit], torch.cat(embeddings)[:limit], labels[:limit]
 
 
@@ -146,12 +158,14 @@ def _check(args: argparse.Namespace) -> None:
     if not 0 < args.duration < math.inf:
         raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}.")
     check_guidance(args.guidance, "--guidance")
-    for option, value in (("--k", args.k), ("--max-references", args.max_references), ("--batch-size", args.batch_size)):
+    for option, value in (("-n", args.num_samples), ("--k", args.k), ("--max-references", args.max_references),
+                          ("--batch-size", args.batch_size)):
         if value < 1:
             raise UsageError(f"{option} must be at least 1, got {value}.")
     if args.prompts is not None and not Path(args.prompts).is_file():
         raise UsageError(f"--prompts {args.prompts}: no such file.")
     if args.out:
+        check_output_file(args.out, "--out")
         check_not_an_input(args.out, {"--prompts": args.prompts, "--gap": args.gap})
 
 

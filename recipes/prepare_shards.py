@@ -65,6 +65,9 @@ its length if that is at least --min-seconds. A clip that takes longer than
 rerun with the same inputs and settings skips complete shards (OUT_DIR/plan.json
 records them). Files and clips that cannot be used are listed with a reason in the
 summary and in OUT_DIR/skipped.tsv (tracebacks of unforeseen failures in errors.log).
+A clip's sample key is <dataset>/<video id>/<start ms>, dots and slashes in the id made
+underscores; videos whose ids would give one key (x/good and x_good) each get a short
+hash in theirs (plan.json lists them), and every clip's json holds its video id as it is.
 """
 
 
@@ -173,12 +176,14 @@ def cut_clip(job: ClipJob, settings: dict) -> tuple[Clip, dict[str, np.ndarray]]
     return clip, {_ENCODER.name: frame_embeddings(_ENCODER, clip.frames)}
 
 
-def encode_sample(dataset: str, job: ClipJob, clip: Clip, embeddings: dict[str, np.ndarray]) -> EncodedSample:
-    """The shard members of one decoded clip (FLAC, JPEG, JSON, embeddings)."""
+def encode_sample(dataset: str, job: ClipJob, clip: Clip, embeddings: dict[str, np.ndarray], *,
+                  key_id: str) -> EncodedSample:
+    """The shard members of one decoded clip (FLAC, JPEG, JSON, embeddings), under the
+    video part of the key ``key_id`` (see :func:`clipcore.shards.distinct_key_ids`)."""
     from clipcore.shards import ShardSample
 
     sample = ShardSample(dataset, job.video_id, job.start, clip.audio, clip.sample_rate, clip.frames, clip.fps,
-                         job.label, embeddings)
+                         job.label, embeddings, key_id=key_id)
     return EncodedSample(sample.key, sample.members())
 
 
@@ -232,12 +237,13 @@ def cut_audio_clip(job: ClipJob, settings: dict) -> tuple[np.ndarray, dict] | st
 
 
 def encode_audio_sample(dataset: str, sample_rate: int, texts: dict[str, np.ndarray], encoder_name: str,
-                        templates: list[str], job: ClipJob, audio: np.ndarray, _: dict) -> EncodedSample:
-    """The shard members of one labelled audio clip (FLAC, JSON, its label's text embedding)."""
+                        templates: list[str], job: ClipJob, audio: np.ndarray, _: dict, *, key_id: str) -> EncodedSample:
+    """The shard members of one labelled audio clip (FLAC, JSON, its label's text embedding),
+    like :func:`encode_sample`'s."""
     from clipcore.shards import ShardSample
 
     sample = ShardSample(dataset, job.video_id, job.start, audio, sample_rate, np.zeros((0, 1, 1, 3), np.uint8), 0.0,
-                         job.label, {encoder_name: texts[job.label]}, templates)
+                         job.label, {encoder_name: texts[job.label]}, templates, key_id=key_id)
     return EncodedSample(sample.key, sample.members())
 
 
@@ -329,6 +335,8 @@ def prepare(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, dataset: str, encoder_name: str | None,
              settings: dict, skipped: list[tuple[str, str]], entries: list[ListedFile]) -> int:
     """Probe the entries, plan the clips, then cut and write the shards not yet written."""
+    from clipcore.shards import distinct_key_ids, key_part
+
     jobs: list[ClipJob] = []
     failures: list[str] = []
     for index, outcome in tqdm(pool.map(steps.plan, entries), total=len(entries), desc="probing", unit="file"):
@@ -341,6 +349,7 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, datas
         if reason:
             skipped.append((path, reason))
     jobs = steps.order(sorted(jobs, key=lambda job: (job.path, job.start)))
+    key_ids = distinct_key_ids((job.video_id, job.path) for job in jobs)
     record = {
         "dataset": dataset,
         "settings": {**settings, "clip_seconds": args.clip_seconds, "min_seconds": args.min_seconds,
@@ -348,6 +357,9 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, datas
         "clips": len(jobs),
         "digest": hashlib.sha1(json.dumps([asdict(job) for job in jobs]).encode()).hexdigest(),
     }
+    hashed = sorted(key for (video_id, _), key in key_ids.items() if key != key_part(video_id))
+    if hashed:  # recorded only then: a folder of an earlier version, which gave such videos one key, is refused
+        record["hashed_keys"] = hashed
     out: Path = args.out_dir
     _check_plan(out, record)
     for stale in out.glob(f".{args.prefix}-*.tar.*.part"):
@@ -369,7 +381,7 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, datas
             skipped.append((job.path, _describe(job, outcome.reason)))
             failures.append(outcome.traceback)
         else:
-            sample = steps.encode(job, *outcome.value)
+            sample = steps.encode(job, *outcome.value, key_id=key_ids[job.video_id, job.path])
         assembler.add(*places[index], sample)
     _summary(out, assembler.written, len(shards), resumed, skipped, [f for f in failures if f])
     if assembler.written == 0 and resumed == 0:

@@ -8,9 +8,11 @@
 
 Pairs are read precomputed (``--data.pairs``: ``.npz`` files with ``text`` and ``image``
 arrays) or computed once with the query encoder from a webdataset of images and captions
-(``--data.shards``, ``--data.encoder``; ``--data.cache`` keeps them for the next run). The
-resolved configuration is saved as ``config.yaml`` in the run's log folder, the seed comes
-from the configuration, and after ``fit`` the prior is exported to ``--export`` (default
+(``--data.shards``, ``--data.encoder``; ``--data.cache`` keeps them for the next run, with a
+record of the shard files and encoder they came from: a cache from other shards or another
+encoder, or from these changed since, is refused, not trained on). The resolved
+configuration is saved as ``config.yaml`` in the run's log folder, the seed comes from the
+configuration, and after ``fit`` the prior is exported to ``--export`` (default
 ``<log_dir>/prior``) with the git commit and the resolved configuration as provenance; load
 it with ``clipcore.prior.DiffusionPrior.load``.
 """

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import tarfile
 
 import lightning as L
@@ -162,6 +163,55 @@ def test_pairs_files_round_trip_and_bad_files_are_refused(tmp_path):
         load_pairs(tmp_path / "bad.npz")
     with pytest.raises(PriorError, match="missing.npz"):
         load_pairs(tmp_path / "missing.npz")
+
+
+def test_empty_truncated_or_other_files_are_refused_as_pairs_in_one_sentence(tmp_path):
+    text, image = _rotated_pairs(64)
+    save_pairs(tmp_path / "pairs.npz", text, image)
+    whole = (tmp_path / "pairs.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.save(tmp_path / "array.npy", text.numpy())
+    for name in ("truncated.npz", "empty.npz", "array.npy"):
+        with pytest.raises(PriorError, match=rf"{name}: cannot be read as a pairs file .* empty, truncated or of "):
+            load_pairs(tmp_path / name)
+    np.savez(tmp_path / "text_only.npz", text=text.numpy())
+    with pytest.raises(PriorError, match=r"text_only.npz: not a pairs file with 'text' and 'image' arrays \(no 'image'\)"):
+        load_pairs(tmp_path / "text_only.npz")
+
+
+def _cached(tmp_path, shards, encoder="tiny"):
+    data = PriorDataModule(shards=str(shards), encoder=encoder, cache=str(tmp_path / "cache.npz"), val_fraction=0.0)
+    data.prepare_data()
+    data.setup()
+    return data.train_set.tensors
+
+
+def test_a_cache_of_pairs_from_other_shards_or_encoder_is_refused(tmp_path, monkeypatch):
+    kwargs = dict(duration=2.0, frame_size=32)
+    synthetic.write_toy_shards(tmp_path / "old", 2, seed=0, **kwargs)
+    synthetic.write_toy_shards(tmp_path / "new", 3, seed=1, **kwargs)
+    QueryEncoder.tiny(seed=1).save_pretrained(tmp_path / "clip")
+    text, _ = _cached(tmp_path, tmp_path / "old")
+    assert len(text) == 2 * 2  # clips x frames, one template
+    # The same shards and encoder read the cache back (a relative spelling of them too).
+    monkeypatch.chdir(tmp_path)
+    assert torch.equal(_cached(tmp_path, "old")[0].sort(0).values, text.sort(0).values)
+    stale = re.escape(f"data.cache {tmp_path / 'cache.npz'}: holds pairs computed from the shards {tmp_path / 'old'} "
+                      "with the encoder tiny, and this run's")
+    with pytest.raises(PriorError, match=stale + " shard files differ; delete it or give another data.cache."):
+        _cached(tmp_path, tmp_path / "new")
+    with pytest.raises(PriorError, match=stale + " encoder and encoder files differ; delete it or give another"):
+        _cached(tmp_path, tmp_path / "old", encoder=str(tmp_path / "clip"))
+    # Shards written again in place are not the ones the cache was computed from.
+    synthetic.write_toy_shards(tmp_path / "old", 2, seed=2, **kwargs)
+    with pytest.raises(PriorError, match=stale + " shard files differ"):
+        _cached(tmp_path, tmp_path / "old")
+    # A cache without a record (an older one) cannot be checked, and is refused.
+    save_pairs(tmp_path / "cache.npz", text, text)
+    with pytest.raises(PriorError, match=r"cache.npz: holds pairs without a record of the shards and encoder they were "
+                                         r"computed from \(an older cache\), so they cannot be checked"):
+        _cached(tmp_path, tmp_path / "old")
 
 
 def test_pairs_are_computed_from_shards_of_images_and_captions(tmp_path):

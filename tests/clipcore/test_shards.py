@@ -16,7 +16,7 @@ from PIL import Image
 from clipcore import synthetic
 from clipcore.datamodule import ShardDataModule
 from clipcore.shard_stream import CorruptSampleWarning, MixBatch, ShardStream
-from clipcore.shards import ShardError, expand_shards
+from clipcore.shards import ShardError, distinct_key_ids, expand_shards
 
 RATE = 16000
 SEGMENT = 8000
@@ -482,3 +482,15 @@ def test_training_with_distinct_queries_mixes_clips_whose_queries_differ(tmp_pat
         _stream([str(p) for p in paths], distinct_queries=0.5)
     with pytest.raises(ValueError, match="distinct_queries is a cosine, from -1 to 1, not 97"):
         _stream([str(p) for p in paths], encoder="label-encoder", distinct_queries=97)
+
+
+def test_videos_that_would_share_a_key_get_distinct_key_parts():
+    videos = [("x/good", "c/x/good.mp4"), ("x_good", "c/x_good.mp4"), ("clip", "a/clip.mp4"), ("clip", "b/clip.mp4"),
+              ("v1.2", "c/v1.2.mp4"), ("v1.2", "c/v1.2.mp4")]
+    keys = distinct_key_ids(videos)
+    assert len(keys) == 5 and len(set(keys.values())) == 5
+    assert keys["v1.2", "c/v1.2.mp4"] == "v1_2"  # alone: the id made safe, as before
+    for (video_id, _), key in keys.items():
+        if video_id != "v1.2":
+            assert re.fullmatch(rf"{video_id.replace('/', '_')}-[0-9a-f]{{8}}", key)
+    assert distinct_key_ids(reversed(videos)) == keys  # the order of the inputs does not matter

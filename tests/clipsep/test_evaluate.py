@@ -109,6 +109,17 @@ def test_missing_files_are_skipped_and_bad_input_is_one_line(data, tmp_path, cap
         assert err.count("\n") == 1 and "--mask-power" in err and "Traceback" not in err
 
 
+def test_an_unwritable_out_is_refused_before_the_model_is_loaded(data, tmp_path, capsys):
+    (tmp_path / "notes").write_text("a file")
+    for out, message in ((tmp_path, f"--out {tmp_path}: is a folder; a file cannot be written there."),
+                         (tmp_path / "notes" / "r.json", f"--out {tmp_path / 'notes'}: is a file, not a folder.")):
+        args = _args(data, "--out", str(out))
+        args[args.index("--checkpoint") + 1] = str(tmp_path / "missing")  # found first, not after the evaluation
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err == f"evaluate_clipsep: error: {message}\n"
+
+
 def test_soft_masks_to_a_power_reach_the_scores(data, tmp_path):
     torch.manual_seed(0)
     model = CLIPSep.tiny(query_dim=32)

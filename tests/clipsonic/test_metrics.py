@@ -120,12 +120,17 @@ def test_evaluation_recipe_runs_all_modes_on_toy_shards(tmp_path, capsys):
     for bad, message in ((["--duration", "nan"], "--duration must be a positive number of seconds, got nan."),
                          (["--guidance", "inf"], "--guidance must be a number from -100 to 100, not inf."),
                          (["--k", "0"], "--k must be at least 1, got 0."),
+                         (["-n", "0"], "-n must be at least 1, got 0."),  # a message about embeddings before
+                         (["-n", "-1"], "-n must be at least 1, got -1."),  # a reference per label dropped before
+                         (["--duration", "1.5", "--gap", str(tmp_path / "gap.json")],  # padded with silence before
+                          f"--duration 1.5 s is longer than the reference clips of {tmp_path / 'shards' / 'toy-000000.tar'} "
+                          "(the shortest lasts 1.00 s), whose end would be compared as silence; give --duration 1 or less."),
                          (["--duration", "0.001"], "--duration must be at least"),  # a traceback in the references' mels
                          (["--encoder", "other", "--gap", str(tmp_path / "gap.json")],
                           "could be used; the last problem: .* no other.npy member"),  # "no reference clips" before
                          (["--gap", str(tmp_path / "gap.json"), "--out", str(tmp_path / "gap.json")],
                           "gap.json: is the input of --gap")):
-        with pytest.raises(ClipAudioError, match=message.replace("(", r"\(")):
+        with pytest.raises(ClipAudioError, match=message.replace("(", r"\(").replace(")", r"\)")):
             evaluate([*args, *bad])
     assert ModalityGap.load(tmp_path / "gap.json").embed_dim == gap.embed_dim  # the input is intact
     report = evaluate([*args, "--gap", str(tmp_path / "gap.json")])
@@ -136,3 +141,16 @@ def test_evaluation_recipe_runs_all_modes_on_toy_shards(tmp_path, capsys):
         assert entry["clips"] == 4 and math.isfinite(entry["fad"]) and -1 <= entry["relevance"] <= 1
         assert 0 <= entry["knn_accuracy"] <= 1
     assert "relevance" in capsys.readouterr().out
+
+
+def test_evaluation_recipe_refuses_an_unwritable_out_before_loading_a_model(tmp_path):
+    (tmp_path / "notes").write_text("a file")
+    # No checkpoint, no shards: the --out problem is found first, not after the evaluation.
+    args = ["--checkpoint", str(tmp_path / "missing"), "--reference-shards", str(tmp_path / "none.tar")]
+    for out, message in ((tmp_path, f"--out {tmp_path}: is a folder; a file cannot be written there."),
+                         (tmp_path / "notes" / "r.json", f"--out {tmp_path / 'notes'}: is a file, not a folder."),
+                         (tmp_path / "notes" / "a" / "r.json",
+                          f"--out {tmp_path / 'notes' / 'a'}: lies below the file {tmp_path / 'notes'}, not a folder.")):
+        with pytest.raises(UsageError) as refused:
+            evaluate([*args, "--out", str(out)])
+        assert str(refused.value) == message

@@ -203,3 +203,40 @@ def test_a_listed_part_must_lie_in_the_video(tmp_path):
         table.write_text(f"path,label,start,end\na.mp4,cello,{start},{end}\n")
         with pytest.raises(UsageError, match=rf"list.csv:2: {re.escape(expected)}"):
             read_entries(argparse.Namespace(input=table, video_root=videos, layout="auto", split=None))
+
+
+def test_videos_whose_ids_would_share_a_key_get_distinct_keys(videos, tmp_path, capsys):
+    root = tmp_path / "coll"
+    (root / "x").mkdir(parents=True)
+    (root / "x" / "good.mkv").write_bytes((videos / "cello" / "000000.mkv").read_bytes())  # id x/good
+    (root / "x_good.mkv").write_bytes((videos / "clarinet" / "000001.mkv").read_bytes())  # id x_good
+    out = tmp_path / "shards"
+    args = [root, out, "--clip-seconds", CLIP, "--shard-size", 3, "--short-side", 32, "--dataset", "coll"]
+    status, stdout, _ = _run(capsys, *args)
+    assert status == 0 and "wrote 4 clips in 2 shards" in stdout
+    members, ids = [], {}
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members += tar.getnames()
+            for name in tar.getnames():
+                if name.endswith(".json"):
+                    ids[name[: -len(".json")]] = json.loads(tar.extractfile(name).read())["video_id"]
+    assert len(members) == len(set(members))  # no member twice, in a shard or across them
+    assert len(ids) == 4 and sorted(ids.values()) == ["x/good", "x/good", "x_good", "x_good"]
+    assert all(re.fullmatch(r"coll/x_good-[0-9a-f]{8}/(0|1500)", key) for key in ids)
+    assert len({key.rsplit("/", 1)[0] for key in ids}) == 2  # one key part per video
+    plan = json.loads((out / "plan.json").read_text())
+    assert sorted(plan["hashed_keys"]) == sorted({key.split("/")[1] for key in ids})
+    # The reader sees four clips, each with its own video's audio.
+    stream = ShardStream(sorted(out.glob("*.tar")), num_sources=1, batch_size=4, segment_samples=8000, train=False,
+                         query_frames=1, frame_size=32)
+    assert sum(len(batch) for batch in stream) == 4 and stream.skipped == 0
+    # A rerun keeps the shards; a folder written before keys were made distinct (its plan
+    # without hashed_keys, its shards with one key for two videos) is refused, not resumed.
+    (out / "shard-000001.tar").unlink()
+    status, stdout, _ = _run(capsys, *args)
+    assert status == 0 and "wrote 1 clips in 1 shards" in stdout and "(1 complete shards kept)" in stdout
+    del plan["hashed_keys"]
+    (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    status, _, stderr = _run(capsys, *args)
+    assert status == 2 and "other inputs or settings" in stderr

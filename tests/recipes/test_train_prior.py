@@ -75,7 +75,9 @@ def test_fit_from_toy_shards_computes_and_caches_pairs(tmp_path):
 
 def test_bad_input_exits_with_one_line(tmp_path, monkeypatch, capsys):
     _pairs(tmp_path / "pairs.npz", dim=16)
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "pairs.npz").read_bytes()[:1000])
     for bad, named, extra in ((tmp_path / "missing.npz", "missing.npz", []), (tmp_path / "pairs.npz", "16-d", []),
+                              (tmp_path / "truncated.npz", "truncated.npz: cannot be read as a pairs file", []),
                               (tmp_path / "pairs.npz", "templates: prompt template '{}{}' can hold the query text "
                                "only in {}", ["--data.templates", '["{}{}"]'])):
         monkeypatch.setattr(sys, "argv", [
