@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> ModalityGap:
     args = parse_args(argv)
-    from clipcore.prior_system import compute_pairs, load_pairs
+    from clipcore.prior_pairs import compute_pairs, load_pairs
     from clipcore.query import QueryEncoder
 
     check_not_an_input(args.out, {"--pairs": args.pairs})

@@ -107,7 +107,7 @@ def test_measuring_needs_texts_that_differ():
 
 
 def test_the_recipe_measures_the_gap_of_embedding_pairs(tmp_path, capsys):
-    from clipcore.prior_system import save_pairs
+    from clipcore.prior_pairs import save_pairs
 
     image, text, labels = _two_cones()
     save_pairs(tmp_path / "pairs.npz", text[labels], image)

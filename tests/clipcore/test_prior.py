@@ -15,7 +15,8 @@ from PIL import Image
 
 from clipcore import synthetic
 from clipcore.prior import DiffusionPrior, PriorError
-from clipcore.prior_system import PriorDataModule, PriorSystem, compute_pairs, load_pairs, save_pairs
+from clipcore.prior_pairs import compute_pairs, load_pairs, save_pairs
+from clipcore.prior_system import PriorDataModule, PriorSystem
 from clipcore.query import QueryEncoder
 
 D = 32

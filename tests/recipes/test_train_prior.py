@@ -12,7 +12,7 @@ import yaml
 
 from clipcore.miniature import world
 from clipcore.prior import DiffusionPrior
-from clipcore.prior_system import load_pairs, save_pairs
+from clipcore.prior_pairs import load_pairs, save_pairs
 from clipcore.query import QueryEncoder
 
 ROOT = Path(__file__).resolve().parents[2]
