@@ -217,8 +217,8 @@ class Pretrained:
             )
         try:
             model = cls(**arguments)
-        except (TypeError, ValueError, RuntimeError) as error:
-            reason = " ".join(str(error).split())[:300].rstrip(".")
+        except (TypeError, ValueError, RuntimeError, ArithmeticError, LookupError, NotImplementedError) as error:
+            reason = " ".join(str(error).split())[:300].rstrip(".") or type(error).__name__
             raise CheckpointError(f"{directory / CONFIG_NAME}: cannot build a {cls.__name__} from its arguments "
                                   f"({reason}).") from None
         model.provenance = config.get("provenance") or None
@@ -243,7 +243,9 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
             or not isinstance(config["class"], str) or not isinstance(config["arguments"], dict)):
         raise CheckpointError(f"{path}: is not a checkpoint config of this project.")
     version = config.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: format_version must be a whole number, not {version!r}.")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {version} is newer than this library reads "
             f"({FORMAT_VERSION}); upgrade the library."

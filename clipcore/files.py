@@ -121,6 +121,7 @@ def load_image(path: str | os.PathLike):
         ImageError: a missing or unreadable image file.
     """
     from PIL import Image, UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
 
     path = Path(path)
     if not path.is_file():
@@ -128,6 +129,9 @@ def load_image(path: str | os.PathLike):
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
+    except DecompressionBombError:
+        raise ImageError(f"{path}: is too large an image to read safely (more than {Image.MAX_IMAGE_PIXELS * 2} "
+                         "pixels).") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ImageError(f"{path}: cannot be read as an image ({type(error).__name__}).") from None
 

@@ -4,6 +4,7 @@ a ``--template`` before loading any model."""
 
 from __future__ import annotations
 
+import string
 from typing import Sequence
 
 __all__ = ["DEFAULT_TEMPLATE", "CLIPSEP_EVAL_TEMPLATES", "check_template", "prompt_templates"]
@@ -31,10 +32,13 @@ def check_template(template: str) -> None:
         ValueError: the template, and what is wrong with it, in one sentence.
     """
     try:
-        filled = template.format("\0")
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        filled = template.format("\0") if all(field in ("", "0") for field in fields) else None
     except (IndexError, KeyError, ValueError):
+        filled = None
+    if filled is None:  # {name}, {1}, {0.x} or {0[0]} (attribute and index access on the text), a lone brace
         raise ValueError(f"prompt template {template!r} can hold the query text only in {{}} "
-                         "(write {{ and }} for literal braces).") from None
+                         "(write {{ and }} for literal braces).")
     if "\0" not in filled:
         raise ValueError(f"prompt template {template!r} has no '{{}}' for the query text.")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -285,7 +286,10 @@ class QueryEncoder(Pretrained, nn.Module):
     def _load_open_clip_weights(self, weights: str) -> None:
         try:
             load_checkpoint(self.model, str(weights), strict=True, weights_only=True)
-        except Exception as error:  # unpickling refusals, corrupt files, wrong shapes
+        except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never for a foreign file
+            raise QueryEncoderError(f"{weights}: is not a PyTorch weights file, or holds Python objects besides "
+                                    "tensors (which are never unpickled here).") from None
+        except Exception as error:  # corrupt files, wrong shapes
             reason = " ".join(str(error).split())[:200]
             raise QueryEncoderError(f"{weights}: cannot be loaded as open_clip weights for {self.name} ({reason}).") from None
         self.model.requires_grad_(False).eval()

@@ -14,13 +14,14 @@ writes ``OUT/<prompt slug>.wav`` (``<slug>-<k>.wav`` with ``-n`` above 1;
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 import torch
 
 from clipcore import cli
 from clipcore.audio import check_finite, save_audio
-from clipcore.files import ImageError, check_output_folder, load_image
+from clipcore.files import ImageError, check_not_an_input, check_output_folder, load_image
 from clipcore.naming import slugify, unique_names
 from clipsonic.generate import (
     MAX_DURATION,
@@ -98,7 +99,10 @@ def run_generate(args: argparse.Namespace) -> int:
     """Run ``clipsonic generate``; returns 0 when every file was written."""
     _check(args)
     prompts = _prompts(args)
-    images = list(dict.fromkeys(args.images))
+    by_file: dict[Path, str] = {}
+    for image in args.images:  # one query per file, however it is spelled
+        by_file.setdefault(Path(image).resolve(), image)
+    images = list(by_file.values())
     if not prompts and not images:
         raise cli.UsageError("give at least one prompt (as an argument or with --prompts-file) or --image.")
     pictures = [_load_image(path) for path in images]
@@ -108,12 +112,24 @@ def run_generate(args: argparse.Namespace) -> int:
         raise cli.UsageError(str(error)) from None
     out = Path(args.out)
     paths = output_paths(prompts, images, args.num_samples, out, args.format)
+    for path in (p for row in paths for p in row):  # not even with --overwrite
+        check_not_an_input(path, {"--prompts-file": args.prompts_file})
     existing = [p for row in paths for p in row if p.exists()]
     if existing and not args.overwrite:
         raise cli.UsageError(f"{existing[0]} already exists (pass --overwrite to replace it).")
     folders = [p for p in existing if p.is_dir()]
     if folders:
         raise cli.UsageError(f"{folders[0]}: is a folder; the file cannot be written there.")
+    previous = cli.stop_on_sigterm()  # a stopped run removes the file it was writing, as Ctrl-C does
+    try:
+        return _generate(args, prompts, pictures, paths)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _generate(args: argparse.Namespace, prompts: list[str], pictures: list, paths: list[list[Path]]) -> int:
+    """Load the generator, sample every clip, check them all, then write them."""
     device = cli.resolve_device(args.device)
     try:
         generator = Generator.from_pretrained(
@@ -140,7 +156,7 @@ def run_generate(args: argparse.Namespace) -> int:
             save_audio(path, wave, result.sample_rate, bit_depth=args.bit_depth, format=args.format,
                        clip=args.clip_mode)
             written.append(path)
-    print(f"Generated {len(written)} file(s) of {args.duration:g} s under {out}/:")
+    print(f"Generated {len(written)} file(s) of {args.duration:g} s under {args.out}/:")
     for path in written:
         print(f"  {path}")
     return 0

@@ -244,12 +244,15 @@ def load_vocoder(spec: str | os.PathLike | None = None, mel: dict | None = None,
     """A vocoder from a spec: ``None`` or ``"griffinlim"`` (default), or a local folder.
 
     Raises:
-        CheckpointError: the folder cannot be loaded or its rate or hop does not fit the mels.
+        CheckpointError: the folder cannot be loaded or its mel bins, rate or hop do not fit the mels.
     """
     if spec is None or str(spec).lower() in VOCODER_NAMES:
         return GriffinLim(mel=mel).to(device)
     vocoder = HiFiGAN.load(spec, map_location=device)
     config = MelConfig(**(mel or {}))
+    if vocoder.conv_pre.in_channels != config.n_mels:
+        raise CheckpointError(f"{spec}: vocoder takes {vocoder.conv_pre.in_channels} mel bins, but the mels have "
+                              f"{config.n_mels}.")
     if vocoder.hop_length != config.hop_length or vocoder.sample_rate != config.sample_rate:
         raise CheckpointError(
             f"{spec}: vocoder works at {vocoder.sample_rate} Hz with hop {vocoder.hop_length}, but the mels "

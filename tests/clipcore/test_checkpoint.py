@@ -102,7 +102,9 @@ def test_edited_configs_are_refused_in_one_sentence(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     for edit, expected in (({"class": 5}, "not a checkpoint config"), ({"arguments": [1]}, "not a checkpoint config"),
                            ({"arguments": {"width": -3}}, r"cannot build a TinyNet from its arguments \(.*\)\.$"),
-                           ({"arguments": {"width": "seven"}}, r"cannot build a TinyNet from its arguments")):
+                           ({"arguments": {"width": "seven"}}, r"cannot build a TinyNet from its arguments"),
+                           ({"arguments": {"layers": []}}, r"cannot build a TinyNet from its arguments"),  # IndexError
+                           ({"format_version": "1"}, "format_version must be a whole number, not '1'")):
         (tmp_path / "config.json").write_text(json.dumps({**config, **edit}))
         with pytest.raises(CheckpointError, match=expected):
             TinyNet.from_pretrained(tmp_path)

@@ -12,7 +12,7 @@ import clipcore.audio_blocks as audio_blocks
 from clipcore.audio_blocks import StemSpool
 from clipcore.cli import stop_on_sigterm
 from clipcore.errors import UsageError
-from clipcore.files import atomic_write, check_not_an_input, interrupts_held, write_json
+from clipcore.files import ImageError, atomic_write, check_not_an_input, interrupts_held, load_image, write_json
 
 
 @pytest.fixture
@@ -98,3 +98,12 @@ def test_json_is_standard_and_an_input_is_never_an_output(tmp_path):
     with pytest.raises(UsageError, match=r"pairs.npz: is the input of --pairs; writing it there would destroy it."):
         check_not_an_input(tmp_path / "sub" / ".." / "pairs.npz", {"--other": None, "--pairs": tmp_path / "pairs.npz"})
     check_not_an_input(tmp_path / "gap.json", {"--pairs": tmp_path / "pairs.npz"})
+
+
+def test_an_image_too_large_to_read_safely_is_one_sentence(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 40 x 40 image stands for a 20000 x 10000 one
+    with pytest.raises(ImageError, match=r"large.png: is too large an image to read safely \(more than 200 pixels\)"):
+        load_image(tmp_path / "large.png")

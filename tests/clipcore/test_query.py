@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from clipcore.embeddings import mean_embedding
 from clipcore.prompts import CLIPSEP_EVAL_TEMPLATES, DEFAULT_TEMPLATE
-from clipcore.query import QueryEncoder, QueryEncoderError
+from clipcore.query import QueryEncoder, QueryEncoderError, tiny_clip_config
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +188,21 @@ def test_load_errors_are_one_clear_sentence(tmp_path):
         QueryEncoder.load(f"ViT-B-32={tmp_path / 'missing.bin'}")
     with pytest.raises(QueryEncoderError, match="without config.json"):
         QueryEncoder.load(tmp_path)
+
+
+class _Payload:  # what a hostile weights file could hold: any object, rebuilt by calling a function
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_weights_holding_python_objects_are_refused_without_torchs_advice_to_unpickle_them(tmp_path, capsys):
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny_clip_config()))
+    torch.save({"state_dict": {}, "payload": _Payload()}, tmp_path / "weights.pt")
+    with pytest.raises(QueryEncoderError) as refused:
+        QueryEncoder.load(f"{tmp_path / 'tiny.json'}={tmp_path / 'weights.pt'}")
+    assert str(refused.value) == (f"{tmp_path / 'weights.pt'}: is not a PyTorch weights file, or holds Python objects "
+                                  "besides tensors (which are never unpickled here).")
+    assert "unpickled" not in capsys.readouterr().out
 
 
 def test_bfloat16_weights_give_float32_embeddings_of_the_same_images(tmp_path, encoder):

@@ -63,6 +63,15 @@ def test_bad_values_are_one_sentence(checkpoint, tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+def test_a_restarted_page_on_the_same_work_dir_keeps_the_earlier_clips(checkpoint, tmp_path):
+    generator = Generator.from_pretrained(checkpoint)
+    first = AuditionGenerator(generator, tmp_path / "work").generate("a harp", None, "zs", 2, 2.0, 0, 2, 0.25)
+    kept = {clip.audio: clip.audio.read_bytes() for clip in first}
+    again = AuditionGenerator(generator, tmp_path / "work").generate("a drum", None, "zs", 2, 2.0, 7, 1, 0.25)
+    assert again[0].audio == tmp_path / "work" / "run-2" / "clip-1.wav"  # run-1's clip-1 was replaced
+    assert {path: path.read_bytes() for path in kept} == kept
+
+
 def test_the_page_is_bound_to_this_machine_on_port_7860_by_default():
     from clipcore.cli import build_parser
     from clipsonic.cli import COMMANDS, DESCRIPTION

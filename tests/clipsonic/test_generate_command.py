@@ -10,6 +10,7 @@ from clipcore.query import QueryEncoder
 from clipcore.synthetic import render_frame
 from clipsonic.cli import main
 from clipsonic.model import CLIPSonic
+from clipsonic.vocoder import HiFiGAN
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,8 @@ def folders(tmp_path_factory):
     Image.fromarray(render_frame("harp", 0, 48)).save(root / "harp.png")
     (root / "broken.png").write_bytes(b"not an image")
     (root / "prompts.txt").write_text("the sound of a bell\n\n  a drum  \n")
+    HiFiGAN(model_in_dim=80, upsample_initial_channel=32, resblock_kernel_sizes=[3],
+            resblock_dilation_sizes=[[1]]).save_pretrained(root / "vocoder80")
     return root
 
 
@@ -90,6 +93,12 @@ def test_loud_output_is_rescaled_not_clipped(folders, tmp_path):
         (["--checkpoint", "{root}/query_encoder", "x"], "not a clipsonic.model.CLIPSonic"),
         (["--checkpoint", "{root}/full", "x", "--vocoder", "{root}"], "not a vocoder folder"),
         (["--checkpoint", "{root}/full", "x", "--template", "{{}}{{}}"], "can hold the query text only in {}"),
+        (["--checkpoint", "{root}/full", "x", "--template", "{{0.x}}"], "can hold the query text only in {}"),
+        (["--checkpoint", "{root}/full", "x", "--template", "{{0[0]}}"], "can hold the query text only in {}"),
+        (["--checkpoint", "{root}/full", "x", "--vocoder", "{root}/vocoder80"], "vocoder takes 80 mel bins, but the "
+                                                                                 "mels have 64."),
+        (["--checkpoint", "{root}/full", "--overwrite", "--prompts-file", "{root}/out/x.wav"],
+         "x.wav: is the input of --prompts-file; writing it there would destroy it."),
         (["--checkpoint", "{root}/full", "x", "--duration", "0.0001"], "(one window of the mel spectrogram)"),
         (["--checkpoint", "{root}/full", "x", "--seed", "99999999999999999999999"], "the seed must be between 0 and"),
         (["--checkpoint", "{root}/full", "x", "-o", "{root}/harp.png"], "harp.png: is a file, not a folder."),
@@ -102,13 +111,18 @@ def test_loud_output_is_rescaled_not_clipped(folders, tmp_path):
 )
 def test_bad_input_is_one_line_and_nothing_written(folders, tmp_path, capsys, args, message):
     out = tmp_path / "out"
+    if "{root}/out/x.wav" in args:  # a prompts file where the clip would go
+        args = [a.replace("{root}/out/x.wav", str(out / "x.wav")) for a in args]
+        out.mkdir()
+        (out / "x.wav").write_text("x\n")
+    kept = {path: path.read_bytes() for path in out.rglob("*")} if out.exists() else {}
     # Defaults first: the case's own values come later and win.
     code = main(["generate", "--steps", "1", "--duration", "0.2", "-o", str(out), *[a.format(root=folders) for a in args]])
     err = capsys.readouterr().err.strip().splitlines()
     err = [line for line in err if "generating" not in line]
     assert code == 2
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
-    assert not out.exists() or not any(out.iterdir())
+    assert ({path: path.read_bytes() for path in out.rglob("*")} if out.exists() else {}) == kept
 
 
 def test_existing_outputs_are_kept_without_overwrite(folders, tmp_path, capsys):
