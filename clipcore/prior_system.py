@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from clipcore.errors import is_whole_number
 from clipcore.prior import DiffusionPrior, PriorError
 from clipcore.prior_pairs import compute_pairs, file_identity, load_caption_function, load_pairs, pairs_source, save_pairs
 from clipcore.prompts import prompt_templates
@@ -71,6 +72,8 @@ class PriorDataModule(LightningDataModule):
             raise PriorError("computing pairs from shards needs an encoder (e.g. ViT-L-14/openai).")
         if not 0.0 <= val_fraction < 1.0:
             raise PriorError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        if not (is_whole_number(batch_size) and batch_size >= 1):
+            raise PriorError(f"batch_size must be a whole number of at least 1, got {batch_size}.")
         prompt_templates(templates or None, "templates", PriorError)
         self.save_hyperparameters()
         self.train_set: TensorDataset | None = None

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from clipcore.errors import is_whole_number
+
 __all__ = [
     "STFTConfig",
     "stft",
@@ -208,6 +210,19 @@ class MelConfig:
     f_min: float = 0.0
     f_max: float = 8000.0
     log_floor: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"):
+            value = getattr(self, name)
+            if not (is_whole_number(value) and value >= 1):
+                raise ValueError(f"mel {name} must be a whole number of at least 1, not {value!r}.")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"mel win_length {self.win_length} is longer than n_fft {self.n_fft}.")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(f"mel f_min {self.f_min} and f_max {self.f_max} must satisfy 0 <= f_min < f_max <= "
+                             f"{self.sample_rate / 2:g} (half the sample rate).")
+        if not 0 < self.log_floor < math.inf:
+            raise ValueError(f"mel log_floor must be a positive number, not {self.log_floor!r}.")
 
     def frames(self, samples: int) -> int:
         """Number of mel frames for ``samples`` samples (centred frames)."""

@@ -33,10 +33,11 @@ import math
 from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from clipcore.checkpoint import Pretrained
+from clipcore.errors import is_whole_number
 from clipcore.spectral import MelConfig, MelSpectrogram
 
 __all__ = ["CLIPSonic", "PREDICTION_TYPES"]
@@ -124,6 +125,13 @@ class CLIPSonic(Pretrained, nn.Module):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}.")
+        if not (is_whole_number(num_train_timesteps) and num_train_timesteps >= 1):
+            raise ValueError(f"num_train_timesteps must be a whole number of at least 1, not {num_train_timesteps!r}.")
+        try:  # the schedule every sampler is built with: an unknown name fails here, not after loading
+            DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
+                          beta_end=beta_end)
+        except NotImplementedError:
+            raise ValueError(f"beta_schedule {beta_schedule!r} is not a diffusers beta schedule.") from None
         self.embed_dim = embed_dim
         self.prediction_type = prediction_type
         self.num_train_timesteps = num_train_timesteps

@@ -1,4 +1,6 @@
+import json
 import math
+import re
 
 import librosa
 import numpy as np
@@ -64,6 +66,21 @@ def test_save_load_round_trip_keeps_weights_and_mel_statistics(model, tmp_path):
         torch.testing.assert_close(loaded(x, t, e), model(x, t, e))
     assert loaded.provenance["note"] == "test"
     assert loaded.embed_dim == 32 and loaded.downsample_factor == 4
+
+
+@pytest.mark.parametrize("edit, reason", [
+    ({"beta_schedule": "nope"}, "beta_schedule 'nope' is not a diffusers beta schedule"),
+    ({"num_train_timesteps": 0}, "num_train_timesteps must be a whole number of at least 1, not 0"),
+    ({"mel": {"hop_length": 0}}, "mel hop_length must be a whole number of at least 1, not 0"),
+    ({"mel": {"f_max": 20000.0}}, "mel f_min 0.0 and f_max 20000.0 must satisfy"),
+])
+def test_an_edited_config_that_would_fail_only_when_sampling_fails_at_load(model, tmp_path, edit, reason):
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["arguments"].update(edit)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"cannot build a CLIPSonic from its arguments \\({re.escape(reason)}"):
+        CLIPSonic.from_pretrained(tmp_path)
 
 
 def test_loading_another_class_is_a_clear_error(tmp_path):

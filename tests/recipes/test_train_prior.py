@@ -79,7 +79,11 @@ def test_bad_input_exits_with_one_line(tmp_path, monkeypatch, capsys):
     for bad, named, extra in ((tmp_path / "missing.npz", "missing.npz", []), (tmp_path / "pairs.npz", "16-d", []),
                               (tmp_path / "truncated.npz", "truncated.npz: cannot be read as a pairs file", []),
                               (tmp_path / "pairs.npz", "templates: prompt template '{}{}' can hold the query text "
-                               "only in {}", ["--data.templates", '["{}{}"]'])):
+                               "only in {}", ["--data.templates", '["{}{}"]']),
+                              (tmp_path / "pairs.npz", "batch_size must be a whole number of at least 1, got 0",
+                               ["--data.batch_size", "0"]),
+                              (tmp_path / "pairs.npz", "learning_rate must be a positive number, got -1.0",
+                               ["--model.learning_rate", "-1"])):
         monkeypatch.setattr(sys, "argv", [
             str(RECIPE), "fit", "--config", str(TOY), "--data.shards", "null", "--data.cache", "null",
             "--data.pairs", f"[{bad}]", "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path),
