@@ -99,28 +99,34 @@ def check_guidance(guidance: float, name: str = "guidance") -> None:
 
 
 def check_output_memory(queries: int, num_samples: int, duration: float, config: MelConfig = MelConfig(),
-                        device: torch.device | str = "cpu") -> None:
+                        device: torch.device | str = "cpu", sampling: int = 0) -> None:
     """Refuse a request whose clips would not fit in memory, before the diffusion sampling.
 
     The clips' waveforms and mels (float32) are held until returned, and twice while they are
-    gathered into one tensor; that peak may take at most half of the memory of ``device`` (on
-    the CPU: the machine's, or its container's limit when lower).
+    gathered into one tensor; with the sampling's own working memory that peak may take at
+    most half of the memory of ``device`` (on the CPU: the machine's, or its container's
+    limit when lower).
 
     Args:
         queries, num_samples, duration: the request: clips per query, seconds per clip.
         config: the model's mel settings (default: the project's convention).
         device: where the clips are made.
+        sampling: the sampling's working memory in bytes
+            (:meth:`clipsonic.model.CLIPSonic.sampling_bytes` of a batch); 0 before the
+            model is loaded.
 
     Raises:
         GenerationError: naming the request and the memory it would take.
     """
     length = round(duration * config.sample_rate)
-    peak = 2 * queries * num_samples * (length + config.n_mels * config.frames(length)) * 4
+    peak = 2 * queries * num_samples * (length + config.n_mels * config.frames(length)) * 4 + sampling
     memory = memory_exceeded(peak, device)
     if memory is not None:
+        what = "audio, mels and the sampling's working memory" if sampling else "audio and mels"
         raise GenerationError(f"{queries} queries x {num_samples} samples of {duration:g} s would take "
-                              f"{peak / 1e9:.1f} GB of audio and mels at their peak, more than half of the "
-                              f"{memory / 1e9:.0f} GB on {device}; generate fewer at a time.")
+                              f"{peak / 1e9:.1f} GB of {what} at their peak, more than half of the "
+                              f"{memory / 1e9:.0f} GB on {device}; generate fewer or shorter clips at a time"
+                              f"{', or in smaller batches' if sampling else ''}.")
 
 
 def _check_seed(seed: int, count: int) -> None:
@@ -394,7 +400,9 @@ class Generator:
         queries = embeddings.shape[0]
         length = round(duration * config.sample_rate)
         frames = config.frames(length)
-        check_output_memory(queries, num_samples, duration, config, self.device)
+        batch = min(self.batch_size, queries * num_samples)
+        check_output_memory(queries, num_samples, duration, config, self.device,
+                            self.model.sampling_bytes(batch, frames))
         rows = [(q, n) for q in range(queries) for n in range(num_samples)]
         chunks = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         mels, waves = [], []

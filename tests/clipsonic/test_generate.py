@@ -4,10 +4,11 @@ import torch
 from PIL import Image
 
 from clipcore.errors import ClipAudioError
+from clipcore.memory import device_memory
 from clipcore.prior import DiffusionPrior
 from clipcore.query import QueryEncoder
 from clipcore.synthetic import render_frame
-from clipsonic.generate import GenerationError, Generator, sample_mels
+from clipsonic.generate import GenerationError, Generator, check_output_memory, sample_mels
 from clipsonic.model import CLIPSonic
 from tests.clipsonic.helpers import unit_vectors
 
@@ -96,7 +97,8 @@ def test_text_modes_and_image_mode_use_the_folder_parts(checkpoint, generator):
     (dict(steps=10**6), "steps must be a whole number between 1 and 1000"),
     (dict(num_samples=0), "the number of samples must be a whole number at least 1, not 0"),
     (dict(num_samples=10**9, embeddings=torch.zeros(1, 32)),
-     r"1 queries x 1000000000 samples of 0.3 s would take \d+\.\d GB of audio and mels at their peak, more than half"),
+     r"1 queries x 1000000000 samples of 0.3 s would take \d+\.\d GB of audio, mels and the sampling's working memory "
+     r"at their peak, more than half"),
     (dict(seed=1.5), "the seed must be a whole number, not 1.5"),
     (dict(embeddings=torch.full((1, 32), float("nan"))), "embeddings hold NaN or infinity"),
     (dict(embeddings=torch.zeros(1, 16)), r"embeddings must be a real \[K, 32\] tensor with K >= 1, not \[1, 16\]"),
@@ -109,6 +111,19 @@ def test_text_modes_and_image_mode_use_the_folder_parts(checkpoint, generator):
 def test_requests_that_would_give_nan_or_a_traceback_are_refused(generator, request_, message):
     with pytest.raises(ClipAudioError, match=message):
         generator.generate(**{"steps": 2, "duration": 0.3, **request_})
+
+
+def test_the_samplings_working_memory_counts_toward_the_bound(generator):
+    # 16 clips of 600 s in one batch: 1.7 GB of clips, which the bound approved, but the
+    # U-Net's activations took about 230 GB (16 of 60 s peaked at 11 GB on a 24-GB machine).
+    model = generator.model
+    frames = model.mel_config.frames(600 * model.mel_config.sample_rate)
+    if model.sampling_bytes(16, frames) < device_memory("cpu") / 2:
+        pytest.skip("this machine has the memory for it")
+    check_output_memory(1, 16, 600.0, model.mel_config)  # the clips alone pass
+    with pytest.raises(GenerationError, match=r"1 queries x 16 samples of 600 s would take \d+\.\d GB of audio, mels "
+                                              r"and the sampling's working memory at their peak, more than half of"):
+        Generator(model, batch_size=16).generate(embeddings=torch.zeros(1, 32), steps=1, num_samples=16, duration=600.0)
 
 
 def test_an_image_query_may_be_a_file(generator, tmp_path):
