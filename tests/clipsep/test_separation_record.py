@@ -30,8 +30,8 @@ def test_each_folder_of_stems_says_what_made_it(tmp_path):
                  "--residual", "--bit-depth", "32f", "--overlap", "0.5", "--mask-power", "1.5", "--device", "cpu", "-o", str(out),
                  str(mix)]) == 0
     record = json.loads((out / "take" / "separation.json").read_text())
-    assert record["input"] == {"path": str(mix.resolve()), "sha256": _sha(mix), "sample_rate": 22050, "channels": 2,
-                               "seconds": 3.0}
+    assert record["input"] == {"path": str(mix.resolve()), "sha256": _sha(mix), "bytes": mix.stat().st_size,
+                               "mtime_ns": mix.stat().st_mtime_ns, "sample_rate": 22050, "channels": 2, "seconds": 3.0}
     assert record["queries"] == [{"text": "playing violin"}, {"image": str(image.resolve()), "sha256": _sha(image)}]
     assert record["checkpoint"]["weights_sha256"] == _sha(checkpoint / "model.safetensors")
     settings = record["settings"]

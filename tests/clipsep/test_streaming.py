@@ -139,7 +139,7 @@ def test_a_failing_read_mid_file_leaves_no_stem(separator, tmp_path, monkeypatch
     with pytest.raises(AudioError, match="disk went away"):
         separator.separate_file(source, ["violin", "dog"], out, residual=True, block_seconds=1.0)
     assert len(read) == 4
-    assert list(out.iterdir()) == []  # no stem, no temporary file
+    assert not out.exists()  # no stem, no temporary file, nor the folder the call made for them
 
 
 SCRIPT = """
@@ -174,9 +174,9 @@ def test_a_killed_process_leaves_no_stem(tmp_path, how):
     finally:
         process.kill()
     assert "done" not in process.stdout.read()
-    left = sorted(p.name for p in out.iterdir())
+    left = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert not [name for name in left if not name.startswith(".")]  # no stem under its name
-    if how == signal.SIGINT:  # an exception: the temporary files are removed too
-        assert left == []
+    if how == signal.SIGINT:  # an exception: the temporary files are removed too, and the folder made for them
+        assert not out.exists()
     else:  # SIGKILL: hidden temporary files stay (a rerun under claims removes them)
         assert left and all(name.endswith(".part") for name in left)
