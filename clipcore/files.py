@@ -161,7 +161,7 @@ def read_csv_rows(path: Path) -> list[list[str]]:
         UsageError: the file cannot be read as CSV (one sentence naming it).
     """
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
             return [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise UsageError(f"{path}: cannot be read as CSV ({error}).") from None

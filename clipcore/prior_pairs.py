@@ -184,6 +184,9 @@ def compute_pairs(
         try:
             captions = _captions(sample, templates, captions_of)
             if member in sample:
+                if "json" in sample and json.loads(sample["json"]).get("embedding") == "text":
+                    raise ValueError(f"its {member} holds its label's text embedding (labelled audio), not "
+                                     "an image's")
                 table = np.load(io.BytesIO(sample[member]), allow_pickle=False).astype(np.float32)
                 if table.ndim != 2 or table.shape[1] != encoder.embed_dim or not np.isfinite(table).all():
                     raise ValueError(f"{member} is not a finite [frames, {encoder.embed_dim}] table")

@@ -86,11 +86,17 @@ def read_library(source: Path, label_column: str = "label", label_pattern: str |
         raise UsageError(f"{source}: the header has no {label_column!r} column (give --label-column or --label-pattern).")
     if len(rows) < 2:
         raise UsageError(f"{source}: lists no audio files.")
-    out = []
+    out, rows_of = [], {}
     for number, row in enumerate(rows[1:], 2):
-        path = root / row[column].strip() if column < len(row) else root
-        cell = row[labels] if labels is not None and labels < len(row) else None
-        out.append(ListedFile(str(path), path.with_suffix("").name, _label(cell, pattern, path.stem, f"{source}:{number}")))
+        cell = row[column].strip() if column < len(row) else ""
+        if not cell:
+            raise UsageError(f"{source}:{number}: the {header[column]} cell is empty.")
+        path = root / cell
+        if path in rows_of:  # its clips would share their keys (and one label each is what a clip has)
+            raise UsageError(f"{source}:{number}: lists {cell} again (row {rows_of[path]}); give each file once.")
+        rows_of[path] = number
+        label = row[labels] if labels is not None and labels < len(row) else None
+        out.append(ListedFile(str(path), path.with_suffix("").name, _label(label, pattern, path.stem, f"{source}:{number}")))
     return out
 
 

@@ -73,12 +73,15 @@ def _sizes(state: dict[str, torch.Tensor]) -> dict[str, int]:
     """Read the network's constructor arguments off an (unprefixed) official state dict."""
     try:
         frame = state["frame_net.weight"]
-        base = state["sound_net.unet_block.model.0.weight"].shape[0]
+        base = state["sound_net.unet_block.model.0.weight"]
     except KeyError as missing:
         raise CheckpointError(f"it has no {missing} entry, so it is not an official CLIPSep state dict.") from None
+    if frame.dim() != 2 or base.dim() != 4:
+        raise CheckpointError(f"its frame_net.weight is {list(frame.shape)} and its first convolution "
+                              f"{list(base.shape)}, not 2-d and 4-d, so it is not an official CLIPSep state dict.")
     layers = 1 + sum(1 for key in state if re.fullmatch(r"sound_net\.unet_block(\.model\.[13])+\.model\.1\.weight", key))
     noise_heads = len({key.split(".")[1] for key in state if key.startswith("pit_nets.")})
-    return dict(query_dim=frame.shape[1], base_channels=base, mask_channels=frame.shape[0],
+    return dict(query_dim=frame.shape[1], base_channels=base.shape[0], mask_channels=frame.shape[0],
                 layers=layers, noise_heads=noise_heads)
 
 

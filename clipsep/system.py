@@ -160,6 +160,7 @@ class CLIPSepSystem(LightningModule):
         else:
             self.model = initial_model(init_from, CLIPSep, foreign=load_official_model)
         self.frozen = freeze_parts(self.model, freeze or [])
+        hold_frozen(self.model, self.frozen)  # Lightning keeps each module's mode as it finds it
         facts = self.model.provenance or {}
         self.raw_queries = facts.get("query_normalization") == "none"
         if query_noise < 0 or (query_noise > 0 and (query_mode != "clip" or self.raw_queries)):
@@ -316,6 +317,9 @@ class CLIPSepSystem(LightningModule):
             optimizer, lambda step: lr_multiplier(step, hp.warmup_steps, hp.decay_steps, hp.decay_multiplier)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        hold_frozen(self.model, self.frozen)  # whatever set the modes since
 
     def train(self, mode: bool = True) -> "CLIPSepSystem":
         """Training mode, with the frozen parts (and their BatchNorm statistics) held in eval mode."""

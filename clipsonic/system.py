@@ -123,6 +123,7 @@ class CLIPSonicSystem(LightningModule):
             settings["embed_dim"] = embed_dim
         self.model = start if start is not None else CLIPSonic.from_preset(preset, **settings)
         self.frozen = freeze_parts(self.model, freeze or [])
+        hold_frozen(self.model, self.frozen)  # Lightning keeps each module's mode as it finds it
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.noise_scheduler = DDPMScheduler(**self.model.scheduler_config())
         self.register_buffer("stats_ready", torch.tensor(start is not None))
@@ -240,6 +241,9 @@ class CLIPSonicSystem(LightningModule):
         warmup = max(1, self.hparams.warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        hold_frozen(self.model, self.frozen)  # whatever set the modes since
 
     def train(self, mode: bool = True) -> "CLIPSonicSystem":
         """Training mode, with the frozen parts held in eval mode."""

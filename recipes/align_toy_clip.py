@@ -45,9 +45,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -59,8 +61,9 @@ from tqdm import tqdm
 from webdataset.tariterators import tarfile_samples
 
 from clipcore import synthetic
-from clipcore.checkpoint import git_commit
+from clipcore.checkpoint import CONFIG_NAME, git_commit, read_config
 from clipcore.errors import UsageError, report_errors
+from clipcore.files import check_output_folder
 from clipcore.miniature import drawings, world
 from clipcore.prompts import DEFAULT_TEMPLATE
 from clipcore.query import QueryEncoder, tiny_clip_config
@@ -263,11 +266,24 @@ def main(argv: list[str] | None = None) -> int:
     return report_errors("align_toy_clip", lambda: _run(args))
 
 
+def _check_out_dir(out_dir: str) -> None:
+    """Refuse an output folder that cannot be written, or that holds another kind of checkpoint
+    (an aligned encoder replaces only an earlier query encoder)."""
+    check_output_folder(out_dir, "out_dir")
+    if (Path(out_dir) / CONFIG_NAME).is_file():
+        kind = read_config(out_dir)["class"]
+        if kind != f"{QueryEncoder.__module__}.{QueryEncoder.__qualname__}":
+            raise UsageError(f"out_dir {out_dir}: holds a {kind} checkpoint; save the query encoder elsewhere.")
+
+
 def _run(args: argparse.Namespace) -> int:
     if min(args.images, args.steps, args.groups, args.embed_dim) < 1:
         raise UsageError("--images, --steps, --groups and --embed-dim must be positive.")
     if args.gap_weight < 0 or not -1 <= args.mismatched_cosine < args.matching_cosine <= 1:
         raise UsageError("--gap-weight must be at least 0, and -1 <= --mismatched-cosine < --matching-cosine <= 1.")
+    if not 0 < args.learning_rate < math.inf:
+        raise UsageError(f"--learning-rate must be a positive number, got {args.learning_rate}.")
+    _check_out_dir(args.out_dir)  # before the alignment, not after it
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     toy = WORLDS[args.world]

@@ -284,3 +284,18 @@ def test_a_checkpoint_with_the_former_argument_name_still_loads(tmp_path):
     config["arguments"]["cond_drop_prob"] = 0.25
     config_file.write_text(json.dumps(config))
     assert DiffusionPrior.load(tmp_path / "prior", embed_dim=D).condition_dropout == 0.25
+
+
+def test_labelled_audio_shards_give_no_pairs_their_text_embeddings_are_not_images(tmp_path):
+    from clipcore.shards import ShardSample, write_shard
+
+    encoder = QueryEncoder.tiny(seed=0)
+    text = encoder.encode_text_raw(["dog"], ["a photo of {}"]).numpy()
+    audio = np.zeros(16000, np.float32)
+    write_shard(tmp_path / "audio-000000.tar", [
+        ShardSample("library", f"dog_{k}", 0.0, audio, 16000, np.zeros((0, 1, 1, 3), np.uint8), 0.0, "dog",
+                    {encoder.name: text}, ["a photo of {}"]) for k in range(3)])
+    # They were read as images: a "gap" between a label's text and itself (cosine 0.96 for a library).
+    with pytest.warns(UserWarning, match="holds its label's text embedding"), \
+            pytest.raises(PriorError, match=r"no usable image and caption pairs .* \(3 samples skipped\)"):
+        compute_pairs(str(tmp_path / "audio-*.tar"), encoder)

@@ -107,3 +107,10 @@ def test_bad_checkpoints_are_refused_in_one_sentence(official_state, tmp_path, c
     torch.save({"pytorch-lightning_version": "2.6.6", "state_dict": {"model.mask_bias": torch.zeros(1)}}, training)
     assert main(["convert", "official", str(training), "--out", str(tmp_path / "out")]) == 2
     assert "last.ckpt: is a training checkpoint of Lightning, not a released model" in capsys.readouterr().err
+
+
+def test_an_official_state_dict_of_the_wrong_ranks_is_one_sentence(tmp_path):
+    state = closed_form_state_dict()
+    for key, value in (("frame_net.weight", torch.zeros(8)), ("sound_net.unet_block.model.0.weight", torch.tensor(1.0))):
+        with pytest.raises(CheckpointError, match="not 2-d and 4-d, so it is not an official CLIPSep state dict"):
+            from_official({**state, key: value})  # an IndexError traceback before

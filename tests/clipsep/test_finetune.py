@@ -49,7 +49,8 @@ def test_official_checkpoint_fine_tunes_on_raw_text_queries_with_a_frozen_encode
     queries = system.queries(batch)
     assert torch.equal(queries, batch.embeddings)  # raw, not normalized
     before = {name: value.clone() for name, value in system.model.state_dict().items()}
-    system.train()
+    # As Lightning (2.6) trains: it never calls the system's train(), and keeps each module's
+    # mode as it finds it, so the frozen parts must be in eval mode from the start.
     optimizer = system.configure_optimizers()["optimizer"]
     loss = system.loss_terms(system.outputs(batch))["loss"]
     assert torch.isfinite(loss)

@@ -33,3 +33,15 @@ def test_the_saved_encoder_reproduces_the_recorded_figures(aligned):
 def test_bad_settings_are_one_clear_sentence(tmp_path, capsys):
     assert align_toy_clip.main([str(tmp_path / "x"), "--matching-cosine", "0.1", "--mismatched-cosine", "0.2"]) == 2
     assert "--mismatched-cosine" in capsys.readouterr().err
+    assert align_toy_clip.main([str(tmp_path / "x"), "--learning-rate", "-1"]) == 2  # a torch traceback before
+    assert "--learning-rate must be a positive number, got -1.0." in capsys.readouterr().err
+    # A folder holding another checkpoint: refused before the alignment (it was replaced after it).
+    (tmp_path / "separator").mkdir()
+    config = '{"class": "clipsep.model.CLIPSep", "arguments": {}}'
+    (tmp_path / "separator" / "config.json").write_text(config)
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert align_toy_clip.main([str(tmp_path / "separator"), "--steps", "1", "--images", "2"]) == 2
+    assert "holds a clipsep.model.CLIPSep checkpoint; save the query encoder elsewhere." in capsys.readouterr().err
+    assert (tmp_path / "separator" / "config.json").read_text() == config
+    assert align_toy_clip.main([str(tmp_path / "notes.txt"), "--steps", "1", "--images", "2"]) == 2
+    assert "out_dir " + str(tmp_path / "notes.txt") + ": is a file, not a folder." in capsys.readouterr().err

@@ -71,6 +71,9 @@ def test_labels_from_a_csv_column_or_a_file_name_pattern(tmp_path):
     _wav(tmp_path / "lib" / "dog_bark_03.wav", "drum")
     (item,) = read_library(tmp_path / "lib", label_pattern=r"^(.+?)_\d+$")
     assert (item.label, item.file_id) == ("dog bark", "dog_bark_03")
+    # Excel's "CSV UTF-8" starts with a byte-order mark: the header is still "path".
+    (tmp_path / "excel.csv").write_bytes("path,category\r\ndog_bark_03.wav,dog\r\n".encode("utf-8-sig"))
+    assert [f.label for f in read_library(tmp_path / "excel.csv", label_column="category")] == ["dog"]
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -78,6 +81,8 @@ def test_labels_from_a_csv_column_or_a_file_name_pattern(tmp_path):
     ("top", "loose.wav: has no label (its folder is the library's top folder; use --label-pattern)"),
     ("pattern", "does not match --label-pattern"),
     ("blank", "labels.csv:3: has no label"),
+    ("no-path", "labels.csv:2: the path cell is empty."),  # the CSV's own folder was probed as audio
+    ("twice", "labels.csv:3: lists a.wav again (row 2); give each file once."),  # duplicate tar members
     ("binary", "labels.csv: cannot be read as CSV"),
     ("no-model", "--audio needs --clip-model"),
 ])
@@ -87,9 +92,13 @@ def test_bad_libraries_get_one_line(tmp_path, encoder_dir, capsys, case, expecte
     _wav(tmp_path / "pattern" / "bells" / "bell.wav", "bell")
     (tmp_path / "blank").mkdir()
     (tmp_path / "blank" / "labels.csv").write_text("path,label\na.wav,bell\nb.wav, \n")
+    (tmp_path / "no-path").mkdir()
+    (tmp_path / "no-path" / "labels.csv").write_text("path,label\n,bell\n")
+    (tmp_path / "twice").mkdir()
+    (tmp_path / "twice" / "labels.csv").write_text("path,label\na.wav,bell\na.wav,chime\n")
     (tmp_path / "binary").mkdir()
     (tmp_path / "binary" / "labels.csv").write_bytes(b"path,label\n\xff\xfe\x00bad")
-    source = {"blank": "blank/labels.csv", "binary": "binary/labels.csv"}.get(case, case)
+    source = f"{case}/labels.csv" if case in ("blank", "binary", "no-path", "twice") else case
     args = [str(tmp_path / source), str(tmp_path / "out"), "--audio"]
     args += [] if case == "no-model" else ["--clip-model", str(encoder_dir)]
     args += ["--label-pattern", r"^(.+)_\d+$"] if case == "pattern" else []
