@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 from clipcore.errors import ClipAudioError, UsageError
 
 __all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image", "ListedFile",
-           "files_below", "read_csv_rows", "check_output_folder", "check_output_file", "remove_empty_folders",
+           "files_below", "read_csv_rows", "check_output_folder", "check_output_file", "file_identity", "remove_empty_folders",
            "check_not_an_input", "write_json"]
 
 
@@ -214,6 +214,13 @@ def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.Pat
     for option, path in inputs.items():
         if path is not None and Path(path).resolve() == target:
             raise UsageError(f"{output}: is the input of {option}; writing it there would destroy it.")
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """What tells a file from another, or from an earlier version of itself, cheaply: its
+    resolved ``path``, size in ``bytes`` and modification time ``mtime_ns``."""
+    stat = os.stat(path)
+    return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def remove_empty_folders(folder: str | os.PathLike) -> None:

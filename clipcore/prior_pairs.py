@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -34,7 +33,7 @@ from clipcore.prompts import prompt_templates
 from clipcore.query import QueryEncoder
 from clipcore.shards import expand_shards
 
-__all__ = ["load_pairs", "save_pairs", "pairs_source", "compute_pairs", "load_caption_function", "file_identity"]
+__all__ = ["load_pairs", "save_pairs", "pairs_source", "compute_pairs", "load_caption_function"]
 
 _IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 
@@ -238,13 +237,6 @@ def load_caption_function(path: str) -> Callable[[str], list[str]]:
     if not callable(function):
         raise PriorError(f"captions: {path!r} names no function (give package.module.function).")
     return function
-
-
-def file_identity(path: str) -> list:
-    """What tells a file from another, or from an earlier version of itself, cheaply:
-    ``[resolved path, bytes, modification time in ns]``."""
-    stat = os.stat(path)
-    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
 
 
 def _natural(name: str) -> tuple:

@@ -17,8 +17,9 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from torch.utils.data import DataLoader, TensorDataset
 
 from clipcore.errors import is_whole_number
+from clipcore.files import file_identity
 from clipcore.prior import DiffusionPrior, PriorError
-from clipcore.prior_pairs import compute_pairs, file_identity, load_caption_function, load_pairs, pairs_source, save_pairs
+from clipcore.prior_pairs import compute_pairs, load_caption_function, load_pairs, pairs_source, save_pairs
 from clipcore.prompts import prompt_templates
 from clipcore.query import QueryEncoder
 from clipcore.shards import expand_shards
@@ -94,7 +95,7 @@ class PriorDataModule(LightningDataModule):
         and modification time), the encoder (spec, local path resolved, and its files),
         captions, templates and sample limit; as JSON would give it back."""
         h = self.hparams
-        shard_files = [file_identity(url) if os.path.isfile(url) else [url] for url in expand_shards(h.shards)]
+        shard_files = [file_identity(url) if os.path.isfile(url) else {"path": url} for url in expand_shards(h.shards)]
         encoder, encoder_files = h.encoder, []
         weights = h.encoder.partition("=")[2] if "=" in h.encoder else h.encoder  # ARCH=FILE, or a folder
         if h.encoder != "tiny" and os.path.exists(weights):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipcore.checkpoint import WEIGHTS_NAME, library_versions
-from clipcore.files import atomic_write
+from clipcore.files import atomic_write, file_identity
 
 if TYPE_CHECKING:
     from clipsep.separate import Separator
@@ -99,7 +99,7 @@ def write_record(source: Path, outputs: dict[str, Path], levels: FileLevels, sec
     energy, samples = levels.mixture_energy, levels.channels * levels.frames
     record = {
         "input": {
-            **_identity(source),
+            **file_identity(source),
             "sha256": sha256_file(source),
             "sample_rate": levels.sample_rate,
             "channels": levels.channels,
@@ -121,12 +121,6 @@ def write_record(source: Path, outputs: dict[str, Path], levels: FileLevels, sec
     return atomic_write(folder / RECORD_NAME, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
 
-def _identity(source: Path) -> dict[str, Any]:
-    """What tells an input file from another, or from an earlier version of itself, cheaply."""
-    stat = source.stat()
-    return {"path": str(source.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def recorded_elsewhere(folder: Path, source: Path) -> str | None:
     """Why ``folder``'s stems are not ``source``'s, or None if they are (or no record says).
 
@@ -138,11 +132,11 @@ def recorded_elsewhere(folder: Path, source: Path) -> str | None:
         A sentence (which input the stems are of, and what to do), or None.
     """
     try:
-        recorded = json.loads((folder / RECORD_NAME).read_text())["input"]
-        made_by = {key: recorded[key] for key in ("path", "bytes", "mtime_ns") if key in recorded}
+        recorded = dict(json.loads((folder / RECORD_NAME).read_text())["input"])
     except (OSError, ValueError, KeyError, TypeError):  # no record (or one this reader cannot use)
         return None
-    identity = _identity(source)
+    identity = file_identity(source)
+    made_by = {key: recorded[key] for key in identity if key in recorded}
     if made_by.get("path") != identity["path"]:
         return (f"{folder}/ holds the stems of {made_by.get('path')} (its {RECORD_NAME}), another input of the "
                 "same name; separate this one into another folder with -o, or pass --overwrite to replace them.")
