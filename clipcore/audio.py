@@ -7,6 +7,7 @@ partial is ever written under a final file name.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -112,13 +113,18 @@ def load_audio(
     path: str | os.PathLike,
     sample_rate: int | None = None,
     mono: bool = False,
+    span: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Read an audio file.
+    """Read an audio file, or a span of it.
 
     Args:
         path: any file soundfile reads (wav, flac, ogg, mp3, aiff).
         sample_rate: resample to this rate when given.
         mono: average the channels into one.
+        span: ``(start, end)`` seconds: read only these samples (and the few the resampler
+            needs around them), the samples ``round(start * rate)`` to ``round(end * rate)``
+            at the output rate, as reading the whole file and slicing it gives; fewer where
+            the file ends sooner, none where it ends before ``start``.
 
     Returns:
         ``(wave, rate)``: float32 ``[channels, samples]`` and its sample rate.
@@ -128,22 +134,53 @@ def load_audio(
     """
     path = Path(path)
     with open_audio(path) as handle:
+        rate = handle.samplerate
+        out_rate = rate if sample_rate is None else sample_rate
+        first, count, skip, keep = 0, -1, 0, None
+        if span is not None:
+            first, count, skip, keep = _span_frames(span, rate, out_rate, handle.frames)
         try:
-            data = handle.read(dtype="float32", always_2d=True)
+            handle.seek(first)
+            data = handle.read(count, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError) as error:
             raise AudioError(f"{path}: cannot be read as audio ({_reason(error)}).") from None
-        rate = handle.samplerate
-    if data.shape[0] == 0:  # a header that counts samples the file does not hold
+    if data.shape[0] == 0 and span is None:  # a header that counts samples the file does not hold
         raise AudioError(f"{path}: contains zero samples.")
     wave = torch.from_numpy(np.ascontiguousarray(data.T))
     if not torch.isfinite(wave).all():
         raise AudioError(f"{path}: contains non-finite samples (NaN or infinity).")
     if mono:
         wave = to_mono(wave)
-    if sample_rate is not None and sample_rate != rate:
-        wave = resample(wave, rate, sample_rate)
-        rate = sample_rate
-    return wave, rate
+    if out_rate != rate and wave.shape[-1]:
+        wave = resample(wave, rate, out_rate)
+    if keep is not None:
+        wave = wave[:, skip : skip + keep]
+    return wave, out_rate
+
+
+def _span_frames(span: tuple[float, float], rate: int, out_rate: int, frames: int) -> tuple[int, int, int, int]:
+    """Which file frames to read for the output samples ``round(start * out_rate)`` to
+    ``round(end * out_rate)``: ``(first, count, skip, keep)``, where the output samples
+    wanted are ``keep`` from ``skip`` of the resampled frames.
+
+    The frames read start at a multiple of the input's period in the rates' ratio
+    (``rate / gcd``), so that resampling them gives the whole file's resampled samples
+    exactly, and reach ``margin`` frames beyond the span on each side, more than the
+    resampling kernel's half width (``torchaudio``'s: 6 zero crossings of the lower rate).
+    """
+    wanted = (int(round(span[0] * out_rate)), int(round(span[1] * out_rate)))
+    if out_rate == rate:
+        first = min(max(wanted[0], 0), frames)
+        return first, max(min(wanted[1], frames) - first, 0), 0, max(min(wanted[1], frames) - first, 0)
+    common = math.gcd(rate, out_rate)
+    period_in, period_out = rate // common, out_rate // common
+    margin = math.ceil(6 * period_in / (0.99 * min(period_in, period_out))) + period_in + 1
+    block = max(0, (wanted[0] * rate // out_rate - margin) // period_in)
+    first = min(block * period_in, frames)
+    last = min(frames, -(-wanted[1] * rate // out_rate) + margin)
+    skip = wanted[0] - block * period_out
+    total = -(-frames * out_rate // rate)  # the whole file's resampled length
+    return first, max(last - first, 0), skip, max(min(wanted[1], total) - wanted[0], 0)
 
 
 def _reason(error: Exception) -> str:

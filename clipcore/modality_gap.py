@@ -77,13 +77,24 @@ class ModalityGap:
     @classmethod
     def measure(cls, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> "ModalityGap":
         """The gap between ``image_embeddings [N, D]`` and ``text_embeddings [M, D]``
-        (each normalized first; at least two of each, the texts not all alike)."""
-        image, text = (F.normalize(e.detach().float().cpu(), dim=-1) for e in (image_embeddings, text_embeddings))
+        (each normalized first; at least two of each, finite and not zero, and neither the
+        images nor the texts all alike).
+
+        Raises:
+            ValueError: one sentence saying which of these does not hold.
+        """
+        image, text = (e.detach().float().cpu() for e in (image_embeddings, text_embeddings))
         if image.shape[-1] != text.shape[-1] or min(len(image), len(text)) < 2:
             raise ValueError(f"need at least two image and two text embeddings of one width, got "
                              f"{tuple(image_embeddings.shape)} and {tuple(text_embeddings.shape)}.")
+        for name, embeddings in (("image", image), ("text", text)):
+            if not bool(torch.isfinite(embeddings).all() and (embeddings.norm(dim=-1) > 0).all()):
+                raise ValueError(f"some {name} embeddings are zero or not finite; the encoder gives no direction there.")
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
         image_mean, text_mean = image.mean(0), text.mean(0)
         _, singular, directions = torch.linalg.svd(image - image_mean, full_matrices=False)
+        if not bool(singular[0] > 1e-6):
+            raise ValueError("the image embeddings are all alike; measure the gap on frames of several videos.")
         variance = singular**2
         kept = int((variance.cumsum(0) < VARIANCE_KEPT * variance.sum()).sum()) + 1
         axes = directions[:kept]

@@ -78,7 +78,8 @@ class ShardSample:
         dataset: dataset name (first part of the key).
         video_id: video identifier (dots and slashes become underscores in the key).
         start: clip start in the source video, seconds.
-        audio: float32 ``[S]`` mono in ``[-1, 1]`` (stored as 16-bit FLAC).
+        audio: float32 ``[S]`` mono (stored as 16-bit FLAC; audio peaking beyond full scale
+            is scaled to a peak of 1, not clipped, and the JSON records the ``gain``).
         sample_rate: audio rate.
         frames: uint8 ``[F, H, W, 3]`` RGB (stored as JPEG).
         fps: frame rate.
@@ -113,8 +114,10 @@ class ShardSample:
         audio = np.asarray(self.audio, dtype=np.float32)
         if audio.ndim != 1 or len(audio) == 0 or not np.isfinite(audio).all():
             raise ValueError(f"{self.key}: audio must be a finite, non-empty mono array.")
+        peak = float(np.abs(audio).max())
+        gain = 1.0 / peak if peak > 1.0 else 1.0  # beyond full scale (a float file, a codec's overshoot): scaled, not clipped
         flac = io.BytesIO()
-        sf.write(flac, np.clip(audio, -1.0, 1.0), int(self.sample_rate), format="FLAC", subtype="PCM_16")
+        sf.write(flac, np.clip(audio * gain, -1.0, 1.0), int(self.sample_rate), format="FLAC", subtype="PCM_16")
         meta = {
             "dataset": self.dataset,
             "video_id": self.video_id,
@@ -123,6 +126,8 @@ class ShardSample:
             "sample_rate": int(self.sample_rate),
             "fps": float(self.fps),
         }
+        if gain != 1.0:
+            meta["gain"] = gain
         if self.label is not None:
             meta["label"] = self.label
         if self.text_templates is not None:

@@ -20,13 +20,11 @@ from typing import Sequence
 import numpy as np
 import soundfile as sf
 
-from clipcore.audio import AudioError, load_audio
+from clipcore.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from clipcore.errors import UsageError
 from clipcore.files import ListedFile, files_below, read_csv_rows
 
 __all__ = ["AUDIO_EXTENSIONS", "read_library", "clip_spans", "read_span", "label_embeddings"]
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 def _label(text: str | None, pattern: re.Pattern | None, stem: str, where: str) -> str:
@@ -117,12 +115,13 @@ def clip_spans(path: str, clip_seconds: float, min_seconds: float) -> tuple[list
 
 def read_span(path: str, start: float, end: float, sample_rate: int) -> np.ndarray | str:
     """Mono float32 ``[S]`` audio of ``start .. end`` seconds at ``sample_rate``, or why
-    it cannot be read."""
+    it cannot be read (only the span is read and resampled: a clip of a long take costs
+    what the clip does)."""
     try:
-        wave, _ = load_audio(path, sample_rate, mono=True)
+        wave, _ = load_audio(path, sample_rate, mono=True, span=(start, end))
     except AudioError as error:
         return str(error)
-    audio = wave[0, int(round(start * sample_rate)):int(round(end * sample_rate))].numpy()
+    audio = wave[0].numpy()
     if len(audio) == 0:
         return f"{path}: holds no audio from {start:.1f} s."
     return audio

@@ -184,3 +184,18 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     path = save_audio(tmp_path / "shared.wav", _tone(), 16000)
     # As open() would create it: 0644 under the usual umask 022, not mkstemp's private 0600.
     assert path.stat().st_mode & 0o777 == 0o666 & ~files._UMASK
+
+
+@pytest.mark.parametrize("rate,out_rate", [(44100, 16000), (16000, 16000), (48000, 11025), (8000, 22050)])
+@pytest.mark.parametrize("span", [(0.0, 0.5), (1.3, 2.1), (2.6, 3.0), (2.9, 4.0), (5.0, 6.0)])
+def test_a_span_is_the_whole_files_samples(tmp_path, rate, out_rate, span):
+    """Reading a span reads only its frames (and the resampler's margin), and gives the samples of
+    the whole file read and resampled, sliced: to float rounding, at the file's ends too."""
+    path = tmp_path / "take.wav"
+    noise = np.random.default_rng(rate).uniform(-0.9, 0.9, size=(3 * rate, 2)).astype(np.float32)
+    sf.write(path, noise, rate, subtype="FLOAT")
+    whole, _ = load_audio(path, out_rate, mono=True)
+    part, got_rate = load_audio(path, out_rate, mono=True, span=span)
+    expected = whole[:, int(round(span[0] * out_rate)):int(round(span[1] * out_rate))]
+    assert got_rate == out_rate and part.shape == expected.shape
+    torch.testing.assert_close(part, expected, atol=1e-6, rtol=0)

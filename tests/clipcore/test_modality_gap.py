@@ -106,6 +106,17 @@ def test_measuring_needs_texts_that_differ():
         ModalityGap.measure(image, text[:1].repeat(3, 1))
 
 
+def test_measuring_needs_images_that_differ_and_embeddings_with_a_direction():
+    """A gap that :meth:`ModalityGap.load` would refuse (no image spread) is not measured either."""
+    image, text, _ = _two_cones()
+    with pytest.raises(ValueError, match="image embeddings are all alike"):
+        ModalityGap.measure(image[:1].repeat(4, 1), text)
+    for broken, name in ((image.clone(), "image"), (text.clone(), "text")):
+        broken[1] = 0.0
+        with pytest.raises(ValueError, match=f"some {name} embeddings are zero or not finite"):
+            ModalityGap.measure(broken if name == "image" else image, broken if name == "text" else text)
+
+
 def test_the_recipe_measures_the_gap_of_embedding_pairs(tmp_path, capsys):
     from clipcore.prior_pairs import save_pairs
 
@@ -126,6 +137,10 @@ def test_the_recipe_measures_the_gap_of_embedding_pairs(tmp_path, capsys):
     save_pairs(tmp_path / "alike.npz", text[:1].repeat(3, 1), image[:3])
     with pytest.raises(UsageError, match=r"alike.npz: .*alike"):
         measure_gap(["--pairs", str(tmp_path / "alike.npz"), "-o", str(tmp_path / "alike.json")])
+    save_pairs(tmp_path / "one_image.npz", text[:3], image[:1].repeat(3, 1))
+    with pytest.raises(UsageError, match=r"one_image.npz: .*image embeddings are all alike"):
+        measure_gap(["--pairs", str(tmp_path / "one_image.npz"), "-o", str(tmp_path / "one_image.json")])
+    assert not (tmp_path / "one_image.json").exists()
 
 
 def test_the_recipe_measures_the_gap_of_labelled_shards(tmp_path):

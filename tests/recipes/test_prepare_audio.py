@@ -111,3 +111,31 @@ def test_bad_libraries_get_one_line(tmp_path, encoder_dir, capsys, case, expecte
 def test_shards_of_a_library_take_labels_in_turn():
     jobs = [ClipJob(f"{label}/{k}.wav", f"{label}{k}", label, 0.0, 1.0) for label in "aab" for k in range(2)]
     assert [job.label for job in interleave_labels(sorted(set(jobs), key=lambda j: j.path))] == ["a", "b", "a", "b"]
+
+
+def test_a_long_take_is_cut_into_its_clips_and_audio_beyond_full_scale_is_scaled_not_clipped(tmp_path, encoder_dir,
+                                                                                                capsys):
+    """Each clip of a 44.1 kHz float take holds the take's own samples there (read as a span, resampled), and
+    a clip peaking at +6 dBFS keeps its waveform's shape at a lower level, its gain in the JSON."""
+    take = np.random.default_rng(3).uniform(-0.5, 0.5, size=44100 * 5).astype(np.float32)
+    take[44100 * 3:44100 * 4] *= 4.0  # the fourth second peaks near 2.0 (+6 dBFS)
+    (tmp_path / "library" / "violin").mkdir(parents=True)
+    sf.write(tmp_path / "library" / "violin" / "take.wav", take, 44100, subtype="FLOAT")
+    status = main([str(tmp_path / "library"), str(tmp_path / "audio"), "--audio", "--clip-model", str(encoder_dir),
+                   "--clip-seconds", "1.0"])
+    assert status == 0, capsys.readouterr()
+    with tarfile.open(tmp_path / "audio" / "shard-000000.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    from clipcore.audio import load_audio
+    whole = load_audio(tmp_path / "library" / "violin" / "take.wav", RATE, mono=True)[0][0].numpy()
+    starts = sorted(json.loads(data)["start"] for name, data in members.items() if name.endswith(".json"))
+    assert starts == [0.0, 1.0, 2.0, 3.0, 4.0]
+    for name, data in members.items():
+        if not name.endswith(".json"):
+            continue
+        meta = json.loads(data)
+        audio, _ = sf.read(io.BytesIO(members[name.replace(".json", ".flac")]), dtype="float32")
+        expected = whole[int(meta["start"]) * RATE:(int(meta["start"]) + 1) * RATE]
+        gain = meta.get("gain", 1.0)
+        assert (gain < 0.6) == (meta["start"] == 3.0)
+        np.testing.assert_allclose(audio, expected * gain, atol=1e-4)  # 16-bit rounding; no clipped sample
