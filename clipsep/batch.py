@@ -39,7 +39,7 @@ from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import interrupts_held
 from clipcore.naming import safe_filename, unique_names
 from clipsep.claims import STALE_SECONDS, claim, tidy
-from clipsep.separation_record import RECORD_NAME, recorded_elsewhere, write_record
+from clipsep.separation_record import RECORD_NAME, recorded_elsewhere, recorded_stem_files, write_record
 from clipsep.stem_files import output_files, separate_to_files
 
 if TYPE_CHECKING:
@@ -240,12 +240,19 @@ def process_file(
     interrupted process doing this input, and are replaced.
 
     The stems and ``separation.json`` appear together: an interruption or failure while
-    the record is written removes the stems.
+    the record is written removes the stems. A folder holds one separation, all of whose
+    stems its record lists: stems of an earlier one with other queries fail the input,
+    and ``options.overwrite`` removes them once the new record is written.
     """
     result = FileResult(job.source)
     try:
         if not options.overwrite and (elsewhere := recorded_elsewhere(job.folder, job.source)):
             raise UsageError(elsewhere)
+        earlier = [name for name in recorded_stem_files(job.folder) if name not in {p.name for p in job.outputs.values()}]
+        if earlier and not options.overwrite:  # the record will list this run's stems: none may be left unlisted
+            raise UsageError(f"{job.folder}/ holds stems of an earlier separation with other queries "
+                             f"({', '.join(earlier)}); pass --overwrite to replace them, or separate into another "
+                             "folder with -o.")
         for path in job.outputs.values():
             if path.is_dir():
                 raise UsageError(f"output {path} is a folder; the stem cannot be written there.")
@@ -265,6 +272,8 @@ def process_file(
                     for path in job.outputs.values():
                         path.unlink(missing_ok=True)
                 raise
+            for name in earlier:  # --overwrite replaced the earlier separation, these stems too
+                (job.folder / name).unlink(missing_ok=True)
         result.written = list(job.outputs.values())
     except (ClipAudioError, OSError, MemoryError, torch.OutOfMemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from clipsep.separate import Separator
     from clipsep.stem_files import FileLevels
 
-__all__ = ["RECORD_NAME", "sha256_file", "run_record", "write_record", "recorded_elsewhere"]
+__all__ = ["RECORD_NAME", "sha256_file", "run_record", "write_record", "recorded_elsewhere", "recorded_stem_files"]
 
 RECORD_NAME = "separation.json"
 
@@ -144,3 +144,14 @@ def recorded_elsewhere(folder: Path, source: Path) -> str | None:
         return (f"{folder}/ holds the stems of an earlier version of this input (it changed since they were "
                 "made); pass --overwrite to separate it again.")
     return None
+
+
+def recorded_stem_files(folder: Path) -> list[str]:
+    """The names of the stem files ``folder/separation.json`` lists that are in ``folder``
+    (none without a record, or with one this reader cannot use)."""
+    try:
+        stems = json.loads((folder / RECORD_NAME).read_text())["stems"]
+        names = [str(stem["file"]) for stem in stems.values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [name for name in names if Path(name).name == name and (folder / name).is_file()]

@@ -151,6 +151,23 @@ def test_a_folder_of_stems_belongs_to_the_input_that_made_it(checkpoint, tmp_pat
     assert "1 input(s) already separated" in capsys.readouterr().out
 
 
+def test_every_stem_in_a_folder_is_one_the_record_lists(checkpoint, tmp_path, capsys):
+    """Other queries into a folder of stems: refused (the new record would not list the earlier
+    stems); with --overwrite the earlier separation is replaced, its stems too."""
+    save_audio(tmp_path / "take.wav", _noise(1, 20000), 16000)
+    out = tmp_path / "out"
+    assert _run(checkpoint, "-q", "violin", "-q", "cello", "-o", out, tmp_path / "take.wav") == 0
+    made = _digest(out / "take")
+    assert _run(checkpoint, "-q", "tuba", "-o", out, tmp_path / "take.wav") == 2
+    assert f"{out / 'take'}/ holds stems of an earlier separation with other queries (violin.wav, cello.wav)" in \
+        capsys.readouterr().err
+    assert _digest(out / "take") == made
+    assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "take.wav") == 0  # a subset: done already
+    assert "already separated" in capsys.readouterr().out
+    assert _run(checkpoint, "-q", "violin", "-q", "tuba", "-o", out, "--overwrite", tmp_path / "take.wav") == 0
+    assert sorted(p.name for p in (out / "take").iterdir()) == ["separation.json", "tuba.wav", "violin.wav"]
+
+
 def test_stems_appear_with_their_record_or_not_at_all(checkpoint, tmp_path, monkeypatch):
     save_audio(tmp_path / "take.wav", _noise(1, 20000), 16000)
     spec = SeparatorSpec(str(checkpoint))
