@@ -28,18 +28,26 @@ def clip_facts(encoder_dir: Path, queries, shards: str) -> dict[str, float]:
     return gap_facts(encoder, frames, labels, list(queries.instruments), world.HELDOUT_TEMPLATES)
 
 
+TRANSPOSE = 7
+"""Semitones by which :func:`judge_facts` moves test renders out of their register."""
+
+
 def judge_facts(judge, train_clips: int, seconds: float, offscreen: float) -> dict:
     """The timbre judge's accuracy on test renders of the instrument alone (as many clips as
     it was trained on of each kind), under ``offscreen`` in ``"offscreen"``, and those through
     the vocoder's round trip in ``"vocoded"`` (the first of each clip's crops): the ceiling of
-    recognition for a generator that renders its training videos' sound perfectly."""
+    recognition for a generator that renders its training videos' sound perfectly. In
+    ``"transposed"``, one crop of each clip moved :data:`TRANSPOSE` semitones up or down, out of
+    the training melodies' register: a judge of register, not timbre, would fail there."""
     from recipes.toy_judges import judge_report, render_crops, vocoder_round_trip
 
     waves, labels = render_crops("test", train_clips, seconds, per_clip=3, seed=1, offscreen=offscreen)
+    moved = render_crops("test", train_clips, seconds, per_clip=1, seed=2, transpose=TRANSPOSE)
     return {"train_clips": train_clips, "seconds": seconds,
             **judge_report(judge, *render_crops("test", train_clips, seconds, per_clip=3, seed=1)),
             "offscreen": {"level": offscreen, **judge_report(judge, waves, labels)},
-            "vocoded": {"level": offscreen, **judge_report(judge, vocoder_round_trip(waves[::3]), labels[::3])}}
+            "vocoded": {"level": offscreen, **judge_report(judge, vocoder_round_trip(waves[::3]), labels[::3])},
+            "transposed": {"semitones": TRANSPOSE, **judge_report(judge, *moved)}}
 
 
 def _value(x: float) -> float | None:
@@ -78,7 +86,8 @@ def build_report(facts: dict, separation: dict, generation: dict) -> dict:
     })
     clipsonic = {**_mean(judge["accuracy"], "judge_accuracy_real"),
                  **_mean(judge["offscreen"]["accuracy"], "judge_accuracy_offscreen"),
-                 **_mean(judge["vocoded"]["accuracy"], "judge_accuracy_vocoded")}
+                 **_mean(judge["vocoded"]["accuracy"], "judge_accuracy_vocoded"),
+                 **_mean(judge["transposed"]["accuracy"], "judge_accuracy_transposed")}
     for mode in ("image", "zs", "pd"):
         clipsonic.update(_mean(generation[mode]["recognition"], f"recognition_{mode}"))
     clipsonic.update({
@@ -133,8 +142,9 @@ CLIPSep, trained with image queries only, on {sep['stems_per_kind']} stems of tw
   worst instrument across the gap: {sep['sdri_text_gap_min_instrument']:<15} {sep['sdri_text_gap_min_instrument_db']:6.2f} dB
 CLIPSonic; a timbre judge trained on training renders (accuracy on test renders \
 {_ci(sonic, 'judge_accuracy_real', unit='').strip()}, with off-screen sound \
-{_ci(sonic, 'judge_accuracy_offscreen', unit='').strip()}, and that through the vocoder \
-{_ci(sonic, 'judge_accuracy_vocoded', unit='').strip()}) names the instrument of {sonic['clips_per_mode']} generated clips \
+{_ci(sonic, 'judge_accuracy_offscreen', unit='').strip()}, that through the vocoder \
+{_ci(sonic, 'judge_accuracy_vocoded', unit='').strip()}, and moved {TRANSPOSE} semitones \
+{_ci(sonic, 'judge_accuracy_transposed', unit='').strip()}) names the instrument of {sonic['clips_per_mode']} generated clips \
 per mode:
   image query                                      {_ci(sonic, 'recognition_image', unit='')}   (goal >= 70%)
   text query, zero-shot                            {_ci(sonic, 'recognition_zs', unit='')}

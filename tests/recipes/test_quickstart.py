@@ -11,7 +11,10 @@ below 1%:
   frames agree at worst), the hits among the 44 test clips follow Binomial(44, 1/11), and
   a retrieval of 0.3 or more (14 clips) has probability 2e-5.
 - The timbre judge: a verdict that ignored the audio would be right with probability 1/11
-  on each of the 165 test crops; 60% right has probability below 1e-50.
+  on each crop: 60% right of the 165 clean test crops has probability below 1e-50, and 50%
+  right of the 165 with off-screen sound, of the 55 of those through the vocoder, or of the
+  55 moved 7 semitones out of the training melodies' register (where a register detector
+  would fail), each below 1e-14.
 
 Separation and generation have no floor at this size: on the miniature world, even 300
 CLIPSep steps and 100 CLIPSonic steps do not reach query-dependent output (measured: SDR
@@ -65,8 +68,8 @@ def test_report_has_the_documented_keys_and_is_printed(quickstart):
     assert set(report["clip"]) >= {"matching_cosine", "mismatched_cosine", "retrieval_heldout_prompts"}
     means = {"clipsep": ["sdri_image_db", "sdri_text_db", "sdri_text_prior_db", "sdri_text_gap_db",
                          "sdri_text_minus_image_db", "sdri_text_gap_minus_text_db"],
-             "clipsonic": ["judge_accuracy_real", "judge_accuracy_vocoded", "recognition_image", "recognition_zs",
-                           "recognition_pd"]}
+             "clipsonic": ["judge_accuracy_real", "judge_accuracy_offscreen", "judge_accuracy_vocoded",
+                           "judge_accuracy_transposed", "recognition_image", "recognition_zs", "recognition_pd"]}
     for system, keys in means.items():
         for key in keys:
             low, high = report[system][f"{key}_ci95"]
@@ -119,6 +122,11 @@ def test_the_aligned_clip_and_the_judge_beat_input_blind_output(quickstart):
     assert clip["mismatched_cosine"] < clip["matching_cosine"] - 0.1, clip
     assert clip["centroid_cosine"] < 0.6, clip  # image and text lie in separate cones
     assert sonic["judge_accuracy_real"] >= 0.6, sonic
+    # The judge names the instrument, not its register or its background (this profile's judge at
+    # 446b7d1: 92% clean, 78% with off-screen sound, 69% through the vocoder).
+    for key, crops in (("offscreen", 165), ("vocoded", 55), ("transposed", 55)):
+        assert binom.sf(math.ceil(0.5 * crops) - 1, crops, 1 / 11) < 1e-14
+        assert sonic[f"judge_accuracy_{key}"] >= 0.5, (key, sonic)
 
 
 def test_separation_and_generation_figures_are_finite_and_consistent(quickstart):
