@@ -276,6 +276,10 @@ def _audio_steps(args: argparse.Namespace, encoder, entries: list[ListedFile], d
 
     templates = list(CLIPSEP_EVAL_TEMPLATES)
     texts = label_embeddings(encoder, [entry.label for entry in entries], templates)
+    if len(texts) == 1:  # not an error: these shards may be trained on beside others
+        print(f"prepare_shards: note: every file of {args.input} has the label {next(iter(texts))!r}; a mixture of "
+              "these clips alone pairs a sound with its own kind, which teaches no separation: train on these shards "
+              "together with shards of other sounds.", file=sys.stderr)
     return Steps(
         functools.partial(plan_audio_clips, clip_seconds=args.clip_seconds, min_seconds=args.min_seconds),
         functools.partial(cut_audio_clip, settings={"sample_rate": args.sample_rate}),
