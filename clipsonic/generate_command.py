@@ -21,7 +21,7 @@ import torch
 
 from clipcore import cli
 from clipcore.audio import check_finite, save_audio
-from clipcore.files import ImageError, check_not_an_input, check_output_folder, load_image
+from clipcore.files import ImageError, check_not_an_input, check_output_folder, interrupts_held, load_image
 from clipcore.naming import slugify, unique_names
 from clipsonic.generate import (
     MAX_DURATION,
@@ -150,12 +150,18 @@ def _generate(args: argparse.Namespace, prompts: list[str], pictures: list, path
     for row, waves in zip(paths, result.waveforms):  # every file checked before any is written
         for path, wave in zip(row, waves):
             check_finite(wave, str(path))
-    written = []
-    for row, waves in zip(paths, result.waveforms):
-        for path, wave in zip(row, waves):
-            save_audio(path, wave, result.sample_rate, bit_depth=args.bit_depth, format=args.format,
-                       clip=args.clip_mode)
-            written.append(path)
+    written: list[Path] = []
+    try:
+        for row, waves in zip(paths, result.waveforms):
+            for path, wave in zip(row, waves):
+                save_audio(path, wave, result.sample_rate, bit_depth=args.bit_depth, format=args.format,
+                           clip=args.clip_mode)
+                written.append(path)
+    except BaseException:  # Ctrl-C, SIGTERM or a full disk: the clips appear together or not at all
+        with interrupts_held():
+            for path in written:
+                path.unlink(missing_ok=True)
+        raise
     print(f"Generated {len(written)} file(s) of {args.duration:g} s under {args.out}/:")
     for path in written:
         print(f"  {path}")

@@ -179,3 +179,50 @@ def test_sampling_options_change_what_is_written_and_a_seed_repeats_it(folders, 
                     ["--template", "the sound of {}"], ["--template", "a photo of {}", "--template", "{} music"]):
         wave = two["rain-2.wav"] if options[0] == "--seed" else generate(*options)["rain.wav"]
         assert wave.shape == base.shape and np.abs(wave - base).max() > 1e-3 * np.abs(base).max(), options
+
+
+def test_an_interruption_while_writing_leaves_none_of_the_clips(folders, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM, which the command turns into it) after the first of three files: the
+    clips appear together or not at all, so a rerun is not refused by a file of an unfinished run."""
+    import clipsonic.generate_command as command
+
+    saved = []
+
+    def save_then_interrupt(path, *args, **kwargs):
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(save_audio(path, *args, **kwargs))
+
+    save_audio = command.save_audio
+    monkeypatch.setattr(command, "save_audio", save_then_interrupt)
+    out = tmp_path / "out"
+    args = ["generate", "--checkpoint", str(folders / "full"), "rain", "wind", "fire", "--steps", "1",
+            "--duration", "0.2", "-o", str(out)]
+    assert main(args) == 130
+    assert saved and "interrupted" in capsys.readouterr().err
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_sigterm_while_sampling_writes_nothing_and_exits_with_one_line(folders, tmp_path):
+    # What srun sends on preemption or scancel.
+    import signal as signals
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clipsonic.cli", "generate", "--checkpoint", str(folders / "full"), "rain",
+         "--steps", "1000", "--duration", "0.2", "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, seen = time.monotonic() + 120, ""
+        while "generating" not in seen:  # the progress bar: sampling has begun
+            assert process.poll() is None and time.monotonic() < deadline, (seen, process.communicate())
+            seen += process.stderr.read(1)
+        process.send_signal(signals.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "Traceback" not in err and "interrupted" in seen + err
+    assert not out.exists() or not list(out.iterdir())
