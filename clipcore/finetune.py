@@ -10,7 +10,8 @@ are written again into every export of the fine-tuned model.
 
 ``freeze`` names parts of the model (dotted module or parameter names, as in
 ``model.named_modules()``) whose weights stay as they are; their BatchNorm statistics stay
-too (:func:`hold_frozen` keeps those modules in eval mode).
+too (:func:`hold_frozen` keeps those modules in eval mode; a system that inherits
+:class:`HoldsFrozenParts` does so at construction, at every training batch and in ``train()``).
 
 Usage::
 
@@ -28,7 +29,7 @@ from torch import nn
 
 from clipcore.checkpoint import CheckpointError, Pretrained, load_pretrained
 
-__all__ = ["initial_model", "freeze", "hold_frozen"]
+__all__ = ["initial_model", "freeze", "hold_frozen", "HoldsFrozenParts"]
 
 T = TypeVar("T", bound=Pretrained)
 
@@ -101,3 +102,32 @@ def hold_frozen(model: nn.Module, frozen: Iterable[str]) -> None:
     modules = dict(model.named_modules())
     for name in frozen:
         modules[name].eval()
+
+
+class HoldsFrozenParts:
+    """Mixin for a training system whose ``model`` has frozen parts: they stay in eval mode
+    from :meth:`freeze_parts` on, at every training batch and after every ``train()``
+    (Lightning 2 keeps each module's mode as it finds it and never calls the system's
+    ``train()``, so the hook is what holds them while fitting). List it before the
+    ``LightningModule``: ``class CLIPSepSystem(HoldsFrozenParts, LightningModule)``.
+
+    Attributes:
+        frozen: the names of the frozen modules (set by :meth:`freeze_parts`).
+    """
+
+    model: nn.Module
+    frozen: list[str]
+
+    def freeze_parts(self, names: Iterable[str]) -> None:
+        """Freeze ``names`` of ``self.model`` (see :func:`freeze`) and hold them in eval mode."""
+        self.frozen = freeze(self.model, list(names))
+        hold_frozen(self.model, self.frozen)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        hold_frozen(self.model, self.frozen)  # whatever set the modes since
+
+    def train(self, mode: bool = True):
+        """Training mode, with the frozen parts (and their BatchNorm statistics) held in eval mode."""
+        super().train(mode)  # type: ignore[misc]  # nn.Module's, through the LightningModule
+        hold_frozen(self.model, self.frozen)
+        return self

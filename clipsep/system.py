@@ -41,8 +41,7 @@ from torchmetrics import MeanMetric
 
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError
 from clipcore.errors import ClipAudioError, UsageError, is_whole_number
-from clipcore.finetune import freeze as freeze_parts
-from clipcore.finetune import hold_frozen, initial_model
+from clipcore.finetune import HoldsFrozenParts, initial_model
 from clipcore.media import log_media
 from clipcore.plots import figure_pixels, linear_bins, spectrogram_figure
 from clipcore.spectral import STFTConfig, stft
@@ -73,7 +72,7 @@ def lr_multiplier(step: int, warmup_steps: int, decay_steps: int, decay_multipli
     return 1 - (1 - decay_multiplier) * position
 
 
-class CLIPSepSystem(LightningModule):
+class CLIPSepSystem(HoldsFrozenParts, LightningModule):
     """CLIPSep / CLIPSep-NIT trained on mixtures of video clips.
 
     Args:
@@ -159,8 +158,7 @@ class CLIPSepSystem(LightningModule):
             self.model = CLIPSep.from_preset(preset, seed=None, **args)  # seed_everything's stream
         else:
             self.model = initial_model(init_from, CLIPSep, foreign=load_official_model)
-        self.frozen = freeze_parts(self.model, freeze or [])
-        hold_frozen(self.model, self.frozen)  # Lightning keeps each module's mode as it finds it
+        self.freeze_parts(freeze or [])
         facts = self.model.provenance or {}
         self.raw_queries = facts.get("query_normalization") == "none"
         if query_noise < 0 or (query_noise > 0 and (query_mode != "clip" or self.raw_queries)):
@@ -317,15 +315,6 @@ class CLIPSepSystem(LightningModule):
             optimizer, lambda step: lr_multiplier(step, hp.warmup_steps, hp.decay_steps, hp.decay_multiplier)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        hold_frozen(self.model, self.frozen)  # whatever set the modes since
-
-    def train(self, mode: bool = True) -> "CLIPSepSystem":
-        """Training mode, with the frozen parts (and their BatchNorm statistics) held in eval mode."""
-        super().train(mode)
-        hold_frozen(self.model, self.frozen)
-        return self
 
     def configure_callbacks(self):
         return [ExportPretrained(self.hparams.export_dir, folder="pretrained", best_and_last=True, monitor="val/sdri",

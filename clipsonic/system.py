@@ -22,8 +22,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 
 from clipcore.checkpoint import QUERY_ENCODER_DIR
-from clipcore.finetune import freeze as freeze_parts
-from clipcore.finetune import hold_frozen, initial_model
+from clipcore.finetune import HoldsFrozenParts, initial_model
 from clipcore.media import log_media
 from clipcore.plots import figure_pixels, mel_figure
 from clipcore.training import check_optimizer_settings, export_pretrained
@@ -33,7 +32,7 @@ from clipsonic.vocoder import GriffinLim
 
 __all__ = ["CLIPSonicSystem"]
 
-class CLIPSonicSystem(LightningModule):
+class CLIPSonicSystem(HoldsFrozenParts, LightningModule):
     """Mel diffusion trained on (frame, audio) pairs of video clips.
 
     Args:
@@ -122,8 +121,7 @@ class CLIPSonicSystem(LightningModule):
         if embed_dim is not None:
             settings["embed_dim"] = embed_dim
         self.model = start if start is not None else CLIPSonic.from_preset(preset, **settings)
-        self.frozen = freeze_parts(self.model, freeze or [])
-        hold_frozen(self.model, self.frozen)  # Lightning keeps each module's mode as it finds it
+        self.freeze_parts(freeze or [])
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.noise_scheduler = DDPMScheduler(**self.model.scheduler_config())
         self.register_buffer("stats_ready", torch.tensor(start is not None))
@@ -241,15 +239,6 @@ class CLIPSonicSystem(LightningModule):
         warmup = max(1, self.hparams.warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        hold_frozen(self.model, self.frozen)  # whatever set the modes since
-
-    def train(self, mode: bool = True) -> "CLIPSonicSystem":
-        """Training mode, with the frozen parts held in eval mode."""
-        super().train(mode)
-        hold_frozen(self.model, self.frozen)
-        return self
 
     # --- validation ---------------------------------------------------------------------
 
