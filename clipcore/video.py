@@ -32,6 +32,11 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 TRUNCATION_TOLERANCE = 0.5
 """Seconds of audio that may be missing at the end before a file counts as truncated."""
 
+START_TOLERANCE = 0.5
+"""Seconds a track may start after the file's start and still count as starting with it
+(the clip then starts at 0: its audio padded with that much silence, or its first frame
+shown that much early); a track that starts later moves the clips' start."""
+
 
 class VideoError(ClipAudioError):
     """A video file that cannot be used, described in one sentence naming the file."""
@@ -45,18 +50,22 @@ class VideoInfo:
         duration: seconds, the longest stated length (container or stream).
         has_audio: the file has an audio track.
         has_video: the file has a video track.
-        common_duration: seconds in which both tracks hold data, where the streams state
-            their lengths (mp4, mov); else ``duration``.
+        common_start: seconds from the file's start at which both tracks hold data: the
+            later track's start, where it starts more than :data:`START_TOLERANCE` in; else 0.
+        common_end: seconds from the file's start at which the first track ends, where the
+            streams state their lengths (mp4 and mov in their headers, Matroska and WebM in
+            their ``DURATION`` tags); else ``duration``.
     """
 
     duration: float
     has_audio: bool
     has_video: bool
-    common_duration: float | None = None
+    common_start: float = 0.0
+    common_end: float | None = None
 
     def __post_init__(self) -> None:
-        if self.common_duration is None:
-            self.common_duration = self.duration
+        if self.common_end is None:
+            self.common_end = self.duration
 
 
 @dataclass
@@ -107,20 +116,44 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     """
     path = Path(path)
     with _open(path) as container:
-        streams = [s for s in container.streams if s.type in ("audio", "video")]
-        durations = [float(s.duration * s.time_base) for s in streams if s.duration]
+        spans = [_span(s) for s in container.streams if s.type in ("audio", "video")]
+        durations = [end for _, end in spans if end is not None]
         if container.duration:
             durations.append(container.duration / 1_000_000)
         if not durations:
             raise VideoError(f"{path}: its duration is unknown (no stream states it).")
-        tracks = [container.streams.audio[:1], container.streams.video[:1]]
-        stated = [float(s[0].duration * s[0].time_base) for s in tracks if s and s[0].duration]
+        tracks = [_span(s[0]) for s in (container.streams.audio[:1], container.streams.video[:1]) if s]
+        start = max((first for first, _ in tracks), default=0.0)
+        ends = [end for _, end in tracks if end is not None]
         return VideoInfo(
             duration=max(durations),
             has_audio=bool(container.streams.audio),
             has_video=bool(container.streams.video),
-            common_duration=min(stated) if len(stated) == 2 else None,
+            common_start=start if start > START_TOLERANCE else 0.0,
+            common_end=min(ends) if len(ends) == 2 else None,
         )
+
+
+def _span(stream) -> tuple[float, float | None]:
+    """Seconds from the file's start at which a stream starts (at least 0) and ends (None
+    where neither its header nor a Matroska ``DURATION`` tag states its length)."""
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+    if stream.duration and stream.time_base:
+        length: float | None = float(stream.duration * stream.time_base)
+    else:
+        tag = next((value for key, value in stream.metadata.items() if key.upper().startswith("DURATION")), None)
+        length = _clock_seconds(tag)
+    return max(start, 0.0), (start + length if length else None)
+
+
+def _clock_seconds(text: str | None) -> float | None:
+    """``"HH:MM:SS.fraction"`` (Matroska's ``DURATION`` tag) in seconds; None if it is not one."""
+    try:
+        hours, minutes, seconds = (text or "").strip().split(":")
+        value = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def read_clip(
@@ -131,7 +164,7 @@ def read_clip(
     fps: float = 1.0,
     short_side: int = 224,
 ) -> Clip:
-    """Decode the audio (mono, resampled) and frames (at ``fps``, resized) of a stretch.
+    """Decode the audio (the channels' mean, resampled) and frames (at ``fps``, resized) of a stretch.
 
     Args:
         path: a video file FFmpeg reads (mp4, mkv, webm, avi, mov, ...).
@@ -162,7 +195,9 @@ def read_clip(
         astream, vstream = container.streams.audio[0], container.streams.video[0]
         if av.logging.get_level() is None:  # see the module notes: threads that log deadlock
             vstream.thread_type = "AUTO"
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        # The channels resampled as they are, then averaged: FFmpeg's own downmix to mono adds
+        # them (a stereo track of one signal came out 1.41 times as loud, 5.1 3.41 times).
+        resampler = av.AudioResampler(format="flt", rate=sample_rate)  # packed: planar 7.1 crashed PyAV
         chunks: list[np.ndarray] = []
         audio_start: float | None = None
         images: list[np.ndarray] = []
@@ -181,7 +216,7 @@ def read_clip(
                             continue
                         if audio_start is None:
                             audio_start = time
-                        chunks.extend(out.to_ndarray()[0] for out in resampler.resample(frame))
+                        chunks.extend(_mono(out) for out in resampler.resample(frame))
                         audio_done = end is not None and time > end
                     else:
                         previous = previous or frame
@@ -191,7 +226,7 @@ def read_clip(
                         previous = frame
                 if audio_done and video_done:
                     break
-            chunks.extend(out.to_ndarray()[0] for out in resampler.resample(None))
+            chunks.extend(_mono(out) for out in resampler.resample(None))
         except av.FFmpegError as error:
             raise VideoError(f"{path}: decoding failed ({_reason(error)}).") from None
         if audio_start is None or not chunks:
@@ -209,6 +244,11 @@ def read_clip(
         if not images:
             raise VideoError(f"{path}: has no frames between {start:.1f} s and {start + target:.1f} s.")
         return Clip(audio.astype(np.float32), np.stack(images), sample_rate, fps, start)
+
+
+def _mono(frame) -> np.ndarray:
+    """float32 ``[S]``: the mean of a packed float audio frame's channels."""
+    return frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(1)
 
 
 def _align(audio: np.ndarray, audio_start: float, start: float, rate: int) -> np.ndarray:

@@ -146,7 +146,8 @@ def clip_spans(path: str, clip_seconds: float, min_seconds: float, start: float 
         return [], f"{path}: has no audio track."
     if not info.has_video:
         return [], f"{path}: has no video track."
-    end = min(info.common_duration, end) if end is not None else info.common_duration
+    start = max(start, info.common_start)
+    end = min(info.common_end, end) if end is not None else info.common_end
     length = end - start
     count = int(length / clip_seconds + 1e-6)
     if count == 0:

@@ -47,6 +47,7 @@ def write_realistic_video(
     rotation: int | None = None,
     gop: int = 48,
     seed: int = 0,
+    video_start: float = 0.0,
 ) -> Path:
     """Write an H.264 + AAC file like a real download.
 
@@ -63,6 +64,8 @@ def write_realistic_video(
         rotation: display rotation in degrees (90, 180, 270) stored as the stream's tag.
         gop: frames between key frames.
         seed: noise seed.
+        video_start: seconds into the file at which the picture starts (a recording whose
+            camera started after its sound).
 
     Returns:
         The written path.
@@ -85,20 +88,21 @@ def write_realistic_video(
             audio = out.add_stream("aac", rate=sample_rate, layout=layout)
             streams["audio"] = audio
         if "video" in streams:
-            _write_frames(out, streams["video"], video_seconds, size, fps, variable_frame_rate)
+            _write_frames(out, streams["video"], video_seconds, size, fps, variable_frame_rate, video_start)
         if "audio" in streams:
             _write_audio(out, streams["audio"], audio_seconds, sample_rate, layout, rng)
     return path
 
 
-def _write_frames(out, stream, seconds: float, size: tuple[int, int], fps: Fraction, variable: bool) -> None:
+def _write_frames(out, stream, seconds: float, size: tuple[int, int], fps: Fraction, variable: bool,
+                  start: float = 0.0) -> None:
     import av
 
     base = stream.codec_context.time_base
     time, index = Fraction(0), 0
     while time < seconds:
         frame = av.VideoFrame.from_ndarray(picture(index, *size), format="rgb24")
-        frame.pts = round(time / base)
+        frame.pts = round((time + Fraction(start)) / base)
         frame.time_base = base
         out.mux(stream.encode(frame))
         step = 1 / fps
@@ -117,8 +121,8 @@ def _write_audio(out, stream, seconds: float, rate: int, layout: str, rng: np.ra
         count = min(chunk, total - offset)
         t = (offset + np.arange(count)) / rate
         tone = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(count)
-        samples = np.repeat(tone[None].astype(np.float32), channels, axis=0)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
+        samples = np.repeat(tone[:, None].astype(np.float32), channels, axis=1).reshape(1, -1)  # interleaved:
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout=layout)  # PyAV's planar frames stop at 8
         frame.sample_rate = rate
         frame.pts = offset
         frame.time_base = Fraction(1, rate)

@@ -39,7 +39,7 @@ def _dominant_hz(audio: np.ndarray) -> float:
 def test_720p_ntsc_with_longer_audio_is_cut_to_the_picture(films):
     info = probe(films["audio_longer"])
     assert info.duration == pytest.approx(7.0, abs=0.05)  # the audio states 7 s...
-    assert info.common_duration == pytest.approx(6.0, abs=0.05)  # ...but the picture ends at 6
+    assert info.common_end == pytest.approx(6.0, abs=0.05)  # ...but the picture ends at 6
     clip = read_clip(films["audio_longer"], 3.0, 6.0, RATE)
     assert clip.audio.shape == (3 * RATE,) and clip.frames.shape == (3, 224, 398, 3)
     assert _dominant_hz(clip.audio) == pytest.approx(440, abs=3)
@@ -47,12 +47,45 @@ def test_720p_ntsc_with_longer_audio_is_cut_to_the_picture(films):
 
 def test_longer_video_with_44k_surround_audio(films):
     info = probe(films["video_longer"])
-    assert info.common_duration == pytest.approx(4.5, abs=0.05)
+    assert info.common_end == pytest.approx(4.5, abs=0.05)
     clip = read_clip(films["video_longer"], 1.5, 4.5, RATE)  # 5.1 at 44.1 kHz becomes mono at 16 kHz
     assert clip.audio.shape == (3 * RATE,)
     assert _dominant_hz(clip.audio) == pytest.approx(440, abs=3) and np.abs(clip.audio).max() > 0.1
     with pytest.raises(VideoError, match="truncated"):  # past the audio's end
         read_clip(films["video_longer"], 3.0, 6.0, RATE)
+
+
+def test_clips_lie_where_both_tracks_hold_data_whatever_the_container(tmp_path):
+    """A picture that starts 2 s in (its clips start there, not with 2 s of its first frame
+    repeated backwards), and Matroska, whose streams state their lengths only in tags (its
+    clips end with the shorter track: not a frozen last frame, nor "truncated")."""
+    from clipcore.video_library import clip_spans
+
+    late = write_realistic_video(tmp_path / "late.mp4", 4.5, 6.5, size=(320, 240), video_start=2.0)
+    info = probe(late)
+    assert info.common_start == pytest.approx(2.0, abs=0.05) and info.common_end == pytest.approx(6.5, abs=0.05)
+    spans, _ = clip_spans(str(late), 2.0, 1.0)
+    assert [round(a, 1) for a, _ in spans] == [2.0, 4.0]
+    clip = read_clip(late, *spans[0], RATE)
+    for got, want in zip(clip.frames, _shown_frames(late, [spans[0][0] + 0.5, spans[0][0] + 1.5]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for name, picture, sound, end in (("sound_longer.mkv", 4.0, 6.0, 4.0), ("picture_longer.mkv", 6.0, 4.0, 4.0)):
+        path = write_realistic_video(tmp_path / name, picture, sound, size=(160, 96))
+        assert probe(path).common_end == pytest.approx(end, abs=0.05), name
+        spans, reason = clip_spans(str(path), 2.0, 1.0)
+        assert reason is None and [b for _, b in spans] == [2.0, 4.0], name
+        assert read_clip(path, 2.0, 4.0, RATE).audio.shape == (2 * RATE,)
+
+
+@pytest.mark.parametrize("layout", ["stereo", "quad", "octagonal"])
+def test_the_mono_track_is_the_mean_of_the_channels(tmp_path, layout):
+    """One signal in every channel comes out at its own level (FFmpeg's downmix added the
+    channels: 1.41 times for stereo; eight channels crashed the planar resampler). Layouts
+    without an LFE channel, which AAC low-passes."""
+    path = write_realistic_video(tmp_path / "take.mkv", 2.0, 2.0, size=(160, 96), layout=layout)
+    reference = write_realistic_video(tmp_path / "mono.mkv", 2.0, 2.0, size=(160, 96), layout="mono")
+    level = [np.sqrt(np.mean(read_clip(p, 0.5, 1.5, RATE).audio ** 2)) for p in (path, reference)]
+    assert level[0] == pytest.approx(level[1], rel=0.05), level
 
 
 def _shown_frames(path, times):
