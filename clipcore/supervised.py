@@ -78,7 +78,10 @@ def _serve(initializer: Callable | None, conn: Connection) -> None:
         except Exception as error:  # reported per item; the worker stays usable
             reason = f"failed unexpectedly ({type(error).__name__}: {error})"
             reply = (index, Outcome(False, reason=reason, traceback=traceback.format_exc()))
-        conn.send(reply)
+        try:
+            conn.send(reply)
+        except OSError:  # the parent is gone (SIGTERM, or killed): nobody to tell
+            return
 
 
 class _Worker:

@@ -70,6 +70,8 @@ def read_video_list(source: Path, video_root: Path | None = None, layout: str = 
                            p.parent.name if p.parent != source else None) for p in files_below(source, VIDEO_EXTENSIONS)], []
     if not source.is_file():
         raise UsageError(f"{source}: no such file or folder.")
+    if source.suffix.lower() in VIDEO_EXTENSIONS:
+        raise UsageError(f"{source}: is a video; give the folder that holds it, or a CSV file that lists it.")
     root = video_root or source.parent
     if not root.is_dir():
         raise UsageError(f"{root}: video root is not a folder.")
@@ -79,31 +81,34 @@ def read_video_list(source: Path, video_root: Path | None = None, layout: str = 
     layout = layout if layout != "auto" else _detect_layout(rows[0], source)
     if layout == "generic":
         return _generic_rows(rows, source, root)
-    index = {p.stem: p for p in files_below(root, VIDEO_EXTENSIONS)}
+    index: dict[str, list[Path]] = {}
+    for path in files_below(root, VIDEO_EXTENSIONS):
+        index.setdefault(path.stem, []).append(path)
     videos, missing = [], []
     for number, row in enumerate(rows, 1):
+        where = f"{source}:{number}"
         if layout == "vggsound":
             if len(row) < 4:
-                raise UsageError(f"{source}:{number}: expected 4 columns (youtube_id,start,label,split).")
+                raise UsageError(f"{where}: expected 4 columns (youtube_id,start,label,split).")
             ytid, start, label, row_split = (c.strip() for c in row[:4])
             if split and row_split != split:
                 continue
-            start_s = _seconds(start, f"{source}:{number}")
+            start_s = _seconds(start, where)
             cut = f"{ytid}_{int(start_s):06d}"  # the usual 10-second download, read whole
-            if cut in index:
-                videos.append(ListedFile(str(index[cut]), cut, label))
-            elif ytid in index:  # the full video, read from the row's start
-                videos.append(ListedFile(str(index[ytid]), ytid, label, start_s, start_s + VGGSOUND_SECONDS))
-            else:
-                missing.append((cut, f"no video file for this row below {root}"))
+            name, span = (cut, (0.0, None)) if cut in index else (ytid, (start_s, start_s + VGGSOUND_SECONDS))
         else:
             if len(row) < 4:
-                raise UsageError(f"{source}:{number}: expected 4 columns (audio path,frames folder,count,label).")
-            video_id, label = Path(row[0].strip()).stem, row[3].strip()
-            if video_id in index:
-                videos.append(ListedFile(str(index[video_id]), video_id, label))
-            else:
-                missing.append((video_id, f"no video file for this row below {root}"))
+                raise UsageError(f"{where}: expected 4 columns (audio path,frames folder,count,label).")
+            name, label, span = Path(row[0].strip()).stem, row[3].strip(), (0.0, None)
+        found = index.get(name, [])
+        if len(found) == 1:  # the vggsound layout's full video is read from the row's start
+            videos.append(ListedFile(str(found[0]), name, label, *span))
+        elif found:
+            missing.append((name, f"{where}: {name} is the name of {len(found)} videos below {root} ({found[0]}, "
+                                  f"{found[1]}{', ...' if len(found) > 2 else ''}); keep one."))
+        else:
+            wanted = f"{cut} (nor {ytid})" if layout == "vggsound" else name
+            missing.append((cut if layout == "vggsound" else name, f"{where}: no video named {wanted} below {root}."))
     return videos, missing
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clipcore.audio import MIN_SAMPLE_RATE
+from clipcore.cli import stop_on_sigterm
 from clipcore.errors import UsageError, report_errors
 from clipcore.files import ListedFile, atomic_write, check_output_folder
 from clipcore.supervised import SupervisedPool
@@ -352,7 +354,7 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, datas
         jobs.extend(clips)
         if reason:
             skipped.append((path, reason))
-    jobs = steps.order(sorted(jobs, key=lambda job: (job.path, job.start)))
+    jobs = steps.order(sorted(_once_each(jobs, skipped), key=lambda job: (job.path, job.start)))
     key_ids = distinct_key_ids((job.video_id, job.path) for job in jobs)
     record = {
         "dataset": dataset,
@@ -394,6 +396,20 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, datas
     return 0
 
 
+def _once_each(jobs: list[ClipJob], skipped: list[tuple[str, str]]) -> list[ClipJob]:
+    """The clips with one of each key (a video's clip starting at one time), the first listed;
+    the others (a CSV row given twice, or two rows whose spans share a clip) go to ``skipped``."""
+    kept: dict[tuple, ClipJob] = {}
+    for job in jobs:
+        key = (job.video_id, job.path, round(job.start * 1000))
+        if key in kept:
+            skipped.append((job.path, f"{job.path}: the clip from {job.start:.1f} s is listed more than once; "
+                                      f"written once (label {kept[key].label!r})."))
+        else:
+            kept[key] = job
+    return list(kept.values())
+
+
 def _check_plan(out: Path, record: dict) -> None:
     plan_file = out / "plan.json"
     if plan_file.exists():
@@ -415,13 +431,23 @@ def _summary(out: Path, written: int, shards: int, resumed: int, skipped: list[t
     if tracebacks:
         atomic_write(out / "errors.log", lambda tmp: tmp.write_text("\n".join(tracebacks)))
         print(f"{len(tracebacks)} clips failed unexpectedly: tracebacks in {out / 'errors.log'}")
-    lines = sorted(set(skipped))  # one per file, or per clip where clips of a file failed apart
+    lines = sorted(set(skipped) | set(_skipped_before(out) if resumed else []))  # one per file, or per
+    # clip where clips of a file failed apart; a resumed run's list keeps the complete shards' skips
     print(f"wrote {written} clips in {shards} shards to {out}" + (f" ({resumed} complete shards kept)" if resumed else ""))
     if lines:
         atomic_write(out / "skipped.tsv", lambda tmp: tmp.write_text("".join(f"{p}\t{r}\n" for p, r in lines)))
         print(f"skipped {len({p for p, _ in lines})} files or clips of them (all listed in {out / 'skipped.tsv'}):")
         for _, reason in lines[:10]:
             print(f"  {reason}")
+
+
+def _skipped_before(out: Path) -> list[tuple[str, str]]:
+    """The ``(file, reason)`` lines of an earlier run's ``skipped.tsv`` (none without one)."""
+    try:
+        text = (out / "skipped.tsv").read_text()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [(path, reason) for path, _, reason in (line.partition("\t") for line in text.splitlines()) if reason]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,8 +458,13 @@ def main(argv: list[str] | None = None) -> int:
     # FFmpeg's own messages stay quiet (the summary gives reasons). Not av.logging.set_level:
     # its Python callback deadlocks FFmpeg's decoding threads (see clipcore.video).
     av.logging.set_libav_level(av.logging.PANIC)
-    return report_errors("prepare_shards", lambda: prepare(args),
-                         interrupted="interrupted; rerun the same command to resume.")
+    previous = stop_on_sigterm()  # a Slurm time limit or scancel: as Ctrl-C, resumable
+    try:
+        return report_errors("prepare_shards", lambda: prepare(args),
+                             interrupted="interrupted; rerun the same command to resume.")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

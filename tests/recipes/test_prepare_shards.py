@@ -93,16 +93,48 @@ def test_resume_keeps_complete_shards_and_refuses_other_settings(videos, tmp_pat
     assert _run(capsys, *args)[0] == 0
     shards = sorted(out.glob("*.tar"))
     stamps = {p: p.stat().st_mtime_ns for p in shards}
+    skipped = (out / "skipped.tsv").read_text()
+    assert "truncated.mkv: is truncated" in skipped  # a clip of a kept shard's file
     shards[1].unlink()
     stale = out / f".{shards[1].name}.abc.part"
     stale.write_bytes(b"half a shard")
     status, stdout, _ = _run(capsys, *args)
     assert status == 0 and "wrote 5 clips in 1 shards" in stdout and f"({len(shards) - 1} complete shards kept)" in stdout
     assert shards[1].exists() and not stale.exists()
+    assert (out / "skipped.tsv").read_text() == skipped  # the kept shards' skips are still listed
     assert all(p.stat().st_mtime_ns == stamps[p] for p in shards if p != shards[1])
     status, _, stderr = _run(capsys, *args[:-1], 48)
     errors = [line for line in stderr.splitlines() if line.startswith("prepare_shards")]
     assert status == 2 and len(errors) == 1 and "other inputs or settings" in errors[0] and "Traceback" not in stderr
+
+
+def test_sigterm_stops_the_run_resumably_with_one_line(videos, tmp_path, capsys):
+    """A Slurm time limit or scancel: as Ctrl-C, exit 130 and a line saying how to resume; no
+    traceback (a worker whose parent was gone printed one), no partial shard."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "shards"
+    args = [str(videos), str(out), "--clip-seconds", "0.25", "--min-seconds", "0.2", "--fps", "8", "--shard-size",
+            "4", "--short-side", "32", "--workers", "2"]
+    process = subprocess.Popen([sys.executable, str(Path(__file__).parents[2] / "recipes" / "prepare_shards.py"), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "shard-000000.tar").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "prepare_shards: interrupted; rerun the same command to resume."
+    assert not list(out.glob(".*.part"))
+    status, stdout, _ = _run(capsys, *args)
+    assert status == 0 and "complete shards kept" in stdout
 
 
 def test_csv_layouts_map_rows_to_files(tmp_path):
@@ -123,13 +155,20 @@ def test_csv_layouts_map_rows_to_files(tmp_path):
         ("abcdefghijk_000030.mp4", "abcdefghijk_000030", "playing cello", 0.0, None),
         ("lmnopqrstuv.mp4", "lmnopqrstuv", "clarinet", 12.0, 22.0),
     ]
-    assert [m[0] for m in missing] == ["zzzzzzzzzzz_000000"]
+    assert missing == [("zzzzzzzzzzz_000000", f"{tmp_path / 'list.csv'}:3: no video named zzzzzzzzzzz_000000 "
+                                              f"(nor zzzzzzzzzzz) below {root}.")]
     found, _ = entries("abcdefghijk,30,playing cello,train\nlmnopqrstuv,12,clarinet,test\n", split="test")
     assert [e.file_id for e in found] == ["lmnopqrstuv"]
 
     found, missing = entries("data/MUSIC/solo/audio/trumpet/000002.wav,data/MUSIC/solo/preprocessed/trumpet/000002,2,trumpet\n")
     assert [(e.path, e.file_id, e.label) for e in found] == [(str(paths[2]), "000002", "trumpet")] and not missing
 
+    # Two videos of one name below the root: neither is taken for the row (one was, silently).
+    (root / "again").mkdir()
+    (root / "again" / "000002.mp4").write_bytes(paths[2].read_bytes())
+    found, missing = entries("data/MUSIC/solo/audio/trumpet/000002.wav,data/MUSIC/solo/preprocessed/trumpet/000002,2,trumpet\n")
+    assert not found and missing == [("000002", f"{tmp_path / 'list.csv'}:1: 000002 is the name of 2 videos below "
+                                                f"{root} ({root / 'again' / '000002.mp4'}, {paths[2]}); keep one.")]
     found, missing = entries("label,path,start,end\nbrass,trumpet/000002.mp4,0.5,1.5\nnone,nowhere.mp4,,\n")
     assert [(e.file_id, e.label, e.start, e.end) for e in found] == [("000002", "brass", 0.5, 1.5)]
     assert missing == [(str(root / "nowhere.mp4"), "no such file")]
@@ -137,6 +176,22 @@ def test_csv_layouts_map_rows_to_files(tmp_path):
     assert reason is None and [(c.start, c.end) for c in clips] == [(0.5, 0.9), (0.9, 1.3)]
     _, clips, reason = plan_clips(found[0], clip_seconds=4.0, min_seconds=2.0)
     assert clips == [] and "shorter than --min-seconds" in reason
+
+
+def test_a_clip_listed_twice_is_written_once(videos, tmp_path, capsys):
+    """Rows that repeat a clip (a row given twice, or another label for it) would write two
+    samples of one key: the first is written, the others are listed as skipped."""
+    table = tmp_path / "list.csv"
+    table.write_text("path,label\ncello/000000.mkv,cello\ncello/000000.mkv,cello\ncello/000000.mkv,strings\n")
+    out = tmp_path / "shards"
+    status, stdout, _ = _run(capsys, table, out, "--video-root", videos, "--clip-seconds", CLIP, "--short-side", 32)
+    assert status == 0 and "wrote 2 clips in 1 shards" in stdout
+    with tarfile.open(out / "shard-000000.tar") as tar:
+        names = tar.getnames()
+        labels = {json.loads(tar.extractfile(n).read())["label"] for n in names if n.endswith(".json")}
+    assert len(names) == len(set(names)) and labels == {"cello"}
+    skipped = (out / "skipped.tsv").read_text().splitlines()
+    assert len(skipped) == 2 and all("is listed more than once; written once (label 'cello')" in line for line in skipped)
 
 
 def test_clip_model_stores_per_frame_embeddings(videos, tmp_path, capsys):
@@ -175,6 +230,9 @@ def test_help_and_bad_input(tmp_path, capsys):
     status, _, stderr = _run(capsys, empty, tmp_path / "out")
     assert status == 2 and "no usable video files" in stderr
     assert not (tmp_path / "out").exists()
+    (empty / "take.MP4").write_bytes(b"a video, given where its folder is wanted")
+    status, _, stderr = _run(capsys, empty / "take.MP4", tmp_path / "out")
+    assert status == 2 and "take.MP4: is a video; give the folder that holds it, or a CSV file that lists it." in stderr
     # Each option's bad value is named alone, NaN and infinity included.
     for option, value, expected in (("--clip-seconds", "nan", "--clip-seconds must be a positive number of seconds, got nan."),
                                     ("--min-seconds", "0", "--min-seconds must be a positive number of seconds, got 0."),
