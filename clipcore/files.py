@@ -205,15 +205,21 @@ def check_output_file(path: str | os.PathLike, option: str | None = "-o") -> Non
 
 
 def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
-    """Refuse an output file that is one of the command's inputs (``option -> path``).
+    """Refuse an output that is one of the command's inputs (``option -> path``), or lies in
+    an input that is a folder (a checkpoint, a data root).
 
     Raises:
         UsageError: naming the output and the option that reads it.
     """
     target = Path(output).resolve()
     for option, path in inputs.items():
-        if path is not None and Path(path).resolve() == target:
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        if source == target:
             raise UsageError(f"{output}: is the input of {option}; writing it there would destroy it.")
+        if source.is_dir() and target.is_relative_to(source):
+            raise UsageError(f"{output}: lies in {path}, the input of {option}; write it outside it.")
 
 
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:

@@ -7,7 +7,9 @@ is scored with the interference estimate ``mixture - estimate`` (the complementa
 against the references ``[target, interference]``, and the mixture's own scores (the
 mixture as the estimate of every source) give the improvements. Everything is computed in
 float64 numpy; a sample whose reference or estimate is silent (sum of absolute values
-<= 1e-5, the official rule) scores NaN, and :func:`summarize` leaves NaNs out.
+<= 1e-5, the official rule; the interference estimate ``mixture - estimate`` is one, so an
+all-pass estimate is unscored too) scores NaN, and :func:`summarize` leaves NaNs out and
+counts the rest. Ratios are reported within +-:data:`MAX_DB`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 from fast_bss_eval.torch import square_cosine_metrics
 
-__all__ = ["bss_eval", "si_sdr", "separation_scores", "summarize", "near_silent", "SILENCE", "NEAR_SILENCE_DB"]
+__all__ = ["bss_eval", "si_sdr", "separation_scores", "summarize", "summarize_groups", "near_silent", "SILENCE",
+           "NEAR_SILENCE_DB", "MAX_DB"]
 
 SILENCE = 1e-5
 NEAR_SILENCE_DB = -30.0
@@ -47,6 +50,9 @@ def bss_eval(references, estimates, filter_length: int = 512) -> tuple[np.ndarra
 
     Returns:
         ``(sdr, sir, sar)``, each ``[..., N]`` (or ``[..., K, N]``) in dB.
+
+    Raises:
+        ValueError: mismatched shapes, or signals shorter than ``filter_length``.
     """
     ref, est = _array(references), _array(estimates)
     candidates = est.ndim == ref.ndim + 1
@@ -55,6 +61,9 @@ def bss_eval(references, estimates, filter_length: int = 512) -> tuple[np.ndarra
         raise ValueError("references must be [..., N, S] and estimates [..., N, S] or [..., K, N, S], "
                          f"got {ref.shape} and {est.shape}.")
     (n, samples), k = ref.shape[-2:], shaped.shape[-3]
+    if samples < filter_length:  # shorter: a solver error, or scores of 150 dB
+        raise ValueError(f"BSS-Eval needs signals of at least {filter_length} samples (its distortion filters' "
+                         f"length), got {samples}.")
     ref, shaped = ref.reshape(-1, n, samples), shaped.reshape(-1, k * n, samples)
     own = torch.arange(k * n) % n  # the reference of each candidate column
     coherence = []  # (of the target's filter, of all references' filter) per candidate column: [B, K * N] each
@@ -82,12 +91,17 @@ _BSS_CHUNK = 8
 about 40 MB per mixture and candidate."""
 
 
+MAX_DB = 150.0
+"""Largest ratio a score reports, either way (+-150 dB): float64's precision; a perfect
+estimate (or an all-pass one's SAR) scored inf, which means leave out."""
+
+
 def _coherence_db(coherence: np.ndarray) -> np.ndarray:
     """A squared cosine (signal share of the projection) as a signal-to-rest ratio in dB,
-    as fast_bss_eval converts it (clipped to [0, 1], no dB clamp)."""
-    coherence = np.clip(coherence, 0.0, 1.0)
-    with np.errstate(divide="ignore"):
-        return 10 * np.log10(coherence / (1 - coherence))
+    as fast_bss_eval converts it, within +-:data:`MAX_DB`."""
+    share = 10 ** (-MAX_DB / 10) / (1 + 10 ** (-MAX_DB / 10))  # the share at -MAX_DB
+    coherence = np.clip(coherence, share, 1 - share)
+    return np.clip(10 * np.log10(coherence / (1 - coherence)), -MAX_DB, MAX_DB)
 
 
 def si_sdr(reference, estimate) -> np.ndarray:
@@ -190,3 +204,25 @@ def summarize(values) -> dict[str, float | int]:
     half = float(t.ppf(0.975, len(x) - 1) * sem) if len(x) > 1 else math.nan
     return {"mean": mean, "sem": sem, "low": mean - half, "high": mean + half, "median": float(np.median(x)),
             "count": int(len(x))}
+
+
+def summarize_groups(values, groups) -> dict[str, float | int]:
+    """:func:`summarize` of values that come in correlated groups (the two stems of a mixture,
+    whose scores move together or against each other): the mean, median and count of the
+    finite values, with the standard error and 95% interval (Student's t) of the groups'
+    means, around the values' mean; ``groups`` in the result counts the groups with a value.
+
+    Args:
+        values: ``[N]`` scores.
+        groups: ``[N]`` the group of each score (a mixture's index, say).
+    """
+    x, labels = _array(values).ravel(), np.asarray(groups).ravel()
+    if len(labels) != len(x):
+        raise ValueError(f"summarize_groups: {len(x)} values but {len(labels)} groups.")
+    finite = np.isfinite(x)
+    result = summarize(x)
+    means = [float(x[finite & (labels == group)].mean()) for group in np.unique(labels[finite])]
+    spread = summarize(means)
+    half = spread["mean"] - spread["low"]
+    return {**result, "sem": spread["sem"], "low": result["mean"] - half, "high": result["mean"] + half,
+            "groups": len(means)}

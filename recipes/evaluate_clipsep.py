@@ -39,7 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clipcore.audio import load_audio
-from clipcore.errors import UsageError, report_errors
+from clipcore.errors import EXIT_PARTIAL, UsageError, report_errors
 from clipcore.files import check_not_an_input, check_output_file, write_json
 from clipcore.prompts import CLIPSEP_EVAL_TEMPLATES, DEFAULT_TEMPLATE
 from clipsep.masks import check_mask_power
@@ -158,6 +158,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     check_mask_power(args.mask_power, not args.soft, "--mask-power")
     modes = list(dict.fromkeys(args.queries))
     targets, interference = read_list(targets_file), read_list(interference_file)
+    if args.out:  # nor a listed clip's audio or frames
+        check_not_an_input(args.out, {f"--data-root ({path})": root / path
+                                      for clip in targets + interference for path in (clip.audio, clip.frames)})
     separator = Separator.load(args.checkpoint, args.query_encoder, device=args.device, binary=not args.soft,
                                mask_power=args.mask_power)
     items, skipped = [], []
@@ -192,10 +195,11 @@ def evaluate(args: argparse.Namespace) -> dict:
                for m in METRICS}
         for mode in modes
     }
+    unscored = {mode: len(items) - summary[mode]["sdr"]["count"] for mode in modes}
     settings = {"protocol": args.protocol, "targets": str(targets_file), "interference": str(interference_file),
                 "checkpoint": str(args.checkpoint), "queries": modes, "masks": "soft" if args.soft else "binary",
                 "mask_power": args.mask_power}
-    return {"settings": settings, "summary": summary, "items": items, "skipped": skipped}
+    return {"settings": settings, "summary": summary, "unscored": unscored, "items": items, "skipped": skipped}
 
 
 def _number(value: float) -> float | None:
@@ -242,13 +246,23 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.out:  # before hours of separation
         check_output_file(args.out, "--out")
-        check_not_an_input(args.out, {"--targets": args.targets, "--interference": args.interference})
+        check_not_an_input(args.out, {"--targets": args.targets, "--interference": args.interference,
+                                      "--checkpoint": args.checkpoint, "--query-encoder": args.query_encoder})
     results = evaluate(args)
     if args.out:
         write_json(args.out, results, indent=1)
     print(format_table(results["summary"]))
     if results["skipped"]:
         print(f"skipped {len(results['skipped'])} mixtures (reasons in the JSON results).")
+    evaluated = len(results["items"])
+    for mode, count in results["unscored"].items():
+        if count:  # the official evaluation leaves them out too; the means hold the rest
+            print(f"{mode}: {count} of {evaluated} estimates unscored (silent, or the whole mixture).")
+    empty = [mode for mode, count in results["unscored"].items() if count == evaluated]
+    if empty:
+        print(f"evaluate_clipsep: error: every estimate with {' and '.join(empty)} queries was unscored (silent, or "
+              "the whole mixture); there is no score to report.", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
 
 

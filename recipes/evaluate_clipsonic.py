@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from clipcore.errors import UsageError, report_errors
 from clipcore.files import check_not_an_input, check_output_file, write_json
 from clipcore.shard_stream import ShardStream
+from clipcore.shards import ShardError, expand_shards
 from clipsonic.generate import MODES, SAMPLERS, Generator, check_guidance
 from clipsonic.metrics import embed_audio, frechet_distance, knn_accuracy, load_embedding, nearest_references, query_relevance
 
@@ -166,7 +167,14 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--prompts {args.prompts}: no such file.")
     if args.out:
         check_output_file(args.out, "--out")
-        check_not_an_input(args.out, {"--prompts": args.prompts, "--gap": args.gap})
+        try:
+            shards = expand_shards(args.reference_shards)
+        except ShardError as error:
+            raise UsageError(str(error)) from None
+        check_not_an_input(args.out, {"--prompts": args.prompts, "--gap": args.gap, "--checkpoint": args.checkpoint,
+                                      "--query-encoder": args.query_encoder, "--prior": args.prior,
+                                      "--vocoder": args.vocoder,
+                                      **{f"--reference-shards ({shard})": shard for shard in shards}})
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,8 +1,9 @@
 """The quick start's report: ``report.json`` (the figures), ``details.json`` (all behind them).
 
 Every mean in ``report.json`` has its 95% interval beside it, as ``<key>_ci95``:
-Student's t for SDR improvements (and for their stem-by-stem paired differences), Wilson
-score intervals for proportions (accuracy, recognition). All figures are on the test split.
+Student's t for SDR improvements (and for their stem-by-stem paired differences) over
+mixtures (each the mean of its two stems; per-instrument tables over stems), Wilson score
+intervals for proportions (accuracy, recognition). All figures are on the test split.
 """
 
 from __future__ import annotations

@@ -47,6 +47,13 @@ def test_protocol_json_and_table(data, tmp_path, capsys):
     targets = (data / "targets.csv").read_bytes()
     assert main(_args(data, "--out", str(data / "targets.csv"))) == 2  # an input is never an output
     assert "is the input of --targets" in capsys.readouterr().err and (data / "targets.csv").read_bytes() == targets
+    # Nor a file of the checkpoint, nor a listed clip's audio (the results replaced them).
+    wave = next(data.glob("data/music/audio/*/*.wav"))
+    inputs = {path: path.read_bytes() for path in (data / "model" / "config.json", wave)}
+    for path, option in ((data / "model" / "config.json", "--checkpoint"), (wave, "--data-root")):
+        assert main(_args(data, "--out", str(path))) == 2
+        assert option in capsys.readouterr().err
+    assert all(path.read_bytes() == before for path, before in inputs.items())
     out = tmp_path / "results.json"
     assert main(_args(data, "--out", str(out))) == 0
     table = capsys.readouterr().out
@@ -137,3 +144,20 @@ def test_soft_masks_to_a_power_reach_the_scores(data, tmp_path):
     assert results["2"]["settings"]["mask_power"] == 2.0 and results["2"]["settings"]["masks"] == "soft"
     sdr = {p: [i["scores"]["text"]["sdr"] for i in r["items"]] for p, r in results.items()}
     assert len(sdr["1"]) == len(sdr["2"]) == 3 and all(abs(a - b) > 1e-3 for a, b in zip(sdr["1"], sdr["2"]))
+
+
+def test_unscored_estimates_are_counted_and_a_mode_with_none_scored_fails(data, tmp_path, capsys):
+    """Masks that keep nothing give silent estimates, which the official evaluation leaves out: the
+    table's n said so only by its count, and a run where nothing was scored exited 0 with a table of NaN."""
+    model = CLIPSep.tiny(query_dim=32)
+    with torch.no_grad():
+        model.mask_scale.zero_()
+        model.mask_bias.fill_(-50.0)  # every mask 0
+    Separator(model, QueryEncoder.tiny(embed_dim=32)).save_pretrained(tmp_path / "deaf")
+    out = tmp_path / "results.json"
+    args = ["--checkpoint", str(tmp_path / "deaf"), *_args(data)[2:], "--queries", "image", "--out", str(out)]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "image: 3 of 3 estimates unscored (silent, or the whole mixture)." in captured.out
+    assert "every estimate with image queries was unscored" in captured.err
+    assert json.loads(out.read_text())["unscored"] == {"image": 3}

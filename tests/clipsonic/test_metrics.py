@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -154,3 +155,19 @@ def test_evaluation_recipe_refuses_an_unwritable_out_before_loading_a_model(tmp_
         with pytest.raises(UsageError) as refused:
             evaluate([*args, "--out", str(out)])
         assert str(refused.value) == message
+
+
+def test_evaluation_recipe_refuses_an_out_that_is_an_input(tmp_path):
+    """A reference shard (a brace or glob expanded), or a file of the checkpoint folder: the report
+    replaced them."""
+    for name in ("ref-000000.tar", "ref-000001.tar"):
+        (tmp_path / name).write_bytes(b"a shard")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    args = ["--checkpoint", str(tmp_path / "model"), "--reference-shards", str(tmp_path / "ref-00000{0..1}.tar")]
+    for out, option in ((tmp_path / "ref-000001.tar", f"--reference-shards ({tmp_path / 'ref-000001.tar'})"),
+                        (tmp_path / "model" / "config.json", "--checkpoint")):
+        with pytest.raises(UsageError, match=re.escape(option)):
+            evaluate([*args, "--out", str(out)])
+    assert (tmp_path / "ref-000001.tar").read_bytes() == b"a shard"
+    assert (tmp_path / "model" / "config.json").read_text() == "{}"
