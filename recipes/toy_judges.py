@@ -256,8 +256,10 @@ def judge_from_renders(n_clips: int = 330, seconds: float = 1.0, steps: int = 60
 
 
 def proportion(successes: list[bool]) -> dict[str, float | int]:
-    """A fraction with its 95% Wilson score interval (``low``, ``high``) and count."""
+    """A fraction with its 95% Wilson score interval (``low``, ``high``) and count (NaN for none)."""
     n = len(successes)
+    if n == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "count": 0}
     p, z = float(np.mean(successes)), 1.959964
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)

@@ -63,6 +63,8 @@ def test_wilson_interval_contains_the_fraction_and_narrows():
     assert small["low"] < 0.8 < small["high"] and large["low"] < 0.8 < large["high"]
     assert large["high"] - large["low"] < small["high"] - small["low"]
     assert np.isclose(proportion([True] * 5)["high"], 1.0) and proportion([True] * 5)["low"] > 0.5
+    none = proportion([])
+    assert none["count"] == 0 and all(np.isnan(none[key]) for key in ("mean", "low", "high"))
 
 
 def test_the_judge_trains_on_sets_of_different_lengths_and_refuses_short_clips():
