@@ -130,9 +130,12 @@ def load_audio(
         ``(wave, rate)``: float32 ``[channels, samples]`` and its sample rate.
 
     Raises:
-        AudioError: as :func:`open_audio`, or non-finite samples.
+        AudioError: as :func:`open_audio`, non-finite samples, or a span that is not two
+            finite times with ``0 <= start <= end``.
     """
     path = Path(path)
+    if span is not None and not (all(math.isfinite(t) for t in span) and 0 <= span[0] <= span[1]):
+        raise AudioError(f"{path}: cannot read the span {span[0]} to {span[1]} s (a start from 0 to its end).")
     with open_audio(path) as handle:
         rate = handle.samplerate
         out_rate = rate if sample_rate is None else sample_rate

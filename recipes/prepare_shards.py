@@ -189,6 +189,32 @@ def encode_sample(dataset: str, job: ClipJob, clip: Clip, embeddings: dict[str, 
     return EncodedSample(sample.key, sample.members())
 
 
+class ShardSkips:
+    """The clips of each written shard that were skipped, kept beside the shards in
+    ``shard_skips.json`` (rewritten atomically as each shard is written), so that a resumed
+    run lists the complete shards' skips with its own, even after an interruption."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "shard_skips.json"
+        try:
+            record = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        self.by_shard: dict[str, list[tuple[str, str]]] = {
+            name: [(str(a), str(b)) for a, b in lines] for name, lines in (record.items() if isinstance(record, dict) else ())
+            if (out / name).is_file() and isinstance(lines, list) and all(isinstance(x, list) and len(x) == 2 for x in lines)
+        }
+
+    def add(self, shard: str, lines: list[tuple[str, str]]) -> None:
+        """Record the skips of ``shard`` (a path), just written."""
+        self.by_shard[Path(shard).name] = sorted(set(lines))
+        atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(self.by_shard, indent=1) + "\n"))
+
+    def lines(self) -> list[tuple[str, str]]:
+        """Every recorded skip, ``(file, reason)``."""
+        return [line for lines in self.by_shard.values() for line in lines]
+
+
 class ShardAssembler:
     """Collects clips as workers finish them, and writes each shard once all its clips are in.
 
@@ -378,17 +404,22 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, datas
     resumed = (len(jobs) + args.shard_size - 1) // args.shard_size - len(shards)
     places = [(n, k) for n, (_, shard_jobs) in enumerate(shards) for k in range(len(shard_jobs))]
     tasks = [shards[n][1][k] for n, k in places]
-    assembler = ShardAssembler(shards)
+    assembler, shard_skips = ShardAssembler(shards), ShardSkips(out)
+    kept = shard_skips.lines()  # of the complete shards kept (a shard cut again is recorded again)
+    of_shard: dict[int, list[tuple[str, str]]] = {}
     for index, outcome in tqdm(pool.map(steps.cut, tasks), total=len(tasks), desc="writing", unit="clip"):
         job, sample = tasks[index], None
         if outcome.ok and isinstance(outcome.value, str):
-            skipped.append((job.path, outcome.value))
+            of_shard.setdefault(places[index][0], []).append((job.path, outcome.value))
         elif not outcome.ok:
-            skipped.append((job.path, _describe(job, outcome.reason)))
+            of_shard.setdefault(places[index][0], []).append((job.path, _describe(job, outcome.reason)))
             failures.append(outcome.traceback)
         else:
             sample = steps.encode(job, *outcome.value, key_id=key_ids[job.video_id, job.path])
         assembler.add(*places[index], sample)
+        if assembler.remaining[places[index][0]] == 0:
+            shard_skips.add(shards[places[index][0]][0], of_shard.get(places[index][0], []))
+    skipped += kept + [line for lines in of_shard.values() for line in lines]
     _summary(out, assembler.written, len(shards), resumed, skipped, [f for f in failures if f])
     if assembler.written == 0 and resumed == 0:
         print(f"prepare_shards: error: no clip of {args.input} could be written.", file=sys.stderr)
@@ -431,23 +462,13 @@ def _summary(out: Path, written: int, shards: int, resumed: int, skipped: list[t
     if tracebacks:
         atomic_write(out / "errors.log", lambda tmp: tmp.write_text("\n".join(tracebacks)))
         print(f"{len(tracebacks)} clips failed unexpectedly: tracebacks in {out / 'errors.log'}")
-    lines = sorted(set(skipped) | set(_skipped_before(out) if resumed else []))  # one per file, or per
-    # clip where clips of a file failed apart; a resumed run's list keeps the complete shards' skips
+    lines = sorted(set(skipped))  # one per file, or per clip where clips of a file failed apart
     print(f"wrote {written} clips in {shards} shards to {out}" + (f" ({resumed} complete shards kept)" if resumed else ""))
     if lines:
         atomic_write(out / "skipped.tsv", lambda tmp: tmp.write_text("".join(f"{p}\t{r}\n" for p, r in lines)))
         print(f"skipped {len({p for p, _ in lines})} files or clips of them (all listed in {out / 'skipped.tsv'}):")
         for _, reason in lines[:10]:
             print(f"  {reason}")
-
-
-def _skipped_before(out: Path) -> list[tuple[str, str]]:
-    """The ``(file, reason)`` lines of an earlier run's ``skipped.tsv`` (none without one)."""
-    try:
-        text = (out / "skipped.tsv").read_text()
-    except (OSError, UnicodeDecodeError):
-        return []
-    return [(path, reason) for path, _, reason in (line.partition("\t") for line in text.splitlines()) if reason]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,3 +199,16 @@ def test_a_span_is_the_whole_files_samples(tmp_path, rate, out_rate, span):
     expected = whole[:, int(round(span[0] * out_rate)):int(round(span[1] * out_rate))]
     assert got_rate == out_rate and part.shape == expected.shape
     torch.testing.assert_close(part, expected, atol=1e-6, rtol=0)
+
+
+def test_a_span_reads_only_its_frames_and_a_bad_span_is_one_sentence(tmp_path, monkeypatch):
+    path = tmp_path / "take.wav"
+    sf.write(path, np.zeros((44100 * 60, 1), np.float32), 44100)
+    counts = []
+    read = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames=-1, **kw: counts.append(frames) or read(self, frames, **kw))
+    assert load_audio(path, 16000, span=(30.0, 31.0))[0].shape == (1, 16000)
+    assert 44100 <= counts[-1] < 44100 + 2000  # a second and the resampler's margins, of a minute
+    for span in ((-1.0, 1.0), (2.0, 1.0), (float("nan"), 1.0), (0.0, float("inf"))):
+        with pytest.raises(AudioError, match=r"take.wav: cannot read the span .* \(a start from 0 to its end\)"):
+            load_audio(path, 16000, span=span)

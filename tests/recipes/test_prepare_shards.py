@@ -135,6 +135,9 @@ def test_sigterm_stops_the_run_resumably_with_one_line(videos, tmp_path, capsys)
     assert not list(out.glob(".*.part"))
     status, stdout, _ = _run(capsys, *args)
     assert status == 0 and "complete shards kept" in stdout
+    # The resumed run lists what an uninterrupted one does: the kept shards' skips too.
+    assert _run(capsys, *args[:1], tmp_path / "whole", *args[2:])[0] == 0
+    assert (out / "skipped.tsv").read_text() == (tmp_path / "whole" / "skipped.tsv").read_text()
 
 
 def test_csv_layouts_map_rows_to_files(tmp_path):
