@@ -62,9 +62,10 @@ def _serve(initializer: Callable | None, conn: Connection) -> None:
         if initializer is not None:
             initializer()
     except Exception:
-        conn.send(traceback.format_exc())
+        _send_quietly(conn, traceback.format_exc())
         return
-    conn.send(_READY)
+    if not _send_quietly(conn, _READY):
+        return
     while True:
         try:
             message = conn.recv()
@@ -78,10 +79,17 @@ def _serve(initializer: Callable | None, conn: Connection) -> None:
         except Exception as error:  # reported per item; the worker stays usable
             reason = f"failed unexpectedly ({type(error).__name__}: {error})"
             reply = (index, Outcome(False, reason=reason, traceback=traceback.format_exc()))
-        try:
-            conn.send(reply)
-        except OSError:  # the parent is gone (SIGTERM, or killed): nobody to tell
+        if not _send_quietly(conn, reply):
             return
+
+
+def _send_quietly(conn, message) -> bool:
+    """Send ``message`` to the parent; False (and no traceback) if the parent is gone."""
+    try:
+        conn.send(message)
+    except OSError:  # BrokenPipeError and its kind: SIGTERM, or the parent killed
+        return False
+    return True
 
 
 class _Worker:

@@ -371,6 +371,7 @@ class TrainingCLI(LightningCLI):
                 check_output_folder(config.get(option), f"--{option}")
                 if option != "trainer.default_root_dir":
                     check_not_an_input(config.get(option), inputs)
+                    _check_export_holds_no_input(option, config.get(option), inputs)
         interval = config.trainer.get("val_check_interval")
         if interval is not None and not interval > 0:
             raise UsageError(f"--trainer.val_check_interval must be positive, got {interval}.")
@@ -404,6 +405,22 @@ def _checkpoint_folder(config) -> Path | None:
     if config.checkpoint.get("dirpath") is not None:
         return Path(config.checkpoint.dirpath)
     return Path(config.trainer.get("default_root_dir") or os.getcwd()) / "checkpoints"
+
+
+def _check_export_holds_no_input(option: str, folder: str, inputs: dict[str, str]) -> None:
+    """Refuse an export folder whose exports would replace a run input: ``--export`` is
+    written whole, ``--model.export_dir`` as its ``best/`` and ``last/`` (fine-tuning from
+    ``runs/x/best`` with ``--model.export_dir runs/x`` replaced the starting checkpoint).
+
+    Raises:
+        UsageError: naming the option, the folder the export writes and the input.
+    """
+    written = [Path(folder)] if option == "export" else [Path(folder) / "best", Path(folder) / "last"]
+    for target in written:
+        for name, path in inputs.items():
+            if Path(path).resolve().is_relative_to(target.resolve()):
+                raise UsageError(f"--{option} {folder}: the export writes {target}, which holds {path}, the input of "
+                                 f"{name}; export elsewhere.")
 
 
 def _run_inputs(config) -> dict[str, str]:

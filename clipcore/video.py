@@ -47,7 +47,8 @@ class VideoInfo:
     """What :func:`probe` finds.
 
     Attributes:
-        duration: seconds, the longest stated length (container or stream).
+        duration: seconds from the file's start to the latest stated end (a stream's, or the
+            container's).
         has_audio: the file has an audio track.
         has_video: the file has a video track.
         common_start: seconds from the file's start at which both tracks hold data: the
@@ -118,8 +119,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     with _open(path) as container:
         spans = [_span(s) for s in container.streams if s.type in ("audio", "video")]
         durations = [end for _, end in spans if end is not None]
-        if container.duration:
-            durations.append(container.duration / 1_000_000)
+        if container.duration:  # a length: from the container's first timestamp (an MPEG-TS starts at 1.4 s)
+            durations.append((container.duration + max(container.start_time or 0, 0)) / 1_000_000)
         if not durations:
             raise VideoError(f"{path}: its duration is unknown (no stream states it).")
         tracks = [_span(s[0]) for s in (container.streams.audio[:1], container.streams.video[:1]) if s]

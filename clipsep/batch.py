@@ -241,8 +241,9 @@ def process_file(
 
     The stems and ``separation.json`` appear together: an interruption or failure while
     the record is written removes the stems. A folder holds one separation, all of whose
-    stems its record lists: stems of an earlier one with other queries fail the input,
-    and ``options.overwrite`` removes them once the new record is written.
+    stems its record lists: stems of an earlier one that this one would not write fail the
+    input, and ``options.overwrite`` removes them once the new record is written (with no
+    ``options.provenance``, no record is written and nothing is removed).
     """
     result = FileResult(job.source)
     try:
@@ -250,9 +251,9 @@ def process_file(
             raise UsageError(elsewhere)
         earlier = [name for name in recorded_stem_files(job.folder) if name not in {p.name for p in job.outputs.values()}]
         if earlier and not options.overwrite:  # the record will list this run's stems: none may be left unlisted
-            raise UsageError(f"{job.folder}/ holds stems of an earlier separation with other queries "
-                             f"({', '.join(earlier)}); pass --overwrite to replace them, or separate into another "
-                             "folder with -o.")
+            raise UsageError(f"{job.folder}/ holds stems of an earlier separation that this one would not write "
+                             f"({', '.join(earlier)}: other queries or another format); pass --overwrite to replace "
+                             "them, or separate into another folder with -o.")
         for path in job.outputs.values():
             if path.is_dir():
                 raise UsageError(f"output {path} is a folder; the stem cannot be written there.")
@@ -272,8 +273,9 @@ def process_file(
                     for path in job.outputs.values():
                         path.unlink(missing_ok=True)
                 raise
-            for name in earlier:  # --overwrite replaced the earlier separation, these stems too
-                (job.folder / name).unlink(missing_ok=True)
+            with interrupts_held():  # --overwrite replaced the earlier separation, these stems too
+                for name in earlier:
+                    (job.folder / name).unlink(missing_ok=True)
         result.written = list(job.outputs.values())
     except (ClipAudioError, OSError, MemoryError, torch.OutOfMemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__

@@ -9,7 +9,8 @@ mixture as the estimate of every source) give the improvements. Everything is co
 float64 numpy; a sample whose reference or estimate is silent (sum of absolute values
 <= 1e-5, the official rule; the interference estimate ``mixture - estimate`` is one, so an
 all-pass estimate is unscored too) scores NaN, and :func:`summarize` leaves NaNs out and
-counts the rest. Ratios are reported within +-:data:`MAX_DB`.
+counts the rest. BSS-Eval's ratios are reported within +-:data:`MAX_DB` (SI-SDR's within
++-200 dB).
 """
 
 from __future__ import annotations

@@ -157,7 +157,8 @@ def _generate(args: argparse.Namespace, prompts: list[str], pictures: list, path
                 save_audio(path, wave, result.sample_rate, bit_depth=args.bit_depth, format=args.format,
                            clip=args.clip_mode)
                 written.append(path)
-    except BaseException:  # Ctrl-C, SIGTERM or a full disk: the clips appear together or not at all
+    except BaseException:  # Ctrl-C, SIGTERM or a full disk: this run's clips appear together or not at all
+        # (with --overwrite, files it replaced are gone with them; earlier ones not yet replaced stay)
         with interrupts_held():
             for path in written:
                 path.unlink(missing_ok=True)

@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "binary masks, the default, have no power)")
     parser.add_argument("--limit", type=int, help="evaluate the first N targets only")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", help="JSON results file (default: print only)")
+    parser.add_argument("--out", help="JSON results file (default: print only); written also when a query kind "
+                                      "has no scored estimate, for the reasons it holds, though the status is then 1")
     return parser
 
 

@@ -43,6 +43,9 @@ def test_missing_shards_give_one_line_and_a_failing_status(tmp_path):
                                            "(0, 1], got -0.5."),
     (["--model.query_encoder", "{tmp}/encoder", "--model.export_dir", "{tmp}/encoder"],
      "{tmp}/encoder: is the input of --model.query_encoder; writing it there would destroy it."),
+    (["--model.query_encoder", "{tmp}/exports/last/encoder", "--model.export_dir", "{tmp}/exports"],
+     "--model.export_dir {tmp}/exports: the export writes {tmp}/exports/last, which holds {tmp}/exports/last/encoder, "
+     "the input of --model.query_encoder; export elsewhere."),
     (["--model.query_encoder", "{tmp}/no_encoder"], "{tmp}/no_encoder: no such query encoder folder."),
     (["--model.query_encoder", "ViT-Q-99/openai"], "ViT-Q-99/openai: no such query encoder folder, nor an open_clip "
                                                    "ARCH/TAG name (open_clip has no model 'ViT-Q-99')."),
@@ -53,6 +56,7 @@ def test_settings_the_run_cannot_use_are_refused_before_training(tmp_path, args,
 
     (tmp_path / "notes.txt").write_text("keep me")
     (tmp_path / "encoder").mkdir()
+    (tmp_path / "exports" / "last" / "encoder").mkdir(parents=True)
     torch.save(torch.zeros(2), tmp_path / "tensor.ckpt")
     torch.save({"state_dict": {}, "hyper_parameters": {"embed_dim": 8, "prior_args": {}}}, tmp_path / "prior.ckpt")
     argv = ["fit", "--config", str(ROOT / "recipes/configs/clipsep/toy.yaml"), "--model.query_encoder", "null",
