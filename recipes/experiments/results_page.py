@@ -1,8 +1,10 @@
 """Scores of ``papers_in_miniature`` and its results page, with each paper's finding checked.
 
-Intervals are 95%: separation pools the stems of every seed (Student's t over stems, the
-per-seed means beside it), comparisons are paired stem by stem (or clip by clip for
-recognition: the same instrument, sample and seed in both arms). FAD, one distance per seed
+Intervals are 95%: separation pools the stems of every seed (the per-seed means beside it),
+comparisons are paired stem by stem (or clip by clip for recognition: the same instrument,
+sample and seed in both arms); Student's t over mixtures (or clips), each the mean of its
+stems over every seed, which are correlated (:func:`clipsep.metrics.summarize_groups`;
+the page in ``docs/`` was made before, with intervals over stems and clips). FAD, one distance per seed
 and mode (the mean over seeds reported), gets a percentile bootstrap over the generated
 clips (:data:`BOOTSTRAP` draws; the test clips it is measured against held fixed), and
 the difference of two modes resamples the same clip slots in both. A resample repeats
@@ -32,7 +34,7 @@ import torch
 from clipcore.audio import load_audio
 from clipcore.files import atomic_write
 from clipcore.plots import mel_grid, sdri_bars
-from clipsep.metrics import summarize
+from clipsep.metrics import summarize, summarize_groups
 from clipsonic.metrics import MelStatistics, embed_audio, frechet_distance, gaussian_statistics
 
 __all__ = ["score", "bootstrap_fad", "findings", "write_page"]
@@ -117,9 +119,11 @@ def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict
         sdri[kind] = [s["sdri"] for s in per_seed]
         labels = np.concatenate([s["labels"] for s in per_seed])
         pooled = np.concatenate(sdri[kind])
-        separation[kind] = {"sdri": summarize(pooled), "seed_means": summarize([np.nanmean(s) for s in sdri[kind]]),
+        mixtures = np.concatenate([np.arange(len(s)) // 2 for s in sdri[kind]])  # a mixture's two stems, every seed
+        separation[kind] = {"sdri": summarize_groups(pooled, mixtures),
+                            "seed_means": summarize([np.nanmean(s) for s in sdri[kind]]),
                             "by_instrument": {name: summarize(pooled[labels == name]) for name in queries.instruments}}
-    paired = {f"{a}_minus_{b}": _paired([x - y for x, y in zip(sdri[a], sdri[b])]) for a, b in PAIRS}
+    paired = {f"{a}_minus_{b}": _paired([x - y for x, y in zip(sdri[a], sdri[b])], per_group=2) for a, b in PAIRS}
 
     samples = round(seconds * 16000)
     reference = torch.stack(
@@ -160,9 +164,12 @@ def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict
             "paired": paired, "generation": generation, "generation_paired": differences}
 
 
-def _paired(per_seed: list[np.ndarray]) -> dict:
-    """``summarize`` of paired differences pooled over seeds, with ``per_seed``: each seed's mean."""
-    return {**summarize(np.concatenate(per_seed)), "per_seed": [float(np.nanmean(d)) for d in per_seed]}
+def _paired(per_seed: list[np.ndarray], per_group: int = 1) -> dict:
+    """Paired differences pooled over seeds (:func:`clipsep.metrics.summarize_groups`: the
+    ``per_group`` consecutive values of a seed, a mixture's stems or a clip, and the same
+    ones of every other seed, are one group), with ``per_seed``: each seed's mean."""
+    groups = np.concatenate([np.arange(len(d)) // per_group for d in per_seed])
+    return {**summarize_groups(np.concatenate(per_seed), groups), "per_seed": [float(np.nanmean(d)) for d in per_seed]}
 
 
 def _interval(summary: dict, unit: str = "", scale: float = 1.0) -> str:
@@ -269,7 +276,8 @@ def write_page(results: dict, seeds: dict, docs: Path) -> Path:
         f"{(results['run'].get('commit') or 'unknown')[:7]}). Every choice (checkpoints by validation "
         "SDR improvement, CLIPSonic's guidance by validation recognition) was made on the validation split; every figure "
         "below is on the test split. Brackets are 95% intervals (FAD's: a bootstrap over the generated clips); they "
-        "pool the stems or clips of every seed and hold each trained model fixed, so they say how precisely these "
+        "pool the stems or clips of every seed (Student's t over mixtures or clips, whose stems and seeds are "
+        "correlated) and hold each trained model fixed, so they say how precisely these "
         "models were measured, not how another training would come out. So a finding holds (or does not reproduce) "
         "only when its interval lies on one side of the line it must clear *and* every seed's own difference lies "
         "there too; it is **not shown** when the interval reaches both sides, or when the seeds disagree: the data "
