@@ -30,11 +30,10 @@ from tqdm import tqdm
 from clipcore.audio import MIN_SAMPLE_RATE
 from clipcore.cli import stop_on_sigterm
 from clipcore.errors import UsageError, report_errors
-from clipcore.files import ListedFile, check_output_folder
+from clipcore.files import ListedFile, atomic_write, check_output_folder
 from clipcore.supervised import SupervisedPool
 from clipcore.video import Clip, VideoError, read_clip
 from clipcore.video_library import LAYOUTS, clip_spans, read_video_list
-from recipes.shard_writing import ShardAssembler, ShardSkips, check_plan, summarize_run
 
 EPILOG = """\
 inputs:
@@ -190,6 +189,58 @@ def encode_sample(dataset: str, job: ClipJob, clip: Clip, embeddings: dict[str, 
     return EncodedSample(sample.key, sample.members())
 
 
+class ShardSkips:
+    """The clips of each written shard that were skipped, kept beside the shards in
+    ``shard_skips.json`` (rewritten atomically as each shard is written), so that a resumed
+    run lists the complete shards' skips with its own, even after an interruption."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "shard_skips.json"
+        try:
+            record = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        self.by_shard: dict[str, list[tuple[str, str]]] = {
+            name: [(str(a), str(b)) for a, b in lines] for name, lines in (record.items() if isinstance(record, dict) else ())
+            if (out / name).is_file() and isinstance(lines, list) and all(isinstance(x, list) and len(x) == 2 for x in lines)
+        }
+
+    def add(self, shard: str, lines: list[tuple[str, str]]) -> None:
+        """Record the skips of ``shard`` (a path), just written."""
+        self.by_shard[Path(shard).name] = sorted(set(lines))
+        atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(self.by_shard, indent=1) + "\n"))
+
+    def lines(self) -> list[tuple[str, str]]:
+        """Every recorded skip, ``(file, reason)``."""
+        return [line for lines in self.by_shard.values() for line in lines]
+
+
+class ShardAssembler:
+    """Collects clips as workers finish them, and writes each shard once all its clips are in.
+
+    A shard holds its clips in planned order; one none of whose clips could be read is not
+    written, so that a rerun tries it again.
+    """
+
+    def __init__(self, shards: list[tuple[str, list[ClipJob]]]) -> None:
+        self.shards = shards
+        self.slots: dict[int, list[EncodedSample | None]] = {n: [None] * len(jobs) for n, (_, jobs) in enumerate(shards)}
+        self.remaining = {n: len(jobs) for n, (_, jobs) in enumerate(shards)}
+        self.written = 0
+
+    def add(self, shard: int, position: int, sample: EncodedSample | None) -> None:
+        """Record one clip's result (None: skipped) and write the shard when it is complete."""
+        self.slots[shard][position] = sample
+        self.remaining[shard] -= 1
+        if self.remaining[shard] == 0:
+            from clipcore.shards import write_shard
+
+            samples = [s for s in self.slots.pop(shard) if s is not None]
+            if samples:
+                write_shard(self.shards[shard][0], samples)
+                self.written += len(samples)
+
+
 def read_audio_entries(args: argparse.Namespace) -> list[ListedFile]:
     """The files of a labelled sound library (see :func:`clipcore.sound_library.read_library`)."""
     from clipcore.sound_library import read_library
@@ -342,7 +393,7 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, datas
     if hashed:  # recorded only then: a folder of an earlier version, which gave such videos one key, is refused
         record["hashed_keys"] = hashed
     out: Path = args.out_dir
-    check_plan(out, record)
+    _check_plan(out, record)
     for stale in out.glob(f".{args.prefix}-*.tar.*.part"):
         stale.unlink()
     shards = []
@@ -369,7 +420,7 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, datas
         if assembler.remaining[places[index][0]] == 0:
             shard_skips.add(shards[places[index][0]][0], of_shard.get(places[index][0], []))
     skipped += kept + [line for lines in of_shard.values() for line in lines]
-    summarize_run(out, assembler.written, len(shards), resumed, skipped, [f for f in failures if f])
+    _summary(out, assembler.written, len(shards), resumed, skipped, [f for f in failures if f])
     if assembler.written == 0 and resumed == 0:
         print(f"prepare_shards: error: no clip of {args.input} could be written.", file=sys.stderr)
         return 1
@@ -388,6 +439,36 @@ def _once_each(jobs: list[ClipJob], skipped: list[tuple[str, str]]) -> list[Clip
         else:
             kept[key] = job
     return list(kept.values())
+
+
+def _check_plan(out: Path, record: dict) -> None:
+    plan_file = out / "plan.json"
+    if plan_file.exists():
+        try:
+            previous = json.loads(plan_file.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != record:
+            raise UsageError(
+                f"{out}: holds shards prepared from other inputs or settings (see {plan_file}); "
+                "use a new folder, or delete it to start over."
+            )
+        return
+    atomic_write(plan_file, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def _summary(out: Path, written: int, shards: int, resumed: int, skipped: list[tuple[str, str]],
+             tracebacks: list[str]) -> None:
+    if tracebacks:
+        atomic_write(out / "errors.log", lambda tmp: tmp.write_text("\n".join(tracebacks)))
+        print(f"{len(tracebacks)} clips failed unexpectedly: tracebacks in {out / 'errors.log'}")
+    lines = sorted(set(skipped))  # one per file, or per clip where clips of a file failed apart
+    print(f"wrote {written} clips in {shards} shards to {out}" + (f" ({resumed} complete shards kept)" if resumed else ""))
+    if lines:
+        atomic_write(out / "skipped.tsv", lambda tmp: tmp.write_text("".join(f"{p}\t{r}\n" for p, r in lines)))
+        print(f"skipped {len({p for p, _ in lines})} files or clips of them (all listed in {out / 'skipped.tsv'}):")
+        for _, reason in lines[:10]:
+            print(f"  {reason}")
 
 
 def main(argv: list[str] | None = None) -> int:
