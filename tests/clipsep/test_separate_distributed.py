@@ -19,6 +19,7 @@ from clipsep.batch_workers import launcher_process
 from clipsep.claims import CLAIMS_DIR, claim
 from clipsep.model import CLIPSep
 from clipsep.separate import Separator
+from tests.subprocesses import sigterm_when
 
 
 @pytest.fixture(scope="module")
@@ -164,17 +165,10 @@ def test_sigterm_removes_temporary_files_and_releases_the_claim(checkpoint, tmp_
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     _inputs(inputs, [600])
-    process = subprocess.Popen(_command(checkpoint, out, inputs), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=_env(RANK="0", WORLD_SIZE="1"))
-    try:
-        deadline = time.monotonic() + 300
-        while not ((out / "take0").is_dir() and any(p.name.endswith(".part") for p in (out / "take0").iterdir())):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.02)
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    process, err = sigterm_when(
+        _command(checkpoint, out, inputs),
+        lambda _: (out / "take0").is_dir() and any(p.name.endswith(".part") for p in (out / "take0").iterdir()),
+        timeout=300, env=_env(RANK="0", WORLD_SIZE="1"))
     assert process.returncode not in (0, None) and "Traceback" not in err and "interrupted" in err
     assert not (out / "take0").exists()  # no stem, no temporary file, nor the folder they were to go in
     assert not (out / CLAIMS_DIR / "take0.claim").exists()

@@ -205,24 +205,19 @@ def test_an_interruption_while_writing_leaves_none_of_the_clips(folders, tmp_pat
 
 def test_sigterm_while_sampling_writes_nothing_and_exits_with_one_line(folders, tmp_path):
     # What srun sends on preemption or scancel.
-    import signal as signals
-    import subprocess
     import sys
-    import time
+
+    from tests.subprocesses import sigterm_when
 
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "clipsonic.cli", "generate", "--checkpoint", str(folders / "full"), "rain",
-         "--steps", "1000", "--duration", "0.2", "-o", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline, seen = time.monotonic() + 120, ""
-        while "generating" not in seen:  # the progress bar: sampling has begun
-            assert process.poll() is None and time.monotonic() < deadline, (seen, process.communicate())
-            seen += process.stderr.read(1)
-        process.send_signal(signals.SIGTERM)
-        _, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 130 and "Traceback" not in err and "interrupted" in seen + err
+    seen: list[str] = []
+
+    def sampling(process) -> bool:  # the progress bar is on stderr: sampling has begun
+        seen.append(process.stderr.read(1))
+        return "generating" in "".join(seen)
+
+    process, err = sigterm_when([sys.executable, "-m", "clipsonic.cli", "generate", "--checkpoint",
+                                 str(folders / "full"), "rain", "--steps", "1000", "--duration", "0.2", "-o", str(out)],
+                                sampling)
+    assert process.returncode == 130 and "Traceback" not in err and "interrupted" in "".join(seen) + err
     assert not out.exists() or not list(out.iterdir())

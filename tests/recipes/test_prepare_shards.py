@@ -111,25 +111,15 @@ def test_resume_keeps_complete_shards_and_refuses_other_settings(videos, tmp_pat
 def test_sigterm_stops_the_run_resumably_with_one_line(videos, tmp_path, capsys):
     """A Slurm time limit or scancel: as Ctrl-C, exit 130 and a line saying how to resume; no
     traceback (a worker whose parent was gone printed one), no partial shard."""
-    import signal
-    import subprocess
     import sys
-    import time
+
+    from tests.subprocesses import sigterm_when
 
     out = tmp_path / "shards"
     args = [str(videos), str(out), "--clip-seconds", "0.25", "--min-seconds", "0.2", "--fps", "8", "--shard-size",
             "4", "--short-side", "32", "--workers", "2"]
-    process = subprocess.Popen([sys.executable, str(Path(__file__).parents[2] / "recipes" / "prepare_shards.py"), *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "shard-000000.tar").exists():
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.01)
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    process, err = sigterm_when([sys.executable, str(Path(__file__).parents[2] / "recipes" / "prepare_shards.py"), *args],
+                                lambda _: (out / "shard-000000.tar").exists())
     assert process.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "prepare_shards: interrupted; rerun the same command to resume."
     assert not list(out.glob(".*.part"))
