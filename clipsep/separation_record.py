@@ -132,8 +132,8 @@ def recorded_elsewhere(folder: Path, source: Path) -> str | None:
         A sentence (which input the stems are of, and what to do), or None.
     """
     try:
-        recorded = dict(json.loads((folder / RECORD_NAME).read_text())["input"])
-    except (OSError, ValueError, KeyError, TypeError):  # no record (or one this reader cannot use)
+        recorded = dict(_read_record(folder)["input"])
+    except (KeyError, TypeError, ValueError):  # no record (or one this reader cannot use)
         return None
     identity = file_identity(source)
     made_by = {key: recorded[key] for key in identity if key in recorded}
@@ -150,8 +150,15 @@ def recorded_stem_files(folder: Path) -> list[str]:
     """The names of the stem files ``folder/separation.json`` lists that are in ``folder``
     (none without a record, or with one this reader cannot use)."""
     try:
-        stems = json.loads((folder / RECORD_NAME).read_text())["stems"]
-        names = [str(stem["file"]) for stem in stems.values()]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        names = [str(stem["file"]) for stem in _read_record(folder)["stems"].values()]
+    except (KeyError, TypeError, AttributeError):
         return []
     return [name for name in names if Path(name).name == name and (folder / name).is_file()]
+
+
+def _read_record(folder: Path) -> dict:
+    """``folder/separation.json`` as read, or ``{}`` where there is none or it is not JSON."""
+    try:
+        return json.loads((folder / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
