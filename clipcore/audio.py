@@ -174,7 +174,8 @@ def _span_frames(span: tuple[float, float], rate: int, out_rate: int, frames: in
     wanted = (int(round(span[0] * out_rate)), int(round(span[1] * out_rate)))
     if out_rate == rate:
         first = min(max(wanted[0], 0), frames)
-        return first, max(min(wanted[1], frames) - first, 0), 0, max(min(wanted[1], frames) - first, 0)
+        count = max(min(wanted[1], frames) - first, 0)
+        return first, count, 0, count
     common = math.gcd(rate, out_rate)
     period_in, period_out = rate // common, out_rate // common
     margin = math.ceil(6 * period_in / (0.99 * min(period_in, period_out))) + period_in + 1

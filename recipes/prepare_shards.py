@@ -408,17 +408,17 @@ def _prepare(args: argparse.Namespace, pool: SupervisedPool, steps: Steps, datas
     kept = shard_skips.lines()  # of the complete shards kept (a shard cut again is recorded again)
     of_shard: dict[int, list[tuple[str, str]]] = {}
     for index, outcome in tqdm(pool.map(steps.cut, tasks), total=len(tasks), desc="writing", unit="clip"):
-        job, sample = tasks[index], None
+        (shard, position), job, sample = places[index], tasks[index], None
         if outcome.ok and isinstance(outcome.value, str):
-            of_shard.setdefault(places[index][0], []).append((job.path, outcome.value))
+            of_shard.setdefault(shard, []).append((job.path, outcome.value))
         elif not outcome.ok:
-            of_shard.setdefault(places[index][0], []).append((job.path, _describe(job, outcome.reason)))
+            of_shard.setdefault(shard, []).append((job.path, _describe(job, outcome.reason)))
             failures.append(outcome.traceback)
         else:
             sample = steps.encode(job, *outcome.value, key_id=key_ids[job.video_id, job.path])
-        assembler.add(*places[index], sample)
-        if assembler.remaining[places[index][0]] == 0:
-            shard_skips.add(shards[places[index][0]][0], of_shard.get(places[index][0], []))
+        assembler.add(shard, position, sample)
+        if assembler.remaining[shard] == 0:
+            shard_skips.add(shards[shard][0], of_shard.get(shard, []))
     skipped += kept + [line for lines in of_shard.values() for line in lines]
     _summary(out, assembler.written, len(shards), resumed, skipped, [f for f in failures if f])
     if assembler.written == 0 and resumed == 0:
