@@ -12,11 +12,11 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from clipcore.errors import ClipAudioError, UsageError
 
-__all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "ImageError", "load_image", "ListedFile",
+__all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "remove_files", "ImageError", "load_image", "ListedFile",
            "files_below", "read_csv_rows", "check_output_folder", "check_output_file", "file_identity", "remove_empty_folders",
            "check_not_an_input", "write_json"]
 
@@ -56,6 +56,14 @@ def interrupts_held() -> Iterator[None]:
             signal.signal(signum, handler)
         if caught:
             signal.raise_signal(caught[0])
+
+
+def remove_files(paths: Iterable[str | os.PathLike]) -> None:
+    """Remove the files of ``paths`` that exist, with interrupts held (a second Ctrl-C does
+    not cut the cleanup short): the outputs of a step that failed or was interrupted."""
+    with interrupts_held():
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
 
 
 def hidden_temporary(path: Path, suffix: str = ".part") -> Path:

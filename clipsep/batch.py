@@ -36,7 +36,7 @@ import torch
 from clipcore.audio import AUDIO_EXTENSIONS
 from clipcore.audio_blocks import SPOOL_SUFFIX
 from clipcore.errors import ClipAudioError, UsageError
-from clipcore.files import interrupts_held
+from clipcore.files import interrupts_held, remove_files
 from clipcore.naming import safe_filename, unique_names
 from clipsep.claims import STALE_SECONDS, claim, tidy
 from clipsep.separation_record import RECORD_NAME, recorded_elsewhere, recorded_stem_files, write_record
@@ -269,13 +269,9 @@ def process_file(
             try:
                 write_record(job.source, job.outputs, levels, time.perf_counter() - started, run)
             except BaseException:  # Ctrl-C or a full disk: no stems without their record
-                with interrupts_held():
-                    for path in job.outputs.values():
-                        path.unlink(missing_ok=True)
+                remove_files(job.outputs.values())
                 raise
-            with interrupts_held():  # --overwrite replaced the earlier separation, these stems too
-                for name in earlier:
-                    (job.folder / name).unlink(missing_ok=True)
+            remove_files(job.folder / name for name in earlier)  # --overwrite replaced them with the rest
         result.written = list(job.outputs.values())
     except (ClipAudioError, OSError, MemoryError, torch.OutOfMemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__

@@ -21,7 +21,7 @@ import torch
 
 from clipcore import cli
 from clipcore.audio import check_finite, save_audio
-from clipcore.files import ImageError, check_not_an_input, check_output_folder, interrupts_held, load_image
+from clipcore.files import ImageError, check_not_an_input, check_output_folder, load_image, remove_files
 from clipcore.naming import slugify, unique_names
 from clipsonic.generate import (
     MAX_DURATION,
@@ -159,9 +159,7 @@ def _generate(args: argparse.Namespace, prompts: list[str], pictures: list, path
                 written.append(path)
     except BaseException:  # Ctrl-C, SIGTERM or a full disk: this run's clips appear together or not at all
         # (with --overwrite, files it replaced are gone with them; earlier ones not yet replaced stay)
-        with interrupts_held():
-            for path in written:
-                path.unlink(missing_ok=True)
+        remove_files(written)
         raise
     print(f"Generated {len(written)} file(s) of {args.duration:g} s under {args.out}/:")
     for path in written:
