@@ -170,10 +170,10 @@ def evaluate_separation(queries: Queries, runs: dict[str, tuple[Path, dict[str, 
         stem-by-stem SDRi differences between kinds; ``mixtures``.
     """
     result: dict = {"mixtures": len(queries.mixtures)}
+    mixture = np.arange(2 * len(queries.mixtures)) // 2  # of each stem: every kind's stems are each mixture's two in turn
     sdri = {}
     for kind, (scores, absent) in stem_scores(queries, runs).items():
         labels = np.array(scores["labels"])
-        mixture = np.arange(len(labels)) // 2  # each mixture's two stems in turn
         sdri[kind] = scores["sdri"]
         by_instrument = {name: summarize(scores["sdri"][labels == name]) for name in queries.instruments}
         scored = [name for name in queries.instruments if by_instrument[name]["count"]] or list(queries.instruments)
@@ -184,8 +184,7 @@ def evaluate_separation(queries: Queries, runs: dict[str, tuple[Path, dict[str, 
                         "min_instrument": {"instrument": worst, **by_instrument[worst]},
                         "absent_query_energy_db": summarize(absent)}
     kinds = list(runs)
-    stems = np.arange(len(next(iter(sdri.values()), []))) // 2
-    result["paired"] = {f"{a}_minus_{b}": summarize_groups(sdri[a] - sdri[b], stems)
+    result["paired"] = {f"{a}_minus_{b}": summarize_groups(sdri[a] - sdri[b], mixture)
                         for i, a in enumerate(kinds) for b in kinds[:i]}
     return result
 
