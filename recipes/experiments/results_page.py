@@ -119,8 +119,7 @@ def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict
         sdri[kind] = [s["sdri"] for s in per_seed]
         labels = np.concatenate([s["labels"] for s in per_seed])
         pooled = np.concatenate(sdri[kind])
-        mixtures = np.concatenate([np.arange(len(s)) // 2 for s in sdri[kind]])  # a mixture's two stems, every seed
-        separation[kind] = {"sdri": summarize_groups(pooled, mixtures),
+        separation[kind] = {"sdri": _pooled(sdri[kind], per_group=2),  # a mixture's two stems, every seed
                             "seed_means": summarize([np.nanmean(s) for s in sdri[kind]]),
                             "by_instrument": {name: summarize(pooled[labels == name]) for name in queries.instruments}}
     paired = {f"{a}_minus_{b}": _paired([x - y for x, y in zip(sdri[a], sdri[b])], per_group=2) for a, b in PAIRS}
@@ -164,12 +163,17 @@ def score(seeds: dict, queries, judge, test_clips: list, seconds: float) -> dict
             "paired": paired, "generation": generation, "generation_paired": differences}
 
 
-def _paired(per_seed: list[np.ndarray], per_group: int = 1) -> dict:
-    """Paired differences pooled over seeds (:func:`clipsep.metrics.summarize_groups`: the
-    ``per_group`` consecutive values of a seed, a mixture's stems or a clip, and the same
-    ones of every other seed, are one group), with ``per_seed``: each seed's mean."""
+def _pooled(per_seed: list[np.ndarray], per_group: int = 1) -> dict:
+    """Values of every seed pooled (:func:`clipsep.metrics.summarize_groups`: the ``per_group``
+    consecutive values of a seed, a mixture's stems or a clip, and the same ones of every
+    other seed, are one group)."""
     groups = np.concatenate([np.arange(len(d)) // per_group for d in per_seed])
-    return {**summarize_groups(np.concatenate(per_seed), groups), "per_seed": [float(np.nanmean(d)) for d in per_seed]}
+    return summarize_groups(np.concatenate(per_seed), groups)
+
+
+def _paired(per_seed: list[np.ndarray], per_group: int = 1) -> dict:
+    """Paired differences pooled over seeds (:func:`_pooled`), with ``per_seed``: each seed's mean."""
+    return {**_pooled(per_seed, per_group), "per_seed": [float(np.nanmean(d)) for d in per_seed]}
 
 
 def _interval(summary: dict, unit: str = "", scale: float = 1.0) -> str:
