@@ -200,10 +200,11 @@ class ShardSkips:
             record = json.loads(self.path.read_text())
         except (OSError, ValueError):
             record = {}
-        self.by_shard: dict[str, list[tuple[str, str]]] = {
-            name: [(str(a), str(b)) for a, b in lines] for name, lines in (record.items() if isinstance(record, dict) else ())
-            if (out / name).is_file() and isinstance(lines, list) and all(isinstance(x, list) and len(x) == 2 for x in lines)
-        }
+        self.by_shard: dict[str, list[tuple[str, str]]] = {}
+        for name, lines in (record.items() if isinstance(record, dict) else ()):
+            well_formed = isinstance(lines, list) and all(isinstance(x, list) and len(x) == 2 for x in lines)
+            if well_formed and (out / name).is_file():  # a shard cut again is recorded again
+                self.by_shard[name] = [(str(path), str(reason)) for path, reason in lines]
 
     def add(self, shard: str, lines: list[tuple[str, str]]) -> None:
         """Record the skips of ``shard`` (a path), just written."""
