@@ -18,6 +18,7 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipcore.audio import save_audio
 from clipcore.audition import add_server_arguments, check_server_arguments, import_gradio, new_run_folder, serve
@@ -25,7 +26,10 @@ from clipcore.cli import add_device_argument, resolve_device
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import load_image
 from clipcore.plots import mel_figure, save_figure
-from clipsonic.generate import MODES, Generator
+from clipsonic.generation_limits import MODES
+
+if TYPE_CHECKING:
+    from clipsonic.generate import Generator
 
 __all__ = ["ClipView", "AuditionGenerator", "add_audition_command"]
 
@@ -141,6 +145,8 @@ def run_audition(args: argparse.Namespace) -> int:
     """Run ``clipsonic audition``: load the generator and serve the page until Ctrl-C."""
     import_gradio()  # before the model loads: a missing extra is said at once
     check_server_arguments(args)
+    from clipsonic.generate import Generator  # here: diffusers is slow to import for --help
+
     generator = Generator.from_pretrained(args.checkpoint, query_encoder=args.query_encoder, prior=args.prior,
                                           vocoder=args.vocoder, device=resolve_device(args.device), gap=args.gap)
     generator.query_encoder()  # loaded now, so that a bad --query-encoder or --prior is said before serving

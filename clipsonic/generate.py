@@ -31,110 +31,45 @@ with seed ``seed + n``, whatever the batch size.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import diffusers
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from tqdm.auto import tqdm
 
 from clipcore.embeddings import checked_embeddings
-from clipcore.errors import ClipAudioError, is_whole_number
+from clipcore.errors import is_whole_number
 from clipcore.files import load_image
-from clipcore.memory import memory_exceeded
 from clipcore.modality_gap import ModalityGap, ModalityGapError, text_modes
-from clipcore.spectral import MelConfig
+from clipsonic.generation_limits import (
+    MAX_DURATION,
+    MAX_GUIDANCE,
+    MODES,
+    SAMPLERS,
+    GenerationError,
+    check_guidance,
+    check_output_memory,
+    check_seed,
+)
 from clipsonic.model import CLIPSonic
 from clipsonic.vocoder import load_vocoder
 
 __all__ = ["Generator", "Generation", "GenerationError", "SAMPLERS", "MODES", "MAX_GUIDANCE", "check_guidance",
            "check_output_memory", "make_scheduler", "sample_mels"]
 
-SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
-    "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "trailing"}),
-    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "timestep_spacing": "trailing"}),
-    "euler": (EulerDiscreteScheduler, {"timestep_spacing": "trailing"}),
-}
-"""Sampler names and the diffusers scheduler (with settings) behind each."""
-
-MODES = ("image", "zs", "pd", "gap")
-
 MEL_CEILING = 4.0
 """Largest log-mel value a generated spectrogram may hold."""
-
-MAX_DURATION = 600.0
-"""Longest duration (seconds) one generated clip may have."""
-
-MAX_SEED = 2**63 - 1
-"""Largest seed a random generator takes (sample ``n`` uses ``seed + n``)."""
-
-MAX_GUIDANCE = 100.0
-"""Largest guidance scale (in magnitude) :meth:`Generator.generate` takes; the papers use 1
-to 10, and far larger scales only overflow."""
-
-
-class GenerationError(ClipAudioError):
-    """A generation request that cannot be served, described in one sentence."""
 
 
 def make_scheduler(name: str, model: CLIPSonic):
     """A fresh diffusers scheduler by sampler name, on the model's training schedule."""
     if name not in SAMPLERS:
         raise GenerationError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}.")
-    cls, settings = SAMPLERS[name]
-    return cls(**model.scheduler_config(), **settings)
-
-
-def check_guidance(guidance: float, name: str = "guidance") -> None:
-    """Refuse a guidance scale that is not a number of magnitude at most :data:`MAX_GUIDANCE`.
-
-    Raises:
-        GenerationError: naming ``name`` (an option, say) and the value.
-    """
-    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not abs(guidance) <= MAX_GUIDANCE:
-        raise GenerationError(f"{name} must be a number from -{MAX_GUIDANCE:g} to {MAX_GUIDANCE:g}, not {guidance!r}.")
-
-
-def check_output_memory(queries: int, num_samples: int, duration: float, config: MelConfig = MelConfig(),
-                        device: torch.device | str = "cpu", sampling: int = 0) -> None:
-    """Refuse a request whose clips would not fit in memory, before the diffusion sampling.
-
-    The clips' waveforms and mels (float32) are held until returned, and twice while they are
-    gathered into one tensor; with the sampling's own working memory that peak may take at
-    most half of the memory of ``device`` (on the CPU: the machine's, or its container's
-    limit when lower).
-
-    Args:
-        queries, num_samples, duration: the request: clips per query, seconds per clip.
-        config: the model's mel settings (default: the project's convention).
-        device: where the clips are made.
-        sampling: the sampling's working memory in bytes
-            (:meth:`clipsonic.model.CLIPSonic.sampling_bytes` of a batch); 0 before the
-            model is loaded.
-
-    Raises:
-        GenerationError: naming the request and the memory it would take.
-    """
-    length = round(duration * config.sample_rate)
-    peak = 2 * queries * num_samples * (length + config.n_mels * config.frames(length)) * 4 + sampling
-    memory = memory_exceeded(peak, device)
-    if memory is not None:
-        what = "audio, mels and the sampling's working memory" if sampling else "audio and mels"
-        raise GenerationError(f"{queries} queries x {num_samples} samples of {duration:g} s would take "
-                              f"{peak / 1e9:.1f} GB of {what} at their peak, more than half of the "
-                              f"{memory / 1e9:.0f} GB on {device}; generate fewer or shorter clips at a time"
-                              f"{', or in smaller batches' if sampling else ''}.")
-
-
-def _check_seed(seed: int, count: int) -> None:
-    """Refuse a seed whose ``count`` consecutive seeds a random generator cannot all take."""
-    if not is_whole_number(seed):
-        raise GenerationError(f"the seed must be a whole number, not {seed!r}.")
-    if not 0 <= seed <= MAX_SEED - count + 1:
-        raise GenerationError(f"the seed must be between 0 and {MAX_SEED - count + 1}, not {seed}.")
+    class_name, settings = SAMPLERS[name]
+    return getattr(diffusers, class_name)(**model.scheduler_config(), **settings)
 
 
 @torch.no_grad()
@@ -314,7 +249,7 @@ class Generator:
         """
         if (text is None) == (image is None):
             raise GenerationError("give either text or an image query, not both or neither.")
-        _check_seed(seed, 1)
+        check_seed(seed, 1)
         if mode is None:
             mode = "image" if image is not None else self.text_modes[0]
         if mode not in MODES:
@@ -391,7 +326,7 @@ class Generator:
         self._check_settings(steps, guidance, num_samples)
         self.check_duration(duration)
         config = self.model.mel_config
-        _check_seed(seed, num_samples)
+        check_seed(seed, num_samples)
         if embeddings is None:
             embeddings = self.embed(text, image, mode, seed=seed)
         elif text is not None or image is not None:

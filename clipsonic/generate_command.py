@@ -23,15 +23,7 @@ from clipcore import cli
 from clipcore.audio import check_finite, save_audio
 from clipcore.files import ImageError, check_not_an_input, check_output_folder, load_image, remove_files
 from clipcore.naming import slugify, unique_names
-from clipsonic.generate import (
-    MAX_DURATION,
-    MODES,
-    SAMPLERS,
-    GenerationError,
-    Generator,
-    check_guidance,
-    check_output_memory,
-)
+from clipsonic.generation_limits import MAX_DURATION, MODES, SAMPLERS, GenerationError, check_guidance, check_output_memory
 
 __all__ = ["add_generate_command", "run_generate", "output_paths"]
 
@@ -130,6 +122,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace, prompts: list[str], pictures: list, paths: list[list[Path]]) -> int:
     """Load the generator, sample every clip, check them all, then write them."""
+    from clipsonic.generate import Generator  # here: diffusers is slow to import for --help
+
     device = cli.resolve_device(args.device)
     try:
         generator = Generator.from_pretrained(

@@ -88,9 +88,9 @@ def test_no_import_cycle_in_the_packages():
 
 
 def test_package_roots_export_lazily():
-    """``from clipsep import Separator`` works, yet importing the package root (as the
-    command lines do for ``--help``) imports none of the heavy modules."""
-    code = ("import sys, clipsep, clipsonic; "
+    """``from clipsep import Separator`` works, yet importing the package roots and the
+    command lines (as ``--help`` does) imports none of the heavy modules."""
+    code = ("import sys, clipsep.cli, clipsonic.cli; "
             "heavy = [m for m in ('open_clip', 'diffusers', 'clipsep.separate', 'clipsonic.generate') if m in sys.modules]; "
             "assert not heavy, heavy; "
             "from clipsep import Separator, SeparatorSpec; from clipsonic import Generator; "
