@@ -12,6 +12,7 @@ Usage::
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -101,7 +102,10 @@ class ShardDataModule(LightningDataModule):
             workers); under DDP every rank reads all of them, because ranks that run
             unequal numbers of validation steps hang (DDP synchronises buffers at every
             forward), so validation metrics equal the single-device ones.
-        seed: seed of crops, gains, pairs and shuffling.
+        seed: seed of the training stream's crops, gains, pairs and shuffling; None (the
+            default) takes the run's ``seed_everything``, so that training seeds vary the
+            data as well as the initial weights. Validation and test mixtures are drawn
+            with ``seed`` when given, else 0: the same whatever the training seed.
         shuffle_buffer: samples held for shuffling per worker.
         frame_size: square size of delivered frames.
         in_memory: hold the shards in memory, audio decoded, after their first read (see
@@ -124,7 +128,7 @@ class ShardDataModule(LightningDataModule):
         encoder: str | None = None,
         query_frames: int = 3,
         epoch_length: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         shuffle_buffer: int = 256,
         frame_size: int = 224,
         in_memory: bool = False,
@@ -135,6 +139,7 @@ class ShardDataModule(LightningDataModule):
         self.train_shards, self.val_shards, self.test_shards = train_shards, val_shards, test_shards
         self.num_workers = num_workers
         self.epoch_length = epoch_length
+        self.seed = seed
         self.common = dict(
             num_sources=num_sources,
             batch_size=batch_size,
@@ -144,13 +149,19 @@ class ShardDataModule(LightningDataModule):
             query_frames=query_frames,
             shuffle_buffer=shuffle_buffer,
             frame_size=frame_size,
-            seed=seed,
             in_memory=in_memory,
             distinct_queries=distinct_queries,
         )
 
+    def stream_seed(self, train: bool) -> int:
+        """The seed of the training (``train``) or of the validation and test streams."""
+        if self.seed is not None:
+            return self.seed
+        return int(os.environ.get("PL_GLOBAL_SEED", 0)) if train else 0  # set by seed_everything
+
     def _loader(self, shards, train: bool) -> DataLoader:
-        stream = ShardStream(shards, train=train, epoch_length=self.epoch_length if train else None, **self.common)
+        stream = ShardStream(shards, train=train, epoch_length=self.epoch_length if train else None,
+                             seed=self.stream_seed(train), **self.common)
         return _EpochLoader(
             stream,
             batch_size=None,

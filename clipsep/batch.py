@@ -39,8 +39,14 @@ from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import interrupts_held, remove_files
 from clipcore.naming import safe_filename, unique_names
 from clipsep.claims import STALE_SECONDS, claim, tidy
-from clipsep.separation_record import RECORD_NAME, recorded_elsewhere, recorded_stem_files, write_record
-from clipsep.stem_files import output_files, separate_to_files
+from clipsep.separation_record import (
+    RECORD_NAME,
+    recorded_elsewhere,
+    recorded_otherwise,
+    recorded_stem_files,
+    write_record,
+)
+from clipsep.stem_files import RESIDUAL, output_files, separate_to_files
 
 if TYPE_CHECKING:
     from clipsep.separate import Separator
@@ -142,11 +148,13 @@ class FileJob:
         """The folder of the input's outputs (``OUT/<input name>``)."""
         return next(iter(self.outputs.values())).parent
 
-    def finished(self) -> bool:
+    def finished(self, run: dict | None) -> bool:
         """All outputs and ``separation.json`` are there (written last, so the input is
-        done), and the record names this input, unchanged since."""
+        done), and the record names this input, unchanged since, and what ``run`` (a
+        :func:`clipsep.separation_record.run_record`) would make of it."""
         return ((self.folder / RECORD_NAME).is_file() and all(path.is_file() for path in self.outputs.values())
-                and recorded_elsewhere(self.folder, self.source) is None)
+                and recorded_elsewhere(self.folder, self.source) is None
+                and recorded_otherwise(self.folder, run, RESIDUAL in self.outputs) is None)
 
 
 @dataclass
@@ -254,6 +262,9 @@ def process_file(
             raise UsageError(f"{job.folder}/ holds stems of an earlier separation that this one would not write "
                              f"({', '.join(earlier)}: other queries or another format); pass --overwrite to replace "
                              "them, or separate into another folder with -o.")
+        if not options.overwrite and (otherwise := recorded_otherwise(job.folder, options.provenance,
+                                                                      RESIDUAL in job.outputs)):
+            raise UsageError(otherwise)
         for path in job.outputs.values():
             if path.is_dir():
                 raise UsageError(f"output {path} is a folder; the stem cannot be written there.")
@@ -324,7 +335,7 @@ def run_jobs(
     """
     started = options.started if options.started is not None else time.time()
     for index, job in enumerate(jobs):
-        if not options.overwrite and job.finished():  # by an earlier run, or by another process of this one
+        if not options.overwrite and job.finished(options.provenance):  # by an earlier run, or by another process of this one
             earlier = (job.folder / RECORD_NAME).stat().st_mtime < started
             report("skip", index, "finished" if earlier else "elsewhere")
             continue

@@ -29,9 +29,14 @@ if TYPE_CHECKING:
     from clipsep.separate import Separator
     from clipsep.stem_files import FileLevels
 
-__all__ = ["RECORD_NAME", "sha256_file", "run_record", "write_record", "recorded_elsewhere", "recorded_stem_files"]
+__all__ = ["RECORD_NAME", "sha256_file", "run_record", "write_record", "recorded_elsewhere", "recorded_otherwise",
+           "recorded_stem_files"]
 
 RECORD_NAME = "separation.json"
+
+SAMPLES_UNCHANGED_BY = ("device", "batch_size")
+"""Settings that do not change a stem's samples (beyond float rounding): a folder made with
+others is still this run's."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -144,6 +149,44 @@ def recorded_elsewhere(folder: Path, source: Path) -> str | None:
         return (f"{folder}/ holds the stems of an earlier version of this input (it changed since they were "
                 "made); pass --overwrite to separate it again.")
     return None
+
+
+def recorded_otherwise(folder: Path, run: dict[str, Any] | None, residual: bool) -> str | None:
+    """Why ``folder``'s stems are not what ``run`` would make, or None if they are (or no
+    record says, or ``run`` is None).
+
+    They are when its record names the same checkpoint weights and settings (but for
+    :data:`SAMPLES_UNCHANGED_BY`) and holds this run's queries; with a ``residual`` (the
+    mixture less every query stem), the very same queries.
+
+    Returns:
+        A sentence (what differs, and what to do), or None.
+    """
+    record = _read_record(folder)
+    try:
+        made_by = {"checkpoint": record["checkpoint"]["weights_sha256"], **record["settings"]}
+        queries = list(record["queries"])
+    except (KeyError, TypeError):  # no record (or one this reader cannot use)
+        return None
+    if run is None:
+        return None
+    asked = {"checkpoint": run["checkpoint"]["weights_sha256"], **run["settings"]}
+    for key in sorted((made_by.keys() | asked.keys()) - set(SAMPLES_UNCHANGED_BY)):
+        if made_by.get(key) != asked.get(key):
+            what = "checkpoint weights" if key == "checkpoint" else f"setting {key} ({made_by.get(key)!r}, now " \
+                f"{asked.get(key)!r})"
+            return f"{folder}/ holds stems made with other {what}; pass --overwrite to replace them, or separate " \
+                "into another folder with -o."
+    if (residual and queries != run["queries"]) or any(query not in queries for query in run["queries"]):
+        return (f"{folder}/ holds stems made with other queries ({_queries_said(queries)}, now "
+                f"{_queries_said(run['queries'])}); pass --overwrite to replace them, or separate into another "
+                "folder with -o.")
+    return None
+
+
+def _queries_said(queries: list) -> str:
+    return ", ".join(repr(query.get("text", query.get("image"))) if isinstance(query, dict) else repr(query)
+                     for query in queries)
 
 
 def recorded_stem_files(folder: Path) -> list[str]:

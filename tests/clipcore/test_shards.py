@@ -181,6 +181,26 @@ def test_fixed_epoch_length_with_workers_and_new_mixtures_each_epoch(shards):
     assert epochs[0] != epochs[1]
 
 
+def test_the_training_data_follows_the_runs_seed_and_validation_stays(shards):
+    """A training seed (``seed_everything``) varies the training mixtures, not the validation
+    ones; ``data.seed`` pins both."""
+    from lightning.pytorch import seed_everything
+
+    root, paths = shards
+
+    def keys(seed_run, **settings):
+        seed_everything(seed_run)
+        data = ShardDataModule(train_shards=f"{root}/*.tar", val_shards=paths[:1], batch_size=2, num_workers=0,
+                               epoch_length=4, segment_samples=SEGMENT, query_frames=1, shuffle_buffer=8,
+                               frame_size=48, **settings)
+        return [b.keys for b in data.train_dataloader()], [b.keys for b in data.val_dataloader()]
+
+    (train_1, val_1), (train_2, val_2) = keys(1), keys(2)
+    assert train_1 != train_2 and val_1 == val_2
+    assert keys(1) == (train_1, val_1)
+    assert keys(1, seed=7) == keys(2, seed=7)
+
+
 def test_one_pass_splits_few_shards_by_sample_among_workers(shards):
     root, paths = shards
     for spec in (paths[:1], paths):  # fewer shards than workers, then more

@@ -168,6 +168,31 @@ def test_every_stem_in_a_folder_is_one_the_record_lists(checkpoint, tmp_path, ca
     assert sorted(p.name for p in (out / "take").iterdir()) == ["separation.json", "tuba.wav", "violin.wav"]
 
 
+def test_a_rerun_asking_for_other_stems_is_refused_not_skipped(checkpoint, tmp_path, capsys):
+    """A folder whose stems were made with other queries (the residual is the mixture less
+    all of them) or settings is not this run's separation, though its files are all there."""
+    save_audio(tmp_path / "take.wav", _noise(2, 20000), 16000)
+    out = tmp_path / "out"
+    both = ["-q", "violin", "-q", "drums", "--residual", "-o", out]
+    assert _run(checkpoint, *both, tmp_path / "take.wav") == 0
+    made = _digest(out / "take")
+    assert _run(checkpoint, *both, "--batch-size", "2", tmp_path / "take.wav") == 0  # the same samples: done
+    assert "already separated" in capsys.readouterr().out
+    assert _run(checkpoint, *both, "--mono", tmp_path / "take.wav") == 2
+    assert f"{out / 'take'}/ holds stems made with other setting mono (False, now True)" in capsys.readouterr().err
+    assert _run(checkpoint, *both, "--overlap", "0.5", tmp_path / "take.wav") == 2
+    assert "other setting overlap (0.25, now 0.5)" in capsys.readouterr().err
+    assert _run(checkpoint, "-q", "violin", "--residual", "-o", out, tmp_path / "take.wav") == 2
+    assert "holds stems of an earlier separation that this one would not write (drums.wav" in capsys.readouterr().err
+    assert _digest(out / "take") == made
+    (out / "take" / "drums.wav").unlink()  # the residual is still the mixture less violin and drums
+    assert _run(checkpoint, "-q", "violin", "--residual", "-o", out, tmp_path / "take.wav") == 2
+    assert "holds stems made with other queries ('violin', 'drums', now 'violin')" in capsys.readouterr().err
+    assert _run(checkpoint, "-q", "violin", "--residual", "--mono", "--overwrite", "-o", out, tmp_path / "take.wav") == 0
+    assert sf.info(out / "take" / "residual.wav").channels == 1
+    assert sorted(p.name for p in (out / "take").iterdir()) == ["residual.wav", "separation.json", "violin.wav"]
+
+
 def test_stems_appear_with_their_record_or_not_at_all(checkpoint, tmp_path, monkeypatch):
     save_audio(tmp_path / "take.wav", _noise(1, 20000), 16000)
     spec = SeparatorSpec(str(checkpoint))
