@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,19 @@ def _reason(error: Exception) -> str:
     return text.rstrip(".")
 
 
+FULL_DISK_BYTES = 64 << 20
+"""Free space below which a failed write is put down to a full disk."""
+
+
+def unwritable(path: str | os.PathLike, error: Exception) -> AudioError:
+    """The one-sentence error of an audio file that could not be written: libsndfile says
+    only "System error." of a full disk, so the free space is looked at."""
+    folder = next((parent for parent in Path(path).absolute().parents if parent.exists()), Path("/"))
+    if shutil.disk_usage(folder).free < FULL_DISK_BYTES:
+        return AudioError(f"{path}: cannot be written: the disk holding {folder} is full.")
+    return AudioError(f"{path}: cannot be written ({_reason(error)}).")
+
+
 def to_mono(wave: torch.Tensor) -> torch.Tensor:
     """Average ``[channels, samples]`` into ``[1, samples]``."""
     return wave.mean(dim=0, keepdim=True)
@@ -267,8 +281,9 @@ def save_audio(
         The written path.
 
     Raises:
-        AudioError: non-finite samples, zero samples, bad channel count, or an unsupported
-            format or bit depth. Nothing is written in that case.
+        AudioError: non-finite samples, zero samples, bad channel count, an unsupported
+            format or bit depth, or a failed write (a full disk). Nothing is written in
+            that case.
     """
     path = Path(path)
     fmt = output_format(path, format, bit_depth, clip)
@@ -286,6 +301,9 @@ def save_audio(
     data = scale_for_output(wave, output_gain(wave.abs().max().item(), clip), clip, bit_depth)
 
     def write(tmp: Path) -> None:
-        sf.write(str(tmp), data, int(sample_rate), subtype=BIT_DEPTHS[bit_depth], format=FORMATS[fmt])
+        try:
+            sf.write(str(tmp), data, int(sample_rate), subtype=BIT_DEPTHS[bit_depth], format=FORMATS[fmt])
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise unwritable(path, error) from None
 
     return atomic_write(path, write)

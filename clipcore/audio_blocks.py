@@ -14,8 +14,10 @@
 A :class:`StemSpool` writes its blocks to a hidden 32-bit float file beside the target
 (``.violin.wav.<random>.part``), keeping the peak and energy as it goes; :meth:`commit`
 converts the spool to the target's format and bit depth (with the gain that
-``clip="rescale"`` needs, known only once the peak is) through
-:func:`clipcore.files.atomic_write`, so the target appears complete or not at all.
+``clip="rescale"`` needs, known only once the peak is) in another hidden file, which is
+then renamed over the target, so the target appears complete or not at all. The two
+steps are also apart (:meth:`StemSpool.stage`, the conversion; :meth:`StemSpool.place`,
+the rename), for several stems to be converted first and then put in place together.
 The same errors as :func:`clipcore.audio.load_audio` and
 :func:`clipcore.audio.save_audio`, each one sentence naming the file.
 """
@@ -40,8 +42,9 @@ from clipcore.audio import (
     output_format,
     output_gain,
     scale_for_output,
+    unwritable,
 )
-from clipcore.files import atomic_write, hidden_temporary, interrupts_held
+from clipcore.files import check_output_file, hidden_temporary, interrupts_held, put_in_place
 
 __all__ = ["AudioReader", "StemSpool", "SPOOL_SUFFIX"]
 
@@ -123,11 +126,16 @@ class StemSpool:
         self.peak, self.energy, self.frames, self.committed = 0.0, 0.0, 0, False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._spool: Path | None = None
+        self._staged: Path | None = None
         try:
             with interrupts_held():
                 self._spool = hidden_temporary(self.path, SPOOL_SUFFIX)
             # RF64: a float spool of a long stereo film mix passes the 4 GB limit of WAV.
-            self._file = sf.SoundFile(str(self._spool), "w", self.sample_rate, channels, subtype="FLOAT", format="RF64")
+            try:
+                self._file = sf.SoundFile(str(self._spool), "w", self.sample_rate, channels, subtype="FLOAT",
+                                          format="RF64")
+            except (sf.LibsndfileError, RuntimeError) as error:
+                raise unwritable(self.path, error) from None
         except BaseException:
             if self._spool is not None:
                 self._spool.unlink(missing_ok=True)
@@ -137,7 +145,8 @@ class StemSpool:
         """Append ``[C, n]`` samples.
 
         Raises:
-            AudioError: non-finite samples (nothing is then committed).
+            AudioError: non-finite samples (nothing is then committed), or a failed write
+                (a full disk).
         """
         block = block.detach().to("cpu", torch.float32)
         check_finite(block, str(self.path))
@@ -145,7 +154,43 @@ class StemSpool:
             self.peak = max(self.peak, block.abs().max().item())
             self.energy += block.double().pow(2).sum().item()
             self.frames += block.shape[-1]
-            self._file.write(np.ascontiguousarray(block.numpy().T))
+            try:
+                self._file.write(np.ascontiguousarray(block.numpy().T))
+            except (sf.LibsndfileError, RuntimeError) as error:
+                raise unwritable(self.path, error) from None
+
+    def stage(self, block_frames: int = 1 << 18) -> None:
+        """Convert the spool into a hidden file beside the target, for :meth:`place`, and
+        remove the spool.
+
+        Raises:
+            AudioError: nothing was written, or the conversion failed (a full disk).
+                UsageError: the target is a folder, or its folder cannot be written.
+        """
+        self._file.close()
+        if self.frames == 0:
+            raise AudioError(f"{self.path}: refusing to write zero samples.")
+        check_output_file(self.path, option=None)
+        gain = output_gain(self.peak, self.clip)
+        with interrupts_held():
+            self._staged = hidden_temporary(self.path)
+        try:
+            with sf.SoundFile(str(self._spool)) as spool, sf.SoundFile(
+                str(self._staged), "w", self.sample_rate, spool.channels, subtype=BIT_DEPTHS[self.bit_depth],
+                format=FORMATS[self.format],
+            ) as out:
+                for data in spool.blocks(block_frames, dtype="float32", always_2d=True):
+                    out.write(scale_for_output(torch.from_numpy(data.T), gain, self.clip, self.bit_depth))
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise unwritable(self.path, error) from None
+        self._remove_spool()
+
+    def place(self) -> Path:
+        """Rename the staged file over the target; call it with interrupts held
+        (:func:`clipcore.files.interrupts_held`), together with whatever records it."""
+        put_in_place(self._staged, self.path)
+        self._staged, self.committed = None, True
+        return self.path
 
     def commit(self, block_frames: int = 1 << 18) -> Path:
         """Convert the spool into the target (atomically) and remove it.
@@ -153,25 +198,18 @@ class StemSpool:
         Raises:
             AudioError: nothing was written.
         """
-        self._file.close()
-        if self.frames == 0:
-            raise AudioError(f"{self.path}: refusing to write zero samples.")
-        gain = output_gain(self.peak, self.clip)
-
-        def convert(tmp: Path) -> None:
-            with sf.SoundFile(str(self._spool)) as spool, sf.SoundFile(
-                str(tmp), "w", self.sample_rate, spool.channels, subtype=BIT_DEPTHS[self.bit_depth],
-                format=FORMATS[self.format],
-            ) as out:
-                for data in spool.blocks(block_frames, dtype="float32", always_2d=True):
-                    out.write(scale_for_output(torch.from_numpy(data.T), gain, self.clip, self.bit_depth))
-
-        atomic_write(self.path, convert, replaced=lambda: setattr(self, "committed", True))
-        self.discard()
-        return self.path
+        self.stage(block_frames)
+        with interrupts_held():
+            return self.place()
 
     def discard(self) -> None:
-        """Close and remove the spool (the target, if committed, stays)."""
+        """Close and remove the spool and any staged file (the target, if committed, stays)."""
+        self._remove_spool()
+        if self._staged is not None:
+            self._staged.unlink(missing_ok=True)
+            self._staged = None
+
+    def _remove_spool(self) -> None:
         if self._spool is not None:
             self._file.close()
             self._spool.unlink(missing_ok=True)

@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from clipcore.errors import ClipAudioError, UsageError
 
-__all__ = ["atomic_write", "hidden_temporary", "interrupts_held", "remove_files", "ImageError", "load_image", "ListedFile",
-           "files_below", "read_csv_rows", "check_output_folder", "check_output_file", "file_identity", "remove_empty_folders",
-           "check_not_an_input", "write_json"]
+__all__ = ["atomic_write", "put_in_place", "hidden_temporary", "interrupts_held", "remove_files", "ImageError",
+           "load_image", "ListedFile", "files_below", "read_csv_rows", "check_output_folder", "check_output_file",
+           "file_identity", "remove_empty_folders", "check_not_an_input", "write_json"]
 
 
 def _read_umask() -> int:
@@ -75,6 +75,13 @@ def hidden_temporary(path: Path, suffix: str = ".part") -> Path:
     return Path(tmp)
 
 
+def put_in_place(tmp: Path, path: Path) -> None:
+    """Rename a finished :func:`hidden_temporary` over ``path``, with the mode a plain
+    ``open()`` would have given it (mkstemp creates files private, 0600)."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object],
                  replaced: Callable[[], object] | None = None) -> Path:
     """Write a file atomically.
@@ -105,10 +112,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object],
         with interrupts_held():
             tmp = hidden_temporary(path)
         write(tmp)
-        # mkstemp creates the file private (0600); give it the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_UMASK)
         with interrupts_held():
-            os.replace(tmp, path)
+            put_in_place(tmp, path)
             if replaced is not None:
                 replaced()
     except BaseException:

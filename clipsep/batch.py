@@ -41,12 +41,13 @@ from clipcore.naming import safe_filename, unique_names
 from clipsep.claims import STALE_SECONDS, claim, tidy
 from clipsep.separation_record import (
     RECORD_NAME,
+    input_facts,
     recorded_elsewhere,
     recorded_otherwise,
     recorded_stem_files,
     write_record,
 )
-from clipsep.stem_files import RESIDUAL, output_files, separate_to_files
+from clipsep.stem_files import RESIDUAL, FileLevels, output_files, separate_to_files
 
 if TYPE_CHECKING:
     from clipsep.separate import Separator
@@ -185,6 +186,10 @@ def discover(specs: list[str], exclude: Path | None = None) -> tuple[list[Path],
         path = Path(spec)
         if path.is_file():
             found = [path]
+        elif path.is_dir() and exclude is not None and path.resolve().is_relative_to(exclude):
+            failures.append(FileResult(path, error=f"the folder is, or lies inside, the output folder {exclude}, "
+                                                   "which is not searched for inputs; choose another -o."))
+            continue
         elif path.is_dir() or re.search(r"[*?[]", spec):
             roots = [path] if path.is_dir() else [Path(p) for p in sorted(glob.glob(spec, recursive=True))]
             found = [f for root in roots for f in _audio_files(root, exclude)]
@@ -200,11 +205,12 @@ def discover(specs: list[str], exclude: Path | None = None) -> tuple[list[Path],
 
 
 def _audio_files(root: Path, exclude: Path | None) -> list[Path]:
-    if root.is_file():
-        return [root] if root.suffix.lower() in AUDIO_EXTENSIONS else []
+    """The audio files of a folder (searched recursively) or a glob's match, but those
+    under ``exclude``."""
+    files = [root] if root.is_file() else sorted(root.rglob("*"))
     found = []
-    for file in sorted(root.rglob("*")):
-        relative = file.relative_to(root).parts
+    for file in files:
+        relative = file.relative_to(root).parts if file != root else ()
         if file.suffix.lower() not in AUDIO_EXTENSIONS or any(part.startswith(".") for part in relative):
             continue
         if exclude is not None and file.resolve().is_relative_to(exclude):
@@ -271,18 +277,19 @@ def process_file(
             if path.exists() and not (options.overwrite or leftovers):
                 raise UsageError(f"{path} already exists (pass --overwrite to replace it).")
         started = time.perf_counter()
-        levels = separate_to_files(separator, job.source, job.outputs, embeddings, residual=options.residual,
-                                   noise=options.noise, mono=options.mono, format=options.format,
-                                   bit_depth=options.bit_depth, clip=options.clip, progress=progress)
+        on_commit = None
         if options.provenance is not None:
             run = options.provenance
             run = {**run, "settings": {**run["settings"], "device": str(separator.device)}}
-            try:
-                write_record(job.source, job.outputs, levels, time.perf_counter() - started, run)
-            except BaseException:  # Ctrl-C or a full disk: no stems without their record
-                remove_files(job.outputs.values())
-                raise
-            remove_files(job.folder / name for name in earlier)  # --overwrite replaced them with the rest
+            source = input_facts(job.source)
+
+            def on_commit(levels: FileLevels) -> None:  # with interrupts held, before the stems are put in place
+                write_record(source, job.outputs, levels, time.perf_counter() - started, run)
+                remove_files(job.folder / name for name in earlier)  # --overwrite replaced them with the rest
+
+        separate_to_files(separator, job.source, job.outputs, embeddings, residual=options.residual,
+                          noise=options.noise, mono=options.mono, format=options.format, bit_depth=options.bit_depth,
+                          clip=options.clip, progress=progress, on_commit=on_commit)
         result.written = list(job.outputs.values())
     except (ClipAudioError, OSError, MemoryError, torch.OutOfMemoryError) as error:
         message = " ".join(str(error).split()) or type(error).__name__

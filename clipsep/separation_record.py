@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from clipsep.separate import Separator
     from clipsep.stem_files import FileLevels
 
-__all__ = ["RECORD_NAME", "sha256_file", "run_record", "write_record", "recorded_elsewhere", "recorded_otherwise",
+__all__ = ["RECORD_NAME", "sha256_file", "run_record", "input_facts", "write_record", "recorded_elsewhere", "recorded_otherwise",
            "recorded_stem_files"]
 
 RECORD_NAME = "separation.json"
@@ -87,12 +87,18 @@ def _level_db(value: float) -> float | None:
     return round(20 * math.log10(value), 2) if value > 0 else None
 
 
-def write_record(source: Path, outputs: dict[str, Path], levels: FileLevels, seconds: float,
+def input_facts(source: Path) -> dict[str, Any]:
+    """What ``separation.json`` says of an input file before it is separated: path, size,
+    modification time and sha256 (read in full)."""
+    return {**file_identity(source), "sha256": sha256_file(source)}
+
+
+def write_record(source: dict[str, Any], outputs: dict[str, Path], levels: FileLevels, seconds: float,
                  run: dict[str, Any]) -> Path:
     """Write ``separation.json`` beside the stems of one input.
 
     Args:
-        source: the input file.
+        source: :func:`input_facts` of the input file.
         outputs: stem name -> file written, in the order of ``levels``.
         levels: the mixture's and the stems' levels, summed while they were written.
         seconds: time the input took.
@@ -104,8 +110,7 @@ def write_record(source: Path, outputs: dict[str, Path], levels: FileLevels, sec
     energy, samples = levels.mixture_energy, levels.channels * levels.frames
     record = {
         "input": {
-            **file_identity(source),
-            "sha256": sha256_file(source),
+            **source,
             "sample_rate": levels.sample_rate,
             "channels": levels.channels,
             "seconds": levels.frames / levels.sample_rate,

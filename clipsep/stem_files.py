@@ -7,7 +7,9 @@ a hidden temporary file in the output folder that becomes the stem only once the
 input is separated. Memory depends on the block and segment sizes, not on the input's
 length; a failure or an interruption (an exception, Ctrl-C, SIGTERM turned into an
 exception by the caller) leaves no stem, complete or partial, behind, nor the stems'
-folder if it made it. No stem is ever written over the input.
+folder if it made it. The stems are put in place together, with interrupts held, once all
+are converted: files they replace stay as they were until then. No stem is ever written
+over the input.
 
 It returns the levels that ``separation.json`` records (:class:`FileLevels`), summed as
 the blocks pass.
@@ -89,6 +91,7 @@ def separate_to_files(
     clip: str = "rescale",
     block_seconds: float = BLOCK_SECONDS,
     progress: Callable[[float], None] | None = None,
+    on_commit: Callable[[FileLevels], object] | None = None,
 ) -> FileLevels:
     """Separate ``source`` into the files of ``outputs`` (see the module notes).
 
@@ -104,6 +107,9 @@ def separate_to_files(
         format, bit_depth, clip: as :func:`clipcore.audio.save_audio`.
         block_seconds: input read per block.
         progress: called with the seconds of input done, as they are.
+        on_commit: called with the levels once every stem is converted, before any is put
+            in place, with interrupts held: what it writes (``separation.json``) appears
+            with the stems; if it raises, none is put in place.
 
     Returns:
         The levels of the mixture and of each file of ``outputs``.
@@ -135,7 +141,14 @@ def separate_to_files(
                 if progress is not None:
                     progress(mix.shape[-1] / reader.sample_rate)
             for spool in spools:
-                spool.commit()
+                spool.stage()
+            levels = FileLevels(reader.sample_rate, channels, spools[0].frames, mixture_energy,
+                                [spool.peak for spool in spools], [spool.energy for spool in spools])
+            with interrupts_held():  # the stems (and their record) appear together
+                if on_commit is not None:
+                    on_commit(levels)
+                for spool in spools:
+                    spool.place()
         except BaseException:
             with interrupts_held():  # a second Ctrl-C does not cut the cleanup short
                 for spool in spools:  # no partial set of stems either
@@ -145,5 +158,4 @@ def separate_to_files(
                 if missing:
                     remove_empty_folders(missing[-1])
             raise
-    return FileLevels(reader.sample_rate, channels, spools[0].frames, mixture_energy,
-                      [spool.peak for spool in spools], [spool.energy for spool in spools])
+    return levels

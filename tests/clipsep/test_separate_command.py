@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from clipcore.audio import save_audio
+from clipcore.audio_blocks import StemSpool
 from clipcore.naming import safe_filename, slugify, unique_names
 from clipcore.query import QueryEncoder
 from clipsep.batch import OutputOptions, SeparatorSpec, plan, process_file
@@ -100,9 +101,15 @@ def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
     assert target.read_bytes() == b"keep me"
     assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path / "in" / "mix.wav") == 0
     assert sf.info(target).frames == 30000
-    # A folder search leaves out the output folder inside it.
+    # A folder search leaves out the output folder inside it, and so does a glob.
     assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path) == 0
     assert "Separated 1 of 1 inputs" in capsys.readouterr().out
+    assert _run(checkpoint, "-q", "violin", "-o", out, "--overwrite", tmp_path / "**" / "*.wav") == 0
+    assert "Separated 1 of 1 inputs" in capsys.readouterr().out
+    # Nor is the output folder searched when it is the input folder.
+    assert _run(checkpoint, "-q", "violin", "-o", tmp_path / "in", tmp_path / "in") == 2
+    assert f"the folder is, or lies inside, the output folder {(tmp_path / 'in').resolve()}, which is not searched " \
+        "for inputs; choose another -o." in capsys.readouterr().err
     # An input is never an output, even with --overwrite.
     inside = out / "violin" / "violin.wav"
     save_audio(inside, _noise(1, 5000), 16000)
@@ -207,6 +214,62 @@ def test_stems_appear_with_their_record_or_not_at_all(checkpoint, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         process_file(job, separator, separator.encode_queries(["violin"]), options)
     assert not [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
+
+
+def test_an_interrupted_overwrite_leaves_the_earlier_separation_as_it_was(checkpoint, tmp_path, monkeypatch):
+    """With --overwrite, the new stems replace the old ones together with their record, or
+    not at all: Ctrl-C while the second stem is converted, or while the record is written,
+    leaves the folder as the earlier run made it."""
+    save_audio(tmp_path / "take.wav", _noise(1, 20000), 16000)
+    out = tmp_path / "out"
+    assert _run(checkpoint, "-q", "violin", "-q", "drums", "-o", out, tmp_path / "take.wav") == 0
+    made = _digest(out)
+    separator = SeparatorSpec(str(checkpoint)).load("cpu")
+    queries = [("text", "violin"), ("text", "cello")]
+    options = OutputOptions(overwrite=True, provenance=run_record(queries, separator, checkpoint, {}))
+    [job] = plan([tmp_path / "take.wav"], out, ["violin", "cello"], options, noise_heads=0)
+    embeddings = separator.encode_queries(["violin", "cello"])
+    stage = StemSpool.stage
+
+    def interrupted_at_cello(spool, *args):
+        if spool.path.name == "cello.wav":
+            raise KeyboardInterrupt
+        return stage(spool, *args)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for name, stand_in in (("clipcore.audio_blocks.StemSpool.stage", interrupted_at_cello),
+                           ("clipsep.batch.write_record", interrupted)):
+        with monkeypatch.context() as patch:
+            patch.setattr(name, stand_in)
+            with pytest.raises(KeyboardInterrupt):
+                process_file(job, separator, embeddings, options)
+        assert _digest(out) == made
+    assert not process_file(job, separator, embeddings, options).error
+    assert sorted(p.name for p in (out / "take").iterdir()) == ["cello.wav", "separation.json", "violin.wav"]
+
+
+def test_a_failed_write_is_one_sentence_and_leaves_no_file(checkpoint, tmp_path):
+    """A stem that cannot be written (here: larger than the process may write, as a full disk
+    refuses it; libsndfile says "System error." of both) fails its input in one sentence,
+    not as an internal error, and leaves nothing behind."""
+    import resource
+    import signal
+
+    save_audio(tmp_path / "take.wav", _noise(2, 80000), 16000)  # its float spools: 640 kB each
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit fails instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    run = subprocess.run([sys.executable, "-m", "clipsep.cli", "separate", "--checkpoint", str(checkpoint), "-q",
+                          "violin", "-o", str(tmp_path / "out"), str(tmp_path / "take.wav")],
+                         capture_output=True, text=True, preexec_fn=limited, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert f"{tmp_path / 'out' / 'take' / 'violin.wav'}: cannot be written (System error)" in run.stderr
+    assert "internal error" not in run.stderr and "Traceback" not in run.stderr
+    assert not [path for path in (tmp_path / "out").rglob("*") if path.is_file() and ".claims" not in path.parts]
 
 
 def test_query_names_stay_inside_and_distinct(checkpoint, tmp_path, capsys):
