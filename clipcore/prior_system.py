@@ -23,7 +23,7 @@ from clipcore.prior_pairs import compute_pairs, load_caption_function, load_pair
 from clipcore.prompts import prompt_templates
 from clipcore.query import QueryEncoder
 from clipcore.shards import expand_shards
-from clipcore.training import check_optimizer_settings, export_pretrained
+from clipcore.training import check_finite_training, check_optimizer_settings, export_pretrained
 
 __all__ = ["PriorDataModule", "PriorSystem"]
 
@@ -250,6 +250,7 @@ class PriorSystem(LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(*batch)
+        check_finite_training(self, "training loss", loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

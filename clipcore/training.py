@@ -69,6 +69,8 @@ __all__ = [
     "training_provenance",
     "run_config",
     "check_optimizer_settings",
+    "TrainingDiverged",
+    "check_finite_training",
     "rank_seed",
     "log_dir",
     "run_recipe",
@@ -225,6 +227,26 @@ def check_optimizer_settings(learning_rate: float, warmup_steps: int = 0, weight
         raise ValueError(f"weight_decay must be 0 or a positive number, got {weight_decay}.")
     if not (isinstance(decay_multiplier, (int, float)) and 0 < decay_multiplier <= 1):
         raise ValueError(f"decay_multiplier must lie in (0, 1], got {decay_multiplier}.")
+
+
+class TrainingDiverged(ClipAudioError):
+    """Training met a NaN or an infinity, and stopped before the weights took it in."""
+
+
+def check_finite_training(module: LightningModule, what: str, *values: torch.Tensor) -> None:
+    """Stop a run at the first non-finite ``values`` (a loss, or what it is made from), in
+    one sentence, before the optimiser steps: the weights and the checkpoints so far stay
+    finite. A system's ``training_step`` calls it.
+
+    Raises:
+        TrainingDiverged: naming ``what`` and the step.
+    """
+    if not all(bool(torch.isfinite(value).all()) for value in values):
+        raise TrainingDiverged(
+            f"step {module.global_step}: the {what} is not finite (NaN or infinity), so training stopped before the "
+            f"weights took it in; lower model.learning_rate ({module.hparams.learning_rate:g}) or lengthen "
+            "model.warmup_steps, and train again."
+        )
 
 
 def rank_seed(seed: int, rank: int, step: int) -> int:

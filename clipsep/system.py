@@ -45,7 +45,7 @@ from clipcore.finetune import HoldsFrozenParts, initial_model
 from clipcore.media import log_media
 from clipcore.plots import figure_pixels, linear_bins, spectrogram_figure
 from clipcore.spectral import STFTConfig, stft
-from clipcore.training import ExportPretrained, check_optimizer_settings, export_pretrained
+from clipcore.training import ExportPretrained, check_finite_training, check_optimizer_settings, export_pretrained
 from clipsep.convert import load_official_model
 from clipsep.losses import (
     best_permutation,
@@ -300,7 +300,10 @@ class CLIPSepSystem(HoldsFrozenParts, LightningModule):
     # --- training -----------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        terms = self.loss_terms(self.outputs(batch))
+        out = self.outputs(batch)
+        check_finite_training(self, "mask network's output", out["mask"], out["noise"])  # before BCE refuses it
+        terms = self.loss_terms(out)
+        check_finite_training(self, "training loss", terms["loss"])
         for name, value in terms.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch))
         return terms["loss"]

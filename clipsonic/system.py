@@ -25,7 +25,7 @@ from clipcore.checkpoint import QUERY_ENCODER_DIR
 from clipcore.finetune import HoldsFrozenParts, initial_model
 from clipcore.media import log_media
 from clipcore.plots import figure_pixels, mel_figure
-from clipcore.training import check_optimizer_settings, export_pretrained
+from clipcore.training import check_finite_training, check_optimizer_settings, export_pretrained
 from clipsonic.generate import MEL_CEILING, sample_mels
 from clipsonic.model import PLACEHOLDER_MEL_MEAN, PLACEHOLDER_MEL_STD, CLIPSonic
 from clipsonic.vocoder import GriffinLim
@@ -219,6 +219,7 @@ class CLIPSonicSystem(HoldsFrozenParts, LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(self.model, batch, dropout=self.hparams.condition_dropout)
+        check_finite_training(self, "training loss", loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 

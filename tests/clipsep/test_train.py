@@ -104,6 +104,26 @@ def test_recipe_fast_dev_run_on_toy_shards(toy_shards, tmp_path):
     assert result.stems.shape == (1, 1, 8000) and torch.isfinite(result.stems).all()
 
 
+def test_a_diverging_run_stops_at_its_first_nan_in_one_sentence(toy_shards, tmp_path, capsys):
+    """A learning rate far too high: the run stops at the first non-finite mask (binary
+    cross-entropy refused it with a traceback before), with one line and status 2."""
+    from clipcore.errors import report_errors
+
+    args = [
+        "fit", "--config", str(ROOT / "recipes" / "configs" / "clipsep" / "toy.yaml"),
+        "--model.query_encoder", str(toy_shards / "encoder"), "--model.learning_rate", "1e12",
+        "--model.warmup_steps", "0", "--data.train_shards", str(toy_shards / "train" / "*.tar"),
+        "--data.val_shards", str(toy_shards / "val" / "*.tar"), "--trainer.limit_val_batches", "0",
+        "--data.encoder", "null", "--data.batch_size", "2", "--data.frame_size", "64", "--data.epoch_length", "4",
+        "--trainer.max_steps", "12", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path),
+    ]
+    assert report_errors("train_clipsep", lambda: train_main(args)) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("train_clipsep: error: step ") and "is not finite (NaN or infinity)" in error
+    assert len(error.splitlines()) == 1
+
+
 def test_recipe_saves_config_and_exports_best_and_last(toy_shards, tmp_path):
     args = [
         "fit", "--config", str(ROOT / "recipes" / "configs" / "clipsep" / "toy.yaml"),

@@ -50,6 +50,22 @@ def test_recipe_fast_dev_run_on_toy_shards_with_precomputed_embeddings(toy):
     torch.testing.assert_close(cli.model.ema.cond_mean, model.cond_mean)
 
 
+def test_a_diverging_run_stops_at_its_first_nan_in_one_sentence(toy, tmp_path, capsys):
+    """A learning rate far too high: the run stops at the first non-finite loss (it went on
+    to the end, writing checkpoints of NaN weights), with one line and status 2."""
+    from clipcore.errors import report_errors
+
+    root, encoder_name = toy
+    args = _args(root, "--data.encoder", encoder_name, "--model.learning_rate", "1e12", "--model.warmup_steps", "0",
+                 "--trainer.max_steps", "12", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar",
+                 "false", "--trainer.default_root_dir", str(tmp_path))
+    assert report_errors("train_clipsonic", lambda: main(args)) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("train_clipsonic: error: step ") and "the training loss is not finite" in error
+    assert "lower model.learning_rate (1e+12)" in error and len(error.splitlines()) == 1
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("*.safetensors"))
+
+
 def test_recipe_trains_in_bf16_mixed_precision_and_logs_its_validation_examples(toy, tmp_path):
     # The validation examples are sampled under autocast: their bf16 mels went to Griffin-Lim,
     # which has no bf16 complex type (ValueError before 2026-12-06).
