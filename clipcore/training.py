@@ -53,10 +53,10 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, Pretrained, git_commit, read_torch_file
-from clipcore.errors import ClipAudioError, UsageError, is_whole_number, report_errors
+from clipcore.errors import EXIT_INTERRUPTED, ClipAudioError, UsageError, is_whole_number, report_errors
 from clipcore.files import check_not_an_input, check_output_folder
 
 __all__ = [
@@ -472,5 +472,14 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def run_recipe(main: Callable[[], object], name: str) -> None:
     """Run a recipe's ``main`` and exit; expected failures (bad files, shards, checkpoints,
     values) end the process with one line ``<name>: error: ...`` and status 2, not a
-    traceback (:func:`clipcore.errors.report_errors`)."""
-    sys.exit(report_errors(name, main))
+    traceback (:func:`clipcore.errors.report_errors`). A run stopped by SIGTERM (a cluster's
+    time limit, ``scancel``) says so and ends with status 130: Lightning ends it as a
+    successful exit, which a ``train && evaluate`` chain or a scheduler would take for a
+    finished run."""
+    try:
+        status = report_errors(name, main)
+    except SIGTERMException:
+        print(f"{name}: stopped by SIGTERM before training ended; rerun with --ckpt_path last to resume from the "
+              "last checkpoint.", file=sys.stderr)
+        status = EXIT_INTERRUPTED
+    sys.exit(status)

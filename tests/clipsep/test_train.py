@@ -124,6 +124,28 @@ def test_a_diverging_run_stops_at_its_first_nan_in_one_sentence(toy_shards, tmp_
     assert len(error.splitlines()) == 1
 
 
+def test_a_run_stopped_by_sigterm_says_so_and_does_not_exit_0(toy_shards, tmp_path):
+    """Slurm's time limit or scancel: Lightning stops the run with a successful exit, which
+    a `train && evaluate` chain took for a finished run; it is status 130 and one line."""
+    import sys
+
+    from tests.subprocesses import sigterm_when
+
+    args = [
+        "fit", "--config", str(ROOT / "recipes" / "configs" / "clipsep" / "toy.yaml"),
+        "--model.query_encoder", str(toy_shards / "encoder"), "--data.train_shards", str(toy_shards / "train" / "*.tar"),
+        "--data.val_shards", str(toy_shards / "val" / "*.tar"), "--trainer.limit_val_batches", "0",
+        "--data.encoder", "null", "--data.batch_size", "2", "--data.frame_size", "64", "--data.epoch_length", "4",
+        "--data.num_workers", "0", "--trainer.max_steps", "100000", "--trainer.enable_progress_bar", "false",
+        "--checkpoint.every_n_train_steps", "2", "--trainer.default_root_dir", str(tmp_path),
+    ]
+    process, err = sigterm_when([sys.executable, str(ROOT / "recipes" / "train_clipsep.py"), *args],
+                                lambda _: any(tmp_path.rglob("*.ckpt")), timeout=180, cwd=ROOT)  # it trains
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("train_clipsep: stopped by SIGTERM before training ended; rerun with "
+                                            "--ckpt_path last to resume from the last checkpoint.")
+
+
 def test_recipe_saves_config_and_exports_best_and_last(toy_shards, tmp_path):
     args = [
         "fit", "--config", str(ROOT / "recipes" / "configs" / "clipsep" / "toy.yaml"),
