@@ -145,7 +145,7 @@ class ExportPretrained(Callback):
     validation's model is best until a better one comes, so ``best`` always exists once a
     validation ran; ``last`` is exported again when training ends after steps no
     validation saw (or with no validation at all). Otherwise once, when training ends, to
-    ``dirpath``. A dev run (``fast_dev_run``) has
+    ``dirpath``. Only ``fit`` exports (not ``validate``). A dev run (``fast_dev_run``) has
     no log folder, so it exports only when ``dirpath`` names one.
 
     Args:
@@ -181,8 +181,8 @@ class ExportPretrained(Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         root = self._root(trainer)
-        if not self.best_and_last or trainer.sanity_checking or root is None:
-            return
+        if not self.best_and_last or trainer.sanity_checking or root is None or trainer.state.fn != "fit":
+            return  # a `validate` run scores a checkpoint: it exports nothing over the training's models
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         pl_module.export(root / "last", {"val_metrics": metrics})
         self.exported_step = trainer.global_step
@@ -281,7 +281,7 @@ class RunCommit(Callback):
     def __init__(self) -> None:
         self.commit = git_commit()
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def setup(self, trainer, pl_module, stage: str) -> None:  # every command: fit, validate, test
         for logger in trainer.loggers:
             logger.log_hyperparams({"git_commit": self.commit})
 

@@ -48,6 +48,22 @@ def test_the_git_commit_goes_with_every_checkpoint_and_the_runs_hyperparameters(
     assert yaml.safe_load(hparams.read_text())["git_commit"] == commit
 
 
+def test_validating_a_checkpoint_exports_nothing_and_records_the_commit(first_run, tmp_path):
+    """`validate` scores a checkpoint: it wrote a step-0 model over the training's export
+    (and a run folder's `pretrained/last`), and its hyperparameters named no commit."""
+    root, _ = first_run
+    [config] = (root / "first" / "lightning_logs").glob("version_*/config.yaml")
+    exported = {p: p.read_bytes() for p in (root / "first" / "export").rglob("*") if p.is_file()}
+    cli = train_main(["validate", "--config", str(config), "--ckpt_path", str(root / "first" / "checkpoints" / "last.ckpt"),
+                      "--data.val_shards", str(root / "shards" / "*.tar"), "--trainer.limit_val_batches", "1",
+                      "--trainer.default_root_dir", str(tmp_path)])
+    assert "val/loss" in cli.trainer.callback_metrics
+    assert {p: p.read_bytes() for p in (root / "first" / "export").rglob("*") if p.is_file()} == exported
+    assert not list(tmp_path.rglob("config.json"))
+    [hparams] = tmp_path.glob("lightning_logs/version_*/hparams.yaml")
+    assert yaml.safe_load(hparams.read_text())["git_commit"] == git_commit()
+
+
 def test_a_run_without_validation_still_exports_its_last_model(first_run):
     root, _ = first_run
     export = root / "first" / "export"
