@@ -41,8 +41,8 @@ MAX_FAILURES_IN_A_ROW = 200
 samples in a row: that is a misconfiguration (for example an ``encoder`` whose member the
 shards lack), not corruption."""
 MIX_POOL = 64
-"""Clips looked ahead to give each mixture clips of different labels (validation) or of
-distinct queries (training with ``distinct_queries``)."""
+"""Clips looked ahead to give each mixture clips of different labels (validation), or other
+clips (training) of distinct queries (with ``distinct_queries``)."""
 _DECODED, _RATE = "__decoded_audio__", "__audio_rate__"
 """Members a sample held in memory has in place of its ``flac``."""
 WARN_FIRST = 10
@@ -328,11 +328,12 @@ class ShardStream(IterableDataset):
     def _grouped(self, clips: Iterator[_Clip]) -> Iterator[_Clip]:
         """The clips reordered so that each mixture's N clips differ where the next
         :data:`MIX_POOL` clips allow it (see :meth:`_fits`): the oldest clip waiting, then
-        the first ones after it that fit its mixture. Training without ``distinct_queries``
-        takes the clips as they come (shuffled). Validation needs this because shards are
-        often written class by class, and consecutive clips would make mixtures of one
-        class. Deterministic, as the order is."""
-        if self.num_sources == 1 or (self.train and self.distinct_queries is None):
+        the first ones after it that fit its mixture; clips that all fit keep their
+        (shuffled) order. Validation needs this because shards are often written class by
+        class, and consecutive clips would make mixtures of one class; training because
+        resampled shards repeat clips, which a mixture must not hold twice. Deterministic,
+        as the order is."""
+        if self.num_sources == 1:
             yield from clips
             return
         pool: list[_Clip] = []
@@ -352,11 +353,16 @@ class ShardStream(IterableDataset):
             yield from group
 
     def _fits(self, clip: _Clip, group: list[_Clip]) -> bool:
-        """Whether ``clip`` may join ``group``'s mixture: in training, its query's cosine
-        with each member's is at most ``distinct_queries``; in validation, its label is
-        none of theirs (or it has none)."""
+        """Whether ``clip`` may join ``group``'s mixture: in training, it is none of them
+        (resampled shards repeat clips) and, with ``distinct_queries``, its query's cosine
+        with each member's is at most that; in validation, its label is none of theirs (or
+        it has none)."""
         if not self.train:
             return clip.label is None or clip.label not in {c.label for c in group}
+        if clip.key in {c.key for c in group}:
+            return False
+        if self.distinct_queries is None:
+            return True
         query = torch.nn.functional.normalize(clip.query, dim=-1)
         others = torch.nn.functional.normalize(torch.stack([c.query for c in group]), dim=-1)
         return bool((others @ query).max() <= self.distinct_queries)

@@ -201,6 +201,15 @@ def test_the_training_data_follows_the_runs_seed_and_validation_stays(shards):
     assert keys(1, seed=7) == keys(2, seed=7)
 
 
+def test_a_training_mixture_never_holds_one_clip_twice(shards):
+    """Resampled reads of a small data set (a fine-tuning library) repeat clips; mixed as
+    they came, 7% of mixtures held two copies of one clip, two sources with one query."""
+    _, paths = shards
+    batches = list(_stream(str(paths[0]), num_sources=2, epoch_length=40, seed=0))  # 4 clips
+    mixtures = [keys for batch in batches for keys in batch.keys]
+    assert len(mixtures) == 120 and all(len(set(keys)) == 2 for keys in mixtures)  # batches of 3
+
+
 def test_one_pass_splits_few_shards_by_sample_among_workers(shards):
     root, paths = shards
     for spec in (paths[:1], paths):  # fewer shards than workers, then more
