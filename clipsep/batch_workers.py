@@ -21,9 +21,10 @@ import multiprocessing
 import os
 import pickle
 import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -135,13 +136,41 @@ def run_here(jobs: Sequence[FileJob], separator, embeddings: torch.Tensor, optio
     run_jobs(list(jobs), separator, embeddings, options, tally)
 
 
+STARTUP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+"""Held from a worker's first instruction until it can take them (see :func:`_start_quietly`)."""
+
+
+@contextmanager
+def _start_quietly() -> Iterator[None]:
+    """Worker processes started in this block begin with Ctrl-C and SIGTERM held (the
+    calling thread's signal mask, which they inherit), so that neither interrupts their
+    imports with a traceback (Ctrl-C reaches the whole process group). This process's
+    other threads take its own signals meanwhile."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _worker(device: str, threads: int | None, spec: SeparatorSpec, jobs: list[FileJob], embeddings: torch.Tensor,
             options: OutputOptions, channel: Connection) -> None:
     """Run the claim loop; report on ``channel`` (this worker's own pipe: a send is written
     before it returns, so a worker killed on a file has said which file it took, and a
-    worker killed while sending spoils no other worker's reports)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    worker killed while sending spoils no other worker's reports). Ctrl-C is the main
+    process's to handle; SIGTERM (the main process stopping the run) ends it quietly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # and a Ctrl-C held since the start is dropped
     stop_on_sigterm()
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STARTUP_SIGNALS)  # a SIGTERM held since the start arrives here
+        _work(device, threads, spec, jobs, embeddings, options, channel)
+    except KeyboardInterrupt:
+        return
+
+
+def _work(device: str, threads: int | None, spec: SeparatorSpec, jobs: list[FileJob], embeddings: torch.Tensor,
+          options: OutputOptions, channel: Connection) -> None:
+    """A worker's separator loaded, then the claim loop (see :func:`_worker`)."""
     return_large_buffers_to_the_system()
     if threads:
         torch.set_num_threads(threads)
@@ -159,8 +188,6 @@ def _worker(device: str, threads: int | None, spec: SeparatorSpec, jobs: list[Fi
 
     try:
         run_jobs(jobs, separator, embeddings, options, report)
-    except KeyboardInterrupt:
-        return
     except Exception as error:  # noqa: BLE001 - an unforeseen failure fails this file, not the run
         if current is not None:
             reason = internal_error(error, jobs[current].source, options.error_log)
@@ -195,7 +222,8 @@ def run_workers(jobs: Sequence[FileJob], spec: SeparatorSpec, embeddings: torch.
         reader, writer = context.Pipe(duplex=False)
         workers.append(context.Process(target=_worker, daemon=True,
                                        args=(device, threads, spec, list(jobs), embeddings, options, writer)))
-        workers[-1].start()
+        with _start_quietly():
+            workers[-1].start()
         writer.close()  # the worker holds the only writing end: the pipe ends when the worker does
         channels[reader] = index
     current: dict[int, int] = {}  # worker -> the file it started and has not finished

@@ -144,3 +144,28 @@ def test_a_worker_that_dies_fails_only_its_file(checkpoint, tmp_path):
     assert not (out / "kills-its-worker" / "violin.wav").exists()
     (line,) = [line for line in err.splitlines() if "kills-its-worker.wav" in line]
     assert re.search(r"died|killed|signal|ended", line) and "Traceback" not in err
+
+
+def test_ctrl_c_while_the_workers_start_stops_the_run_without_a_traceback(checkpoint, tmp_path):
+    """Ctrl-C reaches the whole process group: a worker still importing printed a
+    KeyboardInterrupt traceback before it could ignore it."""
+    import time
+
+    save_audio(tmp_path / "in" / "a.wav", torch.zeros(1, 8000), 16000)
+    command = [sys.executable, "-m", "clipsep.cli", "separate", "--checkpoint", str(checkpoint), "-q", "violin",
+               "--device", "cpu", "--devices", "2", "-o", str(tmp_path / "out"), str(tmp_path / "in")]
+    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    try:
+        deadline = time.monotonic() + 120
+        while len(children.read_text().split()) < 2:  # both workers started, and importing
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.005)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "clipsep separate: interrupted."
