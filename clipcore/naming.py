@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 __all__ = ["slugify", "safe_filename", "unique_names", "short_hash"]
 
@@ -69,18 +69,22 @@ def safe_filename(name: str, max_length: int = MAX_LENGTH, fallback: str = "file
 
 
 def unique_names(
-    names: Sequence[str], keys: Sequence[str] | None = None, reserved: Iterable[str] = ()
+    names: Sequence[str], keys: Sequence[str] | None = None, reserved: Iterable[str] = (),
+    holders: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Make names distinct without regard to case.
 
     Every name shared by different keys, or equal to a reserved name, gets ``-<hash of its
-    key>`` appended (all members of a clash, so the result does not depend on the order).
-    Entries with equal keys are the same thing and keep the same name.
+    key>`` appended (all members of a clash, so the result does not depend on the order),
+    but the member that already holds the name (``holders``) keeps it. Entries with equal
+    keys are the same thing and keep the same name.
 
     Args:
         names: candidate names (already safe, see :func:`slugify`).
         keys: what each name stands for (default: the names themselves).
         reserved: names that must not be produced (for example ``"residual"``).
+        holders: name (lower case) -> the key that holds it already (an earlier run's
+            folder of that name, say), which keeps it whatever else comes.
 
     Returns:
         One name per entry, distinct for distinct keys.
@@ -93,8 +97,10 @@ def unique_names(
     for name, key in zip(names, keys):
         owners.setdefault(name.lower(), set()).add(key)
     result = []
+    holders = holders or {}
     for name, key in zip(names, keys):
-        if len(owners[name.lower()]) > 1 or name.lower() in taken:
+        held = holders.get(name.lower()) == key
+        if name.lower() in taken or (len(owners[name.lower()]) > 1 and not held):
             name = f"{name}-{short_hash(key)}"
         result.append(name)
     if len({name.lower() for name in result}) < len(set(keys)):

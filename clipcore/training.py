@@ -39,6 +39,7 @@ restart the interrupted epoch's pass.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -55,7 +56,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from clipcore.checkpoint import QUERY_ENCODER_DIR, CheckpointError, Pretrained, git_commit, read_torch_file
+from clipcore.checkpoint import CONFIG_NAME, QUERY_ENCODER_DIR, CheckpointError, Pretrained, git_commit, read_torch_file
 from clipcore.errors import EXIT_INTERRUPTED, ClipAudioError, UsageError, is_whole_number, report_errors
 from clipcore.files import check_not_an_input, check_output_folder
 
@@ -400,6 +401,10 @@ class TrainingCLI(LightningCLI):
         resume = config.get("ckpt_path")
         if resume is not None and resume not in ("last", "best", "hpc", "registry") and not Path(resume).is_file():
             raise UsageError(f"--ckpt_path {resume}: no such checkpoint file.")
+        if self.subcommand == "fit" and resume is None:  # a new run: another's exports are not its to replace
+            for option in ("export", "model.export_dir"):
+                if config.get(option) is not None:
+                    _check_export_holds_no_model(option, config.get(option))
 
     def instantiate_classes(self) -> None:
         """Build the data, the system and the trainer; a setting they refuse (a negative
@@ -443,6 +448,25 @@ def _check_export_holds_no_input(option: str, folder: str, inputs: dict[str, str
             if Path(path).resolve().is_relative_to(target.resolve()):
                 raise UsageError(f"--{option} {folder}: the export writes {target}, which holds {path}, the input of "
                                  f"{name}; export elsewhere.")
+
+
+def _check_export_holds_no_model(option: str, folder: str) -> None:
+    """Refuse, for a new run, an export folder that holds a model already (another run's,
+    or another system's): the run would replace it, found out only once it trained. A
+    resumed run (``--ckpt_path``) goes on exporting where it did.
+
+    Raises:
+        UsageError: naming the option, the model found and what to do.
+    """
+    written = [Path(folder)] if option == "export" else [Path(folder) / "best", Path(folder) / "last"]
+    for target in written:
+        if (target / CONFIG_NAME).is_file():
+            try:
+                kind = json.loads((target / CONFIG_NAME).read_text())["class"].rpartition(".")[2]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                kind = "a model"
+            raise UsageError(f"--{option} {folder}: {target} holds {kind} already, which this new run would replace; "
+                             "export elsewhere, remove it first, or resume its run with --ckpt_path last.")
 
 
 def _run_inputs(config) -> dict[str, str]:

@@ -25,6 +25,7 @@ import glob
 import re
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -43,6 +44,7 @@ from clipsep.separation_record import (
     RECORD_NAME,
     input_facts,
     recorded_elsewhere,
+    recorded_input,
     recorded_otherwise,
     recorded_stem_files,
     write_record,
@@ -232,8 +234,13 @@ def input_seconds(path: Path) -> float:
 def plan(sources: list[Path], out: Path, stems: list[str], options: OutputOptions, noise_heads: int) -> list[FileJob]:
     """One :class:`FileJob` per source: ``out/<input name>/<stem>.<format>``. Input names
     are the file names without extension, made safe; sources sharing one get a hash of
-    their path."""
-    names = unique_names([safe_filename(s.stem) for s in sources], [str(s.resolve()) for s in sources])
+    their path, but the one whose stems a folder of that name holds already (by its
+    ``separation.json``), so that an input keeps its folder whatever else a run takes in."""
+    plain = [safe_filename(s.stem) for s in sources]
+    shared = Counter(name.lower() for name in plain)  # the sources are distinct files
+    holders = {name.lower(): holder for name in sorted(set(plain))
+               if shared[name.lower()] > 1 and (holder := recorded_input(out / name)) is not None}
+    names = unique_names(plain, [str(s.resolve()) for s in sources], holders=holders)
     noise = noise_heads if options.noise else 0
     return [FileJob(source, output_files(out / name, stems, options.format, options.residual, noise))
             for source, name in zip(sources, names)]

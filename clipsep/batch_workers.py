@@ -23,6 +23,7 @@ import pickle
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from typing import Iterator, Sequence
 
@@ -146,6 +147,7 @@ def _start_quietly() -> Iterator[None]:
     calling thread's signal mask, which they inherit), so that neither interrupts their
     imports with a traceback (Ctrl-C reaches the whole process group). This process's
     other threads take its own signals meanwhile."""
+    resource_tracker.ensure_running()  # first: starting, it unblocks both signals (of this thread)
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
     try:
         yield

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from clipsep.stem_files import FileLevels
 
 __all__ = ["RECORD_NAME", "sha256_file", "run_record", "input_facts", "write_record", "recorded_elsewhere", "recorded_otherwise",
-           "recorded_stem_files"]
+           "recorded_input", "recorded_stem_files"]
 
 RECORD_NAME = "separation.json"
 
@@ -192,6 +192,14 @@ def recorded_otherwise(folder: Path, run: dict[str, Any] | None, residual: bool)
 def _queries_said(queries: list) -> str:
     return ", ".join(repr(query.get("text", query.get("image"))) if isinstance(query, dict) else repr(query)
                      for query in queries)
+
+
+def recorded_input(folder: Path) -> str | None:
+    """The input (resolved path) whose stems ``folder`` holds, by its record; None without one."""
+    try:
+        return str(_read_record(folder)["input"]["path"])
+    except (KeyError, TypeError):
+        return None
 
 
 def recorded_stem_files(folder: Path) -> list[str]:

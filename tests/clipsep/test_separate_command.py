@@ -125,6 +125,21 @@ def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
     assert target.is_dir() and not any(target.iterdir())
 
 
+def test_an_input_keeps_its_folder_whatever_else_a_run_takes_in(checkpoint, tmp_path, capsys):
+    """An input of a name another input of the run shares (but for case) got a hashed
+    folder even where its plain one held its stems from an earlier run: separated again,
+    the earlier folder left behind."""
+    save_audio(tmp_path / "a" / "Kick.wav", _noise(1, 8000, seed=1), 16000)
+    save_audio(tmp_path / "b" / "kick.wav", _noise(1, 8000, seed=2), 16000)
+    out = tmp_path / "out"
+    assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "a") == 0
+    capsys.readouterr()
+    assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "a", tmp_path / "b") == 0
+    assert "1 input(s) already separated" in capsys.readouterr().out
+    folders = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert len(folders) == 2 and folders[0] == "Kick" and folders[1].startswith("kick-")
+
+
 def test_a_file_this_command_did_not_write_is_refused_at_every_rerun(checkpoint, tmp_path, capsys):
     save_audio(tmp_path / "take.wav", _noise(1, 20000), 16000)
     mine = tmp_path / "out" / "take" / "violin.wav"

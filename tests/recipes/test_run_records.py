@@ -64,6 +64,23 @@ def test_validating_a_checkpoint_exports_nothing_and_records_the_commit(first_ru
     assert yaml.safe_load(hparams.read_text())["git_commit"] == git_commit()
 
 
+def test_a_new_run_does_not_export_over_another_runs_models(first_run, tmp_path, capsys):
+    """A new run whose export folder holds a model (another run's, or another system's)
+    is refused before it trains; it replaced that model silently once it had trained."""
+    from clipcore.errors import report_errors
+
+    root, encoder = first_run
+    export = root / "first" / "export"
+    exported = {p: p.read_bytes() for p in export.rglob("*") if p.is_file()}
+    args = clipsep_args(str(root / "shards" / "*.tar"), encoder, tmp_path / "second", tmp_path / "records",
+                        "--trainer.max_steps", "1", "--model.export_dir", str(export))
+    assert report_errors("train_clipsep", lambda: train_main(args)) == 2
+    assert (f"--model.export_dir {export}: {export / 'last'} holds CLIPSep already, which this new run would "
+            "replace; export elsewhere") in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in export.rglob("*") if p.is_file()} == exported
+    assert not (tmp_path / "second").exists()
+
+
 def test_a_run_without_validation_still_exports_its_last_model(first_run):
     root, _ = first_run
     export = root / "first" / "export"
