@@ -260,10 +260,11 @@ def process_file(
     to ``options.error_log``. ``leftovers``: stems already there were left by an
     interrupted process doing this input, and are replaced.
 
-    The stems and ``separation.json`` appear together: an interruption or failure while
-    the record is written removes the stems. A folder holds one separation, all of whose
-    stems its record lists: stems of an earlier one that this one would not write fail the
-    input, and ``options.overwrite`` removes them once the new record is written (with no
+    The stems and ``separation.json`` appear together, once every stem is converted (an
+    interruption or failure before leaves the folder as it was). A folder holds one
+    separation, all of whose stems its record lists: stems of an earlier one that this one
+    would not write, or made with other queries or settings, fail the input, and
+    ``options.overwrite`` replaces them with the new record (with no
     ``options.provenance``, no record is written and nothing is removed).
     """
     result = FileResult(job.source)
@@ -349,7 +350,7 @@ def run_jobs(
     """
     started = options.started if options.started is not None else time.time()
     for index, job in enumerate(jobs):
-        if not options.overwrite and job.finished(options.provenance):  # by an earlier run, or by another process of this one
+        if not options.overwrite and job.finished(options.provenance):  # by an earlier run, or another process
             earlier = (job.folder / RECORD_NAME).stat().st_mtime < started
             report("skip", index, "finished" if earlier else "elsewhere")
             continue
