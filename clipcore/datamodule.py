@@ -12,7 +12,6 @@ Usage::
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 from clipcore.errors import ClipAudioError
 from clipcore.shard_stream import ShardStream
 from clipcore.shards import ShardError
+from clipcore.training import run_seed
 
 __all__ = ["ShardDataModule"]
 
@@ -157,7 +157,7 @@ class ShardDataModule(LightningDataModule):
         """The seed of the training (``train``) or of the validation and test streams."""
         if self.seed is not None:
             return self.seed
-        return int(os.environ.get("PL_GLOBAL_SEED", 0)) if train else 0  # set by seed_everything
+        return run_seed() if train else 0
 
     def _loader(self, shards, train: bool) -> DataLoader:
         stream = ShardStream(shards, train=train, epoch_length=self.epoch_length if train else None,

@@ -73,6 +73,7 @@ __all__ = [
     "TrainingDiverged",
     "check_finite_training",
     "rank_seed",
+    "run_seed",
     "log_dir",
     "run_recipe",
 ]
@@ -242,12 +243,18 @@ def check_finite_training(module: LightningModule, what: str, *values: torch.Ten
     Raises:
         TrainingDiverged: naming ``what`` and the step.
     """
-    if not all(bool(torch.isfinite(value).all()) for value in values):
+    finite = all(bool(torch.isfinite(value).all()) for value in values)
+    if not module.trainer.strategy.reduce_boolean_decision(finite, all=True):  # every rank stops at one step
         raise TrainingDiverged(
             f"step {module.global_step}: the {what} is not finite (NaN or infinity), so training stopped before the "
             f"weights took it in; lower model.learning_rate ({module.hparams.learning_rate:g}) or lengthen "
             "model.warmup_steps, and train again."
         )
+
+
+def run_seed() -> int:
+    """The run's ``seed_everything`` (Lightning keeps it in ``PL_GLOBAL_SEED``), else 0."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def rank_seed(seed: int, rank: int, step: int) -> int:
@@ -267,7 +274,7 @@ class RankRandomState(Callback):
         self.seed = seed
 
     def on_train_start(self, trainer, pl_module) -> None:
-        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        base = self.seed if self.seed is not None else run_seed()
         value = rank_seed(base, trainer.global_rank, trainer.global_step)
         random.seed(value)
         np.random.seed(value)
@@ -401,7 +408,9 @@ class TrainingCLI(LightningCLI):
         resume = config.get("ckpt_path")
         if resume is not None and resume not in ("last", "best", "hpc", "registry") and not Path(resume).is_file():
             raise UsageError(f"--ckpt_path {resume}: no such checkpoint file.")
-        if self.subcommand == "fit" and resume is None:  # a new run: another's exports are not its to replace
+        root = Path(config.trainer.get("default_root_dir") or os.getcwd())
+        requeued = any(root.glob("hpc_ckpt_*.ckpt"))  # Lightning resumes a requeued Slurm job from these
+        if self.subcommand == "fit" and resume is None and not requeued:  # a new run: others' exports stay
             for option in ("export", "model.export_dir"):
                 if config.get(option) is not None:
                     _check_export_holds_no_model(option, config.get(option))
@@ -503,7 +512,7 @@ def run_recipe(main: Callable[[], object], name: str) -> None:
     try:
         status = report_errors(name, main)
     except SIGTERMException:
-        print(f"{name}: stopped by SIGTERM before training ended; rerun with --ckpt_path last to resume from the "
-              "last checkpoint.", file=sys.stderr)
+        print(f"{name}: stopped by SIGTERM; a training run resumes from its last checkpoint with --ckpt_path last.",
+              file=sys.stderr)
         status = EXIT_INTERRUPTED
     sys.exit(status)

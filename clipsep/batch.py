@@ -157,7 +157,12 @@ class FileJob:
         :func:`clipsep.separation_record.run_record`) would make of it."""
         return ((self.folder / RECORD_NAME).is_file() and all(path.is_file() for path in self.outputs.values())
                 and recorded_elsewhere(self.folder, self.source) is None
-                and recorded_otherwise(self.folder, run, RESIDUAL in self.outputs) is None)
+                and recorded_otherwise(self.folder, run, self.depends_on_all_queries) is None)
+
+    @property
+    def depends_on_all_queries(self) -> bool:
+        """Whether an output depends on every query: the residual, or a noise stem."""
+        return any(name == RESIDUAL or name.startswith("noise-") for name in self.outputs)
 
 
 @dataclass
@@ -235,7 +240,8 @@ def plan(sources: list[Path], out: Path, stems: list[str], options: OutputOption
     """One :class:`FileJob` per source: ``out/<input name>/<stem>.<format>``. Input names
     are the file names without extension, made safe; sources sharing one get a hash of
     their path, but the one whose stems a folder of that name holds already (by its
-    ``separation.json``), so that an input keeps its folder whatever else a run takes in."""
+    ``separation.json``), so that an input keeps its folder when another of its name joins
+    a later run."""
     plain = [safe_filename(s.stem) for s in sources]
     shared = Counter(name.lower() for name in plain)  # the sources are distinct files
     holders = {name.lower(): holder for name in sorted(set(plain))
@@ -277,7 +283,7 @@ def process_file(
                              f"({', '.join(earlier)}: other queries or another format); pass --overwrite to replace "
                              "them, or separate into another folder with -o.")
         if not options.overwrite and (otherwise := recorded_otherwise(job.folder, options.provenance,
-                                                                      RESIDUAL in job.outputs)):
+                                                                      job.depends_on_all_queries)):
             raise UsageError(otherwise)
         for path in job.outputs.values():
             if path.is_dir():

@@ -37,6 +37,8 @@ RECORD_NAME = "separation.json"
 SAMPLES_UNCHANGED_BY = ("device", "batch_size")
 """Settings that do not change a stem's samples (beyond float rounding): a folder made with
 others is still this run's."""
+RECORD_DEFAULTS = {"mask_power": 1.0, "prior": None, "gap": None}
+"""Settings of records written before these were recorded, as they then were."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -156,13 +158,16 @@ def recorded_elsewhere(folder: Path, source: Path) -> str | None:
     return None
 
 
-def recorded_otherwise(folder: Path, run: dict[str, Any] | None, residual: bool) -> str | None:
+def recorded_otherwise(folder: Path, run: dict[str, Any] | None, all_queries: bool) -> str | None:
     """Why ``folder``'s stems are not what ``run`` would make, or None if they are (or no
     record says, or ``run`` is None).
 
     They are when its record names the same checkpoint weights and settings (but for
-    :data:`SAMPLES_UNCHANGED_BY`) and holds this run's queries; with a ``residual`` (the
-    mixture less every query stem), the very same queries.
+    :data:`SAMPLES_UNCHANGED_BY`; a setting an older record lacks counts as its default,
+    see :data:`RECORD_DEFAULTS`, or is not compared) and holds this run's queries; with
+    ``all_queries`` (stems that depend on every query: the residual, the mixture less them
+    all, and the noise heads' stems, which read their mean), the very same queries, in any
+    order.
 
     Returns:
         A sentence (what differs, and what to do), or None.
@@ -176,17 +181,23 @@ def recorded_otherwise(folder: Path, run: dict[str, Any] | None, residual: bool)
     if run is None:
         return None
     asked = {"checkpoint": run["checkpoint"]["weights_sha256"], **run["settings"]}
-    for key in sorted((made_by.keys() | asked.keys()) - set(SAMPLES_UNCHANGED_BY)):
+    made_by = {**RECORD_DEFAULTS, **made_by}
+    for key in sorted((made_by.keys() & asked.keys()) - set(SAMPLES_UNCHANGED_BY)):
         if made_by.get(key) != asked.get(key):
             what = "checkpoint weights" if key == "checkpoint" else f"setting {key} ({made_by.get(key)!r}, now " \
                 f"{asked.get(key)!r})"
             return f"{folder}/ holds stems made with other {what}; pass --overwrite to replace them, or separate " \
                 "into another folder with -o."
-    if (residual and queries != run["queries"]) or any(query not in queries for query in run["queries"]):
+    if (all_queries and sorted(map(_key, queries)) != sorted(map(_key, run["queries"]))) or any(
+            query not in queries for query in run["queries"]):
         return (f"{folder}/ holds stems made with other queries ({_queries_said(queries)}, now "
                 f"{_queries_said(run['queries'])}); pass --overwrite to replace them, or separate into another "
                 "folder with -o.")
     return None
+
+
+def _key(query: Any) -> str:
+    return json.dumps(query, sort_keys=True)
 
 
 def _queries_said(queries: list) -> str:

@@ -125,7 +125,7 @@ def separate_to_files(
     missing = [path for path in (folder, *folder.parents) if not path.exists()]  # the folders the spools make
     with AudioReader(source) as reader:
         channels = 1 if mono else reader.channels
-        spools = []
+        spools, placed = [], False
         try:
             for path in outputs.values():
                 with interrupts_held():  # a spool made is a spool listed, for the cleanup below
@@ -149,7 +149,10 @@ def separate_to_files(
                     on_commit(levels)
                 for spool in spools:
                     spool.place()
+                placed = True  # a signal held in the block arrives as it ends: the separation stays
         except BaseException:
+            if placed:
+                raise
             with interrupts_held():  # a second Ctrl-C does not cut the cleanup short
                 for spool in spools:  # no partial set of stems either
                     if spool.committed:

@@ -1,6 +1,9 @@
 """``clipsep separate``: inputs, output layout, safe names, overwrite rules, bad input."""
 
 import hashlib
+import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+import clipsep.batch
 from clipcore.audio import save_audio
 from clipcore.audio_blocks import StemSpool
 from clipcore.naming import safe_filename, slugify, unique_names
@@ -200,6 +204,8 @@ def test_a_rerun_asking_for_other_stems_is_refused_not_skipped(checkpoint, tmp_p
     made = _digest(out / "take")
     assert _run(checkpoint, *both, "--batch-size", "2", tmp_path / "take.wav") == 0  # the same samples: done
     assert "already separated" in capsys.readouterr().out
+    assert _run(checkpoint, "-q", "drums", "-q", "violin", *both[4:], tmp_path / "take.wav") == 0  # in another order
+    assert "already separated" in capsys.readouterr().out
     assert _run(checkpoint, *both, "--mono", tmp_path / "take.wav") == 2
     assert f"{out / 'take'}/ holds stems made with other setting mono (False, now True)" in capsys.readouterr().err
     assert _run(checkpoint, *both, "--overlap", "0.5", tmp_path / "take.wav") == 2
@@ -261,8 +267,18 @@ def test_an_interrupted_overwrite_leaves_the_earlier_separation_as_it_was(checkp
             with pytest.raises(KeyboardInterrupt):
                 process_file(job, separator, embeddings, options)
         assert _digest(out) == made
-    assert not process_file(job, separator, embeddings, options).error
+    write_record = clipsep.batch.write_record
+
+    def ctrl_c_once_written(*args):  # a real signal, held until the stems are in place with their record
+        write_record(*args)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr("clipsep.batch.write_record", ctrl_c_once_written)
+    with pytest.raises(KeyboardInterrupt):
+        process_file(job, separator, embeddings, options)
     assert sorted(p.name for p in (out / "take").iterdir()) == ["cello.wav", "separation.json", "violin.wav"]
+    assert [stem["file"] for stem in json.loads((out / "take" / "separation.json").read_text())["stems"].values()] \
+        == ["violin.wav", "cello.wav"]
 
 
 def test_a_failed_write_is_one_sentence_and_leaves_no_file(checkpoint, tmp_path):

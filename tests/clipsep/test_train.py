@@ -142,8 +142,8 @@ def test_a_run_stopped_by_sigterm_says_so_and_does_not_exit_0(toy_shards, tmp_pa
     process, err = sigterm_when([sys.executable, str(ROOT / "recipes" / "train_clipsep.py"), *args],
                                 lambda _: any(tmp_path.rglob("*.ckpt")), timeout=180, cwd=ROOT)  # it trains
     assert process.returncode == 130, err
-    assert err.strip().splitlines()[-1] == ("train_clipsep: stopped by SIGTERM before training ended; rerun with "
-                                            "--ckpt_path last to resume from the last checkpoint.")
+    assert err.strip().splitlines()[-1] == ("train_clipsep: stopped by SIGTERM; a training run resumes from its last "
+                                            "checkpoint with --ckpt_path last.")
 
 
 def test_recipe_saves_config_and_exports_best_and_last(toy_shards, tmp_path):
