@@ -38,7 +38,7 @@ from clipcore.audio import AUDIO_EXTENSIONS
 from clipcore.audio_blocks import SPOOL_SUFFIX
 from clipcore.errors import ClipAudioError, UsageError
 from clipcore.files import interrupts_held, remove_files
-from clipcore.naming import safe_filename, unique_names
+from clipcore.naming import safe_filename, short_hash, unique_names
 from clipsep.claims import STALE_SECONDS, claim, tidy
 from clipsep.separation_record import (
     RECORD_NAME,
@@ -240,13 +240,19 @@ def plan(sources: list[Path], out: Path, stems: list[str], options: OutputOption
     """One :class:`FileJob` per source: ``out/<input name>/<stem>.<format>``. Input names
     are the file names without extension, made safe; sources sharing one get a hash of
     their path, but the one whose stems a folder of that name holds already (by its
-    ``separation.json``), so that an input keeps its folder when another of its name joins
-    a later run."""
+    ``separation.json``); and an input alone under its name whose stems an earlier run put
+    in its hashed folder keeps that one. So an input keeps its folder from run to run,
+    whatever else each run takes in."""
     plain = [safe_filename(s.stem) for s in sources]
+    keys = [str(s.resolve()) for s in sources]
     shared = Counter(name.lower() for name in plain)  # the sources are distinct files
     holders = {name.lower(): holder for name in sorted(set(plain))
                if shared[name.lower()] > 1 and (holder := recorded_input(out / name)) is not None}
-    names = unique_names(plain, [str(s.resolve()) for s in sources], holders=holders)
+    names = unique_names(plain, keys, holders=holders)
+    for index, (name, key) in enumerate(zip(plain, keys)):
+        hashed = f"{name}-{short_hash(key)}"
+        if shared[name.lower()] == 1 and recorded_input(out / hashed) == key:
+            names[index] = hashed
     noise = noise_heads if options.noise else 0
     return [FileJob(source, output_files(out / name, stems, options.format, options.residual, noise))
             for source, name in zip(sources, names)]

@@ -131,8 +131,9 @@ def test_overwrite_rules_and_glob(checkpoint, tmp_path, capsys):
 
 def test_an_input_keeps_its_folder_whatever_else_a_run_takes_in(checkpoint, tmp_path, capsys):
     """An input of a name another input of the run shares (but for case) got a hashed
-    folder even where its plain one held its stems from an earlier run: separated again,
-    the earlier folder left behind."""
+    folder even where its plain one held its stems from an earlier run, and one alone got
+    the plain name though its hashed folder held them: separated again, the earlier folder
+    left behind."""
     save_audio(tmp_path / "a" / "Kick.wav", _noise(1, 8000, seed=1), 16000)
     save_audio(tmp_path / "b" / "kick.wav", _noise(1, 8000, seed=2), 16000)
     out = tmp_path / "out"
@@ -142,6 +143,9 @@ def test_an_input_keeps_its_folder_whatever_else_a_run_takes_in(checkpoint, tmp_
     assert "1 input(s) already separated" in capsys.readouterr().out
     folders = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert len(folders) == 2 and folders[0] == "Kick" and folders[1].startswith("kick-")
+    assert _run(checkpoint, "-q", "violin", "-o", out, tmp_path / "b") == 0  # alone: in its hashed folder still
+    assert "1 input(s) already separated" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == folders
 
 
 def test_a_file_this_command_did_not_write_is_refused_at_every_rerun(checkpoint, tmp_path, capsys):
