@@ -41,8 +41,9 @@ MAX_FAILURES_IN_A_ROW = 200
 samples in a row: that is a misconfiguration (for example an ``encoder`` whose member the
 shards lack), not corruption."""
 MIX_POOL = 64
-"""Clips looked ahead to give each mixture clips of different labels (validation), or other
-clips (training) of distinct queries (with ``distinct_queries``)."""
+"""Clips looked ahead to give each mixture clips of different labels (validation) or of
+distinct queries (training with ``distinct_queries``), or held back (training without it)
+for a later mixture than one that holds them already."""
 _DECODED, _RATE = "__decoded_audio__", "__audio_rate__"
 """Members a sample held in memory has in place of its ``flac``."""
 WARN_FIRST = 10
@@ -328,13 +329,16 @@ class ShardStream(IterableDataset):
     def _grouped(self, clips: Iterator[_Clip]) -> Iterator[_Clip]:
         """The clips reordered so that each mixture's N clips differ where the next
         :data:`MIX_POOL` clips allow it (see :meth:`_fits`): the oldest clip waiting, then
-        the first ones after it that fit its mixture; clips that all fit keep their
-        (shuffled) order. Validation needs this because shards are often written class by
-        class, and consecutive clips would make mixtures of one class; training because
-        resampled shards repeat clips, which a mixture must not hold twice. Deterministic,
-        as the order is."""
+        the first ones after it that fit its mixture. Validation needs this because shards
+        are often written class by class, and consecutive clips would make mixtures of one
+        class. Training without ``distinct_queries`` takes the clips as they come
+        (shuffled), but never one clip twice in a mixture (:meth:`_without_repeats`).
+        Deterministic, as the order is."""
         if self.num_sources == 1:
             yield from clips
+            return
+        if self.train and self.distinct_queries is None:
+            yield from self._without_repeats(clips)
             return
         pool: list[_Clip] = []
         ended = False
@@ -352,17 +356,39 @@ class ShardStream(IterableDataset):
                 group.append(pool.pop(index))
             yield from group
 
+    def _without_repeats(self, clips: Iterator[_Clip]) -> Iterator[_Clip]:
+        """Training clips as they come, but a clip its mixture holds already (resampled
+        shards repeat clips: 7% of a 16-clip library's mixtures held one clip twice) waits
+        for a later mixture; up to :data:`MIX_POOL` wait, beyond which a data set too small
+        to avoid it repeats one. Where nothing repeats, the clips and the random draws
+        between them are exactly those of the clips as they come."""
+        waiting: list[_Clip] = []
+        group: set[str] = set()
+        while True:
+            clip = next((c for c in waiting if c.key not in group), None)
+            if clip is not None:
+                waiting.remove(clip)
+            else:
+                clip = next(clips, None)
+                if clip is None:
+                    return
+                if clip.key in group and len(waiting) < MIX_POOL:
+                    waiting.append(clip)
+                    continue
+            group.add(clip.key)
+            yield clip
+            if len(group) == self.num_sources:
+                group = set()
+
     def _fits(self, clip: _Clip, group: list[_Clip]) -> bool:
         """Whether ``clip`` may join ``group``'s mixture: in training, it is none of them
-        (resampled shards repeat clips) and, with ``distinct_queries``, its query's cosine
-        with each member's is at most that; in validation, its label is none of theirs (or
-        it has none)."""
+        (resampled shards repeat clips) and its query's cosine with each member's is at
+        most ``distinct_queries``; in validation, its label is none of theirs (or it has
+        none)."""
         if not self.train:
             return clip.label is None or clip.label not in {c.label for c in group}
         if clip.key in {c.key for c in group}:
             return False
-        if self.distinct_queries is None:
-            return True
         query = torch.nn.functional.normalize(clip.query, dim=-1)
         others = torch.nn.functional.normalize(torch.stack([c.query for c in group]), dim=-1)
         return bool((others @ query).max() <= self.distinct_queries)

@@ -91,6 +91,7 @@ class _Module:
 
 def _trainer(tmp_path, metrics):
     return SimpleNamespace(sanity_checking=False, is_global_zero=True, fast_dev_run=False, loggers=[], global_step=0,
+                           state=SimpleNamespace(fn="fit"),
                            default_root_dir=str(tmp_path), callback_metrics={k: torch.tensor(v) for k, v in metrics.items()})
 
 

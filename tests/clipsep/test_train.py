@@ -1,11 +1,14 @@
 """Training: the schedule, an overfitting run of the tiny model, and the recipe on toy shards."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Callback
 from PIL import Image
 
 from clipcore.query import QueryEncoder
@@ -124,26 +127,32 @@ def test_a_diverging_run_stops_at_its_first_nan_in_one_sentence(toy_shards, tmp_
     assert len(error.splitlines()) == 1
 
 
-def test_a_run_stopped_by_sigterm_says_so_and_does_not_exit_0(toy_shards, tmp_path):
+class SigtermAtStep2(Callback):
+    """Sends this process SIGTERM, as Slurm's time limit does, once training is under way."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_run_stopped_by_sigterm_says_so_and_does_not_exit_0(toy_shards, tmp_path, capsys):
     """Slurm's time limit or scancel: Lightning stops the run with a successful exit, which
     a `train && evaluate` chain took for a finished run; it is status 130 and one line."""
-    import sys
-
-    from tests.subprocesses import sigterm_when
+    from clipcore.training import run_recipe
 
     args = [
         "fit", "--config", str(ROOT / "recipes" / "configs" / "clipsep" / "toy.yaml"),
         "--model.query_encoder", str(toy_shards / "encoder"), "--data.train_shards", str(toy_shards / "train" / "*.tar"),
         "--data.val_shards", str(toy_shards / "val" / "*.tar"), "--trainer.limit_val_batches", "0",
         "--data.encoder", "null", "--data.batch_size", "2", "--data.frame_size", "64", "--data.epoch_length", "4",
-        "--data.num_workers", "0", "--trainer.max_steps", "100000", "--trainer.enable_progress_bar", "false",
-        "--checkpoint.every_n_train_steps", "2", "--trainer.default_root_dir", str(tmp_path),
+        "--data.num_workers", "0", "--trainer.max_steps", "100", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks+=tests.clipsep.test_train.SigtermAtStep2", "--trainer.default_root_dir", str(tmp_path),
     ]
-    process, err = sigterm_when([sys.executable, str(ROOT / "recipes" / "train_clipsep.py"), *args],
-                                lambda _: any(tmp_path.rglob("*.ckpt")), timeout=180, cwd=ROOT)  # it trains
-    assert process.returncode == 130, err
-    assert err.strip().splitlines()[-1] == ("train_clipsep: stopped by SIGTERM; a training run resumes from its last "
-                                            "checkpoint with --ckpt_path last.")
+    with pytest.raises(SystemExit) as stopped:
+        run_recipe(lambda: train_main(args), "train_clipsep")
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "train_clipsep: stopped by SIGTERM; a training run resumes from its last checkpoint with --ckpt_path last.")
 
 
 def test_recipe_saves_config_and_exports_best_and_last(toy_shards, tmp_path):
