@@ -363,7 +363,7 @@ class ShardStream(IterableDataset):
         to avoid it repeats one. Where nothing repeats, the clips and the random draws
         between them are exactly those of the clips as they come."""
         waiting: list[_Clip] = []
-        group: set[str] = set()
+        group: list[str] = []  # the keys of the mixture being made
         while True:
             clip = next((c for c in waiting if c.key not in group), None)
             if clip is not None:
@@ -375,10 +375,10 @@ class ShardStream(IterableDataset):
                 if clip.key in group and len(waiting) < MIX_POOL:
                     waiting.append(clip)
                     continue
-            group.add(clip.key)
+            group.append(clip.key)
             yield clip
             if len(group) == self.num_sources:
-                group = set()
+                group = []
 
     def _fits(self, clip: _Clip, group: list[_Clip]) -> bool:
         """Whether ``clip`` may join ``group``'s mixture: in training, it is none of them

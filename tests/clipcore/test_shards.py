@@ -208,6 +208,9 @@ def test_a_training_mixture_never_holds_one_clip_twice(shards):
     batches = list(_stream(str(paths[0]), num_sources=2, epoch_length=40, seed=0))  # 4 clips
     mixtures = [keys for batch in batches for keys in batch.keys]
     assert len(mixtures) == 120 and all(len(set(keys)) == 2 for keys in mixtures)  # batches of 3
+    (path,) = synthetic.write_toy_shards(paths[0].parent / "one", 1, seed=3, duration=1.0, frame_size=48)
+    alone = [keys for batch in _stream(str(path), num_sources=2, epoch_length=70, seed=0) for keys in batch.keys]
+    assert len(alone) == 210  # a data set of one clip: beyond the clips held back, it meets itself
 
 
 def test_one_pass_splits_few_shards_by_sample_among_workers(shards):
